@@ -1,0 +1,115 @@
+"""The runtime front door: ``POST /endpoints/{name}/invocations`` (sagemaker-runtime's InvokeEndpoint).
+
+This is the product's hot path: raw ASGI, one pass over the headers, the SigV4 check, a dict lookup
+for the endpoint's route, and the pooled hop to an instance. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from moorage.api.responses import JSON, Receive, Scope, Send, read_body, respond, respond_error
+from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.control.common import ENDPOINT
+from moorage.serving.manager import ServingManager
+from moorage.serving.router import InvocationFailed, UnknownVariant
+from moorage.store.metadata import MetadataStore
+
+log = logging.getLogger("moorage.runtime")
+
+# InvokeEndpoint's documented payload limit.
+MAX_PAYLOAD = 6 * 1024 * 1024
+_PREFIX = len("/endpoints/")
+_SUFFIX = len("/invocations")
+# Request headers passed through to the container, as SageMaker passes them.
+_FORWARDED = {
+    b"content-type": b"content-type",
+    b"accept": b"accept",
+    b"x-amzn-sagemaker-custom-attributes": b"x-amzn-sagemaker-custom-attributes",
+    b"x-amzn-sagemaker-inference-id": b"x-amzn-sagemaker-inference-id",
+    b"x-amzn-sagemaker-target-model": b"x-amzn-sagemaker-target-model",
+}
+
+
+class RuntimeFrontDoor:
+    def __init__(self, verifier: SigV4Verifier, manager: ServingManager, store: MetadataStore, account_id: str):
+        self.verifier = verifier
+        self.manager = manager
+        self.store = store
+        self.account_id = account_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if scope["method"] != "POST" or not path.endswith("/invocations"):
+            await respond_error(send, "UnknownOperationException", f"No operation at {scope['method']} {path}.",
+                                404, JSON)
+            return
+        name = path[_PREFIX:-_SUFFIX]
+        forwarded = []
+        target_variant = None
+        for key, value in scope["headers"]:
+            header = _FORWARDED.get(key)
+            if header is not None:
+                forwarded.append(b"%s: %s\r\n" % (header, value))
+            elif key == b"x-amzn-sagemaker-target-variant":
+                target_variant = value.decode("latin-1")
+            elif key == b"content-length" and int(value) > MAX_PAYLOAD:
+                await self._too_large(send, int(value))
+                return
+        try:
+            body = await read_body(receive, MAX_PAYLOAD)
+        except Exception as exc:
+            await self._too_large(send, exc.args[0] if exc.args else MAX_PAYLOAD + 1)
+            return
+        try:
+            self.verifier.verify("POST", scope.get("raw_path") or path.encode(), scope.get("query_string", b""),
+                                 scope["headers"], body)
+        except AuthError as exc:
+            await respond_error(send, exc.code, exc.message, exc.status, JSON)
+            return
+        route = self.manager.get(name)
+        if route is None:
+            await self._not_serving(send, name)
+            return
+        try:
+            invocation = await route.invoke(body, b"".join(forwarded), target_variant)
+        except UnknownVariant:
+            await respond_error(send, "ValidationError",
+                                f"Invalid target variant '{target_variant}' for endpoint '{name}': "
+                                f"it has variants {', '.join(route.variants)}.", 400, JSON)
+            return
+        except InvocationFailed as exc:
+            await respond_error(send, "ModelError", str(exc), 424, JSON,
+                                {"OriginalStatusCode": exc.status, "OriginalMessage": str(exc)})
+            return
+        if invocation.status >= 300:
+            await self._model_error(send, name, invocation)
+            return
+        headers = [(b"content-type", invocation.content_type.encode("latin-1")),
+                   (b"x-amzn-invoked-production-variant", invocation.variant.encode())]
+        if invocation.custom_attributes is not None:
+            headers.append((b"x-amzn-sagemaker-custom-attributes", invocation.custom_attributes))
+        await respond(send, 200, invocation.body, headers)
+
+    async def _too_large(self, send: Send, size: int) -> None:
+        await respond_error(send, "ValidationError",
+                            f"Request has oversize body: {size} bytes exceed the InvokeEndpoint limit of "
+                            f"{MAX_PAYLOAD} bytes (6 MB).", 413, JSON)
+
+    async def _not_serving(self, send: Send, name: str) -> None:
+        row = self.store.get(ENDPOINT, name)
+        if row is None:
+            message = f"Endpoint {name} of account {self.account_id} not found."
+        else:
+            message = f"Endpoint {name} of account {self.account_id} is not in service (status {row.status})."
+        await respond_error(send, "ValidationError", message, 400, JSON)
+
+    async def _model_error(self, send: Send, name: str, invocation) -> None:  # type: ignore[no-untyped-def]
+        kind = "client" if invocation.status < 500 else "server"
+        original = invocation.body.decode("utf-8", "replace")
+        log_path = self.manager.logs_dir / name / invocation.variant / f"{invocation.instance_id}.log"
+        message = (f'Received {kind} error ({invocation.status}) from {invocation.variant} with message '
+                   f'"{original}". See {log_path} for more information.')
+        await respond_error(send, "ModelError", message, 424, JSON,
+                            {"OriginalStatusCode": invocation.status, "OriginalMessage": original,
+                             "LogStreamArn": str(log_path)})

@@ -1,0 +1,115 @@
+"""The SageMaker control-plane front door (AWS JSON 1.1 protocol, ``X-Amz-Target: SageMaker.Op``).
+
+The API is data: botocore's service model names the operations, validates the requests and shapes
+the replies. This module only authenticates, looks up ``SageMaker.CreateModel`` -> a handler method
+named ``create_model`` on one of the control-plane objects, and renders results or errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from botocore import xform_name
+
+from moorage.api.responses import JSON_11, Receive, Scope, Send, read_body, request_id, respond, respond_error
+from moorage.api.shapes import RequestValidationError, ServiceShapes
+from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.errors import ApiError
+
+log = logging.getLogger("moorage.api")
+
+MAX_CONTROL_BODY = 16 * 1024 * 1024
+
+
+class JsonProtocolService:
+    """One AWS JSON-protocol service: a target prefix, its botocore model, and handler objects."""
+
+    def __init__(self, service_name: str, target_prefix: str, handlers: list[object]):
+        self.shapes = ServiceShapes(service_name)
+        self.target_prefix = target_prefix
+        self.handlers: dict[str, Any] = {}
+        for operation in self.shapes.service_model.operation_names:
+            method = xform_name(operation)
+            for obj in handlers:
+                if hasattr(obj, method):
+                    self.handlers[operation] = getattr(obj, method)
+                    break
+
+    async def call(self, operation: str, body: bytes) -> bytes:
+        if self.shapes.operation(operation) is None:
+            raise _Unknown(f"Unknown operation {self.target_prefix}.{operation}")
+        handler = self.handlers.get(operation)
+        if handler is None:
+            raise _NotImplemented(f"moorage does not implement {self.target_prefix}.{operation} yet.")
+        try:
+            params = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise _Serialization(f"Request body is not valid JSON: {exc}") from exc
+        if not isinstance(params, dict):
+            raise _Serialization("Request body must be a JSON object.")
+        try:
+            self.shapes.validate_input(operation, params)
+        except RequestValidationError as exc:
+            raise _Validation(exc.message if hasattr(exc, "message") else str(exc)) from exc
+        result = await handler(params)
+        return orjson.dumps(self.shapes.shape_output(operation, result or {}))
+
+
+class _Unknown(ApiError):
+    code, status = "UnknownOperationException", 400
+
+
+class _NotImplemented(ApiError):
+    code, status = "NotImplemented", 501
+
+
+class _Serialization(ApiError):
+    code, status = "SerializationException", 400
+
+
+class _Validation(ApiError):
+    code, status = "ValidationException", 400
+
+
+class JsonFrontDoor:
+    """Routes ``POST /`` by the ``X-Amz-Target`` prefix to the JSON-protocol services."""
+
+    def __init__(self, verifier: SigV4Verifier, services: list[JsonProtocolService]):
+        self.verifier = verifier
+        self.services = {s.target_prefix: s for s in services}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = b""
+        for name, value in scope["headers"]:
+            if name == b"x-amz-target":
+                target = value
+                break
+        try:
+            body = await read_body(receive, MAX_CONTROL_BODY)
+        except Exception:
+            await respond_error(send, "SerializationException", "Request body too large.", 413)
+            return
+        try:
+            self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
+                                 scope.get("query_string", b""), scope["headers"], body)
+        except AuthError as exc:
+            await respond_error(send, exc.code, exc.message, exc.status)
+            return
+        prefix, _, operation = target.decode("latin-1").partition(".")
+        service = self.services.get(prefix)
+        if service is None or not operation:
+            await respond_error(send, "UnknownOperationException",
+                                f"Unknown X-Amz-Target '{target.decode('latin-1')}'.", 400)
+            return
+        try:
+            payload = await service.call(operation, body)
+        except ApiError as exc:
+            await respond_error(send, exc.code, exc.message, exc.status, JSON_11, exc.fields)
+            return
+        except Exception as exc:
+            log.exception("%s.%s failed", prefix, operation)
+            await respond_error(send, "InternalFailure", f"Internal error: {type(exc).__name__}: {exc}", 500)
+            return
+        await respond(send, 200, payload, [(b"content-type", JSON_11), (b"x-amzn-requestid", request_id())])

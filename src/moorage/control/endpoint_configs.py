@@ -1,0 +1,79 @@
+"""Endpoint configs: which models serve an endpoint, as production variants with weights and sizes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moorage.control.common import ENDPOINT_CONFIG, MODEL, Context, list_query, page, put_tags, timestamp
+from moorage.errors import ValidationException
+from moorage.store.metadata import AlreadyExists
+
+
+class EndpointConfigs:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    async def create_endpoint_config(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = req["EndpointConfigName"]
+        variants = [dict(v) for v in req["ProductionVariants"]]
+        if req.get("ShadowProductionVariants"):
+            raise ValidationException("Shadow variants (ShadowProductionVariants) are not supported yet.")
+        seen: set[str] = set()
+        for variant in variants:
+            vname = variant["VariantName"]
+            if vname in seen:
+                raise ValidationException(f"Duplicate VariantName '{vname}' in ProductionVariants.")
+            seen.add(vname)
+            if not variant.get("ModelName"):
+                raise ValidationException(f"Variant '{vname}' needs a ModelName.")
+            if self.ctx.store.get(MODEL, variant["ModelName"]) is None:
+                raise ValidationException(
+                    f'Could not find model "{self.ctx.arn(MODEL, variant["ModelName"])}".')
+            if variant.get("ServerlessConfig"):
+                raise ValidationException("Serverless variants (ServerlessConfig) are not supported yet.")
+            if not variant.get("InitialInstanceCount"):
+                raise ValidationException(f"Variant '{vname}' needs an InitialInstanceCount of at least 1.")
+            weight = variant.setdefault("InitialVariantWeight", 1.0)
+            if weight < 0:
+                raise ValidationException(f"Variant '{vname}' has a negative InitialVariantWeight.")
+        arn = self.ctx.arn(ENDPOINT_CONFIG, name)
+        body = {k: v for k, v in req.items() if k != "Tags"}
+        body["ProductionVariants"] = variants
+        try:
+            self.ctx.store.create(ENDPOINT_CONFIG, name, arn, body)
+        except AlreadyExists as exc:
+            raise ValidationException(f'Cannot create already existing endpoint configuration "{arn}".') from exc
+        put_tags(self.ctx, arn, req.get("Tags"))
+        return {"EndpointConfigArn": arn}
+
+    def get(self, name: str) -> dict[str, Any]:
+        row = self.ctx.store.get(ENDPOINT_CONFIG, name)
+        if row is None:
+            raise ValidationException(
+                f'Could not find endpoint configuration "{self.ctx.arn(ENDPOINT_CONFIG, name)}".')
+        return row.body
+
+    async def describe_endpoint_config(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = req["EndpointConfigName"]
+        row = self.ctx.store.get(ENDPOINT_CONFIG, name)
+        if row is None:
+            raise ValidationException(
+                f'Could not find endpoint configuration "{self.ctx.arn(ENDPOINT_CONFIG, name)}".')
+        return {**row.body, "EndpointConfigArn": row.arn, "CreationTime": timestamp(row.created_at)}
+
+    async def list_endpoint_configs(self, req: dict[str, Any]) -> dict[str, Any]:
+        query = list_query(req)
+        rows, token = page(self.ctx.store.list(ENDPOINT_CONFIG, query), query)
+        out: dict[str, Any] = {"EndpointConfigs": [
+            {"EndpointConfigName": r.name, "EndpointConfigArn": r.arn, "CreationTime": timestamp(r.created_at)}
+            for r in rows]}
+        if token:
+            out["NextToken"] = token
+        return out
+
+    async def delete_endpoint_config(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = req["EndpointConfigName"]
+        if not self.ctx.store.delete(ENDPOINT_CONFIG, name):
+            raise ValidationException(
+                f'Could not find endpoint configuration "{self.ctx.arn(ENDPOINT_CONFIG, name)}".')
+        return {}

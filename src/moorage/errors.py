@@ -1,0 +1,74 @@
+"""Errors the control plane raises, named and numbered as AWS names and numbers them.
+
+The API layer renders them as AWS JSON errors (``__type`` + ``message``, ``x-amzn-ErrorType``), so
+boto3 raises the ``ClientError`` subclass a SageMaker user already catches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    code = "InternalFailure"
+    status = 500
+
+    def __init__(self, message: str, **fields: Any):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class ValidationException(ApiError):
+    code = "ValidationException"
+    status = 400
+
+
+class ResourceNotFound(ApiError):
+    code = "ResourceNotFound"
+    status = 400
+
+
+class ResourceInUse(ApiError):
+    code = "ResourceInUse"
+    status = 400
+
+
+class ResourceLimitExceeded(ApiError):
+    code = "ResourceLimitExceeded"
+    status = 400
+
+
+class UnknownOperation(ApiError):
+    code = "UnknownOperationException"
+    status = 400
+
+
+class NotImplementedOperation(ApiError):
+    code = "NotImplemented"
+    status = 501
+
+
+# The runtime service (sagemaker-runtime) has its own codes.
+class RuntimeValidationError(ApiError):
+    code = "ValidationError"
+    status = 400
+
+
+class PayloadTooLarge(RuntimeValidationError):
+    status = 413
+
+
+class ModelError(ApiError):
+    code = "ModelError"
+    status = 424
+
+
+class ModelNotReady(ApiError):
+    code = "ModelNotReadyException"
+    status = 429
+
+
+class ServiceUnavailable(ApiError):
+    code = "ServiceUnavailable"
+    status = 503

@@ -1,0 +1,66 @@
+"""Which runtime serves a container image.
+
+SageMaker users name framework images by their ECR URI; moorage maps each to the built-in runtime
+that serves the same model files with the same handler contract. Short names work too. A runtime's
+framework packages are optional extras, checked when a model is created, so a missing one is a
+clear ``ValidationException`` then rather than a crashed instance later.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    name: str
+    extra: str  # pip install moorage[extra]
+    modules: tuple[str, ...]  # import names that must be importable
+    short_names: tuple[str, ...]
+    image_pattern: re.Pattern[str]
+
+
+RUNTIMES: dict[str, RuntimeSpec] = {
+    spec.name: spec
+    for spec in (
+        RuntimeSpec(
+            name="sklearn",
+            extra="sklearn",
+            modules=("sklearn", "joblib"),
+            short_names=("sklearn", "scikit-learn"),
+            # 683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3
+            image_pattern=re.compile(r"(^|/)sagemaker-scikit-learn(:|@|$)"),
+        ),
+    )
+}
+
+
+class UnsupportedImage(ValueError):
+    pass
+
+
+def supported_images() -> str:
+    names = ", ".join(n for spec in RUNTIMES.values() for n in spec.short_names)
+    return f"{names} (or a SageMaker framework image URI for one of them)"
+
+
+def resolve_image(image: str) -> RuntimeSpec:
+    ref = image.strip()
+    lowered = ref.lower()
+    for spec in RUNTIMES.values():
+        if lowered in spec.short_names or spec.image_pattern.search(lowered):
+            return spec
+    raise UnsupportedImage(f"moorage cannot serve image '{ref}' yet. Supported images: {supported_images()}.")
+
+
+def missing_packages(spec: RuntimeSpec) -> str | None:
+    """A message naming the extra to install when the runtime's packages are not importable."""
+    missing = [m for m in spec.modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"The {spec.name} runtime needs the Python packages {', '.join(missing)}, which are not installed "
+        f"where moorage runs. Install them with: pip install 'moorage[{spec.extra}]'"
+    )

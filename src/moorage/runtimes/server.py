@@ -1,0 +1,252 @@
+"""The instance server: one model behind SageMaker's container contract.
+
+``GET /ping`` answers 200 once the model is loaded (the socket only exists from then on), and
+``POST /invocations`` runs the handler contract. This is a raw ASGI app on uvicorn with uvloop and
+httptools because it sits on every request's path; a framework's routing and request objects would
+cost more than the rest of the hop.
+
+Adaptive batching lives here, beside the model: requests queue while the model is busy, and the
+next model call takes all of them (up to ``MOORAGE_MAX_BATCH_SIZE``) in one stacked ``predict``. At
+low load a request never waits for others (``MOORAGE_MAX_BATCH_DELAY_MS`` defaults to 0), so
+batching costs single requests nothing and multiplies throughput under concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from moorage.runtimes.frameworks import FRAMEWORKS
+from moorage.runtimes.handler import HandlerError, InferenceHandler
+
+log = logging.getLogger("moorage.instance")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+@dataclass(slots=True)
+class _Work:
+    body: bytes
+    content_type: str | None
+    accept: str | None
+    future: asyncio.Future[tuple[int, bytes, str]] = field(repr=False)
+
+
+class Batcher:
+    """Feeds queued requests to the model, one (stacked) call at a time, off the event loop.
+
+    The model runs in a single worker thread so that ``/ping`` still answers while it computes,
+    and so that requests arriving meanwhile pile up into the next batch.
+    """
+
+    def __init__(self, handler: InferenceHandler, max_batch_size: int, max_delay_s: float):
+        self.handler = handler
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_delay_s = max_delay_s
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.pending: list[_Work] = []
+        # Created lazily inside the running loop: an Event made before uvicorn starts its loop
+        # would belong to no loop (or the wrong one).
+        self._wakeup: asyncio.Event | None = None
+        self._consumer: asyncio.Task[None] | None = None
+
+    def submit(self, body: bytes, content_type: str | None, accept: str | None) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if self._consumer is None:
+            self._wakeup = asyncio.Event()
+            self._consumer = loop.create_task(self._consume())
+        future: asyncio.Future[tuple[int, bytes, str]] = loop.create_future()
+        self.pending.append(_Work(body, content_type, accept, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return future
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.pending:
+                if self.max_delay_s and len(self.pending) < self.max_batch_size:
+                    await asyncio.sleep(self.max_delay_s)
+                batch = self.pending[: self.max_batch_size]
+                del self.pending[: self.max_batch_size]
+                try:
+                    results = await loop.run_in_executor(self.executor, self._run, batch)
+                except BaseException as exc:  # the worker itself failed: fail the batch, keep serving
+                    results = [(500, f"{type(exc).__name__}: {exc}".encode(), "text/plain")] * len(batch)
+                for work, result in zip(batch, results, strict=True):
+                    if not work.future.done():
+                        work.future.set_result(result)
+
+    def _run(self, batch: list[_Work]) -> list[tuple[int, bytes, str]]:
+        handler = self.handler
+        if len(batch) == 1 or not handler.batchable:
+            return [self._invoke_one(w) for w in batch]
+        results: list[tuple[int, bytes, str] | None] = [None] * len(batch)
+        decoded: list[Any] = []
+        positions: list[int] = []
+        for i, work in enumerate(batch):
+            try:
+                decoded.append(handler.decode(work.body, work.content_type))
+                positions.append(i)
+            except Exception as exc:
+                results[i] = _error_result(exc)
+        predictions = handler.predict_many(decoded) if decoded else []
+        for i, prediction in zip(positions, predictions, strict=True):
+            if isinstance(prediction, BaseException):
+                results[i] = _error_result(prediction)
+                continue
+            try:
+                body, content_type = handler.encode(prediction, batch[i].accept)
+                results[i] = (200, body, content_type)
+            except Exception as exc:
+                results[i] = _error_result(exc)
+        return results  # type: ignore[return-value]
+
+    def _invoke_one(self, work: _Work) -> tuple[int, bytes, str]:
+        try:
+            body, content_type = self.handler.invoke(work.body, work.content_type, work.accept)
+            return 200, body, content_type
+        except Exception as exc:
+            return _error_result(exc)
+
+
+def _error_result(exc: BaseException) -> tuple[int, bytes, str]:
+    if isinstance(exc, HandlerError):
+        if exc.status >= 500:
+            log.error("model error: %s\n%s", exc, getattr(exc, "traceback", "") or "")
+        return exc.status, str(exc).encode(), "text/plain"
+    log.error("unexpected error: %s", "".join(traceback.format_exception(exc)))
+    return 500, f"{type(exc).__name__}: {exc}".encode(), "text/plain"
+
+
+class InstanceApp:
+    def __init__(self, batcher: Batcher, execution_parameters: dict[str, Any]):
+        self.batcher = batcher
+        self.execution_parameters = orjson.dumps(execution_parameters)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        method = scope["method"]
+        if path == "/invocations" and method == "POST":
+            await self._invocations(scope, receive, send)
+        elif path == "/ping" and method in ("GET", "HEAD"):
+            await _respond(send, 200, b"", _TEXT)
+        elif path == "/execution-parameters" and method == "GET":
+            await _respond(send, 200, self.execution_parameters, [(b"content-type", b"application/json")])
+        else:
+            await _respond(send, 404, b"not found", _TEXT)
+
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = accept = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"accept":
+                accept = value.decode("latin-1")
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body"):
+            chunks = [body]
+            while message.get("more_body"):
+                message = await receive()
+                chunks.append(message.get("body", b""))
+            body = b"".join(chunks)
+        status, payload, out_type = await self.batcher.submit(body, content_type, accept)
+        await _respond(send, status, payload, [(b"content-type", out_type.encode("latin-1"))])
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _env_int(env: dict[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        return default
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Exit when the platform process that started us is gone, so no instance outlives its server."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="moorage-instance", description="Serve one model (container contract).")
+    parser.add_argument("--runtime", required=True, choices=sorted(FRAMEWORKS))
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--socket", help="Unix socket path to listen on")
+    parser.add_argument("--port", type=int, help="TCP port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = dict(os.environ)
+    if env.get("MOORAGE_PARENT_PID", "").isdigit():
+        _exit_with_parent(int(env["MOORAGE_PARENT_PID"]))
+
+    started = time.perf_counter()
+    try:
+        handler = InferenceHandler.from_model_dir(args.model_dir, FRAMEWORKS[args.runtime], env)
+        handler.load()
+    except Exception as exc:
+        traceback.print_exc()
+        # The supervisor reports the last line of the log as the reason the instance failed.
+        print(f"moorage-instance: model failed to load: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 3
+    log.info("model loaded in %.3f s (runtime %s, batching %s)", time.perf_counter() - started, args.runtime,
+             "on" if handler.batchable else "off")
+
+    batcher = Batcher(
+        handler,
+        max_batch_size=_env_int(env, "MOORAGE_MAX_BATCH_SIZE", 64),
+        max_delay_s=_env_int(env, "MOORAGE_MAX_BATCH_DELAY_MS", 0) / 1000.0,
+    )
+    app = InstanceApp(batcher, {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6})
+
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "loop": "uvloop", "http": "httptools", "lifespan": "off", "access_log": False,
+        "log_level": "warning", "timeout_keep_alive": 3600, "timeout_graceful_shutdown": 30,
+    }
+    if args.socket:
+        options["uds"] = args.socket
+    else:
+        port = args.port or _env_int(env, "SAGEMAKER_BIND_TO_PORT", 8080)
+        options.update(host=env.get("MOORAGE_BIND_HOST", "127.0.0.1"), port=port)
+    uvicorn.run(app, **options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The instances of one production variant: load balancing, health, replacement and resizing.
+
+The load balancer sends each request to the in-service instance with the fewest outstanding
+requests, which keeps a slow instance (a long prediction, a GC pause) from collecting a queue while
+its siblings idle. A supervisor task per instance replaces a process that dies, with exponential
+backoff so a model that crashes at once cannot spin the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from moorage.serving.instance import Instance, InstanceStartError, InstanceState, LaunchSpec
+
+log = logging.getLogger("moorage.pool")
+
+HEALTH_INTERVAL_S = 5.0
+HEALTH_FAILURES_BEFORE_RESTART = 3
+MAX_BACKOFF_S = 30.0
+
+
+class NoCapacity(Exception):
+    """No instance of the variant is in service (yet, or any more)."""
+
+
+class InstancePool:
+    def __init__(self, endpoint: str, variant: str, launch: LaunchSpec, socket_dir: Path, log_dir: Path,
+                 start_timeout: float = 120.0, on_change: Callable[[], None] | None = None):
+        self.endpoint = endpoint
+        self.variant = variant
+        self.launch = launch
+        self.socket_dir = socket_dir
+        self.log_dir = log_dir
+        self.start_timeout = start_timeout
+        self.instances: list[Instance] = []
+        self.ready: list[Instance] = []
+        self.desired = 0
+        self.restarts = 0
+        self.closed = False
+        self._rr = 0
+        self._ready_changed = asyncio.Event()
+        self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._on_change = on_change
+
+    # Load balancing -------------------------------------------------------------------------------
+    def pick(self) -> Instance | None:
+        ready = self.ready
+        n = len(ready)
+        if n == 0:
+            return None
+        if n == 1:
+            return ready[0]
+        # Rotate the scan start so ties spread over instances instead of piling on the first.
+        self._rr = (self._rr + 1) % n
+        best = ready[self._rr]
+        for i in range(1, n):
+            candidate = ready[(self._rr + i) % n]
+            if candidate.outstanding < best.outstanding:
+                best = candidate
+        return best
+
+    async def acquire(self, timeout: float) -> Instance:
+        instance = self.pick()
+        if instance is not None:
+            return instance
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while instance is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.closed:
+                raise NoCapacity(f"variant {self.variant} of endpoint {self.endpoint} has no instance in service")
+            self._ready_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready_changed.wait(), remaining)
+            instance = self.pick()
+        return instance
+
+    def _set_ready(self) -> None:
+        self.ready = [i for i in self.instances if i.state == InstanceState.IN_SERVICE]
+        self._ready_changed.set()
+        if self._on_change:
+            self._on_change()
+
+    # Sizing ---------------------------------------------------------------------------------------
+    async def start(self, count: int) -> None:
+        """Bring up ``count`` instances; raise InstanceStartError (stopping any started) if one fails."""
+        self.desired = count
+        try:
+            await self._add(count)
+        except InstanceStartError:
+            await self.close()
+            raise
+
+    async def scale_to(self, count: int, drain_timeout: float = 30.0) -> None:
+        self.desired = count
+        live = [i for i in self.instances if i.state in (InstanceState.IN_SERVICE, InstanceState.PENDING)]
+        if count > len(live):
+            await self._add(count - len(live))
+        elif count < len(live):
+            # Retire the least busy first: they drain fastest.
+            victims = sorted(live, key=lambda i: i.outstanding)[: len(live) - count]
+            await asyncio.gather(*(self._retire(v, drain_timeout) for v in victims))
+
+    async def _add(self, count: int) -> None:
+        new = [Instance(self.launch, self.socket_dir, self.log_dir) for _ in range(count)]
+        self.instances.extend(new)
+        results = await asyncio.gather(*(i.start(self.start_timeout) for i in new), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for instance, result in zip(new, results, strict=True):
+            if not isinstance(result, BaseException):
+                self._supervise(instance)
+        self._set_ready()
+        if failures:
+            for instance, result in zip(new, results, strict=True):
+                if isinstance(result, BaseException):
+                    self.instances.remove(instance)
+            first = failures[0]
+            if isinstance(first, InstanceStartError):
+                raise first
+            raise InstanceStartError(f"{type(first).__name__}: {first}")
+
+    async def _retire(self, instance: Instance, drain_timeout: float) -> None:
+        task = self._supervisors.pop(instance.id, None)
+        if task:
+            task.cancel()
+        instance.state = InstanceState.DRAINING
+        self._set_ready()
+        await instance.stop(drain_timeout)
+        with contextlib.suppress(ValueError):
+            self.instances.remove(instance)
+        self._set_ready()
+
+    # Supervision ----------------------------------------------------------------------------------
+    def _supervise(self, instance: Instance) -> None:
+        self._supervisors[instance.id] = asyncio.get_running_loop().create_task(self._watch(instance))
+
+    async def _watch(self, instance: Instance) -> None:
+        exit_task = asyncio.ensure_future(instance.wait_exit())
+        failures = 0
+        try:
+            while not exit_task.done():
+                done, _ = await asyncio.wait({exit_task}, timeout=HEALTH_INTERVAL_S)
+                if done or instance.state != InstanceState.IN_SERVICE:
+                    break
+                # A busy instance is alive by definition; only idle ones are pinged, so a long
+                # prediction never gets its instance killed.
+                if instance.outstanding == 0:
+                    failures = 0 if await instance.ping(timeout=2.0) else failures + 1
+                    if failures >= HEALTH_FAILURES_BEFORE_RESTART:
+                        log.warning("instance %s failed %d health checks; replacing it", instance.id, failures)
+                        await instance.kill()
+            code = await exit_task
+        except asyncio.CancelledError:
+            exit_task.cancel()
+            raise
+        if self.closed or instance.state in (InstanceState.STOPPED, InstanceState.DRAINING):
+            return
+        log.warning("instance %s of %s/%s exited with code %s; replacing it (log: %s)",
+                    instance.id, self.endpoint, self.variant, code, instance.log_path)
+        instance.state = InstanceState.FAILED
+        instance.client.close()  # fails the requests in flight at once instead of at their timeout
+        self._supervisors.pop(instance.id, None)
+        with contextlib.suppress(ValueError):
+            self.instances.remove(instance)
+        self._set_ready()
+        self.restarts += 1
+        asyncio.get_running_loop().create_task(self._replace())
+
+    async def _replace(self) -> None:
+        backoff = 0.5
+        while not self.closed:
+            live = [i for i in self.instances if i.state in (InstanceState.IN_SERVICE, InstanceState.PENDING)]
+            if len(live) >= self.desired:
+                return
+            try:
+                await self._add(1)
+                return
+            except InstanceStartError as exc:
+                log.error("replacement instance for %s/%s failed: %s", self.endpoint, self.variant, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def close(self, drain_timeout: float = 30.0) -> None:
+        self.closed = True
+        for task in self._supervisors.values():
+            task.cancel()
+        self._supervisors.clear()
+        instances = list(self.instances)
+        for instance in instances:
+            if instance.state == InstanceState.IN_SERVICE:
+                instance.state = InstanceState.DRAINING
+        self._set_ready()
+        await asyncio.gather(*(i.stop(drain_timeout) for i in instances), return_exceptions=True)
+        self.instances.clear()
+        self._set_ready()
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [
+            {"InstanceId": i.id, "Pid": i.pid, "State": str(i.state), "Outstanding": i.outstanding,
+             "LogPath": str(i.log_path), "ModelSetupSeconds": i.setup_seconds}
+            for i in self.instances
+        ]
