@@ -23,11 +23,22 @@ log = logging.getLogger("moorage.api")
 MAX_CONTROL_BODY = 16 * 1024 * 1024
 
 
+def storage_url_shapes(service_name: str) -> list[str]:
+    """Shapes whose pattern only admits ``s3://``/``https://`` URLs.
+
+    moorage deliberately accepts more there: ``file://`` URLs and plain paths (and ``s3://`` through
+    fsspec), so these patterns are not enforced; the artifact store reports a URL it cannot read.
+    """
+    description = ServiceShapes.shared_loader().load_service_model(service_name, "service-2")
+    return [name for name, shape in description["shapes"].items()
+            if str(shape.get("pattern", "")).startswith("(https|s3)://")]
+
+
 class JsonProtocolService:
     """One AWS JSON-protocol service: a target prefix, its botocore model, and handler objects."""
 
     def __init__(self, service_name: str, target_prefix: str, handlers: list[object]):
-        self.shapes = ServiceShapes(service_name)
+        self.shapes = ServiceShapes(service_name, unchecked_patterns=storage_url_shapes(service_name))
         self.target_prefix = target_prefix
         self.handlers: dict[str, Any] = {}
         for operation in self.shapes.service_model.operation_names:
