@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 
 import orjson
 
@@ -29,6 +32,31 @@ def serve(settings: Settings) -> None:
               f"(AWS_SHARED_CREDENTIALS_FILE={settings.credentials_path})", flush=True)
     else:
         print(f"admin key id {creds.access_key_id}; credentials file {settings.credentials_path}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=15,
-                timeout_keep_alive=75)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                            lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=15,
+                            timeout_keep_alive=75)
+    _uvicorn_server_class()(config).run()
+    logging.getLogger("moorage.server").info("stopped")
+
+
+def _uvicorn_server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a SIGTERM/SIGINT is a normal stop (exit 0), not a re-raised signal.
+
+        uvicorn re-raises the signal after its graceful shutdown, so the process dies "killed by
+        SIGTERM"; for a service manager or a script a requested, completed stop is a success.
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+

@@ -40,7 +40,8 @@ def serve(host: str, port: int, home: Path | None, database_url: str | None) -> 
 @click.option("--url", default=None, help="Server URL (default: the one recorded in the home).")
 def endpoints(home: Path | None, url: str | None) -> None:
     """List endpoints with their variants, weights, instance counts and status."""
-    console = Console()
+    # Off a terminal rich would squeeze the table to 80 columns and truncate names.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     try:
         data = Connection.discover(home, url).native("GET", "/moorage/v1/endpoints")
     except ClientError as exc:

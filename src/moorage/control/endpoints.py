@@ -144,6 +144,7 @@ class Endpoints:
                 self._save(name, IN_SERVICE, FailureReason=f"Update failed, rolled back: {variant}{reason}",
                            PendingEndpointConfigName=None)
             else:
+                log.error("endpoint %s failed: %s%s", name, variant, reason)
                 self._save(name, FAILED, FailureReason=f"{variant}{reason}")
             return
         current = self.ctx.store.get(ENDPOINT, name)
@@ -153,6 +154,8 @@ class Endpoints:
             await self.ctx.manager.retire(route)
             return
         replaced = self.ctx.manager.publish(route)
+        log.info("endpoint %s in service with config %s (%s)", name, config_name,
+                 ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingEndpointConfigName=None,
                    FailureReason=None, ProductionVariants=self._variant_summaries(config, plans, models))
         if replaced is not None:
@@ -180,6 +183,7 @@ class Endpoints:
                    ProductionVariants=self._live_variants(name, route))
 
     async def _tear_down(self, name: str) -> None:
+        log.info("deleting endpoint %s", name)
         route = self.ctx.manager.unpublish(name)
         if route is not None:
             await self.ctx.manager.retire(route)
@@ -211,6 +215,7 @@ class Endpoints:
         except AlreadyExists as exc:
             raise ValidationException(f'Cannot create already existing endpoint "{arn}".') from exc
         put_tags(self.ctx, arn, req.get("Tags"))
+        log.info("creating endpoint %s from config %s", name, config_name)
         self._run(name, self._bring_up(name, config_name))
         return {"EndpointArn": arn}
 

@@ -7,6 +7,7 @@ the route of an endpoint name on every invocation (a dict lookup, no database).
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 from moorage.serving.instance import InstanceStartError, LaunchSpec
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, VariantRoute
+
+log = logging.getLogger("moorage.manager")
 
 
 @dataclass(frozen=True)
@@ -82,5 +85,8 @@ class ServingManager:
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         routes = list(self.routes.values())
         self.routes.clear()
+        count = sum(len(v.pool.instances) for r in routes for v in r.variants.values())
+        if count:
+            log.info("stopping %d instance(s) of %d endpoint(s)", count, len(routes))
         await asyncio.gather(*(self.retire(r, drain_timeout) for r in routes), return_exceptions=True)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
