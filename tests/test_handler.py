@@ -20,10 +20,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from moorage.runtimes.frameworks import FRAMEWORKS, ModelLoadError, SklearnFramework
+from moorage.runtimes.frameworks import ModelLoadError, load_framework
+from moorage.runtimes.frameworks.sklearn import SklearnFramework
 from moorage.runtimes.handler import HandlerError, InferenceHandler
 
-SKLEARN = FRAMEWORKS["sklearn"]
+SKLEARN = load_framework("sklearn")
 LABELS = ["setosa", "versicolor", "virginica"]
 
 

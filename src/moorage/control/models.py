@@ -6,6 +6,7 @@ from typing import Any
 
 from moorage.control.common import MODEL, Context, list_query, page, put_tags, timestamp
 from moorage.errors import ValidationException
+from moorage.runtimes.frameworks import FRAMEWORK_CLASSES
 from moorage.runtimes.registry import UnsupportedImage, missing_packages, resolve_image
 from moorage.store.artifacts import ArtifactError, describe
 from moorage.store.metadata import AlreadyExists
@@ -49,6 +50,8 @@ class Models:
             spec = resolve_image(container["Image"])
         except UnsupportedImage as exc:
             raise ValidationException(str(exc)) from exc
+        if spec.name not in FRAMEWORK_CLASSES:
+            raise ValidationException(f"The {spec.name} runtime is not available in this moorage version.")
         missing = missing_packages(spec)
         if missing:
             raise ValidationException(missing)

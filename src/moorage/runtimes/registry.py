@@ -22,16 +22,48 @@ class RuntimeSpec:
     image_pattern: re.Pattern[str]
 
 
+def _image(*repositories: str) -> re.Pattern[str]:
+    """Matches an image whose repository (the last path part before ``:tag``/``@digest``) is one of these."""
+    names = "|".join(repositories)
+    return re.compile(rf"(^|/)({names})(:|@|$)")
+
+
 RUNTIMES: dict[str, RuntimeSpec] = {
     spec.name: spec
     for spec in (
         RuntimeSpec(
-            name="sklearn",
-            extra="sklearn",
-            modules=("sklearn", "joblib"),
+            name="sklearn", extra="sklearn", modules=("sklearn", "joblib"),
             short_names=("sklearn", "scikit-learn"),
             # 683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3
-            image_pattern=re.compile(r"(^|/)sagemaker-scikit-learn(:|@|$)"),
+            image_pattern=_image("sagemaker-scikit-learn"),
+        ),
+        RuntimeSpec(
+            name="xgboost", extra="xgboost", modules=("xgboost",),
+            short_names=("xgboost",),
+            # the framework image (sagemaker-xgboost:1.7-1) and the built-in algorithm (xgboost:1)
+            image_pattern=_image("sagemaker-xgboost", "xgboost"),
+        ),
+        RuntimeSpec(
+            name="lightgbm", extra="lightgbm", modules=("lightgbm",),
+            short_names=("lightgbm",),
+            image_pattern=_image("lightgbm", "sagemaker-lightgbm"),
+        ),
+        RuntimeSpec(
+            name="onnx", extra="onnx", modules=("onnxruntime",),
+            short_names=("onnx", "onnxruntime"),
+            image_pattern=_image("onnx", "onnxruntime", "sagemaker-onnx", "onnx-inference"),
+        ),
+        RuntimeSpec(
+            name="pytorch", extra="pytorch", modules=("torch",),
+            short_names=("pytorch", "torch"),
+            # 763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.1.0-cpu-py310
+            image_pattern=_image("pytorch-inference", "sagemaker-pytorch", "pytorch-serving", "pytorch"),
+        ),
+        RuntimeSpec(
+            name="mlflow", extra="mlflow", modules=("mlflow",),
+            short_names=("mlflow",),
+            # what `mlflow sagemaker build-and-push-container` names its image
+            image_pattern=_image("mlflow-pyfunc", "mlflow"),
         ),
     )
 }

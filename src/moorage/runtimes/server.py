@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from moorage.runtimes.frameworks import FRAMEWORKS
+from moorage.runtimes.frameworks import FRAMEWORK_CLASSES, load_framework
 from moorage.runtimes.handler import HandlerError, InferenceHandler
 
 log = logging.getLogger("moorage.instance")
@@ -203,7 +203,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="moorage-instance", description="Serve one model (container contract).")
-    parser.add_argument("--runtime", required=True, choices=sorted(FRAMEWORKS))
+    parser.add_argument("--runtime", required=True, choices=sorted(FRAMEWORK_CLASSES))
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--socket", help="Unix socket path to listen on")
     parser.add_argument("--port", type=int, help="TCP port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        handler = InferenceHandler.from_model_dir(args.model_dir, FRAMEWORKS[args.runtime], env)
+        handler = InferenceHandler.from_model_dir(args.model_dir, load_framework(args.runtime), env)
         handler.load()
     except Exception as exc:
         traceback.print_exc()

@@ -1,10 +1,4 @@
-"""Framework defaults: how a built-in runtime loads a model and predicts when ``inference.py`` does not say.
-
-Each framework is one small class; ``FRAMEWORKS`` maps the runtime names that SageMaker image URIs resolve
-to (``sklearn`` now; ``xgboost``, ``lightgbm``, ``onnx``, ``pytorch`` later) onto an instance. A framework
-may also override ``decode``/``encode`` when its models want other inputs than numpy arrays (a DMatrix,
-a tensor), which is why those defaults live here and not only in the handler.
-"""
+"""scikit-learn: estimators saved with joblib, pickle or skops."""
 
 from __future__ import annotations
 
@@ -14,38 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from moorage.runtimes import codecs
-
-
-class ModelLoadError(Exception):
-    """The model (or the user's inference module) could not be loaded; the instance never becomes ready."""
-
-    def __init__(self, message: str, *, traceback: str | None = None) -> None:
-        super().__init__(message)
-        self.traceback = traceback
-
-
-class Framework:
-    """The defaults behind SageMaker's ``model_fn``, ``input_fn``, ``predict_fn`` and ``output_fn``."""
-
-    name: str = "generic"
-
-    def load_model(self, model_dir: Path, env: Mapping[str, str] | None = None) -> Any:
-        """The default ``model_fn``: find and load the model artifact under ``model_dir``."""
-        raise ModelLoadError(f"The {self.name} runtime has no default model loader; define model_fn in inference.py")
-
-    def predict(self, model: Any, data: Any) -> Any:
-        """The default ``predict_fn``: estimators in every supported framework are row-wise."""
-        return model.predict(data)
-
-    def decode(self, body: bytes | str, content_type: str) -> Any:
-        """The default ``input_fn``."""
-        return codecs.decode(body, content_type)  # type: ignore[arg-type]
-
-    def encode(self, prediction: Any, accept: str) -> tuple[bytes, str]:
-        """The default ``output_fn``; ``accept`` is already negotiated to a supported type."""
-        return codecs.encode(prediction, accept)
-
+from moorage.runtimes.frameworks.base import Framework, ModelLoadError, format_traceback
 
 SKOPS_TRUSTED_ENV = "MOORAGE_SKOPS_TRUSTED_TYPES"
 
@@ -73,7 +36,7 @@ class SklearnFramework(Framework):
             raise
         except Exception as exc:
             raise ModelLoadError(
-                f"Could not load {path.name}: {type(exc).__name__}: {exc}", traceback=_format_traceback()
+                f"Could not load {path.name}: {type(exc).__name__}: {exc}", traceback=format_traceback()
             ) from exc
 
     def find_model_file(self, model_dir: Path) -> Path:
@@ -115,14 +78,3 @@ def _load_skops(path: Path, env: Mapping[str, str]) -> Any:
             f"list them (comma-separated) in the {SKOPS_TRUSTED_ENV} environment variable"
         )
     return skops.io.load(path, trusted=untrusted)
-
-
-def _format_traceback() -> str:
-    import traceback
-
-    return traceback.format_exc()
-
-
-FRAMEWORKS: dict[str, Framework] = {
-    SklearnFramework.name: SklearnFramework(),
-}

@@ -1,0 +1,46 @@
+"""What every built-in runtime shares: the framework defaults behind the handler contract."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from moorage.runtimes import codecs
+
+
+class ModelLoadError(Exception):
+    """The model (or the user's inference module) could not be loaded; the instance never becomes ready."""
+
+    def __init__(self, message: str, *, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
+class Framework:
+    """The defaults behind SageMaker's ``model_fn``, ``input_fn``, ``predict_fn`` and ``output_fn``."""
+
+    name: str = "generic"
+
+    def load_model(self, model_dir: Path, env: Mapping[str, str] | None = None) -> Any:
+        """The default ``model_fn``: find and load the model artifact under ``model_dir``."""
+        raise ModelLoadError(f"The {self.name} runtime has no default model loader; define model_fn in inference.py")
+
+    def predict(self, model: Any, data: Any) -> Any:
+        """The default ``predict_fn``: estimators in every supported framework are row-wise."""
+        return model.predict(data)
+
+    def decode(self, body: bytes | str, content_type: str) -> Any:
+        """The default ``input_fn``."""
+        return codecs.decode(body, content_type)  # type: ignore[arg-type]
+
+    def encode(self, prediction: Any, accept: str) -> tuple[bytes, str]:
+        """The default ``output_fn``; ``accept`` is already negotiated to a supported type."""
+        return codecs.encode(prediction, accept)
+
+
+
+
+def format_traceback() -> str:
+    return traceback.format_exc()
