@@ -23,6 +23,11 @@ log = logging.getLogger("moorage.api")
 MAX_CONTROL_BODY = 16 * 1024 * 1024
 
 
+# The SageMaker Python SDK's local mode names these instance types; moorage runs them with the
+# machine's defaults.
+EXTRA_ENUM_VALUES = {"sagemaker": {"ProductionVariantInstanceType": ("local", "local_cpu")}}
+
+
 def storage_url_shapes(service_name: str) -> list[str]:
     """Shapes whose pattern only admits ``s3://``/``https://`` URLs.
 
@@ -38,7 +43,8 @@ class JsonProtocolService:
     """One AWS JSON-protocol service: a target prefix, its botocore model, and handler objects."""
 
     def __init__(self, service_name: str, target_prefix: str, handlers: list[object]):
-        self.shapes = ServiceShapes(service_name, unchecked_patterns=storage_url_shapes(service_name))
+        self.shapes = ServiceShapes(service_name, unchecked_patterns=storage_url_shapes(service_name),
+                                    extra_enum_values=EXTRA_ENUM_VALUES.get(service_name))
         self.target_prefix = target_prefix
         self.handlers: dict[str, Any] = {}
         for operation in self.shapes.service_model.operation_names:

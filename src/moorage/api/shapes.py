@@ -271,13 +271,16 @@ class ServiceShapes:
     _loader: Loader | None = None
     _loader_lock = threading.Lock()
 
-    def __init__(self, service_name: str, *, unchecked_patterns: Iterable[str] = ()) -> None:
+    def __init__(self, service_name: str, *, unchecked_patterns: Iterable[str] = (),
+                 extra_enum_values: Mapping[str, Iterable[str]] | None = None) -> None:
         loader = self.shared_loader()
         description = loader.load_service_model(service_name, "service-2")
         self.service_model = botocore.model.ServiceModel(description, service_name=service_name)
         self._description = description
         self.service_name = service_name
         self._unchecked_patterns = frozenset(unchecked_patterns)
+        # Values moorage accepts beyond AWS's enum, per shape name (e.g. InstanceType "local").
+        self._extra_enum_values = {k: frozenset(v) for k, v in (extra_enum_values or {}).items()}
         self._nodes: dict[str, _Node] = {}
         self._inputs: dict[str, _Node | None] = {}
         self._outputs: dict[str, _Converter | None] = {}
@@ -312,6 +315,10 @@ class ServiceShapes:
         self._nodes[shape.name] = node  # before recursing: shapes may refer to themselves
         if node.pattern is not None and shape.name in self._unchecked_patterns:
             node.pattern = None
+        extra = self._extra_enum_values.get(shape.name)
+        if extra and node.enum is not None:
+            node.enum = node.enum | extra
+            node.enum_text = "[" + ", ".join(sorted(node.enum)) + "]"
         if isinstance(shape, botocore.model.StructureShape):
             required = set(shape.required_members)
             members = {}
