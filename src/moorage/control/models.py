@@ -7,7 +7,7 @@ from typing import Any
 from moorage.control.common import MODEL, Context, list_query, page, put_tags, timestamp
 from moorage.errors import ValidationException
 from moorage.runtimes.frameworks import FRAMEWORK_CLASSES
-from moorage.runtimes.registry import UnsupportedImage, missing_packages, resolve_image
+from moorage.runtimes.registry import UnsupportedImage, missing_packages, resolve_image, supported_images
 from moorage.store.artifacts import ArtifactError, describe
 from moorage.store.metadata import AlreadyExists
 
@@ -51,7 +51,8 @@ class Models:
         except UnsupportedImage as exc:
             raise ValidationException(str(exc)) from exc
         if spec.name not in FRAMEWORK_CLASSES:
-            raise ValidationException(f"The {spec.name} runtime is not available in this moorage version.")
+            raise ValidationException(f"The {spec.name} runtime is not available in this moorage version. "
+                                      f"Supported images: {supported_images()}.")
         missing = missing_packages(spec)
         if missing:
             raise ValidationException(missing)

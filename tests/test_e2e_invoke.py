@@ -1,0 +1,327 @@
+"""InvokeEndpoint (boto3 `sagemaker-runtime`): content types, Accept, variants, handlers, artifacts."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+
+from e2e_support import (
+    SM_SKLEARN_IMAGE,
+    Deployer,
+    assert_predictions,
+    csv_body,
+    decode_predictions,
+    err_code,
+    err_field,
+    err_status,
+    file_url,
+    invoke,
+    json_body,
+    jsonlines_body,
+    model_dir,
+    new_name,
+    npy_body,
+    pack_code,
+    pack_model,
+    predict,
+    variant,
+)
+
+pytestmark = pytest.mark.e2e
+
+TEXT_INFERENCE = """
+import json
+
+
+def input_fn(request_body, content_type):
+    if isinstance(request_body, (bytes, bytearray)):
+        request_body = request_body.decode("utf-8")
+    if content_type == "application/json":
+        return json.loads(request_body)["texts"]
+    if content_type == "text/plain":
+        return [line for line in request_body.splitlines() if line.strip()]
+    raise ValueError("unsupported content type: " + content_type)
+
+
+def predict_fn(data, model):
+    return {"labels": model.predict(data).tolist(), "proba": model.predict_proba(data).tolist()}
+
+
+def output_fn(prediction, accept):
+    return json.dumps(prediction), "application/json"
+"""
+
+HANDLER_INFERENCE = """
+import os
+
+import joblib
+
+
+def model_fn(model_dir):
+    model = joblib.load(os.path.join(model_dir, "model.joblib"))
+    with open(os.path.join(model_dir, "offset.txt")) as f:
+        offset = float(f.read())
+    return {"model": model, "offset": offset}
+
+
+def predict_fn(data, model):
+    return model["model"].predict(data) + model["offset"]
+"""
+
+TRANSFORM_INFERENCE = """
+import json
+import os
+
+import joblib
+import numpy as np
+
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+
+def transform_fn(model, request_body, content_type, accept):
+    if isinstance(request_body, (bytes, bytearray)):
+        request_body = request_body.decode("utf-8")
+    data = np.asarray(json.loads(request_body), dtype=float)
+    return json.dumps({"proba": model.predict_proba(data).tolist()}), "application/json"
+"""
+
+OFFSET = 1000.5
+
+
+class Fleet:
+    """Endpoints created together (in parallel); each is waited for on first use, so one broken
+    endpoint fails only the tests that use it."""
+
+    def __init__(self, deployer: Deployer) -> None:
+        self.deployer = deployer
+        self.names: dict[str, str] = {}
+        self._ready: set[str] = set()
+
+    def create(self, key: str, variants: list[dict[str, Any]]) -> None:
+        name = new_name(f"inv-{key}")
+        self.deployer.config(name, variants)
+        self.deployer.endpoint(name, name)
+        self.names[key] = name
+
+    def __getitem__(self, key: str) -> str:
+        name = self.names[key]
+        if key not in self._ready:
+            self.deployer.wait_in_service(name)
+            self._ready.add(key)
+        return name
+
+
+@pytest.fixture(scope="module")
+def fleet(module_deployer: Deployer, artifacts: Path, classifier: Any, regressor: Any, text_model: Any) -> Fleet:
+    d, root = module_deployer, artifacts / "invoke"
+    clf, reg = classifier[0], regressor[0]
+    f = Fleet(d)
+
+    clf_tar = pack_model(root / "clf", clf)
+    reg_tar = pack_model(root / "reg", reg)
+    m_clf = d.model(new_name("inv-clf"), file_url(clf_tar))  # file:// URL
+    m_reg = d.model(new_name("inv-reg"), str(reg_tar), image=SM_SKLEARN_IMAGE)  # plain path, SM image
+    f.create("clf", [variant("AllTraffic", m_clf)])
+    f.create("reg", [variant("AllTraffic", m_reg)])
+    f.create("targeted", [variant("clf", m_clf, weight=1.0), variant("reg", m_reg, weight=1.0)])
+
+    text_tar = pack_model(root / "text", text_model, inference_py=TEXT_INFERENCE)
+    m_text = d.model(
+        new_name("inv-text"),
+        file_url(text_tar),
+        image=SM_SKLEARN_IMAGE,
+        env={"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
+    )
+    f.create("text", [variant("AllTraffic", m_text)])
+
+    handler_tar = pack_model(
+        root / "handler", reg, inference_py=HANDLER_INFERENCE, extra_files={"offset.txt": str(OFFSET)}
+    )
+    m_handler = d.model(new_name("inv-handler"), file_url(handler_tar), env={"SAGEMAKER_PROGRAM": "inference.py"})
+    f.create("handler", [variant("AllTraffic", m_handler)])
+
+    srcdir_model = pack_model(root / "srcdir-model", clf)  # no code/ in the archive
+    code_tar = pack_code(root / "srcdir-code", TRANSFORM_INFERENCE)
+    m_srcdir = d.model(
+        new_name("inv-srcdir"),
+        file_url(srcdir_model),
+        image=SM_SKLEARN_IMAGE,
+        env={"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": file_url(code_tar)},
+    )
+    f.create("srcdir", [variant("AllTraffic", m_srcdir)])
+
+    pkl_dir = model_dir(root / "pkl-dir", reg, filename="model.pkl")
+    m_pkl = d.model(new_name("inv-pkl"), str(pkl_dir))  # a directory
+    f.create("pkl", [variant("AllTraffic", m_pkl)])
+
+    skops_tar = pack_model(root / "skops", clf, filename="model.skops")
+    m_skops = d.model(new_name("inv-skops"), file_url(skops_tar))
+    f.create("skops", [variant("AllTraffic", m_skops)])
+    return f
+
+
+# --------------------------------------------------------------------------------------------------
+# default content handling
+# --------------------------------------------------------------------------------------------------
+def test_csv_single_row(rt: Any, fleet: Fleet, classifier: Any) -> None:
+    model, X = classifier
+    body = ",".join(repr(float(v)) for v in X[3]).encode()  # one line, no trailing newline
+    resp = invoke(rt, fleet["clf"], body, "text/csv")
+    assert resp["ContentType"].startswith("application/json")  # the default Accept
+    assert_predictions(decode_predictions(resp["Body"], resp["ContentType"]), model.predict(X[3:4]))
+
+
+def test_csv_many_rows(rt: Any, fleet: Fleet, classifier: Any) -> None:
+    model, X = classifier
+    resp = invoke(rt, fleet["clf"], csv_body(X[:50]) + b"\n", "text/csv", Accept="application/json")
+    assert_predictions(decode_predictions(resp["Body"], resp["ContentType"]), model.predict(X[:50]))
+
+
+BODIES = {
+    "text/csv": csv_body,
+    "application/json": json_body,
+    "application/json+instances": lambda X: json_body(X, instances=True),
+    "application/jsonlines": jsonlines_body,
+    "application/x-npy": npy_body,
+}
+
+
+@pytest.mark.parametrize("kind", list(BODIES))
+def test_request_content_types(rt: Any, fleet: Fleet, regressor: Any, kind: str) -> None:
+    model, X = regressor
+    rows = X[10:30]
+    content_type = kind.split("+")[0]
+    resp = invoke(rt, fleet["reg"], BODIES[kind](rows), content_type, Accept="application/json")
+    assert_predictions(decode_predictions(resp["Body"], resp["ContentType"]), model.predict(rows))
+
+
+@pytest.mark.parametrize("accept", ["application/json", "text/csv", "application/jsonlines", "application/x-npy"])
+def test_accept_is_honoured(rt: Any, fleet: Fleet, regressor: Any, accept: str) -> None:
+    model, X = regressor
+    rows = X[:15]
+    resp = invoke(rt, fleet["reg"], csv_body(rows), "text/csv", Accept=accept)
+    assert resp["ContentType"].split(";")[0].strip() == accept
+    assert_predictions(decode_predictions(resp["Body"], resp["ContentType"]), model.predict(rows))
+
+
+def test_unsupported_content_type_is_model_error_415(rt: Any, fleet: Fleet, classifier: Any) -> None:
+    _, X = classifier
+    with pytest.raises(ClientError) as exc_info:
+        invoke(rt, fleet["clf"], csv_body(X[:2]), "application/x-moorage-unknown")
+    exc = exc_info.value
+    assert err_code(exc) == "ModelError", exc.response
+    assert err_status(exc) == 424
+    assert int(err_field(exc, "OriginalStatusCode")) == 415, exc.response
+
+
+def test_large_batch(rt: Any, fleet: Fleet, regressor: Any) -> None:
+    model = regressor[0]
+    rng = np.random.default_rng(7)
+    rows = rng.normal(size=(5000, 4))
+    resp = invoke(rt, fleet["reg"], csv_body(rows), "text/csv", Accept="application/json")
+    assert_predictions(decode_predictions(resp["Body"], resp["ContentType"]), model.predict(rows))
+
+
+def test_concurrent_requests(server: Any, fleet: Fleet, classifier: Any) -> None:
+    model, X = classifier
+    rt = server.rt(read_timeout=30)
+    name = fleet["clf"]
+
+    def one(i: int) -> None:
+        rows = X[i % 250 : i % 250 + 5]
+        assert_predictions(predict(rt, name, rows), model.predict(rows))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(200)))
+
+
+# --------------------------------------------------------------------------------------------------
+# variants and runtime headers
+# --------------------------------------------------------------------------------------------------
+def test_invoked_production_variant(rt: Any, fleet: Fleet, classifier: Any) -> None:
+    _, X = classifier
+    resp = invoke(rt, fleet["clf"], csv_body(X[:1]))
+    assert resp["InvokedProductionVariant"] == "AllTraffic"
+
+
+@pytest.mark.parametrize("target", ["clf", "reg"])
+def test_target_variant(rt: Any, fleet: Fleet, classifier: Any, regressor: Any, target: str) -> None:
+    model = classifier[0] if target == "clf" else regressor[0]
+    X = regressor[1]
+    for i in range(15):
+        rows = X[i : i + 2]
+        resp = invoke(rt, fleet["targeted"], csv_body(rows), TargetVariant=target, Accept="application/json")
+        assert resp["InvokedProductionVariant"] == target
+        assert_predictions(decode_predictions(resp["Body"], resp["ContentType"]), model.predict(rows))
+
+
+def test_without_target_both_variants_serve(rt: Any, fleet: Fleet, regressor: Any) -> None:
+    X = regressor[1]
+    seen = {invoke(rt, fleet["targeted"], csv_body(X[:1]))["InvokedProductionVariant"] for _ in range(60)}
+    assert seen == {"clf", "reg"}  # equal weights: P(one variant only in 60) = 2**-59
+
+
+def test_unknown_target_variant(rt: Any, fleet: Fleet, regressor: Any) -> None:
+    with pytest.raises(ClientError) as exc_info:
+        invoke(rt, fleet["targeted"], csv_body(regressor[1][:1]), TargetVariant="NoSuchVariant")
+    assert err_code(exc_info.value) == "ValidationError", exc_info.value.response
+    assert err_status(exc_info.value) == 400
+
+
+def test_custom_attributes_and_inference_id(rt: Any, fleet: Fleet, classifier: Any) -> None:
+    model, X = classifier
+    resp = invoke(
+        rt, fleet["clf"], csv_body(X[:3]),
+        CustomAttributes="trace-id=abc-123;c000b4f9",
+        InferenceId="moorage-e2e-inference-0001",
+        Accept="application/json",
+    )  # fmt: skip
+    assert_predictions(decode_predictions(resp["Body"], resp["ContentType"]), model.predict(X[:3]))
+    # the default model sets no custom attributes: nothing (or an empty value) comes back
+    assert not resp.get("CustomAttributes"), resp.get("CustomAttributes")
+
+
+# --------------------------------------------------------------------------------------------------
+# inference.py handlers and artifact layouts
+# --------------------------------------------------------------------------------------------------
+def test_text_pipeline_with_input_predict_output_fn(rt: Any, fleet: Fleet, text_model: Any) -> None:
+    texts = ["love it, great quality", "broke quickly, awful", "fast delivery and works"]
+    resp = invoke(rt, fleet["text"], json.dumps({"texts": texts}).encode(), "application/json",
+                  Accept="application/json")  # fmt: skip
+    assert resp["ContentType"].startswith("application/json")
+    doc = json.loads(resp["Body"])
+    assert doc["labels"] == text_model.predict(texts).tolist()
+    np.testing.assert_allclose(np.asarray(doc["proba"]), text_model.predict_proba(texts), rtol=1e-9, atol=0)
+
+    resp = invoke(rt, fleet["text"], "\n".join(texts).encode(), "text/plain", Accept="application/json")
+    assert json.loads(resp["Body"])["labels"] == text_model.predict(texts).tolist()
+
+
+def test_handler_model_fn_and_predict_fn(rt: Any, fleet: Fleet, regressor: Any) -> None:
+    model, X = regressor
+    assert_predictions(predict(rt, fleet["handler"], X[:25]), model.predict(X[:25]) + OFFSET)
+
+
+def test_submit_directory_tarball_with_transform_fn(rt: Any, fleet: Fleet, classifier: Any) -> None:
+    model, X = classifier
+    resp = invoke(rt, fleet["srcdir"], json_body(X[:12]), "application/json", Accept="application/json")
+    doc = json.loads(resp["Body"])
+    np.testing.assert_allclose(np.asarray(doc["proba"]), model.predict_proba(X[:12]), rtol=1e-9, atol=0)
+
+
+def test_pickle_model_from_directory(rt: Any, fleet: Fleet, regressor: Any) -> None:
+    model, X = regressor
+    assert_predictions(predict(rt, fleet["pkl"], X[:9]), model.predict(X[:9]))
+
+
+def test_skops_model(rt: Any, fleet: Fleet, classifier: Any) -> None:
+    model, X = classifier
+    assert_predictions(predict(rt, fleet["skops"], X[:9]), model.predict(X[:9]))
