@@ -43,11 +43,14 @@ def epoch(value: Any) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, dt.datetime):
-        return value.timestamp()
-    try:
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError as exc:
-        raise ValidationException(f"Invalid timestamp: {value!r}") from exc
+        parsed = value
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValidationException(f"Invalid timestamp: {value!r}") from exc
+    # Like botocore, a timestamp without an offset is UTC, never the server's local time.
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
 
 
 _SORT_COLUMNS = {"Name": "name", "CreationTime": "created_at", "Status": "status"}
@@ -61,6 +64,8 @@ def list_query(req: dict[str, Any], default_max: int = 10) -> ListQuery:
     if req.get("NextToken"):
         try:
             offset = int(orjson.loads(base64.urlsafe_b64decode(req["NextToken"].encode()))["offset"])
+            if offset < 0:
+                raise ValueError(offset)
         except (ValueError, KeyError, TypeError) as exc:
             raise ValidationException("Invalid pagination token: NextToken is not one this server issued.") from exc
     return ListQuery(

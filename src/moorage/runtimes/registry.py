@@ -65,6 +65,13 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             # what `mlflow sagemaker build-and-push-container` names its image
             image_pattern=_image("mlflow-pyfunc", "mlflow"),
         ),
+        RuntimeSpec(
+            # Bring your own server: the model data's executable `serve` (or the container's
+            # MOORAGE_SERVE_COMMAND) is the instance; it needs nothing installed beside moorage.
+            name="byo", extra="", modules=(),
+            short_names=("byo",),
+            image_pattern=_image("moorage-byo"),
+        ),
     )
 }
 
@@ -89,10 +96,17 @@ def resolve_image(image: str) -> RuntimeSpec:
 
 def missing_packages(spec: RuntimeSpec) -> str | None:
     """A message naming the extra to install when the runtime's packages are not importable."""
-    missing = [m for m in spec.modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in spec.modules if not _importable(m)]
     if not missing:
         return None
     return (
         f"The {spec.name} runtime needs the Python packages {', '.join(missing)}, which are not installed "
         f"where moorage runs. Install them with: pip install 'moorage[{spec.extra}]'"
     )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False

@@ -109,6 +109,14 @@ class InstancePool:
         new = [Instance(self.launch, self.socket_dir, self.log_dir) for _ in range(count)]
         self.instances.extend(new)
         results = await asyncio.gather(*(i.start(self.start_timeout) for i in new), return_exceptions=True)
+        if self.closed:
+            # close() ran while these were starting: it could not stop a process not yet spawned.
+            await asyncio.gather(*(i.stop(0) for i in new), return_exceptions=True)
+            for instance in new:
+                with contextlib.suppress(ValueError):
+                    self.instances.remove(instance)
+            self._set_ready()
+            raise InstanceStartError(f"variant {self.variant} of endpoint {self.endpoint} was stopped while starting")
         failures = [r for r in results if isinstance(r, BaseException)]
         for instance, result in zip(new, results, strict=True):
             if not isinstance(result, BaseException):
@@ -117,7 +125,8 @@ class InstancePool:
         if failures:
             for instance, result in zip(new, results, strict=True):
                 if isinstance(result, BaseException):
-                    self.instances.remove(instance)
+                    with contextlib.suppress(ValueError):
+                        self.instances.remove(instance)
             first = failures[0]
             if isinstance(first, InstanceStartError):
                 raise first

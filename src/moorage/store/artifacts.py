@@ -76,8 +76,8 @@ class ArtifactStore:
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=self.cache_dir))
         try:
             with fs.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as archive:
-                # The "data" filter refuses absolute paths, links out of the tree and device files:
-                # a model archive is untrusted input.
+                # A model archive is untrusted input: the "data" filter refuses links out of the tree
+                # and device files, and strips a leading "/" so absolute names land inside it.
                 archive.extractall(staging, filter="data")
         except (tarfile.TarError, OSError, EOFError) as exc:
             shutil.rmtree(staging, ignore_errors=True)

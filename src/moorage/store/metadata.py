@@ -26,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     select,
     update,
@@ -148,6 +149,8 @@ class MetadataStore:
             values["body"] = body
         if touch:
             values["modified_at"] = time.time()
+        if not values:
+            return self.get(kind, name)
         with self._tx() as conn:
             conn.execute(
                 update(resources).where(and_(resources.c.kind == kind, resources.c.name == name)).values(**values)
@@ -169,8 +172,9 @@ class MetadataStore:
         q = query or ListQuery()
         stmt = select(resources).where(resources.c.kind == kind)
         if q.name_contains:
-            # Names are restricted to [a-zA-Z0-9-], so no LIKE wildcard escaping is needed.
-            stmt = stmt.where(resources.c.name.contains(q.name_contains))
+            # SageMaker names are case-insensitive; lower() on both sides makes every backend agree
+            # (LIKE is case-insensitive on SQLite but not on PostgreSQL).
+            stmt = stmt.where(func.lower(resources.c.name).contains(q.name_contains.lower(), autoescape=True))
         if q.status:
             stmt = stmt.where(resources.c.status == q.status)
         if q.created_after is not None:
