@@ -105,7 +105,7 @@ class InferenceHandler:
         self.framework = framework
         self.env = env
         self.program = program
-        self.default_accept = codecs.default_accept(env)
+        self.default_accept = env.get(codecs.DEFAULT_ACCEPT_ENV, "").strip() or framework.default_accept
         self.model: Any = None
         self.user_module: ModuleType | None = None
         self.batchable = False
@@ -167,8 +167,9 @@ class InferenceHandler:
 
     def decode(self, body: bytes, content_type: str | None) -> Any:
         """``input_fn``: the request body as the data ``predict`` takes."""
-        # sagemaker-containers reads a request without Content-Type as JSON; so do we.
-        content_type = content_type or codecs.JSON
+        # A request without Content-Type means what the framework's SageMaker container assumes
+        # (JSON for most, as sagemaker-containers does; CSV for XGBoost).
+        content_type = content_type or self.framework.default_content_type
         with _as_handler_error():
             if self._input_fn is None:
                 return self.framework.decode(body, content_type)
@@ -193,7 +194,7 @@ class InferenceHandler:
         """One request through the whole chain, or through ``transform_fn`` when the module has one."""
         if self._transform_fn is None:
             return self.encode(self.predict(self.decode(body, content_type)), accept)
-        content_type = content_type or codecs.JSON
+        content_type = content_type or self.framework.default_content_type
         with _as_handler_error():
             chosen = self._user_accept(accept)
             result = self._transform_fn(self.model, _toolkit_body(body, content_type), content_type, chosen)
@@ -238,7 +239,15 @@ class InferenceHandler:
             return False
         # Plain ints, not np.cumsum: numpy scalars make 32 small slices measurably slower.
         bounds = [0, *accumulate(len(a) for a in arrays)]
-        if not _splittable(prediction, bounds[-1]):
+        rows = bounds[-1]
+        if isinstance(prediction, dict):
+            # Several named outputs (e.g. ONNX label + probabilities): split each one alike.
+            if not prediction or not all(_splittable(v, rows) for v in prediction.values()):
+                return False
+            for i, start, stop in zip(indices, bounds, bounds[1:], strict=False):
+                results[i] = {name: value[start:stop] for name, value in prediction.items()}
+            return True
+        if not _splittable(prediction, rows):
             return False
         for i, start, stop in zip(indices, bounds, bounds[1:], strict=False):
             results[i] = prediction[start:stop]

@@ -14,6 +14,11 @@ from moorage.runtimes.frameworks.base import Framework, ModelLoadError
 # runtime name -> "module:Class"
 FRAMEWORK_CLASSES: dict[str, str] = {
     "sklearn": "moorage.runtimes.frameworks.sklearn:SklearnFramework",
+    "pytorch": "moorage.runtimes.frameworks.pytorch:PyTorchFramework",
+    "mlflow": "moorage.runtimes.frameworks.mlflow:MlflowFramework",
+    "xgboost": "moorage.runtimes.frameworks.xgboost:XGBoostFramework",
+    "lightgbm": "moorage.runtimes.frameworks.lightgbm:LightGBMFramework",
+    "onnx": "moorage.runtimes.frameworks.onnx:OnnxFramework",
 }
 
 __all__ = ["FRAMEWORK_CLASSES", "Framework", "ModelLoadError", "load_framework"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,10 @@ class Framework:
     """The defaults behind SageMaker's ``model_fn``, ``input_fn``, ``predict_fn`` and ``output_fn``."""
 
     name: str = "generic"
+    # What a request without Content-Type, or without Accept (or */*), means for this framework's
+    # SageMaker container; SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT still overrides the latter.
+    default_content_type: str = codecs.JSON
+    default_accept: str = codecs.JSON
 
     def load_model(self, model_dir: Path, env: Mapping[str, str] | None = None) -> Any:
         """The default ``model_fn``: find and load the model artifact under ``model_dir``."""
@@ -44,3 +49,20 @@ class Framework:
 
 def format_traceback() -> str:
     return traceback.format_exc()
+
+
+THREADS_ENV = "MOORAGE_CPU_THREADS"
+
+
+def cpu_threads(env: Mapping[str, str]) -> int:
+    """Threads the model may use: the instance type's share (set by the platform), else every usable core."""
+    try:
+        threads = int(env.get(THREADS_ENV, "").strip() or 0)
+    except ValueError:
+        threads = 0
+    if threads > 0:
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))  # a container's cpuset, where cpu_count() sees the whole host
+    except AttributeError:
+        return os.cpu_count() or 1
