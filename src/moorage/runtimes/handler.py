@@ -172,7 +172,10 @@ class InferenceHandler:
         content_type = content_type or self.framework.default_content_type
         with _as_handler_error():
             if self._input_fn is None:
-                return self.framework.decode(body, content_type)
+                data = self.framework.decode(body, content_type)
+                if self._predict_fn is not None:
+                    return self.framework.user_predict_input(data, content_type)
+                return data
             return self._input_fn(_toolkit_body(body, content_type), content_type)
 
     def predict(self, data: Any) -> Any:

@@ -40,6 +40,14 @@ class Framework:
         """The default ``input_fn``."""
         return codecs.decode(body, content_type)  # type: ignore[arg-type]
 
+    def user_predict_input(self, data: Any, content_type: str) -> Any:
+        """What a user ``predict_fn`` receives from the default ``input_fn``.
+
+        SageMaker's framework containers hand it the framework's own type (a tensor for PyTorch),
+        and user code relies on that (``data.to(device)``); numpy suits every other framework.
+        """
+        return data
+
     def encode(self, prediction: Any, accept: str) -> tuple[bytes, str]:
         """The default ``output_fn``; ``accept`` is already negotiated to a supported type."""
         return codecs.encode(prediction, accept)

@@ -25,9 +25,7 @@ import torch
 
 from moorage.runtimes import codecs
 from moorage.runtimes.codecs import PayloadError
-from moorage.runtimes.frameworks.base import Framework, ModelLoadError, format_traceback
-
-CPU_THREADS_ENV = "MOORAGE_CPU_THREADS"
+from moorage.runtimes.frameworks.base import Framework, ModelLoadError, cpu_threads, format_traceback
 
 _threads_lock = threading.Lock()
 _threads_configured = False
@@ -156,22 +154,13 @@ def configure_threads(env: Mapping[str, str]) -> None:
         if _threads_configured:
             return
         _threads_configured = True
-        threads = _cpu_threads(env)
+        threads = cpu_threads(env)
         torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:
             pass  # some inter-op work already ran in this process (tests); the pool size is fixed by now
 
-
-def _cpu_threads(env: Mapping[str, str]) -> int:
-    value = env.get(CPU_THREADS_ENV, "").strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    try:
-        return len(os.sched_getaffinity(0))  # respects taskset/cpusets, unlike os.cpu_count()
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------- loading
