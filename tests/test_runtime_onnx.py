@@ -175,7 +175,7 @@ def test_model_file_names(tmp_path: Path, logistic: Any) -> None:
     assert handler.model.get_inputs()[0].name == "features"
     model_dir(tmp_path / "two", graph, "a.onnx")
     model_dir(tmp_path / "two", graph, "b.onnx")
-    with pytest.raises(ModelLoadError, match=r"several ONNX files.*a\.onnx, b\.onnx"):
+    with pytest.raises(ModelLoadError, match=r"several model files \(a\.onnx, b\.onnx\)"):
         handler_for(tmp_path / "two")
     model_dir(tmp_path / "two", graph, "model.onnx")  # model.onnx settles it
     assert handler_for(tmp_path / "two").model is not None

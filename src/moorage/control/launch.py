@@ -7,23 +7,38 @@ from pathlib import Path
 from typing import Any
 
 from moorage.control.common import Context
-from moorage.control.models import model_data_url, primary_container
-from moorage.runtimes.registry import resolve_image
+from moorage.control.models import (
+    BYO,
+    SERVE_FILE,
+    model_data_url,
+    primary_container,
+    serve_command_from_env,
+    serve_executable,
+    startup_timeout_from_env,
+)
+from moorage.errors import ValidationException
+from moorage.runtimes.registry import UnsupportedImage, resolve_image
 from moorage.serving.instance import LaunchSpec
+from moorage.store.artifacts import ArtifactError
 
 # The SageMaker Python SDK writes this for code packed inside model.tar.gz; there it means the
 # archive's code/ folder, wherever we extracted it.
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+REQUIREMENTS_FILE = "requirements.txt"
 
 
 def _is_archive_url(value: str) -> bool:
     return "://" in value or value.endswith((".tar.gz", ".tgz", ".tar"))
 
 
-async def launch_spec(ctx: Context, model: dict[str, Any], instance_type: str) -> LaunchSpec:
-    """Fetch and unpack the model's artifacts (off the event loop) and build its LaunchSpec."""
+async def launch_spec(ctx: Context, model: dict[str, Any], instance_type: str,
+                      startup_timeout: float | None = None) -> LaunchSpec:
+    """Fetch and unpack the model's artifacts (off the event loop) and build its LaunchSpec.
+
+    ``startup_timeout`` is the variant's /ping deadline (SageMaker's
+    ContainerStartupHealthCheckTimeoutInSeconds); the container's MOORAGE_STARTUP_TIMEOUT wins over it.
+    """
     container = primary_container(model)
-    runtime = resolve_image(container["Image"]).name
     url = model_data_url(container)
     if url:
         model_dir = await asyncio.to_thread(ctx.artifacts.materialize, url)
@@ -31,6 +46,24 @@ async def launch_spec(ctx: Context, model: dict[str, Any], instance_type: str) -
         model_dir = ctx.settings.models_dir / "empty"
         model_dir.mkdir(parents=True, exist_ok=True)
     env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
+    try:
+        command = serve_command_from_env(env)
+        startup_timeout = startup_timeout_from_env(env) or startup_timeout
+    except ValueError as exc:
+        raise ValidationException(f"Invalid container Environment: {exc}.") from exc
+    if command is not None:
+        runtime = BYO
+    else:
+        try:
+            runtime = resolve_image(container["Image"]).name
+        except UnsupportedImage:
+            runtime = BYO
+        if runtime == BYO:
+            serve = await asyncio.to_thread(serve_executable, Path(model_dir))
+            if serve is None:
+                raise ArtifactError(f"The model data at {url or '(none)'} has no executable `{SERVE_FILE}` for image "
+                                    f"'{container['Image']}' to run.")
+            command = (str(serve),)
     submit = env.get("SAGEMAKER_SUBMIT_DIRECTORY")
     if submit:
         if submit == SAGEMAKER_MODEL_DIR or submit.startswith(SAGEMAKER_MODEL_DIR + "/"):
@@ -39,4 +72,15 @@ async def launch_spec(ctx: Context, model: dict[str, Any], instance_type: str) -
             code_dir = await asyncio.to_thread(ctx.artifacts.materialize, submit)
             env["SAGEMAKER_SUBMIT_DIRECTORY"] = str(code_dir)
     env["SM_MODEL_DIR"] = str(model_dir)
-    return LaunchSpec(runtime=runtime, model_dir=Path(model_dir), environment=env, instance_type=instance_type)
+    requirements = await asyncio.to_thread(_requirements_file, Path(model_dir), env)
+    return LaunchSpec(runtime=runtime, model_dir=Path(model_dir), environment=env, instance_type=instance_type,
+                      command=command or (), requirements=requirements, envs_dir=ctx.settings.home / "envs",
+                      startup_timeout=startup_timeout)
+
+
+def _requirements_file(model_dir: Path, env: dict[str, str]) -> Path | None:
+    """The requirements.txt beside the user's code, as the handler finds that code (submit dir, else code/)."""
+    submit = env.get("SAGEMAKER_SUBMIT_DIRECTORY", "").strip()
+    code_dir = Path(submit) if submit and "://" not in submit and Path(submit).is_dir() else model_dir / "code"
+    path = code_dir / REQUIREMENTS_FILE
+    return path if path.is_file() else None

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import os
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from moorage.control.common import MODEL, Context, list_query, page, put_tags, timestamp
@@ -10,6 +16,47 @@ from moorage.runtimes.frameworks import FRAMEWORK_CLASSES
 from moorage.runtimes.registry import UnsupportedImage, missing_packages, resolve_image, supported_images
 from moorage.store.artifacts import ArtifactError, describe
 from moorage.store.metadata import AlreadyExists
+
+BYO = "byo"
+SERVE_FILE = "serve"
+SERVE_COMMAND_ENV = "MOORAGE_SERVE_COMMAND"
+STARTUP_TIMEOUT_ENV = "MOORAGE_STARTUP_TIMEOUT"
+BYO_HELP = (f"To bring your own model server, put an executable `{SERVE_FILE}` file at the root of the model "
+            f"data, or set {SERVE_COMMAND_ENV} in the container's Environment (image '{BYO}').")
+
+
+def serve_command_from_env(env: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """MOORAGE_SERVE_COMMAND split as a POSIX shell would; None when unset; ValueError when unusable."""
+    line = env.get(SERVE_COMMAND_ENV)
+    if line is None:
+        return None
+    try:
+        argv = tuple(shlex.split(str(line)))
+    except ValueError as exc:
+        raise ValueError(f"{SERVE_COMMAND_ENV} is not a valid command line ({exc})") from exc
+    if not argv:
+        raise ValueError(f"{SERVE_COMMAND_ENV} is empty")
+    return argv
+
+
+def serve_executable(model_dir: Path) -> Path | None:
+    """The model directory's `serve` program, when it is an executable file."""
+    path = model_dir / SERVE_FILE
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def startup_timeout_from_env(env: Mapping[str, Any]) -> float | None:
+    """MOORAGE_STARTUP_TIMEOUT in seconds; None when unset; ValueError when not a positive number."""
+    value = env.get(STARTUP_TIMEOUT_ENV)
+    if value is None or not str(value).strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{STARTUP_TIMEOUT_ENV} must be a positive number of seconds, not {value!r}")
+    return seconds
 
 
 def primary_container(body: dict[str, Any]) -> dict[str, Any]:
@@ -46,16 +93,28 @@ class Models:
         if not container.get("Image"):
             raise ValidationException("The container needs an Image (for example 'sklearn' or a SageMaker "
                                       "framework image URI).")
+        env = container.get("Environment") or {}
         try:
-            spec = resolve_image(container["Image"])
-        except UnsupportedImage as exc:
-            raise ValidationException(str(exc)) from exc
-        if spec.name not in FRAMEWORK_CLASSES:
-            raise ValidationException(f"The {spec.name} runtime is not available in this moorage version. "
-                                      f"Supported images: {supported_images()}.")
-        missing = missing_packages(spec)
-        if missing:
-            raise ValidationException(missing)
+            command = serve_command_from_env(env)
+            startup_timeout_from_env(env)
+        except ValueError as exc:
+            raise ValidationException(f"Invalid container Environment: {exc}.") from exc
+        if command is None:
+            try:
+                spec = resolve_image(container["Image"])
+            except UnsupportedImage as exc:
+                # An image we do not know may still be a server of the user's own, in the model data.
+                await self._require_serve(container, f"{exc} {BYO_HELP}")
+            else:
+                if spec.name == BYO:
+                    await self._require_serve(container, f"Image '{container['Image']}' runs your own model server. "
+                                                         f"{BYO_HELP}")
+                elif spec.name not in FRAMEWORK_CLASSES:
+                    raise ValidationException(f"The {spec.name} runtime is not available in this moorage version. "
+                                              f"Supported images: {supported_images()}.")
+                missing = missing_packages(spec)
+                if missing:
+                    raise ValidationException(missing)
         url = model_data_url(container)
         if url:
             try:
@@ -70,6 +129,23 @@ class Models:
             raise ValidationException(f'Cannot create already existing model "{arn}".') from exc
         put_tags(self.ctx, arn, req.get("Tags"))
         return {"ModelArn": arn}
+
+    async def _require_serve(self, container: dict[str, Any], reason: str) -> None:
+        """Raise ValidationException(reason + what is missing) unless the model data has an executable `serve`."""
+        url = model_data_url(container)
+        if not url:
+            raise ValidationException(f"{reason} The container has no ModelDataUrl to look for `{SERVE_FILE}` in.")
+        try:
+            # Fetching and unpacking can take a while for a big model: off the event loop. The
+            # extraction is cached, so the endpoint's instances reuse it.
+            model_dir = await asyncio.to_thread(self.ctx.artifacts.materialize, url)
+        except ArtifactError as exc:
+            raise ValidationException(str(exc)) from exc
+        if await asyncio.to_thread(serve_executable, model_dir) is None:
+            found = await asyncio.to_thread((model_dir / SERVE_FILE).exists)
+            detail = (f"The `{SERVE_FILE}` file in the model data at {url} is not executable (chmod +x it)."
+                      if found else f"The model data at {url} has no `{SERVE_FILE}` file at its root.")
+            raise ValidationException(f"{reason} {detail}")
 
     def get(self, name: str) -> dict[str, Any]:
         row = self.ctx.store.get(MODEL, name)

@@ -2,16 +2,32 @@
 
 The platform owns the process's whole life: it starts it with the model directory and the
 container's environment, waits for ``/ping``, counts outstanding requests for the load balancer,
-notices when the process dies, and drains then stops it. Output goes to a per-instance log file,
-whose last lines become the reason when the instance cannot start.
+notices when the process dies, and drains then stops it.
+
+Two kinds of server are started the same way. A built-in runtime (``python -m
+moorage.runtimes.server``) listens on a Unix socket; a bring-your-own server (runtime ``byo``: the
+model's ``serve`` executable or ``MOORAGE_SERVE_COMMAND``) is told where to listen as SageMaker tells
+a container, with ``SAGEMAKER_BIND_TO_PORT`` (a free loopback port) and ``SAGEMAKER_SAFE_PORT_RANGE``
+(a few more ports reserved for its own helpers), and is reached over loopback TCP.
+
+The process's output goes through a pipe into a rotating per-instance log (see ``logs.py``), whose
+last lines become the reason when the instance cannot start. Each instance gets the CPU threads and
+memory limit of its instance type (``instance_types.py``), and the Python environment of its
+``requirements.txt`` when it has one (``environments.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
+import random
+import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -20,6 +36,27 @@ from enum import StrEnum
 from pathlib import Path
 
 from moorage.serving.client import InstanceClient, InstanceConnectionError, InstanceResponse, InstanceTimeout
+from moorage.serving.environments import RequirementsError, ensure_environment, server_environment
+from moorage.serving.instance_types import (
+    MemoryLimit,
+    Resources,
+    memory_limit,
+    resources_for,
+    thread_environment,
+)
+from moorage.serving.logs import LogPolicy, RotatingLog, clip_tail
+
+log = logging.getLogger("moorage.instance")
+
+BYO_RUNTIME = "byo"
+LOOPBACK = "127.0.0.1"
+# Where ports for bring-your-own servers come from: below Linux's ephemeral range (32768-60999), so
+# the kernel does not hand them to outgoing connections meanwhile.
+PORT_RANGE = (20000, 32760)
+PORT_BLOCK = 8  # the bind port + 7 in SAGEMAKER_SAFE_PORT_RANGE
+# Bounds the wait for the last output of a process that exited (a grandchild may hold its pipe open).
+LOG_DRAIN_TIMEOUT_S = 2.0
+MAX_REASON_TAIL = 700  # FailureReason is at most 1024 characters in SageMaker's API
 
 
 class InstanceState(StrEnum):
@@ -42,6 +79,10 @@ class LaunchSpec:
     model_dir: Path
     environment: dict[str, str] = field(default_factory=dict)
     instance_type: str = "ml.m5.large"
+    command: tuple[str, ...] = ()  # runtime "byo": the server's argv, run with cwd = model_dir
+    requirements: Path | None = None  # a requirements.txt to install into a per-model environment
+    envs_dir: Path | None = None  # where those environments are cached (home/envs)
+    startup_timeout: float | None = None  # overrides the pool's /ping deadline (MOORAGE_STARTUP_TIMEOUT)
 
 
 def log_tail(path: Path, lines: int = 12, max_bytes: int = 16384) -> str:
@@ -56,6 +97,55 @@ def log_tail(path: Path, lines: int = 12, max_bytes: int = 16384) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+class _PortBlocks:
+    """Loopback port blocks for bring-your-own servers, reserved while their instance lives."""
+
+    def __init__(self) -> None:
+        self.taken: set[int] = set()
+
+    def reserve(self) -> int:
+        lo, hi = PORT_RANGE
+        bases = list(range(lo, hi - PORT_BLOCK, PORT_BLOCK))
+        random.shuffle(bases)
+        for base in bases[:400]:
+            if base in self.taken:
+                continue
+            if all(_bindable(p) for p in range(base, base + PORT_BLOCK)):
+                self.taken.add(base)
+                return base
+        raise InstanceStartError(f"no free block of {PORT_BLOCK} loopback ports in {lo}-{hi}")
+
+    def release(self, base: int) -> None:
+        self.taken.discard(base)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+PORTS = _PortBlocks()
+
+
+@functools.cache
+def _death_signal_prefix() -> tuple[str, ...]:
+    """util-linux ``setpriv --pdeathsig KILL --`` where available: the kernel then kills an instance
+    whose server died, even by SIGKILL (a bring-your-own server has no parent watch of its own).
+    A wrapper rather than ``preexec_fn``, which is unsafe in a process with threads."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    try:
+        usage = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in usage else ()
+
+
 class Instance:
     def __init__(self, launch: LaunchSpec, socket_dir: Path, log_dir: Path, instance_id: str | None = None):
         self.id = instance_id or f"i-{uuid.uuid4().hex[:12]}"
@@ -65,11 +155,19 @@ class Instance:
         self.state = InstanceState.PENDING
         self.outstanding = 0
         self.process: asyncio.subprocess.Process | None = None
+        self.port: int | None = None
         self.client = InstanceClient(socket_path=self.socket_path)
         self.started_at: float | None = None
         self.ready_at: float | None = None
+        self.log: RotatingLog | None = None
+        self._pump: asyncio.Future[None] | None = None
+        self._memory: MemoryLimit | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def byo(self) -> bool:
+        return self.launch.runtime == BYO_RUNTIME
 
     @property
     def pid(self) -> int | None:
@@ -81,57 +179,179 @@ class Instance:
             return None
         return self.ready_at - self.started_at
 
-    def _command(self) -> list[str]:
-        return [sys.executable, "-m", "moorage.runtimes.server", "--runtime", self.launch.runtime,
+    def _command(self, python: str) -> list[str]:
+        if self.byo:
+            return list(self.launch.command)
+        return [python, "-m", "moorage.runtimes.server", "--runtime", self.launch.runtime,
                 "--model-dir", str(self.launch.model_dir), "--socket", self.socket_path]
 
-    def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.launch.environment)
+    def _environment(self, resources: Resources, venv_bin: Path | None) -> dict[str, str]:
+        container = self.launch.environment
+        env = server_environment()
+        env.update(thread_environment(resources, container))
+        env.update(container)
         env["MOORAGE_PARENT_PID"] = str(os.getpid())
         env["MOORAGE_INSTANCE_ID"] = self.id
         env["SAGEMAKER_INSTANCE_TYPE"] = self.launch.instance_type
+        env.setdefault("SM_MODEL_DIR", str(self.launch.model_dir))
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.port is not None:
+            env["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
+            env["SAGEMAKER_SAFE_PORT_RANGE"] = f"{self.port + 1}-{self.port + PORT_BLOCK - 1}"
+        if venv_bin is not None:
+            env["VIRTUAL_ENV"] = str(venv_bin.parent)
+            env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', os.defpath)}"
+            env.pop("PYTHONHOME", None)
         return env
 
     async def start(self, timeout: float = 120.0) -> None:
         """Start the process and return once ``/ping`` answers 200; raise InstanceStartError otherwise."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        timeout = self.launch.startup_timeout or timeout
         self.started_at = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- moorage: starting instance {self.id} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
-            log.flush()
+        self.log = RotatingLog(self.log_path, LogPolicy.from_env(self.launch.environment, os.environ))
+        self.log.line(f"starting instance {self.id} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} "
+                      f"(runtime {self.launch.runtime}, instance type {self.launch.instance_type})")
+        try:
+            await self._spawn()
+            await self._wait_ready(timeout)
+        except InstanceStartError:
+            self.state = InstanceState.FAILED
+            await self._abort()
+            raise
+        except BaseException:
+            # Cancelled (the endpoint was deleted while starting) or an unexpected error: never leave
+            # a half-started process behind.
+            self.state = InstanceState.FAILED
+            self._signal_group(signal.SIGKILL)
+            if self._pump is None and self.log is not None:
+                self.log.close()
+            self._release()
+            raise
+
+    async def _spawn(self) -> None:
+        assert self.log is not None
+        venv_bin: Path | None = None
+        python = sys.executable
+        if self.launch.requirements is not None:
+            envs_dir = self.launch.envs_dir or self.launch.model_dir.parent / "envs"
+            try:
+                code_env = await ensure_environment(self.launch.requirements, envs_dir, self.launch.environment,
+                                                    note=self.log.line)
+            except RequirementsError as exc:
+                self.log.line(str(exc))
+                raise InstanceStartError(str(exc)) from exc
+            venv_bin, python = code_env.bin_dir, str(code_env.python)
+        if self.byo:
+            if not self.launch.command:
+                raise InstanceStartError(f"instance {self.id}: runtime byo needs a command (a `serve` executable "
+                                         "in the model data, or MOORAGE_SERVE_COMMAND)")
+            self.port = PORTS.reserve()
+            self.client = InstanceClient(host=LOOPBACK, port=self.port)
+        else:
+            Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+        resources = resources_for(self.launch.instance_type)
+        self._memory = memory_limit(resources, self.id)
+        self.log.line(f"{resources.cpu_threads} CPU threads; {self._memory.note}")
+        prefix = [*_death_signal_prefix(), *self._memory.prefix]
+        command = self._command(python)
+        if self.byo:
+            self.log.line(f"command {command} in {self.launch.model_dir}, SAGEMAKER_BIND_TO_PORT={self.port}")
+        try:
             self.process = await asyncio.create_subprocess_exec(
-                *self._command(), env=self._environment(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                *prefix, *command, env=self._environment(resources, venv_bin), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                cwd=str(self.launch.model_dir) if self.byo else None,
             )
+        except OSError as exc:
+            reason = f"instance {self.id} could not run {command[0]!r}: {exc}"
+            self.log.line(reason)
+            raise InstanceStartError(reason) from exc
+        assert self.process.stdout is not None
+        self.log.line(f"started pid {self.process.pid}")
+        self._pump = asyncio.ensure_future(self._drain_output(self.process, self.log))
+
+    async def _drain_output(self, process: asyncio.subprocess.Process, out: RotatingLog) -> None:
+        """Log the process's output until its pipe closes, then free what the instance held."""
+        assert process.stdout is not None
+        try:
+            await out.pump(process.stdout)
+            await process.wait()
+        finally:
+            out.close()
+            self._release()
+
+    async def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
+        interval = 0.05
         while True:
             if self.process.returncode is not None:
-                self.state = InstanceState.FAILED
-                raise InstanceStartError(self._exit_reason())
-            if os.path.exists(self.socket_path) and await self._ping(timeout=2.0):
+                raise InstanceStartError(await self._exit_reason())
+            remaining = deadline - time.monotonic()
+            ready = (self.byo or os.path.exists(self.socket_path)) and await self._ping(min(2.0, max(0.1, remaining)))
+            if ready:
                 self.ready_at = time.monotonic()
                 self.state = InstanceState.IN_SERVICE
                 return
             if time.monotonic() > deadline:
                 await self.kill()
-                self.state = InstanceState.FAILED
+                await self._wait_drained()
                 raise InstanceStartError(
                     f"instance {self.id} did not pass its /ping health check within {timeout:g} s. "
-                    f"Last log lines:\n{log_tail(self.log_path)}")
-            await asyncio.sleep(0.05)
+                    f"Last log lines:\n{clip_tail(self._tail(), MAX_REASON_TAIL)}")
+            await asyncio.sleep(interval)
+            if self.byo:
+                # A server that is up but not ready yet answers every ping (and may log each one):
+                # ask less often as the wait grows.
+                interval = min(0.5, interval * 1.2)
 
-    def _exit_reason(self) -> str:
+    async def _wait_drained(self) -> None:
+        if self._pump is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._pump), LOG_DRAIN_TIMEOUT_S)
+
+    def _tail(self, lines: int = 12) -> str:
+        return self.log.tail(lines) if self.log is not None else log_tail(self.log_path, lines)
+
+    async def _exit_reason(self) -> str:
+        await self._wait_drained()
         code = self.process.returncode if self.process else None
-        tail = log_tail(self.log_path)
+        tail = self._tail()
         last = tail.splitlines()[-1] if tail else ""
         prefix = "moorage-instance: "
         if last.startswith(prefix):
             return f"{last[len(prefix):]} (instance {self.id} exited with code {code}; log: {self.log_path})"
-        return f"instance {self.id} exited with code {code} during startup. Last log lines:\n{tail}"
+        return (f"instance {self.id} exited with code {code} during startup. "
+                f"Last log lines:\n{clip_tail(tail, MAX_REASON_TAIL)}")
+
+    async def _abort(self) -> None:
+        """After a failed start: the process group gone, its output logged, its resources freed."""
+        await self.kill()
+        await self._wait_drained()
+        if self._pump is None and self.log is not None:
+            self.log.close()  # nothing was spawned, so no pump will close it
+        self._release()
+
+    def _release(self) -> None:
+        """Free the ports and cgroup once the process is gone (the output pump calls this at its exit)."""
+        if self.process is not None and self.process.returncode is None:
+            return
+        if self.port is not None:
+            PORTS.release(self.port)
+            self.port = None
+        if self._memory is not None:
+            self._memory.release()
+            self._memory = None
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """Signal the instance's process group: a server's own workers go with it."""
+        proc = self.process
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
 
     async def _ping(self, timeout: float) -> bool:
         try:
@@ -169,14 +389,17 @@ class Instance:
         self.state = InstanceState.STOPPED
         self.client.close()
         proc = self.process
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), term_timeout)
-        except TimeoutError:
-            await self.kill()
+        if proc is not None and proc.returncode is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), term_timeout)
+            except TimeoutError:
+                await self.kill()
+        if proc is not None:
+            # Helpers a server started and left behind in its group go too.
+            self._signal_group(signal.SIGKILL)
+            await self._wait_drained()
+        self._release()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 
@@ -184,6 +407,7 @@ class Instance:
         proc = self.process
         if proc is None or proc.returncode is not None:
             return
+        self._signal_group(signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         with contextlib.suppress(TimeoutError):

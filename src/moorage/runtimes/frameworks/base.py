@@ -28,6 +28,29 @@ class Framework:
     default_content_type: str = codecs.JSON
     default_accept: str = codecs.JSON
 
+    # The model file the default model_fn looks for: the first of ``model_files`` that exists, else
+    # the only file with one of ``model_suffixes``. ``missing_hint`` ends the error when none is found.
+    model_files: tuple[str, ...] = ()
+    model_suffixes: tuple[str, ...] = ()
+    missing_hint: str = ""
+
+    def find_model_file(self, model_dir: Path) -> Path:
+        model_dir = Path(model_dir)
+        for name in self.model_files:
+            if (model_dir / name).is_file():
+                return model_dir / name
+        files = sorted(p for p in model_dir.iterdir() if p.is_file()) if model_dir.is_dir() else []
+        candidates = [p for p in files if p.suffix in self.model_suffixes]
+        if len(candidates) == 1:
+            return candidates[0]
+        problem = f"several model files ({', '.join(p.name for p in candidates)})" if candidates else "no model file"
+        looked_for = ", ".join(self.model_files)
+        patterns = "/".join(f"*{suffix}" for suffix in self.model_suffixes)
+        raise ModelLoadError(
+            f"Found {problem} in {model_dir} (looked for {looked_for}, or exactly one {patterns}); "
+            f"files seen: {[p.name for p in files] or 'none'}{self.missing_hint}"
+        )
+
     def load_model(self, model_dir: Path, env: Mapping[str, str] | None = None) -> Any:
         """The default ``model_fn``: find and load the model artifact under ``model_dir``."""
         raise ModelLoadError(f"The {self.name} runtime has no default model loader; define model_fn in inference.py")

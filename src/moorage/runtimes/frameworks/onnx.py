@@ -92,6 +92,8 @@ class OnnxFramework(Framework):
     """An ONNX graph in an onnxruntime InferenceSession on the CPU."""
 
     name = "onnx"
+    model_files = (MODEL_FILE,)
+    model_suffixes = (".onnx",)
 
     def __init__(self) -> None:
         # A user model_fn bypasses load_model, so start from the process environment (the instance's own).
@@ -117,24 +119,6 @@ class OnnxFramework(Framework):
             ) from exc
         self._signature = _Signature.of(session, self.outputs)  # also checks MOORAGE_ONNX_OUTPUTS now, not later
         return session
-
-    def find_model_file(self, model_dir: Path) -> Path:
-        """model.onnx, else the only *.onnx."""
-        if (model_dir / MODEL_FILE).is_file():
-            return model_dir / MODEL_FILE
-        candidates = sorted(p for p in model_dir.glob("*.onnx") if p.is_file()) if model_dir.is_dir() else []
-        if len(candidates) == 1:
-            return candidates[0]
-        if candidates:
-            raise ModelLoadError(
-                f"Found several ONNX files in {model_dir}: {', '.join(p.name for p in candidates)}; "
-                f"name the one to serve {MODEL_FILE}"
-            )
-        seen = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
-        raise ModelLoadError(
-            f"Found no model file in {model_dir} (looked for {MODEL_FILE}, or exactly one *.onnx); "
-            f"files seen: {seen or 'none'}"
-        )
 
     # ------------------------------------------------------------------------------------------ requests
 

@@ -47,8 +47,9 @@ class PyTorchFramework(Framework):
     """TorchScript (``torch.jit.save``) or ``torch.export`` (``.pt2``) models; anything else via ``model_fn``."""
 
     name = "pytorch"
-    _PREFERRED = ("model.pt", "model.pth", "model.pt2")
-    _SUFFIXES = (".pt", ".pth", ".pt2")
+    model_files = ("model.pt", "model.pth", "model.pt2")
+    model_suffixes = (".pt", ".pth", ".pt2")
+    missing_hint = ". To load anything else, define model_fn in code/inference.py"
 
     def __init__(self) -> None:
         # The instance server makes one framework per process before anything loads, so the thread
@@ -70,22 +71,6 @@ class PyTorchFramework(Framework):
             raise ModelLoadError(
                 f"Could not load {path.name}: {type(exc).__name__}: {exc}", traceback=format_traceback()
             ) from exc
-
-    def find_model_file(self, model_dir: Path) -> Path:
-        """model.pt, else model.pth, else model.pt2, else the only *.pt/*.pth/*.pt2 file."""
-        for name in self._PREFERRED:
-            if (model_dir / name).is_file():
-                return model_dir / name
-        candidates = sorted(p for p in model_dir.glob("*") if p.is_file() and p.suffix in self._SUFFIXES)
-        if len(candidates) == 1:
-            return candidates[0]
-        seen = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
-        problem = "several model files" if candidates else "no model file"
-        raise ModelLoadError(
-            f"Found {problem} in {model_dir} (looked for model.pt, model.pth, model.pt2, or exactly one "
-            f"*.pt/*.pth/*.pt2); files seen: {seen or 'none'}. To load anything else, define model_fn in "
-            "code/inference.py"
-        )
 
     # ------------------------------------------------------------------------------------------ requests
 

@@ -22,8 +22,8 @@ class SklearnFramework(Framework):
     """scikit-learn estimators saved with joblib, pickle or skops."""
 
     name = "sklearn"
-    _PREFERRED = ("model.joblib", "model.pkl", "model.pickle", "model.skops")
-    _SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops")
+    model_files = ("model.joblib", "model.pkl", "model.pickle", "model.skops")
+    model_suffixes = (".joblib", ".pkl", ".pickle", ".skops")
 
     def load_model(self, model_dir: Path, env: Mapping[str, str] | None = None) -> Any:
         path = self.find_model_file(Path(model_dir))
@@ -38,22 +38,6 @@ class SklearnFramework(Framework):
             raise ModelLoadError(
                 f"Could not load {path.name}: {type(exc).__name__}: {exc}", traceback=format_traceback()
             ) from exc
-
-    def find_model_file(self, model_dir: Path) -> Path:
-        """model.joblib, else model.pkl/.pickle, else model.skops, else the only model-like file."""
-        for name in self._PREFERRED:
-            if (model_dir / name).is_file():
-                return model_dir / name
-        candidates = sorted(p for p in model_dir.glob("*") if p.is_file() and p.suffix in self._SUFFIXES)
-        if len(candidates) == 1:
-            return candidates[0]
-        seen = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
-        problem = "several model files" if candidates else "no model file"
-        raise ModelLoadError(
-            f"Found {problem} in {model_dir} (looked for model.joblib, model.pkl, model.pickle, "
-            f"model.skops, or exactly one *.joblib/*.pkl/*.pickle/*.skops); files seen: {seen or 'none'}"
-        )
-
 
 def _load_pickled(path: Path) -> Any:
     # joblib.load reads plain pickles too, and users often joblib.dump() into a file named model.pkl:
