@@ -84,7 +84,9 @@ class Endpoints:
             if model_row is None:
                 raise DeployError(vname, f'Could not find model "{self.ctx.arn("model", variant["ModelName"])}".')
             try:
-                launch = await launch_spec(self.ctx, model_row.body, variant.get("InstanceType", "ml.m5.large"))
+                timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
+                launch = await launch_spec(self.ctx, model_row.body, variant.get("InstanceType", "ml.m5.large"),
+                                           startup_timeout=float(timeout) if timeout else None)
             except ArtifactError as exc:
                 raise DeployError(vname, str(exc)) from exc
             plans.append(VariantPlan(
