@@ -56,6 +56,11 @@ class Settings:
         return self.home / "models"
 
     @property
+    def artifacts_dir(self) -> Path:
+        """Where uploads through the native API land (``moorage.Session.upload_data``)."""
+        return self.home / "artifacts"
+
+    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 

@@ -222,11 +222,14 @@ class SigV4Verifier:
         headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
         now: float | None = None,
+        payload_hash: str | None = None,
     ) -> Principal:
         """Return who signed the request, or raise AuthError with the code AWS would send.
 
         ``headers`` are ASGI pairs (lowercase names); ``raw_path`` is the path as sent, still
-        percent-encoded; ``query_string`` is the raw query without '?'.
+        percent-encoded; ``query_string`` is the raw query without '?'. ``payload_hash`` stands in
+        for the body when the caller streams a body too large to hold: the signature is checked over
+        it, and the caller must check that the bytes it keeps hash to it.
         """
         single: dict[bytes, bytes] = {}
         repeated: dict[bytes, list[bytes]] | None = None
@@ -247,13 +250,14 @@ class SigV4Verifier:
         if authorization is None:
             if not presigned:
                 raise AuthError("MissingAuthenticationTokenException", MSG_MISSING_TOKEN)
-            return self._verify_presigned(method, raw_path, query_string, single, repeated, body, now)
+            return self._verify_presigned(method, raw_path, query_string, single, repeated, body, now, payload_hash)
         if presigned:
             raise _incomplete(
                 "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter or the "
                 "Authorization header should be specified."
             )
-        return self._verify_header(method, raw_path, query_string, single, repeated, body, now, authorization)
+        return self._verify_header(method, raw_path, query_string, single, repeated, body, now, authorization,
+                                   payload_hash)
 
     # -- the two ways to carry a signature ------------------------------------------------------
 
@@ -267,6 +271,7 @@ class SigV4Verifier:
         body: bytes,
         now: float | None,
         authorization: bytes,
+        payload_hash: str | None = None,
     ) -> Principal:
         text = authorization.decode("latin-1").strip()
         algorithm, _, rest = text.partition(" ")
@@ -309,7 +314,7 @@ class SigV4Verifier:
         signing_key = self._signing_key(access_key, amz_date, scope, region, service)
         self._check_clock(amz_date, epoch, now)
 
-        payload = self._payload_hash(single, body)
+        payload = self._payload_hash(single, body, payload_hash)
         canonical_uri = _canonical_uri(raw_path)
         canonical_headers = self._canonical_headers(header_names, single, repeated)
         pairs = _query_pairs(query_string, drop_signature=False) if query_string else []
@@ -333,6 +338,7 @@ class SigV4Verifier:
         repeated: dict[bytes, list[bytes]] | None,
         body: bytes,
         now: float | None,
+        payload_hash: str | None = None,
     ) -> Principal:
         params: dict[str, str] = {}
         for pair in query_string.split(b"&"):
@@ -372,7 +378,7 @@ class SigV4Verifier:
 
         # botocore's SigV4QueryAuth hashes the body it signed (empty for a GET); S3-style signers
         # and other SDKs use UNSIGNED-PAYLOAD, which a presigned URL may choose deliberately.
-        payload = self._payload_hash(single, body)
+        payload = self._payload_hash(single, body, payload_hash)
         payloads = [payload] if payload == UNSIGNED_PAYLOAD else [payload, UNSIGNED_PAYLOAD]
         canonical_uri = _canonical_uri(raw_path)
         canonical_headers = self._canonical_headers(header_names, single, repeated)
@@ -468,9 +474,11 @@ class SigV4Verifier:
             )
 
     @staticmethod
-    def _payload_hash(single: dict[bytes, bytes], body: bytes) -> str:
+    def _payload_hash(single: dict[bytes, bytes], body: bytes, known: str | None = None) -> str:
         declared = single.get(b"x-amz-content-sha256")
-        actual = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+        if known is None:
+            known = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+        actual = known
         if declared is None:
             return actual
         text = declared.decode("latin-1").strip()

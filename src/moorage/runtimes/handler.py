@@ -343,11 +343,17 @@ def _code_dir(model_dir: Path, submit_dir: str) -> Path:
 
 
 def _import_program(path: Path) -> ModuleType:
-    """Import the entry point under its own name, its directory first on sys.path for sibling imports."""
-    code_dir = str(path.parent)
-    if code_dir in sys.path:
-        sys.path.remove(code_dir)
-    sys.path.insert(0, code_dir)
+    """Import the entry point under its own name, its directory first on sys.path for sibling imports.
+
+    ``lib/`` beside it is where the SageMaker Python SDK packs a model's ``dependencies``; it goes on
+    the path too, so they import by name as they do in SageMaker's containers.
+    """
+    for directory in (path.parent / "lib", path.parent):
+        entry = str(directory)
+        if entry in sys.path:
+            sys.path.remove(entry)
+        if directory.is_dir():
+            sys.path.insert(0, entry)
     name = path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

@@ -1,0 +1,147 @@
+"""``Session``: which server, which key, and the boto3 clients and artifact uploads that go with them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from moorage.client import Connection
+from moorage.sdk.exceptions import UnexpectedStatusException
+
+__all__ = ["Session"]
+
+# Endpoint statuses from which no waiting leads to InService.
+_TERMINAL = frozenset({"Failed", "OutOfService", "Deleting"})
+
+
+class Session:
+    """A connection to one moorage server, in the role of ``sagemaker.Session``.
+
+    By default the URL comes from ``home/server.json`` and the key from ``home/credentials``, as the
+    CLI finds them (``home`` defaults to ``$MOORAGE_HOME`` or ``~/.moorage``); any argument given
+    wins over what the home says.
+    """
+
+    def __init__(self, home: str | Path | None = None, url: str | None = None, access_key_id: str | None = None,
+                 secret_access_key: str | None = None, region: str | None = None,
+                 boto_config: Any = None) -> None:
+        self.connection = Connection.discover(Path(home) if home is not None else None, url, access_key_id,
+                                              secret_access_key, region)
+        self.boto_config = boto_config
+        self._sagemaker_client: Any = None
+        self._runtime_client: Any = None
+
+    @property
+    def url(self) -> str:
+        return self.connection.url
+
+    @property
+    def region(self) -> str:
+        return self.connection.region
+
+    @property
+    def sagemaker_client(self) -> Any:
+        """A boto3 ``sagemaker`` client pointed at the server (created on first use)."""
+        if self._sagemaker_client is None:
+            self._sagemaker_client = self.connection.boto3_client("sagemaker", self.boto_config)
+        return self._sagemaker_client
+
+    @property
+    def sagemaker_runtime_client(self) -> Any:
+        """A boto3 ``sagemaker-runtime`` client pointed at the server (created on first use)."""
+        if self._runtime_client is None:
+            self._runtime_client = self.connection.boto3_client("sagemaker-runtime", self.boto_config)
+        return self._runtime_client
+
+    # -- artifacts -----------------------------------------------------------------------------------
+    def upload_file(self, path: str | Path, key: str) -> str:
+        """Upload one local file to the server's artifact store under ``key``; returns its URL there."""
+        return str(self.connection.put_artifact(key, Path(path))["Url"])
+
+    def upload_data(self, path: str | Path, key_prefix: str = "data") -> str:
+        """Upload a file or a folder (recursively) under ``key_prefix``, as ``sagemaker.Session`` does.
+
+        Returns the URL of the uploaded file, or of the prefix for a folder, in the server's store
+        (``file://`` on the server's machine), ready to use as ``ModelDataUrl``.
+        """
+        path = Path(path)
+        prefix = key_prefix.strip("/")
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            url = None
+            for file in files:
+                rel = file.relative_to(path).as_posix()
+                uploaded = self.upload_file(file, f"{prefix}/{rel}")
+                url = uploaded[: -len(rel) - 1]  # the prefix's URL, as the server spells it
+            if url is None:
+                raise ValueError(f"{path} is an empty folder: nothing to upload")
+            return url
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        return self.upload_file(path, f"{prefix}/{path.name}")
+
+    # -- resources -----------------------------------------------------------------------------------
+    def describe_endpoint(self, endpoint_name: str) -> dict[str, Any]:
+        return self.sagemaker_client.describe_endpoint(EndpointName=endpoint_name)
+
+    def wait_for_endpoint(self, endpoint_name: str, poll: float = 1.0, timeout: float = 600.0) -> dict[str, Any]:
+        """Wait until the endpoint is InService; returns its description.
+
+        Raises UnexpectedStatusException (with the FailureReason) when it fails or the time runs out.
+        Uses boto3's ``endpoint_in_service`` waiter, which stops at once on Failed.
+        """
+        from botocore.exceptions import WaiterError
+
+        attempts = max(1, int(timeout / poll))
+        try:
+            self.sagemaker_client.get_waiter("endpoint_in_service").wait(
+                EndpointName=endpoint_name, WaiterConfig={"Delay": poll, "MaxAttempts": attempts})
+        except WaiterError as exc:
+            desc = getattr(exc, "last_response", None) or {}
+            if "EndpointStatus" not in desc:
+                desc = self.describe_endpoint(endpoint_name)
+            raise _unexpected(endpoint_name, desc, timeout) from exc
+        return self.describe_endpoint(endpoint_name)
+
+    def wait_for_endpoint_deleted(self, endpoint_name: str, poll: float = 1.0, timeout: float = 300.0) -> None:
+        """Wait until DescribeEndpoint no longer finds the endpoint."""
+        from botocore.exceptions import ClientError
+
+        deadline = time.monotonic() + timeout
+        status = "unknown"
+        while True:
+            try:
+                status = self.describe_endpoint(endpoint_name)["EndpointStatus"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
+                    return
+                raise
+            if time.monotonic() >= deadline:
+                raise UnexpectedStatusException(
+                    f"Endpoint {endpoint_name} still exists after {timeout:g}s (status {status}).",
+                    allowed_statuses=["Deleted"], actual_status=status)
+            time.sleep(poll)
+
+    def delete_endpoint(self, endpoint_name: str) -> None:
+        self.sagemaker_client.delete_endpoint(EndpointName=endpoint_name)
+
+    def delete_endpoint_config(self, endpoint_config_name: str) -> None:
+        self.sagemaker_client.delete_endpoint_config(EndpointConfigName=endpoint_config_name)
+
+    def delete_model(self, model_name: str) -> None:
+        self.sagemaker_client.delete_model(ModelName=model_name)
+
+    def __repr__(self) -> str:
+        return f"Session(url={self.url!r}, region={self.region!r}, access_key_id={self.connection.access_key_id!r})"
+
+
+def _unexpected(endpoint_name: str, desc: dict[str, Any], timeout: float) -> UnexpectedStatusException:
+    status = desc.get("EndpointStatus", "unknown")
+    reason = desc.get("FailureReason")
+    if status in _TERMINAL or reason:
+        message = f"Error hosting endpoint {endpoint_name}: {status}. Reason: {reason or 'not given'}."
+    else:
+        message = f"Endpoint {endpoint_name} is not InService after {timeout:g}s (status {status})."
+    return UnexpectedStatusException(message, allowed_statuses=["InService"], actual_status=status,
+                                     failure_reason=reason)
