@@ -1,0 +1,258 @@
+"""The models every server serves, trained here with fixed seeds.
+
+Each builder trains one scikit-learn model, pickles it once with joblib (that one file is what
+every server loads), packs the SageMaker-style ``model.tar.gz`` moorage deploys, and returns a
+:class:`BenchModel`: the artifacts, the single record a request carries, and the prediction a
+local ``predict`` gives for it (every server's answer is checked against that before load).
+
+Adding a model (part 2: an ONNX tabular model) is one more builder in ``BUILDERS``: set
+``runtime="onnx"`` and ``artifact`` to the ``.onnx`` file; the baseline app already has an
+onnxruntime loader, moorage gets ``Image=runtime``, and peers without that runtime skip it.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+SEED = 20240607
+
+
+@dataclass
+class BenchModel:
+    name: str
+    description: str
+    # which loader/runtime serves the artifact: "sklearn" (joblib) or, later, "onnx"
+    runtime: str
+    artifact: Path
+    # moorage's model.tar.gz (artifact at the root, plus any code/)
+    tarball: Path
+    # the single record one request carries: a review string, or a list of floats
+    record: Any
+    # what a local predict([record]) returns, as a JSON-able list
+    expected: list
+    # moorage container Environment (e.g. SAGEMAKER_PROGRAM for the text model's input_fn)
+    environment: dict[str, str] = field(default_factory=dict)
+    # local predict cost for one record, microseconds (median of repeated calls)
+    predict_us: float = 0.0
+
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.record, str)
+
+    def csv_body(self) -> bytes:
+        """The record as a one-line ``text/csv`` body (moorage's SageMaker-style request)."""
+        if self.is_text:
+            return self.record.encode()
+        return ",".join(repr(float(v)) for v in self.record).encode()
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+_POS = [
+    "great",
+    "excellent",
+    "superb",
+    "love",
+    "wonderful",
+    "perfect",
+    "amazing",
+    "delightful",
+    "fantastic",
+    "reliable",
+    "sturdy",
+    "comfy",
+]
+_NEG = [
+    "awful",
+    "terrible",
+    "broken",
+    "hate",
+    "poor",
+    "useless",
+    "disappointing",
+    "flimsy",
+    "refund",
+    "worst",
+    "cheap",
+    "noisy",
+]
+_NEUTRAL = [
+    "the",
+    "a",
+    "this",
+    "it",
+    "product",
+    "item",
+    "quality",
+    "price",
+    "delivery",
+    "box",
+    "size",
+    "color",
+    "battery",
+    "screen",
+    "was",
+    "is",
+    "and",
+    "but",
+    "with",
+    "for",
+    "my",
+    "after",
+    "day",
+    "week",
+    "works",
+    "arrived",
+    "looks",
+    "feels",
+]
+
+TEXT_RECORD = "Arrived fast, the battery is great and the screen looks amazing for the price"
+
+
+def synthetic_reviews(n: int, seed: int = SEED) -> tuple[list[str], list[int]]:
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        label = rng.random() < 0.5
+        words = rng.choices(_NEUTRAL, k=rng.randint(6, 16))
+        polar, other = (_POS, _NEG) if label else (_NEG, _POS)
+        for _ in range(rng.randint(1, 3)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(polar))
+        if rng.random() < 0.3:  # some noise: a word of the other polarity
+            words.insert(rng.randrange(len(words) + 1), rng.choice(other))
+        texts.append(" ".join(words).capitalize())
+        labels.append(int(label))
+    return texts, labels
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _predict_cost_us(predict: Callable[[], Any], n: int = 300) -> float:
+    for _ in range(20):
+        predict()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        predict()
+        samples.append(time.perf_counter() - t0)
+    samples.sort()
+    return samples[len(samples) // 2] * 1e6
+
+
+def _tarball(path: Path, files: dict[str, bytes | Path]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for arcname, content in files.items():
+            data = content.read_bytes() if isinstance(content, Path) else content
+            info = tarfile.TarInfo(arcname)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+# moorage's default sklearn decoder turns a non-numeric CSV body into a (1, 1) array of str;
+# the pipeline's TfidfVectorizer wants a 1-D sequence of documents: one per line.
+TEXT_INFERENCE_PY = """\
+import numpy as np
+
+
+def input_fn(body, content_type):
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode()
+    return np.array(body.splitlines())
+"""
+
+
+def _to_jsonable(values) -> list:
+    return np.asarray(values).tolist()
+
+
+# -- builders -----------------------------------------------------------------------------------
+
+
+def build_text(workdir: Path) -> BenchModel:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts, labels = synthetic_reviews(4000)
+    model = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        LogisticRegression(max_iter=1000, random_state=0),
+    )
+    model.fit(texts, labels)
+    out = workdir / "text"
+    out.mkdir(parents=True, exist_ok=True)
+    artifact = out / "model.joblib"
+    joblib.dump(model, artifact)
+    tarball = _tarball(
+        out / "model.tar.gz",
+        {"model.joblib": artifact, "code/inference.py": TEXT_INFERENCE_PY.encode()},
+    )
+    expected = _to_jsonable(model.predict(np.array([TEXT_RECORD])))
+    return BenchModel(
+        name="text",
+        description="TF-IDF (1-2 grams) + LogisticRegression review classifier, one review per request",
+        runtime="sklearn",
+        artifact=artifact,
+        tarball=tarball,
+        record=TEXT_RECORD,
+        expected=expected,
+        environment={"SAGEMAKER_PROGRAM": "inference.py"},
+        predict_us=_predict_cost_us(lambda: model.predict(np.array([TEXT_RECORD]))),
+    )
+
+
+def build_tabular(workdir: Path) -> BenchModel:
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    x, y = make_classification(
+        n_samples=5000, n_features=20, n_informative=12, n_redundant=4, random_state=SEED % 2**31
+    )
+    model = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0)
+    model.fit(x[:4000], y[:4000])
+    out = workdir / "tabular"
+    out.mkdir(parents=True, exist_ok=True)
+    artifact = out / "model.joblib"
+    joblib.dump(model, artifact)
+    tarball = _tarball(out / "model.tar.gz", {"model.joblib": artifact})
+    # a held-out row, rounded so its CSV/JSON text round-trips to the same float64
+    record = [round(float(v), 6) for v in x[4321]]
+    row = np.array([record])
+    expected = _to_jsonable(model.predict(row))
+    return BenchModel(
+        name="tabular",
+        description="GradientBoostingClassifier (100 trees, depth 3), 20 float features, one row per request",
+        runtime="sklearn",
+        artifact=artifact,
+        tarball=tarball,
+        record=record,
+        expected=expected,
+        predict_us=_predict_cost_us(lambda: model.predict(row)),
+    )
+
+
+BUILDERS: dict[str, Callable[[Path], BenchModel]] = {
+    "text": build_text,
+    "tabular": build_tabular,
+}
+
+
+def build(names: list[str], workdir: Path) -> list[BenchModel]:
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; known: {', '.join(BUILDERS)}")
+    return [BUILDERS[n](workdir) for n in names]

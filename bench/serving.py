@@ -1,0 +1,499 @@
+"""Serving benchmark: moorage against a raw-ASGI floor and two peer model servers, in one run.
+
+    .venv/bin/python bench/serving.py                      # everything, 10 s per measured run
+    .venv/bin/python bench/serving.py --servers a,b --models tabular --duration 5
+
+Servers: (a) baseline raw ASGI app, (b) moorage (router + 1 instance, SigV4-signed requests),
+(c) KServe, (d) MLServer; (c) and (d) live in their own virtualenvs under bench/.envs/, made on
+first use. Every server process runs pinned to one core (default 0), wrk to another (default 1).
+Each server's answer is checked against a local predict before it is loaded. Results print as
+tables and go to bench/results/serving-<timestamp>.json. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import psutil  # noqa: E402
+from hotspots import format_profile, profile_run  # noqa: E402
+from loadgen import HttpRequest, LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
+from models import BUILDERS, BenchModel, build  # noqa: E402
+from servers import SERVERS, Server, Unavailable, http_call  # noqa: E402
+
+PEERS = ("c", "d")
+# moorage's targets against the floor (a)
+P50_BUDGET_MS = 0.5  # p50 at concurrency 1 within +0.5 ms of (a)
+RPS_FLOOR = 0.6  # throughput at concurrency 32 >= 0.6x (a)
+# machine-wide CPU % (of all cores) under which the machine counts as quiet before a run
+QUIET_PCT = 8.0
+# a run during which other processes used more than this % of one core is marked in the table
+BUSY_NOTE_PCT = 25.0
+RETRIES = 2  # such a run is measured again, at most this many times
+
+
+@dataclass
+class Outcome:
+    """What happened to one server on one model: measured runs, or why not."""
+
+    server: str
+    model: str
+    runs: list[WrkResult] = field(default_factory=list)
+    error: str | None = None
+    skipped: str | None = None
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _norm(values: list) -> list:
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            out.append(str(v))
+    return out
+
+
+def verify(server: Server, model: BenchModel, request: HttpRequest) -> None:
+    """Send the exact request wrk will replay; the answer must equal a local predict."""
+    status, body = http_call(server.base_url(model) + request.path, request, timeout=30)
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
+    try:
+        got = server.predictions(model, body)
+    except Exception as exc:
+        raise RuntimeError(f"undecodable answer {body[:200]!r}: {exc}") from exc
+    if _norm(got) != _norm(model.expected):
+        raise RuntimeError(f"wrong prediction {got!r}, local predict gives {model.expected!r}")
+
+
+def wait_for_quiet(limit_s: float, threshold_pct: float = QUIET_PCT) -> float | None:
+    """Wait until nothing else is using the CPU (another tenant's test run, say).
+
+    Returns the seconds waited, or None if the machine never went quiet within ``limit_s``.
+    """
+    start = time.monotonic()
+    said = False
+    while True:
+        busy = psutil.cpu_percent(interval=1.0)
+        waited = time.monotonic() - start
+        if busy < threshold_pct:
+            return waited
+        if waited >= limit_s:
+            log(f"machine still busy ({busy:.0f}% CPU) after {waited:.0f}s; measuring anyway")
+            return None
+        if not said:
+            log(f"machine busy ({busy:.0f}% CPU used by other processes); waiting up to {limit_s:.0f}s")
+            said = True
+        time.sleep(2.0)
+
+
+def _busy_cpu_s() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def _reaped_children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(server: Server, model: BenchModel, request: HttpRequest, conns: int, args) -> WrkResult:
+    """A measured run; redone (up to RETRIES times) when other processes took a core's share during it."""
+    for attempt in range(RETRIES + 1):
+        run = measure_once(server, model, request, conns, args)
+        if run.others_cpu_pct is None or run.others_cpu_pct <= BUSY_NOTE_PCT or attempt == RETRIES:
+            return run
+        log(f"  other processes used {run.others_cpu_pct:.0f}% of a core during the run; measuring again")
+    raise AssertionError("unreachable")
+
+
+def measure_once(server: Server, model: BenchModel, request: HttpRequest, conns: int, args) -> WrkResult:
+    """One measured wrk run, with the server's CPU per request and the CPU others used meanwhile."""
+    waited = wait_for_quiet(args.quiet_wait)
+    load_before = os.getloadavg()[0]
+    cpu_before, busy_before, wrk_before = server.cpu_snapshot(), _busy_cpu_s(), _reaped_children_cpu_s()
+    run = run_wrk(server.base_url(model), request, conns, args.duration, cpu=args.client_cpu)
+    cpu_after, busy_after, wrk_after = server.cpu_snapshot(), _busy_cpu_s(), _reaped_children_cpu_s()
+    run.server_cpu = cpu_per_request(cpu_before, cpu_after, run.requests)
+    server_s = run.server_cpu["total_ms"] * run.requests / 1000
+    # machine-wide busy time not spent by the server or wrk (includes loopback softirq, a few %)
+    others = (busy_after - busy_before) - server_s - (wrk_after - wrk_before)
+    run.others_cpu_pct = round(max(0.0, 100.0 * others / run.duration_s), 1)
+    run.loadavg = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    run.quiet_wait_s = None if waited is None else round(waited, 1)
+    return run
+
+
+def cpu_per_request(before: dict, after: dict, requests: int) -> dict:
+    """Server CPU milliseconds per request over a run, in all and per process."""
+    per = {}
+    for pid, (label, secs) in after.items():
+        per[label] = (secs - before.get(pid, (label, 0.0))[1]) * 1000 / max(requests, 1)
+    return {"total_ms": round(sum(per.values()), 4), "by_process_ms": {k: round(v, 4) for k, v in per.items()}}
+
+
+def profile_model(server: Server, model: BenchModel, request: HttpRequest, info: dict, args) -> None:
+    """An extra (unreported) run at the highest concurrency with py-spy on every server process."""
+    conns = max(args.concurrency)
+    log(f"({server.key}) {server.name}/{model.name}: profiling with py-spy at c={conns}")
+    profiles = info.setdefault("profiles", {})
+    try:
+        prof = profile_run(
+            server, server.base_url(model), request, conns, args.duration,
+            args.profile_dir / f"{server.name}-{model.name}", args.client_cpu,
+        )  # fmt: skip
+    except Exception as exc:
+        profiles[model.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"profiling failed: {exc}")
+        return
+    profiles[model.name] = prof
+    for line in format_profile(server.name, model.name, prof):
+        print(line, flush=True)
+
+
+def bench_server(server: Server, models: list[BenchModel], args) -> tuple[dict, list[Outcome]]:
+    info: dict = {"name": server.name, "detail": server.detail, "status": "ok"}
+    outcomes: list[Outcome] = []
+    served = []
+    for model in models:
+        reason = server.supports(model)
+        if reason:
+            outcomes.append(Outcome(server.key, model.name, skipped=reason))
+        else:
+            served.append(model)
+    if not served:
+        return info, outcomes
+    try:
+        log(f"({server.key}) {server.name}: preparing")
+        server.prepare()
+        info["versions"] = server.versions()
+        log(f"({server.key}) {server.name}: starting with {', '.join(m.name for m in served)}")
+        t0 = time.monotonic()
+        server.start(served)
+        info["start_s"] = round(time.monotonic() - t0, 2)
+    except Unavailable as exc:
+        server.stop()
+        info.update(status="unavailable", reason=str(exc))
+        log(f"({server.key}) {server.name}: UNAVAILABLE: {exc}")
+        return info, outcomes + [Outcome(server.key, m.name, error=str(exc)) for m in served]
+    except Exception as exc:
+        server.stop()
+        info.update(status="unavailable", reason=f"{type(exc).__name__}: {exc}")
+        log(f"({server.key}) {server.name}: UNAVAILABLE: {info['reason']}")
+        return info, outcomes + [Outcome(server.key, m.name, error=info["reason"]) for m in served]
+    try:
+        for model in served:
+            outcome = Outcome(server.key, model.name)
+            outcomes.append(outcome)
+            try:
+                request = server.request(model)
+                verify(server, model, request)
+            except Exception as exc:
+                outcome.error = f"check failed: {exc}"[:400]
+                log(f"({server.key}) {server.name}/{model.name}: {outcome.error}")
+                continue
+            info["affinity"] = {str(pid): cpus for pid, cpus in server.affinity().items()}
+            stray = {pid: cpus for pid, cpus in info["affinity"].items() if cpus != [args.server_cpu]}
+            if stray and args.server_cpu is not None:
+                log(f"({server.key}) WARNING: processes not pinned to core {args.server_cpu}: {stray}")
+            for conns in args.concurrency:
+                try:
+                    if args.warmup > 0:
+                        run_wrk(server.base_url(model), request, conns, args.warmup, cpu=args.client_cpu)
+                    repeats = [measure(server, model, request, conns, args) for _ in range(args.repeat)]
+                    # with --repeat N, report the run with the median throughput; the JSON keeps all
+                    result = sorted(repeats, key=lambda r: r.rps)[len(repeats) // 2]
+                    if len(repeats) > 1:
+                        result.repeats = [r.as_dict() for r in repeats]
+                except LoadgenError as exc:
+                    outcome.error = str(exc)
+                    break
+                outcome.runs.append(result)
+                errs = f" ERRORS {result.errors}" if result.errors else ""
+                log(
+                    f"({server.key}) {server.name}/{model.name} c={conns}: {result.rps:8.1f} req/s "
+                    f"p50 {result.p50_ms:.3f} ms p99 {result.p99_ms:.3f} ms{errs}"
+                )
+            if not server.processes() or not all(p.alive() for p in server.procs):
+                outcome.error = "server died during the run"
+                continue
+            try:  # still right after the load (and, for moorage, the signature still accepted)
+                verify(server, model, request)
+            except Exception as exc:
+                outcome.error = f"check after load failed: {exc}"[:400]
+                log(f"({server.key}) {server.name}/{model.name}: {outcome.error}")
+                continue
+            if server.key in args.profile and outcome.runs:
+                profile_model(server, model, request, info, args)
+        info["processes"] = len(server.processes())
+    finally:
+        server.stop()
+    return info, outcomes
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _short(reason: str | None, width: int = 150) -> str:
+    """The table gets the gist (the last traceback line); the JSON keeps the whole reason."""
+    reason = reason or ""
+    parts = [p.strip() for p in reason.split(" | ") if p.strip()]
+    if len(parts) > 1:
+        reason = f"{parts[0].split(':')[0]}: ... {parts[-1]}"
+    return reason if len(reason) <= width else reason[: width - 3] + "..."
+
+
+def _fmt_table(model: BenchModel, outcomes: list[Outcome], names: dict[str, str]) -> list[str]:
+    base = {r.connections: r for o in outcomes if o.server == "a" for r in o.runs}
+    lines = [
+        f"model {model.name}: {model.description} (local predict {model.predict_us / 1000:.3f} ms)",
+        f"{'server':<14} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x(a) req/s':>10} "
+        f"{'p50-(a) ms':>10} {'cpu ms/req':>10}  note",
+    ]
+    for o in outcomes:
+        label = f"({o.server}) {names[o.server]}"
+        if o.skipped or (o.error and not o.runs):
+            lines.append(f"{label:<14} {'-':>4} {'n/a' if o.skipped else 'FAILED':>9}  {_short(o.skipped or o.error)}")
+            continue
+        for r in o.runs:
+            b = base.get(r.connections)
+            ratio = f"{r.rps / b.rps:.2f}x" if b and b.rps else "-"
+            diff = f"{r.p50_ms - b.p50_ms:+.3f}" if b else "-"
+            notes = [f"errors {r.errors}"] if r.errors else []
+            if r.others_cpu_pct is not None and r.others_cpu_pct > BUSY_NOTE_PCT:
+                notes.append(f"others used {r.others_cpu_pct:.0f}% of a core")
+            note = "; ".join(notes)
+            cpu = f"{r.server_cpu['total_ms']:.3f}" if r.server_cpu else "-"
+            lines.append(
+                f"{label:<14} {r.connections:>4} {r.rps:>9.1f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
+                f"{ratio:>10} {diff:>10} {cpu:>10}  {note}"
+            )
+        if o.error:
+            lines.append(f"{label:<14} {'':>4} {'':>9}  {_short(o.error)}")
+    return lines
+
+
+def moorage_check(model: BenchModel, outcomes: list[Outcome]) -> dict | None:
+    runs = {(o.server, r.connections): r for o in outcomes for r in o.runs if not r.errors}
+    a1, b1, a32, b32 = runs.get(("a", 1)), runs.get(("b", 1)), runs.get(("a", 32)), runs.get(("b", 32))
+    if not any(o.server == "b" for o in outcomes):
+        return None
+    check: dict = {"model": model.name}
+    if a1 and b1:
+        d = b1.p50_ms - a1.p50_ms
+        check["p50_c1"] = {
+            "moorage_ms": b1.p50_ms,
+            "baseline_ms": a1.p50_ms,
+            "diff_ms": round(d, 3),
+            "target_ms": P50_BUDGET_MS,
+            "pass": d <= P50_BUDGET_MS,
+        }
+    if a32 and b32:
+        ratio = b32.rps / a32.rps if a32.rps else 0.0
+        check["rps_c32"] = {
+            "moorage": round(b32.rps, 1),
+            "baseline": round(a32.rps, 1),
+            "ratio": round(ratio, 3),
+            "target": RPS_FLOOR,
+            "pass": ratio >= RPS_FLOOR,
+        }
+    return check
+
+
+def _fmt_check(check: dict) -> str:
+    parts = []
+    if "p50_c1" in check:
+        c = check["p50_c1"]
+        parts.append(
+            f"p50@1 {c['moorage_ms']:.3f} ms vs (a) {c['baseline_ms']:.3f} ms = {c['diff_ms']:+.3f} ms "
+            f"(target <= +{c['target_ms']}) {'PASS' if c['pass'] else 'FAIL'}"
+        )
+    else:
+        parts.append("p50@1 not measured")
+    if "rps_c32" in check:
+        c = check["rps_c32"]
+        parts.append(
+            f"req/s@32 {c['moorage']:.0f} vs (a) {c['baseline']:.0f} = {c['ratio']:.2f}x "
+            f"(target >= {c['target']}x) {'PASS' if c['pass'] else 'FAIL'}"
+        )
+    else:
+        parts.append("req/s@32 not measured")
+    return f"check moorage [{check['model']}]: " + "; ".join(parts)
+
+
+def host_info() -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+    }
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up before each measured run")
+    p.add_argument("--servers", default="a,b,c,d", help="subset of a,b,c,d (a=baseline b=moorage c=kserve d=mlserver)")
+    p.add_argument("--models", default="text,tabular", help=f"subset of {','.join(BUILDERS)}")
+    p.add_argument("--skip-peers", action="store_true", help="leave out (c) KServe and (d) MLServer")
+    p.add_argument("--concurrency", default="1,32", help="wrk connections per run, comma-separated")
+    p.add_argument("--server-cpu", type=int, default=0, help="core every server process is pinned to")
+    p.add_argument("--client-cpu", type=int, default=1, help="core wrk is pinned to")
+    p.add_argument("--repeat", type=int, default=1, help="measured runs per point; the median is reported")
+    p.add_argument(
+        "--quiet-wait", type=float, default=120.0,
+        help="before each point, wait up to this many seconds for other processes to leave the CPU",
+    )  # fmt: skip
+    p.add_argument("--profile", default="", help="servers to profile with py-spy after measuring, e.g. b")
+    p.add_argument("--no-pin", action="store_true", help="do not pin (for machines with one core)")
+    p.add_argument("--out", type=Path, default=None, help="JSON results path (default bench/results/...)")
+    p.add_argument("--workdir", type=Path, default=None, help="keep models/logs here (default: temp dir)")
+    args = p.parse_args(argv)
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    bad = [s for s in args.servers if s not in SERVERS]
+    if bad:
+        p.error(f"unknown server(s) {bad}; choose from {','.join(SERVERS)}")
+    if args.skip_peers:
+        args.servers = [s for s in args.servers if s not in PEERS]
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.profile = [s.strip() for s in args.profile.split(",") if s.strip()]
+    if args.no_pin:
+        args.server_cpu = args.client_cpu = None
+    return args
+
+
+def _exit_on_signal(signum, frame) -> None:
+    # SystemExit unwinds through the `finally` blocks that stop the servers under test
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    try:
+        wrk = ensure_wrk()
+    except LoadgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    args.profile_dir = BENCH / "results" / f"profile-{stamp}"
+    tmp = None
+    if args.workdir:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="moorage-bench-")
+        workdir = Path(tmp.name)
+    try:
+        log(f"training models {args.models} in {workdir}")
+        models = build(args.models, workdir / "models")
+        for m in models:
+            log(f"  {m.name}: local predict {m.predict_us:.0f} us, expected {m.expected}")
+        servers_info: dict[str, dict] = {}
+        outcomes: list[Outcome] = []
+        for key in args.servers:
+            server = SERVERS[key](workdir / f"server-{key}", cpu=args.server_cpu)
+            info, outs = bench_server(server, models, args)
+            servers_info[key] = info
+            outcomes += outs
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    names = {k: SERVERS[k].name for k in SERVERS}
+    report: list[str] = [
+        f"serving bench {stamp}: {args.duration:g}s measured (+{args.warmup:g}s warm-up) per run, "
+        f"wrk {wrk_version(wrk)} -t1 on core {args.client_cpu}, servers on core {args.server_cpu}"
+    ]
+    checks = []
+    for model in models:
+        mine = [o for o in outcomes if o.model == model.name]
+        report.append("")
+        report += _fmt_table(model, mine, names)
+        check = moorage_check(model, mine)
+        if check:
+            checks.append(check)
+            report.append(_fmt_check(check))
+    print("\n" + "\n".join(report))
+
+    out = args.out or BENCH / "results" / f"serving-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "timestamp": stamp,
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "repeat": args.repeat,
+            "quiet_wait_s": args.quiet_wait,
+            "concurrency": args.concurrency,
+            "server_cpu": args.server_cpu,
+            "client_cpu": args.client_cpu,
+            "wrk": wrk_version(wrk),
+            "servers": args.servers,
+            "models": args.models,
+        },
+        "host": host_info(),
+        "models": [
+            {
+                "name": m.name,
+                "description": m.description,
+                "runtime": m.runtime,
+                "predict_us": round(m.predict_us, 1),
+                "record": m.record,
+                "expected": m.expected,
+            }
+            for m in models
+        ],
+        "servers": servers_info,
+        "results": [
+            {
+                "server": o.server,
+                "server_name": names[o.server],
+                "model": o.model,
+                "error": o.error,
+                "skipped": o.skipped,
+                "runs": [r.as_dict() for r in o.runs],
+            }
+            for o in outcomes
+        ],
+        "moorage_checks": checks,
+        "report": report,
+    }
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
