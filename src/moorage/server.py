@@ -34,7 +34,9 @@ def serve(settings: Settings) -> None:
         print(f"admin key id {creds.access_key_id}; credentials file {settings.credentials_path}", flush=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                             lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=15,
-                            timeout_keep_alive=75)
+                            timeout_keep_alive=75,
+                            # No proxy in front by default; its middleware would run on every request.
+                            proxy_headers=False, server_header=False)
     _uvicorn_server_class()(config).run()
     logging.getLogger("moorage.server").info("stopped")
 

@@ -49,16 +49,23 @@ class _Work:
 
 
 class Batcher:
-    """Feeds queued requests to the model, one (stacked) call at a time, off the event loop.
+    """Feeds queued requests to the model, one (stacked) call at a time.
 
-    The model runs in a single worker thread so that ``/ping`` still answers while it computes,
-    and so that requests arriving meanwhile pile up into the next batch.
+    A slow model runs in a worker thread so that ``/ping`` still answers while it computes, and
+    requests arriving meanwhile pile up into the next batch. A fast one (a batch under
+    ``inline_s``, ONNX or a small tree model) runs on the event loop itself: the thread hand-off
+    would cost more than the prediction, and requests still pile up in the sockets meanwhile and
+    are read into the next batch. The switch has hysteresis so one slow batch does not flap it.
     """
 
-    def __init__(self, handler: InferenceHandler, max_batch_size: int, max_delay_s: float):
+    def __init__(self, handler: InferenceHandler, max_batch_size: int, max_delay_s: float,
+                 inline_s: float = 0.002):
         self.handler = handler
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay_s = max_delay_s
+        self.inline_s = inline_s
+        self.inline = False
+        self._ewma_s: float | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.pending: list[_Work] = []
         # Created lazily inside the running loop: an Event made before uvicorn starts its loop
@@ -88,13 +95,28 @@ class Batcher:
                     await asyncio.sleep(self.max_delay_s)
                 batch = self.pending[: self.max_batch_size]
                 del self.pending[: self.max_batch_size]
+                started = time.perf_counter()
                 try:
-                    results = await loop.run_in_executor(self.executor, self._run, batch)
+                    if self.inline:
+                        results = self._run(batch)
+                    else:
+                        results = await loop.run_in_executor(self.executor, self._run, batch)
                 except BaseException as exc:  # the worker itself failed: fail the batch, keep serving
                     results = [(500, f"{type(exc).__name__}: {exc}".encode(), "text/plain")] * len(batch)
+                self._observe(time.perf_counter() - started)
                 for work, result in zip(batch, results, strict=True):
                     if not work.future.done():
                         work.future.set_result(result)
+
+    def _observe(self, seconds: float) -> None:
+        ewma = seconds if self._ewma_s is None else 0.8 * self._ewma_s + 0.2 * seconds
+        self._ewma_s = ewma
+        if self.inline:
+            # Back to the thread as soon as one batch is clearly slow: the loop must stay responsive.
+            if seconds > 5 * self.inline_s or ewma > 2 * self.inline_s:
+                self.inline = False
+        elif ewma < self.inline_s / 2:
+            self.inline = True
 
     def _run(self, batch: list[_Work]) -> list[tuple[int, bytes, str]]:
         handler = self.handler
@@ -230,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         handler,
         max_batch_size=_env_int(env, "MOORAGE_MAX_BATCH_SIZE", 64),
         max_delay_s=_env_int(env, "MOORAGE_MAX_BATCH_DELAY_MS", 0) / 1000.0,
+        inline_s=_env_int(env, "MOORAGE_INLINE_PREDICT_US", 2000) / 1e6,
     )
     app = InstanceApp(batcher, {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6})
 
@@ -238,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     options: dict[str, Any] = {
         "loop": "uvloop", "http": "httptools", "lifespan": "off", "access_log": False,
         "log_level": "warning", "timeout_keep_alive": 3600, "timeout_graceful_shutdown": 30,
+        "proxy_headers": False, "server_header": False, "date_header": False,
     }
     if args.socket:
         options["uds"] = args.socket
