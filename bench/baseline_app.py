@@ -37,19 +37,31 @@ def load_predict(runtime: str, path: str) -> Callable[[Any], list]:
         opts.inter_op_num_threads = 1
         session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
+        # the first output only (skl2onnx classifiers: the label), as the other servers answer
+        outputs = [session.get_outputs()[0].name]
+        # InferenceSession.run minus its Python-side feed checks (~1 us of a ~5 us call): the C++
+        # session's run, as moorage's onnx runtime calls it; the feed is right by construction here
+        inner = getattr(session, "_sess", None)
+        run = inner.run if inner is not None else session.run
+        float32 = np.float32
 
         def predict(instances):
-            return session.run(None, {input_name: np.asarray(instances, dtype=np.float32)})[0].tolist()
+            # orjson's list of floats straight to float32: ~1.5 us for a row of 20, the cheapest parse
+            # measured (np.fromstring on the CSV body takes ~4.5 us)
+            return run(outputs, {input_name: np.asarray(instances, dtype=float32)}, None)[0].tolist()
 
         return predict
     raise SystemExit(f"unknown runtime {runtime!r}")
 
 
 def make_app(predict: Callable[[Any], list]):
-    json_headers = [(b"content-type", b"application/json")]
+    def start(status: int, body: bytes) -> dict:
+        # with a content-length uvicorn writes the body as is, not chunked (one less write per reply)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        return {"type": "http.response.start", "status": status, "headers": headers}
 
-    async def reply(send, status: int, body: bytes, headers=json_headers) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+    async def reply(send, status: int, body: bytes) -> None:
+        await send(start(status, body))
         await send({"type": "http.response.body", "body": body})
 
     async def app(scope, receive, send):
@@ -70,19 +82,20 @@ def make_app(predict: Callable[[Any], list]):
         if path != "/invocations" or method != "POST":
             await reply(send, 404, b'{"error":"not found"}')
             return
-        chunks = []
-        more = True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
+        message = await receive()
+        body = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks = [body]
+            while message.get("more_body", False):
+                message = await receive()
+                chunks.append(message.get("body", b""))
+            body = b"".join(chunks)
         try:
-            instances = orjson.loads(b"".join(chunks))["instances"]
-            body = orjson.dumps({"predictions": predict(instances)})
+            out = orjson.dumps({"predictions": predict(orjson.loads(body)["instances"])})
         except Exception as exc:
             await reply(send, 400, orjson.dumps({"error": repr(exc)}))
             return
-        await reply(send, 200, body)
+        await reply(send, 200, out)
 
     return app
 
@@ -107,6 +120,11 @@ def main() -> None:
         access_log=False,
         log_level="warning",
         lifespan="on",
+        # as moorage's instance server runs: no proxy-header middleware on every request, no
+        # Server/Date headers to add to every response
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
     )
 
 

@@ -2,8 +2,9 @@
 
 The peers are not project dependencies: each gets its own ``bench/.envs/<name>`` made with
 ``python3.11 -m venv`` and filled with pip on first use. A marker file records the exact
-requirement list that was installed, so a changed pin rebuilds the env and an unchanged one is
-reused (installing kserve or mlserver takes minutes).
+requirement list that was installed, so an unchanged one is reused (installing kserve or mlserver
+takes minutes), a list that only gained requirements (onnxruntime, say) has them pip-installed
+into the existing env, and any other change rebuilds it.
 
 Run ``python bench/envs.py kserve mlserver`` to build them ahead of a bench run.
 """
@@ -32,14 +33,18 @@ def _project_version(dist: str) -> str | None:
         return None
 
 
-def _sklearn_pins() -> list[str]:
-    # The peers unpickle the very objects the bench trained, so they get the same scikit-learn
-    # (and joblib) as the interpreter that trained them.
+def _pins(*dists: str) -> list[str]:
     pins = []
-    for dist in ("scikit-learn", "joblib"):
+    for dist in dists:
         version = _project_version(dist)
         pins.append(f"{dist}=={version}" if version else dist)
     return pins
+
+
+def _sklearn_pins() -> list[str]:
+    # The peers unpickle the very objects the bench trained, so they get the same scikit-learn
+    # (and joblib) as the interpreter that trained them.
+    return _pins("scikit-learn", "joblib")
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,15 @@ class EnvSpec:
 
 def specs() -> dict[str, EnvSpec]:
     sk = tuple(_sklearn_pins())
+    # the onnx model runs on the same onnxruntime as the baseline and moorage
+    ort = tuple(_pins("onnxruntime"))
     return {
-        "kserve": EnvSpec("kserve", ("kserve==0.21.*", *sk), "import kserve, sklearn"),
+        "kserve": EnvSpec("kserve", ("kserve==0.21.*", *sk, *ort), "import kserve, sklearn, onnxruntime"),
         # mlserver 1.7.1's worker processes crash under uvloop 0.23, hence the pin.
         "mlserver": EnvSpec(
             "mlserver",
-            ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.*", *sk),
-            "import mlserver, mlserver_sklearn, sklearn",
+            ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.*", *sk, *ort),
+            "import mlserver, mlserver_sklearn, sklearn, onnxruntime",
         ),
         # py-spy, for --profile
         "tools": EnvSpec(
@@ -97,26 +104,35 @@ def ensure_env(name: str, log=print) -> Path:
     marker = root / ".bench-installed.json"
     wanted = list(spec.requirements)
     py = env_python(name)
+    installed = None
     if marker.exists() and py.exists():
         try:
-            if json.loads(marker.read_text()) == wanted:
-                return py
+            installed = json.loads(marker.read_text())
         except ValueError:
             pass
+    if installed == wanted:
+        return py
     ENVS.mkdir(parents=True, exist_ok=True)
     logfile = ENVS / f"{name}-install.log"
-    log(f"[env] building {root} ({' '.join(wanted)}); log: {logfile}")
-    if root.exists():
-        shutil.rmtree(root)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    with open(logfile, "w") as out:
+    added = [req for req in wanted if req not in (installed or [])]
+    incremental = isinstance(installed, list) and all(req in wanted for req in installed)
+    if incremental:
+        # only new requirements: install them into the existing env (pip keeps the others as they are)
+        log(f"[env] adding {' '.join(added)} to {root}; log: {logfile}")
+        steps = [[str(py), "-m", "pip", "install", *added], [str(py), "-c", spec.smoke]]
+    else:
+        log(f"[env] building {root} ({' '.join(wanted)}); log: {logfile}")
+        if root.exists():
+            shutil.rmtree(root)
         steps = [
             [_python311(), "-m", "venv", str(root)],
             [str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"],
             [str(py), "-m", "pip", "install", *wanted],
             [str(py), "-c", spec.smoke],
         ]
+    with open(logfile, "a" if incremental else "w") as out:
         for cmd in steps:
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()

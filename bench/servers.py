@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -274,7 +275,9 @@ class Baseline(Server):
         return HttpRequest("/invocations", body, {"Content-Type": "application/json"})
 
     def versions(self) -> dict[str, str]:
-        return _pip_versions(Path(sys.executable), ["uvicorn", "uvloop", "httptools", "orjson", "scikit-learn"])
+        return _pip_versions(
+            Path(sys.executable), ["uvicorn", "uvloop", "httptools", "orjson", "scikit-learn", "onnxruntime"]
+        )
 
 
 # -- (b) moorage ----------------------------------------------------------------------------------
@@ -287,6 +290,9 @@ class Moorage(Server):
     access_key = "MRGBENCHBENCHBENCH01"
     secret_key = "bench-secret-key-not-for-production-use"
     region = "us-east-1"
+
+    def supports(self, model: BenchModel) -> str | None:
+        return None  # Image=model.runtime: moorage has a runtime for each model in the bench
 
     def prepare(self) -> None:
         out = subprocess.run(
@@ -389,7 +395,9 @@ class Moorage(Server):
         return data if isinstance(data, list) else [data]
 
     def versions(self) -> dict[str, str]:
-        return _pip_versions(Path(sys.executable), ["moorage", "uvicorn", "uvloop", "httptools", "botocore"])
+        return _pip_versions(
+            Path(sys.executable), ["moorage", "uvicorn", "uvloop", "httptools", "botocore", "onnxruntime"]
+        )
 
 
 # -- (c) KServe -----------------------------------------------------------------------------------
@@ -398,7 +406,10 @@ class Moorage(Server):
 class KServe(Server):
     key = "c"
     name = "kserve"
-    detail = "kserve.ModelServer, sklearn Model subclass, v1 :predict"
+    detail = "kserve.ModelServer, sklearn / onnxruntime Model subclasses, v1 :predict"
+
+    def supports(self, model: BenchModel) -> str | None:
+        return None if model.runtime in ("sklearn", "onnx") else f"no {model.runtime} runtime"
 
     def prepare(self) -> None:
         try:
@@ -430,7 +441,9 @@ class KServe(Server):
         return HttpRequest(f"/v1/models/{model.name}:predict", body, {"Content-Type": "application/json"})
 
     def versions(self) -> dict[str, str]:
-        return _pip_versions(env_dir("kserve") / "bin" / "python", ["kserve", "fastapi", "uvicorn", "uvloop"])
+        return _pip_versions(
+            env_dir("kserve") / "bin" / "python", ["kserve", "fastapi", "uvicorn", "uvloop", "onnxruntime"]
+        )
 
 
 # -- (d) MLServer ---------------------------------------------------------------------------------
@@ -439,7 +452,13 @@ class KServe(Server):
 class MLServer(Server):
     key = "d"
     name = "mlserver"
-    detail = "mlserver + mlserver-sklearn, v2 inference protocol, default parallel_workers=1"
+    detail = (
+        "mlserver + mlserver-sklearn (onnx: a custom MLModel running onnxruntime), v2 inference protocol, "
+        "default parallel_workers=1"
+    )
+
+    def supports(self, model: BenchModel) -> str | None:
+        return None if model.runtime in ("sklearn", "onnx") else f"no {model.runtime} runtime"
 
     def prepare(self) -> None:
         try:
@@ -462,11 +481,16 @@ class MLServer(Server):
         for model in models:
             mdir = repo / model.name
             mdir.mkdir(exist_ok=True)
+            implementation = "mlserver_sklearn.SKLearnModel"
+            if model.runtime == "onnx":
+                # MLServer 1.7 has no ONNX runtime: a custom MLModel, imported from the model's folder
+                shutil.copy(BENCH / "mlserver_onnx_runtime.py", mdir / "mlserver_onnx_runtime.py")
+                implementation = "mlserver_onnx_runtime.OnnxModel"
             (mdir / "model-settings.json").write_text(
                 json.dumps(
                     {
                         "name": model.name,
-                        "implementation": "mlserver_sklearn.SKLearnModel",
+                        "implementation": implementation,
                         "parameters": {"uri": str(model.artifact), "version": "v1"},
                     },
                     indent=2,
@@ -487,7 +511,8 @@ class MLServer(Server):
             tensor = {
                 "name": "input-0",
                 "shape": [1, len(model.record)],
-                "datatype": "FP64",
+                # the ONNX graph takes float32: sent as such, MLServer decodes it to float32 directly
+                "datatype": "FP32" if model.runtime == "onnx" else "FP64",
                 "data": list(model.record),
             }
         body = json.dumps({"inputs": [tensor]}).encode()
@@ -499,7 +524,7 @@ class MLServer(Server):
     def versions(self) -> dict[str, str]:
         return _pip_versions(
             env_dir("mlserver") / "bin" / "python",
-            ["mlserver", "mlserver-sklearn", "fastapi", "uvicorn", "uvloop"],
+            ["mlserver", "mlserver-sklearn", "fastapi", "uvicorn", "uvloop", "onnxruntime"],
         )
 
 
