@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,13 @@ def text_model() -> Any:
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder for model archives shared by the session."""
     return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture
+def isolate_imports() -> Iterator[None]:
+    """Restore sys.path and sys.modules after a test that imported a user's inference.py."""
+    path, modules = list(sys.path), set(sys.modules)
+    yield
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +22,13 @@ from moorage.runtimes.frameworks import ModelLoadError, load_framework
 from moorage.runtimes.frameworks.sklearn import SklearnFramework
 from moorage.runtimes.handler import HandlerError, InferenceHandler
 
+# inference.py modules written by these tests must not leak into other tests.
+pytestmark = pytest.mark.usefixtures("isolate_imports")
+
 SKLEARN = load_framework("sklearn")
 LABELS = ["setosa", "versicolor", "virginica"]
 
 
-@pytest.fixture(autouse=True)
-def _isolate_imports() -> Iterator[None]:
-    # Each test writes its own inference.py; keep their directories and modules from leaking onward.
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,14 @@ from e2e_support import Deployer, file_url, invoke, new_name, tar_dir, variant
 from moorage.runtimes.frameworks import ModelLoadError, load_framework
 from moorage.runtimes.handler import HandlerError, InferenceHandler
 
+# inference.py modules written by these tests must not leak into other tests.
+pytestmark = pytest.mark.usefixtures("isolate_imports")
+
 # SageMaker has no LightGBM framework image; any ECR repository named like this maps to the runtime.
 LIGHTGBM_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-lightgbm:4.3-cpu"
 CSV, JSON, JSONL, NPY = "text/csv", "application/json", "application/jsonlines", "application/x-npy"
 
 
-@pytest.fixture(autouse=True)
-def _isolate_imports() -> Iterator[None]:
-    # Tests that write an inference.py import it as a module; keep it from leaking into other tests.
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,15 @@ from moorage.runtimes.frameworks import ModelLoadError, load_framework
 from moorage.runtimes.frameworks.onnx import OnnxFramework
 from moorage.runtimes.handler import HandlerError, InferenceHandler
 
+# inference.py modules written by these tests must not leak into other tests.
+pytestmark = pytest.mark.usefixtures("isolate_imports")
+
 # SageMaker has no ONNX framework image; any ECR repository named like this maps to the runtime.
 ONNX_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-onnx:1.17-cpu"
 CSV, JSON, JSONL, NPY = "text/csv", "application/json", "application/jsonlines", "application/x-npy"
 FEATURES = 20
 
 
-@pytest.fixture(autouse=True)
-def _isolate_imports() -> Iterator[None]:
-    # Tests that write an inference.py import it as a module; keep it from leaking into other tests.
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
 
 
 # ------------------------------------------------------------------------------------------------- models

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,9 @@ from moorage.runtimes.frameworks import ModelLoadError, load_framework
 from moorage.runtimes.frameworks.xgboost import XGBoostFramework, parse_libsvm
 from moorage.runtimes.handler import HandlerError, InferenceHandler
 
+# inference.py modules written by these tests must not leak into other tests.
+pytestmark = pytest.mark.usefixtures("isolate_imports")
+
 SM_XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
 CSV, JSON, JSONL, NPY = "text/csv", "application/json", "application/jsonlines", "application/x-npy"
 LIBSVM = "text/libsvm"
@@ -30,14 +32,6 @@ LIBSVM = "text/libsvm"
 # ------------------------------------------------------------------------------------------------- models
 
 
-@pytest.fixture(autouse=True)
-def _isolate_imports() -> Iterator[None]:
-    # Tests that write an inference.py import it as a module; keep it from leaking into other tests.
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
 
 
 @pytest.fixture(scope="module")

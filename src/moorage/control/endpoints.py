@@ -22,7 +22,7 @@ from moorage.errors import ValidationException
 from moorage.serving.manager import DeployError, VariantPlan
 from moorage.serving.router import EndpointRoute
 from moorage.store.artifacts import ArtifactError
-from moorage.store.metadata import AlreadyExists
+from moorage.store.metadata import AlreadyExists, Resource
 
 log = logging.getLogger("moorage.endpoints")
 
@@ -38,6 +38,16 @@ class Endpoints:
     # Helpers ----------------------------------------------------------------------------------------
     def _not_found(self, name: str) -> ValidationException:
         return ValidationException(f'Could not find endpoint "{self.ctx.arn(ENDPOINT, name)}".')
+
+    def _updatable(self, name: str) -> Resource:
+        """The endpoint's row, if it exists and is InService (SageMaker refuses updates otherwise)."""
+        row = self.ctx.store.get(ENDPOINT, name)
+        if row is None:
+            raise self._not_found(name)
+        if row.status != IN_SERVICE:
+            raise ValidationException(f'Cannot update in-progress endpoint "{row.arn}".' if row.status in IN_PROGRESS
+                                      else f'Cannot update endpoint "{row.arn}" in status {row.status}.')
+        return row
 
     def _config(self, name: str) -> dict[str, Any]:
         row = self.ctx.store.get(ENDPOINT_CONFIG, name)
@@ -261,12 +271,7 @@ class Endpoints:
 
     async def update_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
         name, config_name = req["EndpointName"], req["EndpointConfigName"]
-        row = self.ctx.store.get(ENDPOINT, name)
-        if row is None:
-            raise self._not_found(name)
-        if row.status != IN_SERVICE:
-            raise ValidationException(f'Cannot update in-progress endpoint "{row.arn}".' if row.status in IN_PROGRESS
-                                      else f'Cannot update endpoint "{row.arn}" in status {row.status}.')
+        row = self._updatable(name)
         self._config(config_name)
         self._save(name, UPDATING, PendingEndpointConfigName=config_name)
         retain = bool(req.get("RetainAllVariantProperties"))
@@ -275,12 +280,7 @@ class Endpoints:
 
     async def update_endpoint_weights_and_capacities(self, req: dict[str, Any]) -> dict[str, Any]:
         name = req["EndpointName"]
-        row = self.ctx.store.get(ENDPOINT, name)
-        if row is None:
-            raise self._not_found(name)
-        if row.status != IN_SERVICE:
-            raise ValidationException(f'Cannot update in-progress endpoint "{row.arn}".' if row.status in IN_PROGRESS
-                                      else f'Cannot update endpoint "{row.arn}" in status {row.status}.')
+        row = self._updatable(name)
         route = self.ctx.manager.get(name)
         known = set(route.variants) if route else {v["VariantName"] for v in row.body.get("ProductionVariants", [])}
         desired = req["DesiredWeightsAndCapacities"]
