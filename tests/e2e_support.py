@@ -684,3 +684,29 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last {last!r}")
+
+
+# A bring-your-own server that answers /invocations with its environment and working directory,
+# to check what moorage passes to an instance.
+ECHO_ENV_SERVER = """\
+import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def _reply(self, body):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self._reply(b"{}")
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._reply(json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid()}).encode())
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(os.environ["SAGEMAKER_BIND_TO_PORT"])), H).serve_forever()
+"""

@@ -24,6 +24,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from e2e_support import (
+    ECHO_ENV_SERVER,
     ROLE_ARN,
     Deployer,
     err_code,
@@ -43,29 +44,6 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "byo_server" / "mod
 CUSTOM_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/my-own-server:latest"
 X = np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0], [-1.5, 0.25, 8.0, 2.0]])
 
-# Answers /invocations with its environment and working directory (to check what moorage passes).
-ECHO_ENV_SERVER = """\
-import json, os
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def _reply(self, body):
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        self._reply(b"{}")
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self._reply(json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid()}).encode())
-    def log_message(self, *args):
-        pass
-
-HTTPServer(("127.0.0.1", int(os.environ["SAGEMAKER_BIND_TO_PORT"])), H).serve_forever()
-"""
 
 
 def expected_scores(weights_file: Path, rows: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any
 import botocore
 import pytest
 
-from e2e_support import ROLE_ARN, Deployer, file_url, invoke, new_name, pack_model, tar_dir, variant
+from e2e_support import ECHO_ENV_SERVER, ROLE_ARN, Deployer, file_url, invoke, new_name, pack_model, tar_dir, variant
 from moorage.serving.instance_types import (
     CPU_THREADS_ENV,
     GIB,
@@ -163,28 +163,6 @@ def test_unusable_cgroup_root_falls_back(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # real instances behind a real server
 # --------------------------------------------------------------------------------------------------
-ECHO_ENV_SERVER = """\
-import json, os
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def _reply(self, body):
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        self._reply(b"{}")
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self._reply(json.dumps(dict(os.environ)).encode())
-    def log_message(self, *args):
-        pass
-
-HTTPServer(("127.0.0.1", int(os.environ["SAGEMAKER_BIND_TO_PORT"])), H).serve_forever()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +195,7 @@ def deploy_typed(deployer: Deployer, sm: Any, data: Path, instance_type: str, im
 def test_byo_instance_sees_its_thread_budget(deployer: Deployer, sm: Any, rt: Any, echo_tar: Path,
                                              instance_type: str, vcpus: int) -> None:
     name = deploy_typed(deployer, sm, echo_tar, instance_type)
-    env = json.loads(invoke(rt, name, b"{}", "application/json")["Body"])
+    env = json.loads(invoke(rt, name, b"{}", "application/json")["Body"])["env"]
     expected = str(min(vcpus, machine_cores()))
     assert {k: env.get(k) for k in THREAD_VARIABLES} == dict.fromkeys(THREAD_VARIABLES, expected)
     assert env["SAGEMAKER_INSTANCE_TYPE"] == instance_type
@@ -227,7 +205,7 @@ def test_byo_instance_sees_its_thread_budget(deployer: Deployer, sm: Any, rt: An
 def test_container_environment_wins_over_the_instance_type(deployer: Deployer, sm: Any, rt: Any,
                                                            echo_tar: Path) -> None:
     name = deploy_typed(deployer, sm, echo_tar, "ml.m5.xlarge", env={"OMP_NUM_THREADS": "1"})
-    env = json.loads(invoke(rt, name, b"{}", "application/json")["Body"])
+    env = json.loads(invoke(rt, name, b"{}", "application/json")["Body"])["env"]
     assert env["OMP_NUM_THREADS"] == "1"
     assert env["MOORAGE_CPU_THREADS"] == str(min(4, machine_cores()))
 
@@ -237,7 +215,7 @@ def test_local_instance_type_gets_the_machine_cores(deployer: Deployer, rt: Any,
     """`local` is outside botocore's enum: the client skips its own validation, the server accepts it."""
     sm = deployer.server.sm(validate=False)
     name = deploy_typed(deployer, sm, echo_tar, "local")
-    env = json.loads(invoke(rt, name, b"{}", "application/json")["Body"])
+    env = json.loads(invoke(rt, name, b"{}", "application/json")["Body"])["env"]
     assert env["MOORAGE_CPU_THREADS"] == str(machine_cores())
 
 

@@ -24,18 +24,8 @@ class ValidationException(ApiError):
     status = 400
 
 
-class ResourceNotFound(ApiError):
-    code = "ResourceNotFound"
-    status = 400
-
-
-class ResourceInUse(ApiError):
-    code = "ResourceInUse"
-    status = 400
-
-
-class ResourceLimitExceeded(ApiError):
-    code = "ResourceLimitExceeded"
+class SerializationException(ApiError):
+    code = "SerializationException"
     status = 400
 
 
@@ -64,11 +54,3 @@ class ModelError(ApiError):
     status = 424
 
 
-class ModelNotReady(ApiError):
-    code = "ModelNotReadyException"
-    status = 429
-
-
-class ServiceUnavailable(ApiError):
-    code = "ServiceUnavailable"
-    status = 503

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from moorage.api.responses import JSON, Receive, Scope, Send, read_body, respond, respond_error
+from moorage.api.responses import JSON, Receive, Scope, Send, read_body, respond, respond_api_error, respond_error
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.control.common import ENDPOINT
+from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError
 from moorage.serving.manager import ServingManager
 from moorage.serving.router import InvocationFailed, UnknownVariant
 from moorage.store.metadata import MetadataStore
@@ -74,13 +75,13 @@ class RuntimeFrontDoor:
         try:
             invocation = await route.invoke(body, b"".join(forwarded), target_variant)
         except UnknownVariant:
-            await respond_error(send, "ValidationError",
+            await respond_api_error(send, RuntimeValidationError(
                                 f"Invalid target variant '{target_variant}' for endpoint '{name}': "
-                                f"it has variants {', '.join(route.variants)}.", 400, JSON)
+                                f"it has variants {', '.join(route.variants)}."), JSON)
             return
         except InvocationFailed as exc:
-            await respond_error(send, "ModelError", str(exc), 424, JSON,
-                                {"OriginalStatusCode": exc.status, "OriginalMessage": str(exc)})
+            await respond_api_error(send, ModelError(str(exc), OriginalStatusCode=exc.status,
+                                                     OriginalMessage=str(exc)), JSON)
             return
         if invocation.status >= 300:
             await self._model_error(send, name, invocation)
@@ -92,9 +93,9 @@ class RuntimeFrontDoor:
         await respond(send, 200, invocation.body, headers)
 
     async def _too_large(self, send: Send, size: int) -> None:
-        await respond_error(send, "ValidationError",
-                            f"Request has oversize body: {size} bytes exceed the InvokeEndpoint limit of "
-                            f"{MAX_PAYLOAD} bytes (6 MB).", 413, JSON)
+        await respond_api_error(send, PayloadTooLarge(
+            f"Request has oversize body: {size} bytes exceed the InvokeEndpoint limit of {MAX_PAYLOAD} bytes (6 MB)."),
+            JSON)
 
     async def _not_serving(self, send: Send, name: str) -> None:
         row = self.store.get(ENDPOINT, name)
@@ -102,7 +103,7 @@ class RuntimeFrontDoor:
             message = f"Endpoint {name} of account {self.account_id} not found."
         else:
             message = f"Endpoint {name} of account {self.account_id} is not in service (status {row.status})."
-        await respond_error(send, "ValidationError", message, 400, JSON)
+        await respond_api_error(send, RuntimeValidationError(message), JSON)
 
     async def _model_error(self, send: Send, name: str, invocation) -> None:  # type: ignore[no-untyped-def]
         kind = "client" if invocation.status < 500 else "server"
@@ -110,6 +111,5 @@ class RuntimeFrontDoor:
         log_path = self.manager.logs_dir / name / invocation.variant / f"{invocation.instance_id}.log"
         message = (f'Received {kind} error ({invocation.status}) from {invocation.variant} with message '
                    f'"{original}". See {log_path} for more information.')
-        await respond_error(send, "ModelError", message, 424, JSON,
-                            {"OriginalStatusCode": invocation.status, "OriginalMessage": original,
-                             "LogStreamArn": str(log_path)})
+        await respond_api_error(send, ModelError(message, OriginalStatusCode=invocation.status,
+                                                 OriginalMessage=original, LogStreamArn=str(log_path)), JSON)

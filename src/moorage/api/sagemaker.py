@@ -16,7 +16,13 @@ from botocore import xform_name
 from moorage.api.responses import JSON_11, Receive, Scope, Send, read_body, request_id, respond, respond_error
 from moorage.api.shapes import RequestValidationError, ServiceShapes
 from moorage.api.sigv4 import AuthError, SigV4Verifier
-from moorage.errors import ApiError
+from moorage.errors import (
+    ApiError,
+    NotImplementedOperation,
+    SerializationException,
+    UnknownOperation,
+    ValidationException,
+)
 
 log = logging.getLogger("moorage.api")
 
@@ -56,38 +62,22 @@ class JsonProtocolService:
 
     async def call(self, operation: str, body: bytes) -> bytes:
         if self.shapes.operation(operation) is None:
-            raise _Unknown(f"Unknown operation {self.target_prefix}.{operation}")
+            raise UnknownOperation(f"Unknown operation {self.target_prefix}.{operation}")
         handler = self.handlers.get(operation)
         if handler is None:
-            raise _NotImplemented(f"moorage does not implement {self.target_prefix}.{operation} yet.")
+            raise NotImplementedOperation(f"moorage does not implement {self.target_prefix}.{operation} yet.")
         try:
             params = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as exc:
-            raise _Serialization(f"Request body is not valid JSON: {exc}") from exc
+            raise SerializationException(f"Request body is not valid JSON: {exc}") from exc
         if not isinstance(params, dict):
-            raise _Serialization("Request body must be a JSON object.")
+            raise SerializationException("Request body must be a JSON object.")
         try:
             self.shapes.validate_input(operation, params)
         except RequestValidationError as exc:
-            raise _Validation(exc.message if hasattr(exc, "message") else str(exc)) from exc
+            raise ValidationException(exc.message if hasattr(exc, "message") else str(exc)) from exc
         result = await handler(params)
         return orjson.dumps(self.shapes.shape_output(operation, result or {}))
-
-
-class _Unknown(ApiError):
-    code, status = "UnknownOperationException", 400
-
-
-class _NotImplemented(ApiError):
-    code, status = "NotImplemented", 501
-
-
-class _Serialization(ApiError):
-    code, status = "SerializationException", 400
-
-
-class _Validation(ApiError):
-    code, status = "ValidationException", 400
 
 
 class JsonFrontDoor:
