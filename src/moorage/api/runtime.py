@@ -7,13 +7,14 @@ for the endpoint's route, and the pooled hop to an instance. Nothing here touche
 from __future__ import annotations
 
 import logging
+import time
 
 from moorage.api.responses import JSON, Receive, Scope, Send, read_body, respond, respond_api_error, respond_error
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.control.common import ENDPOINT
 from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError
 from moorage.serving.manager import ServingManager
-from moorage.serving.router import InvocationFailed, UnknownVariant
+from moorage.serving.router import EndpointRoute, Invocation, InvocationEvent, InvocationFailed, UnknownVariant
 from moorage.store.metadata import MetadataStore
 
 log = logging.getLogger("moorage.runtime")
@@ -40,6 +41,7 @@ class RuntimeFrontDoor:
         self.account_id = account_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived, started = time.time(), time.perf_counter()
         path: str = scope["path"]
         if scope["method"] != "POST" or not path.endswith("/invocations"):
             await respond_error(send, "UnknownOperationException", f"No operation at {scope['method']} {path}.",
@@ -82,15 +84,20 @@ class RuntimeFrontDoor:
         except InvocationFailed as exc:
             await respond_api_error(send, ModelError(str(exc), OriginalStatusCode=exc.status,
                                                      OriginalMessage=str(exc)), JSON)
+            if route.observers:
+                route.notify(_event(route, scope, body, arrived, started, exc.variant, exc.instance_id, exc.status,
+                                    exc.model_seconds, b"", None))
             return
         if invocation.status >= 300:
             await self._model_error(send, name, invocation)
-            return
-        headers = [(b"content-type", invocation.content_type.encode("latin-1")),
-                   (b"x-amzn-invoked-production-variant", invocation.variant.encode())]
-        if invocation.custom_attributes is not None:
-            headers.append((b"x-amzn-sagemaker-custom-attributes", invocation.custom_attributes))
-        await respond(send, 200, invocation.body, headers)
+        else:
+            headers = [(b"content-type", invocation.content_type.encode("latin-1")),
+                       (b"x-amzn-invoked-production-variant", invocation.variant.encode())]
+            if invocation.custom_attributes is not None:
+                headers.append((b"x-amzn-sagemaker-custom-attributes", invocation.custom_attributes))
+            await respond(send, 200, invocation.body, headers)
+        if route.observers:
+            route.notify(_completed_event(route, scope, body, arrived, started, invocation))
 
     async def _too_large(self, send: Send, size: int) -> None:
         await respond_api_error(send, PayloadTooLarge(
@@ -113,3 +120,30 @@ class RuntimeFrontDoor:
                    f'"{original}". See {log_path} for more information.')
         await respond_api_error(send, ModelError(message, OriginalStatusCode=invocation.status,
                                                  OriginalMessage=original, LogStreamArn=str(log_path)), JSON)
+
+
+def _completed_event(route: EndpointRoute, scope: Scope, body: bytes, arrived: float, started: float,
+                     invocation: Invocation) -> InvocationEvent:
+    return _event(route, scope, body, arrived, started, invocation.variant, invocation.instance_id,
+                  invocation.status, invocation.model_seconds, invocation.body, invocation.content_type)
+
+
+def _event(route: EndpointRoute, scope: Scope, body: bytes, arrived: float, started: float, variant: str,
+           instance_id: str, status: int, model_seconds: float, response_body: bytes,
+           response_content_type: str | None) -> InvocationEvent:
+    """Built only when a route has observers, so the headers are read a second time only then."""
+    values: dict[bytes, str] = {}
+    for key, value in scope["headers"]:
+        if key in _OBSERVED:
+            values[key] = value.decode("latin-1")
+    return InvocationEvent(
+        endpoint=route.name, variant=variant, instance_id=instance_id, status=status, arrived=arrived,
+        model_seconds=model_seconds, total_seconds=time.perf_counter() - started, request_body=body,
+        content_type=values.get(b"content-type"), accept=values.get(b"accept"),
+        inference_id=values.get(b"x-amzn-sagemaker-inference-id"),
+        custom_attributes=values.get(b"x-amzn-sagemaker-custom-attributes"),
+        response_body=response_body, response_content_type=response_content_type)
+
+
+_OBSERVED = frozenset({b"content-type", b"accept", b"x-amzn-sagemaker-inference-id",
+                       b"x-amzn-sagemaker-custom-attributes"})

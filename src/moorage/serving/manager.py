@@ -15,7 +15,7 @@ from pathlib import Path
 
 from moorage.serving.instance import InstanceStartError, LaunchSpec
 from moorage.serving.pool import InstancePool
-from moorage.serving.router import EndpointRoute, VariantRoute
+from moorage.serving.router import EndpointRoute, InvocationObserver, VariantRoute
 
 log = logging.getLogger("moorage.manager")
 
@@ -44,6 +44,9 @@ class ServingManager:
         # rather than under a home that may be deeply nested.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="moorage-"))
         self.routes: dict[str, EndpointRoute] = {}
+        # Observers of every endpoint (metrics); per-endpoint ones (data capture) are added to a route
+        # by whoever builds it.
+        self.observers: list[InvocationObserver] = []
 
     def get(self, endpoint: str) -> EndpointRoute | None:
         return self.routes.get(endpoint)
@@ -56,6 +59,7 @@ class ServingManager:
             for plan in plans
         ]
         route = EndpointRoute(endpoint, variants, invocation_timeout=self.invocation_timeout)
+        route.observers.extend(self.observers)
         return route
 
     async def start(self, route: EndpointRoute, counts: dict[str, int]) -> None:

@@ -9,11 +9,16 @@ the instance hop stay the same.
 from __future__ import annotations
 
 import bisect
+import logging
 import random
+import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from moorage.serving.client import InstanceConnectionError, InstanceTimeout
 from moorage.serving.pool import InstancePool, NoCapacity
+
+log = logging.getLogger("moorage.router")
 
 
 class UnknownVariant(Exception):
@@ -23,10 +28,12 @@ class UnknownVariant(Exception):
 class InvocationFailed(Exception):
     """The instance could not produce a response (it died, timed out, or there is none)."""
 
-    def __init__(self, message: str, status: int, variant: str):
+    def __init__(self, message: str, status: int, variant: str, instance_id: str = "", model_seconds: float = 0.0):
         super().__init__(message)
         self.status = status
         self.variant = variant
+        self.instance_id = instance_id
+        self.model_seconds = model_seconds
 
 
 @dataclass(slots=True)
@@ -37,6 +44,34 @@ class Invocation:
     content_type: str
     body: bytes
     custom_attributes: bytes | None
+    model_seconds: float = 0.0  # the instance hop, as the router timed it (SageMaker's ModelLatency)
+
+
+@dataclass(slots=True)
+class InvocationEvent:
+    """One finished invocation, as observers (metrics, data capture) see it after the reply is sent."""
+
+    endpoint: str
+    variant: str
+    instance_id: str  # "" when no instance was reached (no capacity)
+    status: int  # the instance's HTTP status, or the router's failure status (502/503/504)
+    arrived: float  # epoch seconds when the request arrived
+    model_seconds: float
+    total_seconds: float  # arrival to reply; total - model is SageMaker's OverheadLatency
+    request_body: bytes
+    content_type: str | None
+    accept: str | None
+    inference_id: str | None
+    custom_attributes: str | None
+    response_body: bytes
+    response_content_type: str | None
+
+
+class InvocationObserver(Protocol):
+    """Sees every invocation of a route. ``observe`` runs on the event loop after the reply was sent:
+    it must only enqueue (never block, never raise for a full queue: count the drop instead)."""
+
+    def observe(self, event: InvocationEvent) -> None: ...
 
 
 class VariantRoute:
@@ -58,7 +93,16 @@ class EndpointRoute:
         self.acquire_timeout = acquire_timeout
         self._thresholds: list[float] = []
         self._ordered: list[VariantRoute] = []
+        # Metrics and data capture; the front door skips building events while this is empty.
+        self.observers: list[InvocationObserver] = []
         self.reweigh()
+
+    def notify(self, event: InvocationEvent) -> None:
+        for observer in self.observers:
+            try:
+                observer.observe(event)
+            except Exception:  # an observer's bug must never fail or slow the invocation path
+                log.exception("observer %r failed on an invocation of %s", observer, self.name)
 
     def reweigh(self) -> None:
         """Recompute the cumulative weight table after weights change."""
@@ -92,15 +136,18 @@ class EndpointRoute:
             instance = variant.pool.pick() or await variant.pool.acquire(self.acquire_timeout)
         except NoCapacity as exc:
             raise InvocationFailed(str(exc), 503, variant.name) from exc
+        started = time.perf_counter()
         try:
             response = await instance.invoke(body, headers, self.invocation_timeout)
         except InstanceTimeout as exc:
             raise InvocationFailed(
                 f"Your invocation timed out while waiting for a response from instance {instance.id} of "
-                f"variant {variant.name} ({exc}).", 504, variant.name) from exc
+                f"variant {variant.name} ({exc}).", 504, variant.name, instance.id,
+                time.perf_counter() - started) from exc
         except InstanceConnectionError as exc:
             raise InvocationFailed(
                 f"Instance {instance.id} of variant {variant.name} failed while serving the request ({exc}); "
-                f"the instance is being replaced. See its log at {instance.log_path}.", 502, variant.name) from exc
+                f"the instance is being replaced. See its log at {instance.log_path}.", 502, variant.name,
+                instance.id, time.perf_counter() - started) from exc
         return Invocation(variant.name, instance.id, response.status, response.content_type, response.body,
-                          response.custom_attributes)
+                          response.custom_attributes, time.perf_counter() - started)
