@@ -54,3 +54,14 @@ class ModelError(ApiError):
     status = 424
 
 
+
+
+# Application Auto Scaling names a missing scalable target or policy this way.
+class ObjectNotFound(ApiError):
+    code = "ObjectNotFoundException"
+    status = 400
+
+
+class ResourceNotFound(ApiError):
+    code = "ResourceNotFoundException"
+    status = 400

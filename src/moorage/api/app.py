@@ -22,6 +22,7 @@ from moorage.control.common import Context
 from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
 from moorage.control.models import Models
+from moorage.control.scaling import Scaling
 from moorage.control.tags import Tags
 from moorage.serving.manager import ServingManager
 from moorage.store.artifacts import ArtifactStore
@@ -43,7 +44,8 @@ class MoorageApp:
         self.endpoints = Endpoints(self.ctx)
         sagemaker = JsonProtocolService("sagemaker", "SageMaker", [
             Models(self.ctx), EndpointConfigs(self.ctx), self.endpoints, Tags(self.ctx)])
-        self.json_door = JsonFrontDoor(self.verifier, [sagemaker])
+        autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
+        self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling])
         self.runtime_door = RuntimeFrontDoor(self.verifier, self.manager, self.store, settings.account_id)
         self.native = build_native_app(self.ctx, self.verifier)
 
