@@ -59,9 +59,10 @@ class _ServerFactory:
         self.root = root
         self.servers: list[MoorageServer] = []
 
-    def __call__(self, home: Path | None = None, port: int | None = None) -> MoorageServer:
+    def __call__(self, home: Path | None = None, port: int | None = None,
+                 env: dict[str, str] | None = None) -> MoorageServer:
         home = home or self.root / f"home{len(self.servers)}"
-        srv = MoorageServer(home, port=port)
+        srv = MoorageServer(home, port=port, env=env)
         self.servers.append(srv)
         return srv.start(timeout=90)
 
@@ -72,7 +73,7 @@ class _ServerFactory:
 
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[Callable[..., MoorageServer]]:
-    """Factory: fresh_server() starts a server with its own home; all are stopped at teardown."""
+    """Factory: fresh_server(env={...}) starts a server with its own home; all are stopped at teardown."""
     factory = _ServerFactory(tmp_path)
     try:
         yield factory

@@ -81,8 +81,10 @@ class MoorageServer:
         port: int | None = None,
         access_key_id: str = ACCESS_KEY_ID,
         secret_access_key: str = SECRET_ACCESS_KEY,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.home = Path(home)
+        self.extra_env = dict(env or {})  # e.g. MOORAGE_METRICS_PERIOD=1 for a server under test
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.access_key_id = access_key_id
@@ -119,6 +121,7 @@ class MoorageServer:
             MOORAGE_SECRET_ACCESS_KEY=self.secret_access_key,
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log_file.write(f"\n===== start {time.strftime('%H:%M:%S')} port {self.port} =====\n".encode())
         self._log_file.flush()
