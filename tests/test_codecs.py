@@ -91,6 +91,22 @@ def test_csv_large_numeric_body() -> None:
     np.testing.assert_array_equal(codecs.decode(body, "text/csv"), data)
 
 
+@pytest.mark.parametrize("odd_line", [b"1,,3", b"nan,inf,-inf", b"red,2,3", b"NA,2,3"])
+def test_csv_large_body_with_odd_cells_reads_as_a_small_one(odd_line: bytes) -> None:
+    # Large bodies take the bulk parser; a cell it will not take must give the careful path's result.
+    filler = b"\n".join([b"1.5,2.5,3.5"] * 30_000)
+    small = codecs.decode(odd_line + b"\n1.5,2.5,3.5\n", "text/csv")
+    large = codecs.decode(odd_line + b"\n" + filler + b"\n", "text/csv")
+    assert large.shape == (30_001, 3) and large.dtype == small.dtype
+    np.testing.assert_array_equal(large[:2], small)
+
+
+def test_csv_large_ragged_body_names_the_line() -> None:
+    body = b"\n".join([b"1,2,3"] * 30_000) + b"\n4,5\n"
+    with pytest.raises(PayloadError, match="line 30001 has 2 columns but line 1 has 3"):
+        codecs.decode(body, "text/csv")
+
+
 def test_csv_accepts_str_body() -> None:
     # The toolkit hands user input_fn a str for CSV; calling our decoder from there must still work.
     np.testing.assert_array_equal(codecs.decode("1,2\n3,4", "text/csv"), [[1, 2], [3, 4]])
