@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-tools lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/product_reviews/demo.py
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/python -m pytest -q
+
+# System tools some tests drive for real: a Prometheus server scrapes GET /metrics. Installed with
+# apt-get when missing and we are root; otherwise that test skips and says why.
+test-tools:
+	@command -v prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+		|| echo "prometheus is not installed: tests/test_metrics_prometheus.py will skip"; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -27,6 +27,18 @@ def default_home() -> Path:
     return Path(os.environ.get("MOORAGE_HOME") or Path.home() / ".moorage").expanduser()
 
 
+def _env_seconds(name: str, default: float) -> float:
+    """A duration from the environment: seconds, or a number with s/m/h/d (``15d``)."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return float(default)
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1])
+    try:
+        return float(text[:-1]) * scale if scale else float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a duration (seconds, or e.g. 90s, 15m, 2h, 15d)") from None
+
+
 @dataclass(frozen=True)
 class Credentials:
     access_key_id: str
@@ -41,6 +53,18 @@ class Settings:
     region: str = DEFAULT_REGION
     account_id: str = DEFAULT_ACCOUNT_ID
     database_url: str | None = None
+    # Metrics: seconds per stored datapoint, seconds they are kept, and whether invocations and
+    # instances are recorded at all (MOORAGE_METRICS=off is the overhead benchmark's baseline).
+    metrics_period: float = field(default_factory=lambda: _env_seconds("MOORAGE_METRICS_PERIOD", 60))
+    metrics_retention: float = field(default_factory=lambda: _env_seconds("MOORAGE_METRICS_RETENTION", 15 * 86400))
+    metrics_enabled: bool = field(
+        default_factory=lambda: os.environ.get("MOORAGE_METRICS", "on").strip().lower() not in ("off", "0", "false"))
+    # Target tracking: consecutive metric periods above the target before a scale-out, below 90% of
+    # it before a scale-in (Application Auto Scaling's alarms use 3 and 15 one-minute datapoints).
+    autoscale_scale_out_datapoints: int = field(
+        default_factory=lambda: int(os.environ.get("MOORAGE_AUTOSCALE_SCALE_OUT_DATAPOINTS", 3)))
+    autoscale_scale_in_datapoints: int = field(
+        default_factory=lambda: int(os.environ.get("MOORAGE_AUTOSCALE_SCALE_IN_DATAPOINTS", 15)))
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()

@@ -62,6 +62,18 @@ class ObjectNotFound(ApiError):
     status = 400
 
 
+# SageMaker's missing transform jobs, monitoring schedules and executions.
 class ResourceNotFound(ApiError):
+    code = "ResourceNotFound"
+    status = 400
+
+
+class ResourceInUse(ApiError):
+    code = "ResourceInUse"
+    status = 400
+
+
+# Application Auto Scaling's missing resource (tag operations on an unknown ARN).
+class ScalingResourceNotFound(ApiError):
     code = "ResourceNotFoundException"
     status = 400

@@ -12,23 +12,33 @@ from typing import Any
 
 import orjson
 
+from moorage.api.monitoring_routes import monitoring_routes
 from moorage.api.native import build_native_app
 from moorage.api.responses import JSON, Receive, Scope, Send, respond, respond_error
 from moorage.api.runtime import RuntimeFrontDoor
 from moorage.api.sagemaker import JsonFrontDoor, JsonProtocolService
 from moorage.api.sigv4 import SigV4Verifier
+from moorage.autoscale.controller import ScalingController
+from moorage.autoscale.target_tracking import Rules
+from moorage.capture import CaptureWriter, WriterSettings
 from moorage.config import Credentials, Settings
 from moorage.control.common import Context
 from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
 from moorage.control.models import Models
+from moorage.control.monitoring import Monitoring
 from moorage.control.scaling import Scaling
 from moorage.control.tags import Tags
+from moorage.control.transform_jobs import TransformJobs
+from moorage.metrics.service import MetricsService
+from moorage.monitor.scheduler import MonitoringScheduler
 from moorage.serving.manager import ServingManager
 from moorage.store.artifacts import ArtifactStore
 from moorage.store.metadata import MetadataStore
 
 log = logging.getLogger("moorage.server")
+# The classic text format every Prometheus version parses.
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class MoorageApp:
@@ -41,13 +51,25 @@ class MoorageApp:
         self.store = MetadataStore(settings.database_url)
         self.manager = ServingManager(settings.logs_dir)
         self.ctx = Context(settings, self.store, ArtifactStore(settings.models_dir), self.manager)
-        self.endpoints = Endpoints(self.ctx)
+        # Before any route is built: the recorder joins manager.observers, which every route gets.
+        self.metrics = self.ctx.metrics = MetricsService(settings, self.store, self.manager)
+        self.capture = CaptureWriter(WriterSettings.from_env())
+        self.metrics.watch_capture(self.capture.stats_by_variant)
+        self.endpoints = Endpoints(self.ctx, capture=self.capture)
+        self.autoscaler = ScalingController(
+            self.ctx, self.endpoints, self.metrics, period=max(1, round(settings.metrics_period)),
+            rules=Rules(scale_out_datapoints=settings.autoscale_scale_out_datapoints,
+                        scale_in_datapoints=settings.autoscale_scale_in_datapoints))
+        self.transform_jobs = TransformJobs(self.ctx)
+        self.monitoring = MonitoringScheduler(self.ctx)
         sagemaker = JsonProtocolService("sagemaker", "SageMaker", [
-            Models(self.ctx), EndpointConfigs(self.ctx), self.endpoints, Tags(self.ctx)])
+            Models(self.ctx), EndpointConfigs(self.ctx), self.endpoints, Tags(self.ctx), self.transform_jobs,
+            Monitoring(self.ctx, self.monitoring)])
         autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
         self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling])
         self.runtime_door = RuntimeFrontDoor(self.verifier, self.manager, self.store, settings.account_id)
-        self.native = build_native_app(self.ctx, self.verifier)
+        self.native = build_native_app(self.ctx, self.verifier,
+                                       monitoring_routes(self.ctx, self.verifier, self.monitoring))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -63,6 +85,9 @@ class MoorageApp:
                                   [(b"content-type", JSON)])
             elif path == "/healthz":
                 await respond(send, 200, b'{"status":"ok"}', [(b"content-type", JSON)])
+            elif path == "/metrics":
+                # Unauthenticated, as Prometheus scrapes: counts and latencies, no payloads.
+                await respond(send, 200, self.metrics.prometheus.render(), [(b"content-type", PROMETHEUS_TEXT)])
             elif path.startswith("/moorage/"):
                 await self.native(scope, receive, send)
             else:
@@ -75,17 +100,28 @@ class MoorageApp:
             message: dict[str, Any] = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    self.capture.start()
+                    self.metrics.start()
                     resumed = self.endpoints.recover()
                     if resumed:
                         log.info("bringing back %d endpoint(s) from the store", resumed)
+                    if settled := self.transform_jobs.recover():
+                        log.info("%d transform job(s) were cut off by the last stop; marked ended", settled)
+                    self.monitoring.start()
+                    self.autoscaler.start()
                 except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.autoscaler.stop()
+                await self.monitoring.stop()  # running executions go back to Pending, to run again on start
                 await self.endpoints.shutdown()
+                await self.transform_jobs.shutdown()
                 await self.manager.shutdown()
+                await self.capture.shutdown()  # after the routes: every answered invocation is written
+                await self.metrics.stop()  # likewise: the last partial period is written, alarms' webhooks sent
                 self.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -20,7 +20,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from moorage.api.metrics_routes import metrics_routes
 from moorage.api.sigv4 import MSG_PAYLOAD_HASH, AuthError, SigV4Verifier
+from moorage.api.transform_routes import transform_job_routes
 from moorage.client import MAX_ARTIFACT_BYTES, artifact_key_problem
 from moorage.control.common import ENDPOINT, Context, timestamp
 from moorage.store.metadata import ListQuery
@@ -90,7 +92,7 @@ class _Upload:
         self.temp.unlink(missing_ok=True)
 
 
-def build_native_app(ctx: Context, verifier: SigV4Verifier) -> Starlette:
+def build_native_app(ctx: Context, verifier: SigV4Verifier, extra_routes: list[Route] | None = None) -> Starlette:
     artifacts_root = ctx.settings.artifacts_dir
 
     async def authorized(request: Request) -> Response | None:
@@ -204,4 +206,7 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier) -> Starlette:
         Route("/moorage/v1/endpoints", list_endpoints, methods=["GET"]),
         Route("/moorage/v1/endpoints/{name}", get_endpoint, methods=["GET"]),
         Route("/moorage/v1/artifacts/{key:path}", put_artifact, methods=["PUT"]),
+        *metrics_routes(ctx, verifier),
+        *transform_job_routes(ctx, verifier),
+        *(extra_routes or []),  # routes of parts the app builds after the context (monitoring)
     ])

@@ -132,18 +132,24 @@ def _event(route: EndpointRoute, scope: Scope, body: bytes, arrived: float, star
            instance_id: str, status: int, model_seconds: float, response_body: bytes,
            response_content_type: str | None) -> InvocationEvent:
     """Built only when a route has observers, so the headers are read a second time only then."""
-    values: dict[bytes, str] = {}
+    found: list[bytes | None] = [None, None, None, None]
+    slot_of = _OBSERVED.get
     for key, value in scope["headers"]:
-        if key in _OBSERVED:
-            values[key] = value.decode("latin-1")
+        slot = slot_of(key)
+        if slot is not None:
+            found[slot] = value
+    content_type, accept, inference_id, custom_attributes = found
+    # Positional, in InvocationEvent's field order: keywords cost a third of this function's time.
     return InvocationEvent(
-        endpoint=route.name, variant=variant, instance_id=instance_id, status=status, arrived=arrived,
-        model_seconds=model_seconds, total_seconds=time.perf_counter() - started, request_body=body,
-        content_type=values.get(b"content-type"), accept=values.get(b"accept"),
-        inference_id=values.get(b"x-amzn-sagemaker-inference-id"),
-        custom_attributes=values.get(b"x-amzn-sagemaker-custom-attributes"),
-        response_body=response_body, response_content_type=response_content_type)
+        route.name, variant, instance_id, status, arrived, model_seconds, time.perf_counter() - started, body,
+        _text(content_type), _text(accept), _text(inference_id), _text(custom_attributes), response_body,
+        response_content_type)
 
 
-_OBSERVED = frozenset({b"content-type", b"accept", b"x-amzn-sagemaker-inference-id",
-                       b"x-amzn-sagemaker-custom-attributes"})
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+# The request headers an event carries, and their slot in _event's list.
+_OBSERVED = {b"content-type": 0, b"accept": 1, b"x-amzn-sagemaker-inference-id": 2,
+             b"x-amzn-sagemaker-custom-attributes": 3}

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import click
 from rich.table import Table
 
+from moorage.cli.alarms import alarms as alarms_command
 from moorage.cli.common import (
     describe_client_error,
     fail,
@@ -25,8 +26,11 @@ from moorage.cli.common import (
     stdout_console,
     url_option,
 )
+from moorage.cli.metrics import metrics as metrics_command
+from moorage.cli.transform import transform as transform_commands
 from moorage.client import ClientError, Connection
 from moorage.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_home
+from moorage.monitor.cli import monitor as monitor_commands
 
 # Content types guessed from a --body @file's suffix when --content-type is not given.
 _SUFFIX_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "application/jsonlines",
@@ -311,6 +315,12 @@ def delete(endpoint: str, keep_config: bool, keep_model: bool, timeout: float, h
     if not keep_config:
         predictor.sagemaker_session.delete_endpoint_config(config_name)
         click.echo(f"deleted endpoint config {config_name}")
+
+
+cli.add_command(monitor_commands)
+cli.add_command(metrics_command)
+cli.add_command(alarms_command)
+cli.add_command(transform_commands)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -14,6 +14,9 @@ from moorage.errors import ValidationException
 from moorage.serving.manager import ServingManager
 from moorage.store.artifacts import ArtifactStore
 from moorage.store.metadata import ListQuery, MetadataStore, Resource
+
+if TYPE_CHECKING:
+    from moorage.metrics.service import MetricsService
 
 MODEL = "model"
 ENDPOINT_CONFIG = "endpoint-config"
@@ -26,6 +29,8 @@ class Context:
     store: MetadataStore
     artifacts: ArtifactStore
     manager: ServingManager
+    # Time series, business metrics and alarms (``ctx.metrics.statistics(...)``); set by the app.
+    metrics: MetricsService | None = None
 
     def arn(self, kind: str, name: str) -> str:
         # SageMaker lower-cases resource names inside ARNs.

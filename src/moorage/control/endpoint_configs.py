@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from moorage.capture import CaptureConfig
 from moorage.control.common import ENDPOINT_CONFIG, MODEL, Context, list_query, page, put_tags, timestamp
 from moorage.errors import ValidationException
 from moorage.store.metadata import AlreadyExists
@@ -36,6 +37,8 @@ class EndpointConfigs:
             weight = variant.setdefault("InitialVariantWeight", 1.0)
             if weight < 0:
                 raise ValidationException(f"Variant '{vname}' has a negative InitialVariantWeight.")
+        if req.get("DataCaptureConfig"):
+            CaptureConfig.parse(req["DataCaptureConfig"])  # raises ValidationException saying what is wrong
         arn = self.ctx.arn(ENDPOINT_CONFIG, name)
         body = {k: v for k, v in req.items() if k != "Tags"}
         body["ProductionVariants"] = variants

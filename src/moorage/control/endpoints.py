@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
+from moorage.capture import CaptureConfig, CaptureWriter
 from moorage.control.common import ENDPOINT, ENDPOINT_CONFIG, Context, list_query, page, put_tags, timestamp
 from moorage.control.launch import launch_spec
 from moorage.control.models import primary_container
@@ -31,8 +32,9 @@ IN_PROGRESS = (CREATING, UPDATING, DELETING)
 
 
 class Endpoints:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, capture: CaptureWriter | None = None):
         self.ctx = ctx
+        self.capture = capture  # data capture's writer; endpoint configs with DataCaptureConfig feed it
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # Helpers ----------------------------------------------------------------------------------------
@@ -55,6 +57,12 @@ class Endpoints:
             raise ValidationException(
                 f'Could not find endpoint configuration "{self.ctx.arn(ENDPOINT_CONFIG, name)}".')
         return row.body
+
+    @staticmethod
+    def _capture_summary(config: dict[str, Any]) -> dict[str, Any] | None:
+        """DescribeEndpoint's DataCaptureConfig (a DataCaptureConfigSummary) for an endpoint config."""
+        doc = config.get("DataCaptureConfig")
+        return CaptureConfig.parse(doc).summary() if doc else None
 
     def _run(self, name: str, coro: Any) -> None:
         """Run lifecycle work for ``name`` after any already running for it."""
@@ -141,6 +149,11 @@ class Endpoints:
             models = {v["ModelName"]: self.ctx.store.get("model", v["ModelName"]).body  # type: ignore[union-attr]
                       for v in config["ProductionVariants"]}
             route = self.ctx.manager.build(name, plans)
+            capture = config.get("DataCaptureConfig")
+            if capture and self.capture is not None:
+                capture_config = CaptureConfig.parse(capture)
+                if capture_config.enabled:
+                    route.observers.append(self.capture.observer(name, capture_config))
             if recovering:
                 # Publish before the instances are up: invocations wait (bounded) for the first
                 # ready instance instead of failing while a restarted server brings them back.
@@ -169,7 +182,8 @@ class Endpoints:
         log.info("endpoint %s in service with config %s (%s)", name, config_name,
                  ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingEndpointConfigName=None,
-                   FailureReason=None, ProductionVariants=self._variant_summaries(config, plans, models))
+                   FailureReason=None, ProductionVariants=self._variant_summaries(config, plans, models),
+                   DataCaptureConfig=self._capture_summary(config))
         if replaced is not None:
             await self.ctx.manager.retire(replaced)  # blue/green: the old fleet drains after the switch
 
@@ -219,9 +233,9 @@ class Endpoints:
         name, config_name = req["EndpointName"], req["EndpointConfigName"]
         config = self._config(config_name)
         arn = self.ctx.arn(ENDPOINT, name)
-        body = {"EndpointConfigName": config_name}
+        body: dict[str, Any] = {"EndpointConfigName": config_name}
         if config.get("DataCaptureConfig"):
-            body["DataCaptureConfig"] = config["DataCaptureConfig"]
+            body["DataCaptureConfig"] = self._capture_summary(config)
         try:
             self.ctx.store.create(ENDPOINT, name, arn, body, status=CREATING)
         except AlreadyExists as exc:

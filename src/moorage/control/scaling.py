@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from moorage.control.common import ENDPOINT, Context, timestamp
-from moorage.errors import ObjectNotFound, ResourceNotFound, ValidationException
+from moorage.errors import ObjectNotFound, ScalingResourceNotFound, ValidationException
 from moorage.store.metadata import AlreadyExists, ListQuery, Resource
 
 SCALABLE_TARGET = "scalable-target"
@@ -262,7 +262,7 @@ class Scaling:
     def _require_arn(self, arn: str) -> None:
         row = self.ctx.store.get_by_arn(arn)
         if row is None or row.kind != SCALABLE_TARGET:
-            raise ResourceNotFound(f"No scalable target found for ARN {arn}.", ResourceName=arn)
+            raise ScalingResourceNotFound(f"No scalable target found for ARN {arn}.", ResourceName=arn)
 
     async def tag_resource(self, req: dict[str, Any]) -> dict[str, Any]:
         self._require_arn(req["ResourceARN"])

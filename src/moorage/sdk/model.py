@@ -16,12 +16,15 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moorage.sdk.deserializers import BaseDeserializer
 from moorage.sdk.predictor import Predictor
 from moorage.sdk.serializers import BaseSerializer
 from moorage.sdk.session import Session
+
+if TYPE_CHECKING:
+    from moorage.sdk.transformer import Transformer
 
 __all__ = ["Model"]
 
@@ -262,6 +265,18 @@ class Model:
             self.session.wait_for_endpoint(endpoint_name, timeout=timeout)
         return predictor
 
+    def transformer(self, instance_count: int = 1, instance_type: str = "ml.m5.large", **kwargs: Any) -> Transformer:
+        """Create the model (once) and return a Transformer for batch transform jobs with it.
+
+        ``kwargs`` are Transformer's: ``output_path``, ``strategy``, ``assemble_with``, ``accept``,
+        ``max_payload``, ``max_concurrent_transforms``, ``env``, ``tags``, ``backend``, ``ray_address``...
+        """
+        from moorage.sdk.transformer import Transformer
+
+        model_name = self.create()
+        return Transformer(model_name, instance_count=instance_count, instance_type=instance_type,
+                           sagemaker_session=self.session, **kwargs)
+
     def delete_model(self) -> None:
         if self.name is None:
             raise ValueError("the model has not been created")
@@ -280,10 +295,10 @@ def _write_tarball(source: Path, archive: Path) -> None:
 
 
 def _extract_remote(url: str, staging: Path) -> None:
-    import fsspec
+    from moorage.store.locations import StorageError, open_url
 
     try:
-        with fsspec.open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as archive:
+        with open_url(url) as raw, tarfile.open(fileobj=raw, mode="r:*") as archive:
             archive.extractall(staging, filter="data")
-    except (OSError, tarfile.TarError, ImportError, ValueError) as exc:
+    except (OSError, tarfile.TarError, StorageError, ValueError) as exc:
         raise ValueError(f"cannot repack model_data {url}: {exc}") from exc

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
+
+import orjson
 
 from moorage.client import Connection
 from moorage.sdk.exceptions import UnexpectedStatusException
@@ -13,6 +18,8 @@ __all__ = ["Session"]
 
 # Endpoint statuses from which no waiting leads to InService.
 _TERMINAL = frozenset({"Failed", "OutOfService", "Deleting"})
+# Where Session.put_metric puts business metrics unless told otherwise.
+DEFAULT_METRIC_NAMESPACE = "Moorage/Business"
 
 
 class Session:
@@ -131,6 +138,49 @@ class Session:
 
     def delete_model(self, model_name: str) -> None:
         self.sagemaker_client.delete_model(ModelName=model_name)
+
+    # -- metrics and alarms --------------------------------------------------------------------------
+    def put_metric(self, name: str, value: float | Sequence[float], dimensions: Mapping[str, str] | None = None,
+                   unit: str = "None", namespace: str = DEFAULT_METRIC_NAMESPACE,
+                   timestamp: float | dt.datetime | None = None) -> None:
+        """Record a business metric (one value or several), e.g. coupons redeemed per prediction.
+
+        It lives beside the endpoint metrics: queries, alarms and ``/metrics`` (pass
+        ``{"EndpointName": ..., "VariantName": ...}`` as dimensions to put it next to an endpoint's).
+        """
+        datum: dict[str, Any] = {"MetricName": name, "Unit": unit,
+                                 "Dimensions": [{"Name": k, "Value": str(v)} for k, v in (dimensions or {}).items()]}
+        if isinstance(value, int | float):
+            datum["Value"] = float(value)
+        else:
+            datum["Values"] = [float(v) for v in value]
+        if timestamp is not None:
+            datum["Timestamp"] = timestamp.timestamp() if isinstance(timestamp, dt.datetime) else float(timestamp)
+        self.connection.native("POST", "/moorage/v1/metrics",
+                               orjson.dumps({"Namespace": namespace, "MetricData": [datum]}))
+
+    def get_metric_statistics(self, metric_name: str, dimensions: Mapping[str, str] | None = None,
+                              statistic: str = "Average", start: float | None = None, end: float | None = None,
+                              period: int = 60, namespace: str = "AWS/SageMaker") -> list[dict[str, Any]]:
+        """Datapoints (``Timestamp``, ``Value``, ``SampleCount``, ``Unit``) of one statistic per period."""
+        end = time.time() if end is None else end
+        start = end - 3600 if start is None else start
+        params = [("Namespace", namespace), ("MetricName", metric_name), ("Statistic", statistic),
+                  ("StartTime", repr(float(start))), ("EndTime", repr(float(end))), ("Period", str(int(period)))]
+        params += [("Dimension", f"{k}={v}") for k, v in (dimensions or {}).items()]
+        return list(self.connection.native("GET", f"/moorage/v1/metrics?{urlencode(params)}")["Datapoints"])
+
+    def put_alarm(self, name: str, **definition: Any) -> dict[str, Any]:
+        """Create or replace an alarm; keyword arguments are CloudWatch's PutMetricAlarm fields."""
+        return dict(self.connection.native("PUT", f"/moorage/v1/alarms/{quote(name, safe='')}",
+                                           orjson.dumps(definition)))
+
+    def describe_alarm(self, name: str) -> dict[str, Any]:
+        """The alarm's definition, state and history (``AlarmHistoryItems``)."""
+        return dict(self.connection.native("GET", f"/moorage/v1/alarms/{quote(name, safe='')}"))
+
+    def delete_alarm(self, name: str) -> None:
+        self.connection.native("DELETE", f"/moorage/v1/alarms/{quote(name, safe='')}")
 
     def __repr__(self) -> str:
         return f"Session(url={self.url!r}, region={self.region!r}, access_key_id={self.connection.access_key_id!r})"

@@ -1,6 +1,6 @@
 """Artifact store: model data and code archives, wherever their URL points.
 
-URLs go through fsspec, so ``file://``, plain paths and (with ``moorage[s3]``) ``s3://`` behave the
+URLs go through ``store.locations``, so ``file://``, plain paths and ``s3://`` behave the
 same. A model archive is extracted once into the home's cache, keyed by the URL and the object's
 size and modification time (or ETag), so restarting a server or adding instances does not unpack it
 again, and a changed artifact under the same URL is picked up.
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import fsspec
+from moorage.store.locations import StorageError, filesystem
 
 
 class ArtifactError(Exception):
@@ -25,11 +25,9 @@ class ArtifactError(Exception):
 
 def _fs_and_path(url: str) -> tuple[Any, str]:
     try:
-        fs, path = fsspec.core.url_to_fs(url)
-    except ImportError as exc:
-        raise ArtifactError(f"cannot read {url}: {exc}. For s3:// URLs install moorage[s3].") from exc
-    except ValueError as exc:
-        raise ArtifactError(f"cannot read {url}: {exc}") from exc
+        fs, path = filesystem(url)
+    except StorageError as exc:
+        raise ArtifactError(str(exc)) from exc
     return fs, path
 
 

@@ -1,0 +1,165 @@
+"""Invocation metrics: an observer of every invocation, aggregated per endpoint/variant/instance/period.
+
+``observe`` runs on the router's event loop after each reply, so it does the least that keeps the
+period's statistics exact: bump a counter or two and append the two latencies to typed arrays
+(about 0.3 us). Everything else (microsecond conversion, sums, extremes, KLL sketches, the rows for
+the store, the Prometheus totals) happens once per period on the swapped-out window, in a worker
+thread. The arrays are bounded: past ``max_samples`` latencies per series and period the samples are
+dropped (counts stay exact) and the drop is counted, never silent.
+
+Per window and series: SageMaker publishes ``Invocations`` as one sample of 1 per request, and
+``Invocation4XXErrors``/``Invocation5XXErrors`` as one sample per request that is 1 for an error and
+0 otherwise (so their Average is the error rate); ``ModelLatency`` is the instance hop and
+``OverheadLatency`` the rest of the request, both in microseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from moorage.metrics import names as n
+from moorage.metrics.store import StatisticSet
+from moorage.serving.router import InvocationEvent
+
+DEFAULT_MAX_SAMPLES = 1_000_000  # per series and period: 16 MB of float64 pairs at most
+
+SeriesKey = tuple[str, str, str]  # (endpoint, variant, instance id; "" when no instance was reached)
+
+
+class Window:
+    """One period's raw observations of one (endpoint, variant, instance)."""
+
+    __slots__ = ("client_errors", "dropped", "model", "server_errors", "total")
+
+    def __init__(self) -> None:
+        self.client_errors = 0
+        self.server_errors = 0
+        self.dropped = 0  # requests whose latencies did not fit in the arrays
+        self.model = array("d")  # seconds
+        self.total = array("d")  # seconds
+
+    @property
+    def count(self) -> int:
+        return len(self.model) + self.dropped
+
+    def latencies_us(self) -> tuple[np.ndarray, np.ndarray]:
+        """(model, overhead) in microseconds."""
+        model = np.frombuffer(self.model, dtype=np.float64) * 1e6
+        total = np.frombuffer(self.total, dtype=np.float64) * 1e6
+        return model, np.maximum(total - model, 0.0)
+
+
+@dataclass
+class TakenWindow:
+    start: float
+    end: float
+    series: dict[SeriesKey, Window]
+
+    @property
+    def dropped(self) -> int:
+        return sum(w.dropped for w in self.series.values())
+
+
+class InvocationRecorder:
+    """An InvocationObserver (serving.router) that keeps the current period's windows in memory."""
+
+    def __init__(self, max_samples: int = DEFAULT_MAX_SAMPLES):
+        self.max_samples = max_samples
+        self.windows: dict[SeriesKey, Window] = {}
+        self.window_start = time.time()
+        self._dropped_before = 0
+
+    def observe(self, event: InvocationEvent) -> None:
+        try:  # the series exists but for the first request of a period: try is cheaper than get + test
+            window = self.windows[(event.endpoint, event.variant, event.instance_id)]
+        except KeyError:
+            window = self.windows[(event.endpoint, event.variant, event.instance_id)] = Window()
+        model = window.model
+        if len(model) < self.max_samples:
+            model.append(event.model_seconds)
+            window.total.append(event.total_seconds)
+        else:
+            window.dropped += 1
+        if event.status >= 400:
+            if event.status >= 500:
+                window.server_errors += 1
+            else:
+                window.client_errors += 1
+
+    @property
+    def dropped_total(self) -> int:
+        """Latency samples dropped since the start (the open window included)."""
+        return self._dropped_before + sum(w.dropped for w in list(self.windows.values()))
+
+    def take(self, now: float | None = None) -> TakenWindow:
+        """Close the current period and start the next (on the event loop: no lock needed)."""
+        now = time.time() if now is None else now
+        taken = TakenWindow(self.window_start, now, self.windows)
+        self._dropped_before += taken.dropped
+        self.windows = {}
+        self.window_start = now
+        return taken
+
+
+def statistic_sets(window: TakenWindow, timestamp: float, instances_in_service: Mapping[tuple[str, str], int],
+                   idle_variants: list[tuple[str, str]]) -> list[StatisticSet]:
+    """The rows one period of invocations becomes: per instance and per variant.
+
+    ``instances_in_service`` divides a variant's invocations into InvocationsPerInstance;
+    ``idle_variants`` (in service, no traffic this period) get zero counts so a scale-in sees
+    "no load" rather than "no data".
+    """
+    ns = n.INVOCATION_NAMESPACE
+    out: list[StatisticSet] = []
+    by_variant: dict[tuple[str, str], list[tuple[str, Window]]] = {}
+    for (endpoint, variant, instance_id), win in window.series.items():
+        by_variant.setdefault((endpoint, variant), []).append((instance_id, win))
+    for (endpoint, variant), members in by_variant.items():
+        vdims = n.variant_dimensions(endpoint, variant)
+        count = sum(w.count for _, w in members)
+        client = sum(w.client_errors for _, w in members)
+        server = sum(w.server_errors for _, w in members)
+        models, overheads = [], []
+        for instance_id, win in members:
+            if not instance_id:
+                continue  # no instance reached (no capacity): counted, but there is no model latency
+            model, overhead = win.latencies_us()
+            idims = n.instance_dimensions(endpoint, variant, instance_id)
+            out.append(StatisticSet.of_counts(ns, n.INVOCATIONS, idims, timestamp, win.count, win.count))
+            out.append(StatisticSet.of_counts(ns, n.INVOCATION_4XX, idims, timestamp, win.client_errors, win.count))
+            out.append(StatisticSet.of_counts(ns, n.INVOCATION_5XX, idims, timestamp, win.server_errors, win.count))
+            if model.size:
+                out.append(StatisticSet.of_samples(ns, n.MODEL_LATENCY, idims, timestamp, n.MICROSECONDS, model))
+                out.append(StatisticSet.of_samples(ns, n.OVERHEAD_LATENCY, idims, timestamp, n.MICROSECONDS,
+                                                   overhead))
+                models.append(model)
+                overheads.append(overhead)
+        out.append(StatisticSet.of_counts(ns, n.INVOCATIONS, vdims, timestamp, count, count))
+        out.append(StatisticSet.of_counts(ns, n.INVOCATION_4XX, vdims, timestamp, client, count))
+        out.append(StatisticSet.of_counts(ns, n.INVOCATION_5XX, vdims, timestamp, server, count))
+        serving = instances_in_service.get((endpoint, variant)) or len([i for i, _ in members if i]) or 1
+        per_instance = StatisticSet.of_counts(ns, n.INVOCATIONS_PER_INSTANCE, vdims, timestamp, count, count)
+        per_instance.total = count / serving
+        if count:
+            per_instance.minimum = per_instance.maximum = 1.0 / serving
+        out.append(per_instance)
+        if models:
+            out.append(StatisticSet.of_samples(ns, n.MODEL_LATENCY, vdims, timestamp, n.MICROSECONDS,
+                                               np.concatenate(models)))
+            out.append(StatisticSet.of_samples(ns, n.OVERHEAD_LATENCY, vdims, timestamp, n.MICROSECONDS,
+                                               np.concatenate(overheads)))
+    for endpoint, variant in idle_variants:
+        if (endpoint, variant) in by_variant:
+            continue
+        vdims = n.variant_dimensions(endpoint, variant)
+        for name in (n.INVOCATIONS, n.INVOCATIONS_PER_INSTANCE, n.INVOCATION_4XX, n.INVOCATION_5XX):
+            out.append(StatisticSet.of_counts(ns, name, vdims, timestamp, 0, 0))
+    if window.dropped:
+        out.append(StatisticSet(n.SELF_NAMESPACE, n.DROPPED_SAMPLES, {}, timestamp, n.COUNT, 1.0,
+                                float(window.dropped), float(window.dropped), float(window.dropped)))
+    return out

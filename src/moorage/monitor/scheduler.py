@@ -1,0 +1,296 @@
+"""The server's monitoring scheduler: fires due schedules and runs their executions.
+
+State lives in the store, not in this object: a schedule's row holds its status and its next fire
+time (``NextFireTime``, epoch seconds), an execution's row its status and results. So a restarted
+server picks up where the last one stopped: due schedules fire once (missed fires are not
+replayed one by one, as SageMaker does not backfill either), and executions that were pending or
+running when it stopped run again.
+
+One task ticks every ``MOORAGE_MONITOR_TICK_SECONDS`` (default 1 s; API calls wake it at once);
+at most ``MOORAGE_MONITOR_CONCURRENCY`` executions (default 2) run at a time, each in its own
+process (:mod:`moorage.monitor.execution`). Execution metrics are written to the metrics store in a
+worker thread under SageMaker's namespace and dimensions, so alarms can watch them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import uuid
+from typing import Any
+
+from moorage.control.common import ENDPOINT, ENDPOINT_CONFIG, Context
+from moorage.errors import ValidationException
+from moorage.monitor.cron import ScheduleExpression
+from moorage.monitor.execution import (
+    COMPLETED,
+    DATA_QUALITY,
+    FAILED,
+    IN_PROGRESS,
+    PENDING,
+    WITH_VIOLATIONS,
+    ExecutionSpec,
+    JobDefinition,
+    run_in_subprocess,
+    window_of,
+)
+from moorage.store.metadata import Resource
+
+log = logging.getLogger("moorage.monitor")
+
+SCHEDULE = "monitoring-schedule"
+JOB_DEFINITION = "data-quality-job-definition"
+EXECUTION = "monitoring-execution"
+SCHEDULED, STOPPED = "Scheduled", "Stopped"
+METRICS_NAMESPACE = "aws/sagemaker/Endpoints/data-metrics"
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
+
+
+class MonitoringScheduler:
+    def __init__(self, ctx: Context, tick: float | None = None, concurrency: int | None = None):
+        self.ctx = ctx
+        self.tick = tick or _env_number("MOORAGE_MONITOR_TICK_SECONDS", 1.0)
+        self.concurrency = int(concurrency or _env_number("MOORAGE_MONITOR_CONCURRENCY", 2))
+        self._wake: asyncio.Event | None = None  # created in start(): it belongs to the server's loop
+        self._slots: asyncio.Semaphore | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    # -- what schedules mean ---------------------------------------------------------------------------
+    def job_definition(self, body: dict[str, Any]) -> tuple[JobDefinition, str | None]:
+        """A schedule's job definition (inline, or the named DataQualityJobDefinition) and that name."""
+        config = body["MonitoringScheduleConfig"]
+        name = config.get("MonitoringJobDefinitionName")
+        if name:
+            row = self.ctx.store.get(JOB_DEFINITION, name)
+            if row is None:
+                raise ValidationException(
+                    f'Could not find job definition "{self.ctx.arn("data-quality-job-definition", name)}".')
+            return JobDefinition.from_data_quality(row.body), name
+        return JobDefinition.from_inline(config["MonitoringJobDefinition"]), None
+
+    @staticmethod
+    def expression(body: dict[str, Any]) -> ScheduleExpression | None:
+        schedule = body["MonitoringScheduleConfig"].get("ScheduleConfig")
+        return ScheduleExpression.parse(schedule["ScheduleExpression"]) if schedule else None
+
+    def capture_uri(self, endpoint_name: str) -> str | None:
+        """Where the endpoint's config captures to, if it captures at all."""
+        endpoint = self.ctx.store.get(ENDPOINT, endpoint_name)
+        if endpoint is None:
+            raise ValidationException(f'Could not find endpoint "{self.ctx.arn(ENDPOINT, endpoint_name)}".')
+        config_row = self.ctx.store.get(ENDPOINT_CONFIG, endpoint.body.get("EndpointConfigName", ""))
+        capture = (config_row.body if config_row else {}).get("DataCaptureConfig") or {}
+        if not capture or not capture.get("EnableCapture", True):
+            return None
+        return capture.get("DestinationS3Uri")
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        resumed = 0
+        for row in self.ctx.store.statuses(EXECUTION, [PENDING, IN_PROGRESS]):
+            self._launch(row.name)
+            resumed += 1
+        if resumed:
+            log.info("resuming %d monitoring execution(s) cut off by the last stop", resumed)
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = [t for t in (self._loop_task, *self._running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                self._fire_due(dt.datetime.now(dt.UTC))
+            except Exception:
+                log.exception("monitoring scheduler tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            self._wake.clear()
+
+    def _fire_due(self, now: dt.datetime) -> None:
+        for row in self.ctx.store.statuses(SCHEDULE, [PENDING]):
+            self._activate(row, now)
+        for row in self.ctx.store.statuses(SCHEDULE, [SCHEDULED]):
+            due = row.body.get("NextFireTime")
+            if due is None or due > now.timestamp():
+                continue
+            body = dict(row.body)
+            try:
+                expression = self.expression(body)
+                following = expression.next_after(now) if expression else None
+            except ValidationException as exc:
+                self.ctx.store.update(SCHEDULE, row.name, status=FAILED, body={**body, "FailureReason": exc.message})
+                continue
+            body["NextFireTime"] = following.timestamp() if following else None
+            self.ctx.store.update(SCHEDULE, row.name, body=body, touch=False)
+            self.submit(row.name, utc(due))
+
+    def _activate(self, row: Resource, now: dt.datetime) -> None:
+        """Pending -> Scheduled (with its first fire time), or Failed saying why it cannot run."""
+        body = dict(row.body)
+        try:
+            expression = self.expression(body)
+            definition, _ = self.job_definition(body)
+            self.capture_uri(definition.endpoint_name)  # the endpoint must exist
+        except ValidationException as exc:
+            body["FailureReason"] = exc.message
+            self.ctx.store.update(SCHEDULE, row.name, status=FAILED, body=body)
+            return
+        body.pop("FailureReason", None)
+        if expression is None:
+            body["NextFireTime"] = None  # no ScheduleConfig: on-demand runs only
+        elif expression.one_off:
+            body["NextFireTime"] = now.timestamp()
+        else:
+            following = expression.next_after(now)
+            body["NextFireTime"] = following.timestamp() if following else None
+        self.ctx.store.update(SCHEDULE, row.name, status=SCHEDULED, body=body)
+        self.wake()
+
+    # -- executions -------------------------------------------------------------------------------------
+    def submit(self, schedule_name: str, scheduled: dt.datetime, *, start: str | None = None,
+               end: str | None = None) -> Resource:
+        """Create an execution of ``schedule_name`` for ``scheduled`` and start it (bounded by the slots).
+
+        ``start``/``end`` (an ISO-8601 time, or an offset from ``scheduled`` such as -PT1H) override
+        the job's window; a bad one raises ValidationException before anything is created.
+        """
+        schedule = self.ctx.store.get(SCHEDULE, schedule_name)
+        if schedule is None:
+            raise ValidationException(f"Could not find monitoring schedule {schedule_name}.")
+        definition, definition_name = self.job_definition(schedule.body)
+        config = schedule.body["MonitoringScheduleConfig"].get("ScheduleConfig") or {}
+        expression = self.expression(schedule.body)
+        if start is None and end is None and expression is not None and expression.one_off:
+            start = config.get("DataAnalysisStartTime") or "-PT1H"
+            end = config.get("DataAnalysisEndTime") or "-PT0H"
+        window_start, window_end = window_of(definition, scheduled, start=start, end=end)
+        name = f"model-monitoring-{scheduled:%Y%m%d%H%M}-{uuid.uuid4().hex[:8]}"
+        body: dict[str, Any] = {
+            "MonitoringScheduleName": schedule_name, "ScheduledTime": scheduled.timestamp(),
+            "EndpointName": definition.endpoint_name, "MonitoringType": DATA_QUALITY,
+            "WindowStart": window_start.timestamp(), "WindowEnd": window_end.timestamp(),
+        }
+        if definition_name:
+            body["MonitoringJobDefinitionName"] = definition_name
+        row = self.ctx.store.create(EXECUTION, name, self.ctx.arn("processing-job", name), body, status=PENDING)
+        self.ctx.store.update(SCHEDULE, schedule_name, body={**schedule.body, "LastExecutionName": name},
+                              touch=False)
+        log.info("monitoring execution %s of schedule %s: window %s to %s", name, schedule_name,
+                 window_start.isoformat(), window_end.isoformat())
+        self._launch(name)
+        return row
+
+    def cancel_schedule(self, schedule_name: str) -> None:
+        """Stop the running executions of a schedule that is being deleted."""
+        for name, task in list(self._running.items()):
+            row = self.ctx.store.get(EXECUTION, name)
+            if row is None or row.body.get("MonitoringScheduleName") == schedule_name:
+                task.cancel()
+
+    def _launch(self, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(name))
+        self._running[name] = task
+        task.add_done_callback(lambda t: self._running.pop(name, None) if self._running.get(name) is t else None)
+
+    def _save(self, name: str, status: str | None = None, **changes: Any) -> Resource | None:
+        row = self.ctx.store.get(EXECUTION, name)
+        if row is None:
+            return None
+        body = {**row.body, **changes}
+        return self.ctx.store.update(EXECUTION, name, status=status, body=body)
+
+    async def _run(self, name: str) -> None:
+        assert self._slots is not None
+        try:
+            async with self._slots:
+                row = self.ctx.store.get(EXECUTION, name)
+                if row is None:
+                    return  # its schedule was deleted while it waited
+                self._save(name, IN_PROGRESS)
+                result = await self._execute(row)
+                status = result.get("Status", FAILED)
+                saved = self._save(name, status, **{k: v for k, v in result.items() if k != "Metrics"})
+                log.info("monitoring execution %s: %s%s", name, status,
+                         f" ({result.get('FailureReason')})" if result.get("FailureReason") else "")
+                if saved is not None and status in (COMPLETED, WITH_VIOLATIONS) and result.get("Metrics"):
+                    await self._emit(saved, result["Metrics"])
+        except asyncio.CancelledError:
+            if self._stopping:
+                # run again when the server comes back
+                with contextlib.suppress(Exception):
+                    self._save(name, PENDING)
+            raise
+        except Exception as exc:
+            log.exception("monitoring execution %s failed", name)
+            with contextlib.suppress(Exception):
+                self._save(name, FAILED, FailureReason=f"Internal error: {type(exc).__name__}: {exc}")
+
+    async def _execute(self, row: Resource) -> dict[str, Any]:
+        body = row.body
+        schedule = self.ctx.store.get(SCHEDULE, body["MonitoringScheduleName"])
+        if schedule is None:
+            return {"Status": FAILED, "FailureReason": "The monitoring schedule was deleted."}
+        try:
+            definition, _ = self.job_definition(schedule.body)
+            capture_uri = self.capture_uri(definition.endpoint_name)
+        except ValidationException as exc:
+            return {"Status": FAILED, "FailureReason": exc.message}
+        excluded = [f.strip() for f in (definition.exclude_features or "").split(",") if f.strip()]
+        spec = ExecutionSpec(
+            execution_name=row.name, schedule_name=schedule.name, endpoint_name=definition.endpoint_name,
+            capture_uri=capture_uri, scheduled_time=body["ScheduledTime"], window_start=body["WindowStart"],
+            window_end=body["WindowEnd"], output_uri=definition.output_uri,
+            constraints_uri=definition.constraints_uri, statistics_uri=definition.statistics_uri,
+            preprocessor_uri=definition.preprocessor_uri, capture_sides=definition.capture_sides(),
+            exclude_features=excluded)
+        result = await run_in_subprocess(spec, definition.max_runtime)
+        result["PublishMetrics"] = definition.publishes_metrics()
+        return result
+
+    async def _emit(self, row: Resource, values: dict[str, float]) -> None:
+        metrics = self.ctx.metrics
+        if metrics is None or not row.body.get("PublishMetrics", True):
+            return
+        dimensions = {"Endpoint": row.body["EndpointName"], "MonitoringSchedule": row.body["MonitoringScheduleName"]}
+        # stamped when the execution ended, so that an alarm over the latest periods sees them
+        stamp = row.modified_at
+
+        def write() -> None:
+            for metric_name, value in values.items():
+                metrics.put_metric(METRICS_NAMESPACE, metric_name, dimensions, float(value), timestamp=stamp)
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception:
+            log.exception("could not write the metrics of monitoring execution %s", row.name)

@@ -1,0 +1,137 @@
+"""``sagemaker.model_monitor``-like baselining: ``DefaultModelMonitor``, ``DatasetFormat``.
+
+Code written for SageMaker's SDK ports by changing imports::
+
+    from moorage.sdk.monitor import DatasetFormat, DefaultModelMonitor
+
+    monitor = DefaultModelMonitor(role="any", instance_count=1, instance_type="ml.m5.xlarge")
+    monitor.suggest_baseline(baseline_dataset="train.csv", dataset_format=DatasetFormat.csv(header=True),
+                             output_s3_uri="file:///tmp/baseline", wait=True)
+    monitor.baseline_statistics().body_dict["features"]
+    monitor.suggested_constraints().body_dict["monitoring_config"]
+
+A baseline over a local path or ``file://`` URI runs here, in this process (it takes seconds for
+millions of rows); ``role``, ``instance_count``, ``instance_type`` and the other processing-job
+settings are accepted for compatibility and ignored by a local run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moorage.monitor.formats import CONSTRAINTS_FILE, STATISTICS_FILE, Constraints, Statistics, join
+
+__all__ = ["BaselineJob", "Constraints", "DatasetFormat", "DefaultModelMonitor", "Statistics"]
+
+
+class DatasetFormat:
+    """The ``dataset_format`` dicts SageMaker's SDK builds (``{"csv": {"header": true}}`` ...)."""
+
+    @staticmethod
+    def csv(header: bool = True, output_columns_position: str = "START") -> dict[str, Any]:
+        return {"csv": {"header": header, "output_columns_position": output_columns_position}}
+
+    @staticmethod
+    def json(lines: bool = True) -> dict[str, Any]:
+        return {"json": {"lines": lines}}
+
+    @staticmethod
+    def parquet() -> dict[str, Any]:
+        return {"parquet": {}}
+
+    @staticmethod
+    def sagemaker_capture_json() -> dict[str, Any]:
+        return {"sagemakerCaptureJson": {}}
+
+
+def _reader_options(dataset_format: dict[str, Any] | None) -> tuple[str | None, bool]:
+    if not dataset_format:
+        return None, True
+    if "csv" in dataset_format:
+        return "csv", bool((dataset_format["csv"] or {}).get("header", True))
+    if "json" in dataset_format:
+        if not (dataset_format["json"] or {}).get("lines", True):
+            raise ValueError("only JSON Lines datasets can be baselined: DatasetFormat.json(lines=True)")
+        return "jsonl", True
+    if "parquet" in dataset_format:
+        return "parquet", True
+    raise ValueError(f"unsupported dataset_format {dataset_format}: use DatasetFormat.csv/json/parquet")
+
+
+@dataclass
+class BaselineJob:
+    """What ``suggest_baseline`` returns (SageMaker returns a processing job; this one has already run)."""
+
+    job_name: str
+    outputs: str
+    status: str = "Completed"
+
+    def describe(self) -> dict[str, Any]:
+        return {"ProcessingJobName": self.job_name, "ProcessingJobStatus": self.status,
+                "ProcessingOutputConfig": {"Outputs": [{"OutputName": "monitoring_output",
+                                                        "S3Output": {"S3Uri": self.outputs}}]}}
+
+    def wait(self, logs: bool = True) -> None:
+        """Already finished: a local baseline runs to the end inside ``suggest_baseline``."""
+
+
+class DefaultModelMonitor:
+    def __init__(self, role: str | None = None, instance_count: int = 1, instance_type: str = "ml.m5.xlarge",
+                 volume_size_in_gb: int = 30, volume_kms_key: str | None = None, output_kms_key: str | None = None,
+                 max_runtime_in_seconds: int | None = None, base_job_name: str | None = None,
+                 sagemaker_session: Any = None, env: dict[str, str] | None = None, tags: Any = None,
+                 network_config: Any = None):
+        self.role = role
+        self.instance_count = instance_count
+        self.instance_type = instance_type
+        self.base_job_name = base_job_name or "baseline-suggestion-job"
+        self.sagemaker_session = sagemaker_session
+        self.env = env or {}
+        self.latest_baselining_job: BaselineJob | None = None
+        self.latest_baselining_job_name: str | None = None
+        self._statistics: Statistics | None = None
+        self._constraints: Constraints | None = None
+
+    def suggest_baseline(self, baseline_dataset: str | Path, dataset_format: dict[str, Any] | None = None,
+                         record_preprocessor_script: str | None = None,
+                         post_analytics_processor_script: str | None = None, output_s3_uri: str | None = None,
+                         wait: bool = True, logs: bool = True, job_name: str | None = None,
+                         monitoring_config_override: Any = None) -> BaselineJob:
+        """Profile ``baseline_dataset`` and write ``statistics.json`` and ``constraints.json`` to ``output_s3_uri``."""
+        from moorage.monitor.baseline import suggest_baseline
+
+        if record_preprocessor_script or post_analytics_processor_script:
+            raise NotImplementedError("preprocessor/postprocessor scripts are not supported for local baselines")
+        dataset = str(baseline_dataset)
+        if "://" in dataset and not dataset.startswith("file://"):
+            raise NotImplementedError(f"only local datasets (paths or file:// URIs) can be baselined here: {dataset}")
+        fmt, header = _reader_options(dataset_format)
+        name = job_name or f"{self.base_job_name}-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}"
+        output = output_s3_uri or tempfile.mkdtemp(prefix=f"{name}-")
+        result = suggest_baseline(dataset, output, fmt, header)
+        self._statistics, self._constraints = result.statistics, result.constraints
+        self.latest_baselining_job = BaselineJob(name, output)
+        self.latest_baselining_job_name = name
+        return self.latest_baselining_job
+
+    def baseline_statistics(self) -> Statistics:
+        """The latest baseline's ``statistics.json`` (``.body_dict``)."""
+        if self._statistics is None:
+            raise ValueError("no baselining job has run yet: call suggest_baseline first")
+        return self._statistics
+
+    def suggested_constraints(self) -> Constraints:
+        """The latest baseline's ``constraints.json`` (``.body_dict``)."""
+        if self._constraints is None:
+            raise ValueError("no baselining job has run yet: call suggest_baseline first")
+        return self._constraints
+
+    @staticmethod
+    def load_baseline(location: str | Path) -> tuple[Statistics, Constraints]:
+        """The statistics and constraints a baseline (ours or SageMaker's) left in ``location``."""
+        return (Statistics.from_file_path(join(location, STATISTICS_FILE)),
+                Constraints.from_file_path(join(location, CONSTRAINTS_FILE)))

@@ -1,0 +1,106 @@
+"""Where data lives: ``file://``, plain paths and ``s3://`` (and any fsspec URL), one way for every part.
+
+Model artifacts, transform inputs and outputs, capture files, baselines and monitoring outputs all
+reach their locations through ``filesystem``/``open_url`` here.
+
+``s3://`` goes through s3fs when it is installed (fsspec's own choice). Without it, pyarrow's S3
+client (``moorage[s3]``; also present with ``moorage[monitor]`` and ``moorage[ray]``) is wrapped as an
+fsspec filesystem: s3fs pins botocore to a narrow range through aiobotocore, and moorage's API is
+botocore's service models, so it must not be forced onto an older botocore just to read S3.
+
+Either way the usual AWS settings apply: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for an
+S3-compatible server, credentials from the environment or the shared credentials file.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import fsspec
+
+
+class StorageError(Exception):
+    """A location that cannot be reached or read; the message says which and why."""
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` and the path inside it."""
+    if url.startswith("s3://"):
+        try:
+            import s3fs  # noqa: F401
+        except ImportError:
+            return _arrow_s3(), url[len("s3://"):]
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        raise StorageError(f"cannot read {url}: {exc}. For s3:// URLs install moorage[s3].") from exc
+    except ValueError as exc:
+        raise StorageError(f"cannot read {url}: {exc}") from exc
+
+
+def open_url(url: str, mode: str = "rb") -> Any:
+    """A file object for ``url`` (a context manager), through the same filesystems as ``filesystem``."""
+    fs, path = filesystem(url)
+    return fs.open(path, mode)
+
+
+def is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def join(base: str, relative: str) -> str:
+    """``relative`` under the location ``base`` (a URL or a path), with exactly one '/' between."""
+    return base.rstrip("/") + "/" + relative.lstrip("/")
+
+
+@lru_cache(maxsize=4)
+def _arrow_s3_cached(endpoint: str | None, region: str | None, key: str | None, secret: str | None,
+                     token: str | None) -> Any:
+    try:
+        from fsspec.implementations.arrow import ArrowFSWrapper
+        from pyarrow import fs as pafs
+    except ImportError as exc:
+        raise StorageError("s3:// needs pyarrow (moorage[s3]) or s3fs; neither is installed") \
+            from exc
+    options: dict[str, Any] = {}
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options["endpoint_override"] = parts.netloc
+        options["scheme"] = parts.scheme
+    if region:
+        options["region"] = region
+    if key and secret:
+        options.update(access_key=key, secret_key=secret, session_token=token)
+    return ArrowFSWrapper(pafs.S3FileSystem(**options))
+
+
+def _arrow_s3() -> Any:
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    key, secret, token = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN")
+    if not (key and secret):
+        key, secret, token = _shared_credentials()
+    return _arrow_s3_cached(endpoint, region, key, secret, token)
+
+
+def _shared_credentials() -> tuple[str | None, str | None, str | None]:
+    """The profile's keys from the shared credentials file (pyarrow would find them too, but only
+    with its own idea of the profile; reading them here keeps both clients on the same key)."""
+    path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials").expanduser()
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path)
+    except configparser.Error:
+        return None, None, None
+    profile = os.environ.get("AWS_PROFILE", "default")
+    if not parser.has_section(profile):
+        return None, None, None
+    section = parser[profile]
+    return section.get("aws_access_key_id"), section.get("aws_secret_access_key"), section.get("aws_session_token")

@@ -1,0 +1,201 @@
+"""The capture writer in-process: queue bounds, layout, rotation, failed writes, remote (fsspec) objects.
+
+The end-to-end behaviour (a real server, boto3 traffic, restarts, kill -9) is in test_capture_e2e.py;
+here the writer is driven directly so that exact counts can be checked with the writer stalled.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import threading
+import uuid
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from moorage.capture import CaptureConfig, CaptureWriter, WriterSettings
+from moorage.serving.router import InvocationEvent
+
+NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{3})-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl$")
+
+
+def capture_config(destination: str, percentage: int = 100) -> CaptureConfig:
+    return CaptureConfig.parse({"InitialSamplingPercentage": percentage, "DestinationS3Uri": destination,
+                                "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]})
+
+
+def event(i: int, arrived: float, variant: str = "AllTraffic") -> InvocationEvent:
+    return InvocationEvent(endpoint="ep", variant=variant, instance_id="i-1", status=200, arrived=arrived,
+                           model_seconds=0.001, total_seconds=0.002, request_body=f"{i},{i + 1}".encode(),
+                           content_type="text/csv", accept="text/csv", inference_id=f"req-{i}", custom_attributes=None,
+                           response_body=f"{i / 10}".encode(), response_content_type="text/csv")
+
+
+def lines_under(root: Path) -> dict[Path, list[str]]:
+    out = {}
+    for path in sorted(root.rglob("*.jsonl")):
+        data = path.read_bytes()
+        assert data.endswith(b"\n"), f"{path} ends with a partial line"
+        out[path] = data.decode().splitlines()
+    return out
+
+
+T0 = calendar.timegm((2024, 1, 19, 19, 59, 58)) + 0.062  # two seconds before an hour ends
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    writer = CaptureWriter(WriterSettings(queue_records=10))  # never started: nothing drains the queue
+    observer = writer.observer("ep", capture_config(str(tmp_path)))
+    for i in range(50):
+        observer.observe(event(i, T0))  # returns at once even though nothing drains the queue
+    assert writer.stats() == {"captured": 10, "dropped": 40, "written": 0, "failed": 0, "pending": 10}
+    writer.flush()
+    assert writer.stats() == {"captured": 10, "dropped": 40, "written": 10, "failed": 0, "pending": 0}
+    assert writer.stats_by_variant() == {("ep", "AllTraffic"): {"captured": 10, "dropped": 40, "written": 10,
+                                                                "failed": 0}}
+    # The ten that got in are the first ten, in order.
+    [records] = lines_under(tmp_path).values()
+    assert [json.loads(line)["eventMetadata"]["inferenceId"] for line in records] == [f"req-{i}" for i in range(10)]
+    writer.close()
+
+
+def test_the_byte_bound_counts_too(tmp_path: Path) -> None:
+    writer = CaptureWriter(WriterSettings(queue_records=1000, queue_bytes=2000))  # a record's line is ~350 bytes
+    observer = writer.observer("ep", capture_config(str(tmp_path)))
+    for i in range(100):
+        observer.observe(event(i, T0))
+    stats = writer.stats()
+    assert stats["captured"] + stats["dropped"] == 100 and 2 < stats["captured"] < 10
+    writer.close()
+    assert writer.stats()["written"] == stats["captured"]
+
+
+def test_layout_is_by_utc_hour_of_arrival_and_files_rotate_by_size(tmp_path: Path) -> None:
+    writer = CaptureWriter(WriterSettings(file_bytes=2000))
+    observer = writer.observer("ep", capture_config(tmp_path.as_uri()))
+    arrivals = [T0 + i * 0.1 for i in range(40)]  # 19:59:58.062 .. 20:00:01.962
+    for i, arrived in enumerate(arrivals):
+        observer.observe(event(i, arrived))
+        if i % 10 == 9:
+            writer.flush()  # four flushes: the first file grows past 2,000 bytes and rotates
+    writer.close()
+    files = lines_under(tmp_path)
+    hours = {p.parent.relative_to(tmp_path).as_posix() for p in files}
+    assert hours == {"ep/AllTraffic/2024/01/19/19", "ep/AllTraffic/2024/01/19/20"}
+    seen = []
+    for path, records in files.items():
+        match = NAME.match(path.name)
+        assert match, path.name
+        first = json.loads(records[0])
+        i = int(first["eventMetadata"]["inferenceId"].removeprefix("req-"))
+        # The file is named after its first record's arrival: minute, second, millisecond.
+        stamp = arrivals[i]
+        minute, second = int(stamp % 3600 // 60), int(stamp % 60)
+        assert (int(match[1]), int(match[2]), int(match[3])) == (minute, second, round(stamp % 1 * 1000) % 1000)
+        for line in records:
+            doc = json.loads(line)
+            j = int(doc["eventMetadata"]["inferenceId"].removeprefix("req-"))
+            seen.append(j)
+            hour = path.parent.name
+            assert doc["eventMetadata"]["inferenceTime"][11:13] == hour
+            uuid.UUID(doc["eventMetadata"]["eventId"], version=4)
+    assert sorted(seen) == list(range(40))
+    assert len(files) > 2  # rotated by size, not only by hour
+    assert writer.stats()["written"] == 40
+
+
+def test_failed_writes_are_retried_and_count_against_the_queue(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "ep").write_text("a file where the endpoint's folder should be")
+    writer = CaptureWriter(WriterSettings(queue_records=5))
+    observer = writer.observer("ep", capture_config(str(dest)))
+    for i in range(3):
+        observer.observe(event(i, T0))
+    writer.flush()  # fails: kept for a retry
+    assert writer.stats() == {"captured": 3, "dropped": 0, "written": 0, "failed": 0, "pending": 3}
+    for i in range(3, 8):
+        observer.observe(event(i, T0))  # 3 kept + 2 queued fill the bound of 5: the last 3 are dropped
+    assert writer.stats() == {"captured": 5, "dropped": 3, "written": 0, "failed": 0, "pending": 5}
+    writer.flush()  # fails again; nothing is lost by failing
+    assert writer.stats()["pending"] == 5
+    (dest / "ep").unlink()
+    writer.flush()
+    assert writer.stats() == {"captured": 5, "dropped": 3, "written": 5, "failed": 0, "pending": 0}
+    [records] = lines_under(dest).values()
+    assert [json.loads(r)["eventMetadata"]["inferenceId"] for r in records] == [f"req-{i}" for i in range(5)]
+    writer.close()
+
+
+def test_records_still_unwritable_at_close_are_counted_as_failed(tmp_path: Path) -> None:
+    (tmp_path / "ep").write_text("in the way")
+    writer = CaptureWriter(WriterSettings())
+    observer = writer.observer("ep", capture_config(str(tmp_path)))
+    for i in range(4):
+        observer.observe(event(i, T0))
+    writer.close()
+    assert writer.stats() == {"captured": 4, "dropped": 0, "written": 0, "failed": 4, "pending": 0}
+
+
+def test_remote_destinations_get_whole_objects(tmp_path: Path) -> None:
+    root = f"memory://capture-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    writer = CaptureWriter(WriterSettings(object_bytes=1500))
+    observer = writer.observer("ep", capture_config(root))
+    for i in range(30):
+        observer.observe(event(i, T0 - 100 + i))
+        if i % 5 == 4:
+            writer.flush()
+    writer.close()
+    paths = sorted(fs.find(root.removeprefix("memory:/")))
+    assert len(paths) > 1  # rotated at object_bytes
+    seen = []
+    for path in paths:
+        assert path.startswith(f"{root.removeprefix('memory:/')}/ep/AllTraffic/2024/01/19/19/")
+        assert NAME.match(path.rsplit("/", 1)[1])
+        data = fs.cat_file(path)
+        assert data.endswith(b"\n")
+        seen += [json.loads(line)["eventMetadata"]["inferenceId"] for line in data.decode().splitlines()]
+    assert sorted(seen, key=lambda s: int(s[4:])) == [f"req-{i}" for i in range(30)]
+    fs.rm(root.removeprefix("memory:/"), recursive=True)
+
+
+def test_the_writer_thread_flushes_on_its_own_and_on_close(tmp_path: Path) -> None:
+    writer = CaptureWriter(WriterSettings(flush_seconds=0.05))
+    writer.start()
+    observer = writer.observer("ep", capture_config(str(tmp_path)))
+    for i in range(20):
+        observer.observe(event(i, T0, variant="A" if i % 2 else "B"))
+    done = threading.Event()
+
+    def written() -> bool:
+        return writer.stats()["written"] == 20
+
+    for _ in range(200):  # bounded: 10 s
+        if written():
+            done.set()
+            break
+        done.wait(0.05)
+    assert done.is_set(), writer.stats()
+    for i in range(20, 30):
+        observer.observe(event(i, T0))
+    writer.close()  # whatever is queued is written before close returns
+    assert writer.stats()["written"] == 30
+    assert {p.parent.parent.parent.parent.parent.name for p in lines_under(tmp_path)} == {"A", "B", "AllTraffic"}
+
+
+@pytest.mark.parametrize("percentage", [0, 30])
+def test_sampling_share(tmp_path: Path, percentage: int) -> None:
+    writer = CaptureWriter(WriterSettings(queue_records=100_000))
+    observer = writer.observer("ep", capture_config(str(tmp_path), percentage))
+    n = 20_000
+    for i in range(n):
+        observer.observe(event(i, T0))
+    captured = writer.stats()["captured"]
+    p = percentage / 100
+    sigma = (n * p * (1 - p)) ** 0.5
+    assert abs(captured - n * p) <= 4 * sigma, (captured, n * p, sigma)
+    writer.close()
