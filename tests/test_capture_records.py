@@ -31,9 +31,11 @@ def config(**overrides: Any) -> CaptureConfig:
 
 def event(request: bytes, content_type: str | None, response: bytes, response_type: str | None,
           inference_id: str | None = None, custom_attributes: str | None = None) -> InvocationEvent:
+    headers = [(name, value.encode("latin-1")) for name, value in (
+        (b"content-type", content_type), (b"x-amzn-sagemaker-inference-id", inference_id),
+        (b"x-amzn-sagemaker-custom-attributes", custom_attributes)) if value is not None]
     return InvocationEvent(endpoint="ep", variant="AllTraffic", instance_id="i-1", status=200, arrived=0.0,
-                           model_seconds=0.0, total_seconds=0.0, request_body=request, content_type=content_type,
-                           accept=None, inference_id=inference_id, custom_attributes=custom_attributes,
+                           model_seconds=0.0, total_seconds=0.0, request_body=request, request_headers=headers,
                            response_body=response, response_content_type=response_type)
 
 

@@ -30,7 +30,8 @@ def capture_config(destination: str, percentage: int = 100) -> CaptureConfig:
 def event(i: int, arrived: float, variant: str = "AllTraffic") -> InvocationEvent:
     return InvocationEvent(endpoint="ep", variant=variant, instance_id="i-1", status=200, arrived=arrived,
                            model_seconds=0.001, total_seconds=0.002, request_body=f"{i},{i + 1}".encode(),
-                           content_type="text/csv", accept="text/csv", inference_id=f"req-{i}", custom_attributes=None,
+                           request_headers=[(b"content-type", b"text/csv"), (b"accept", b"text/csv"),
+                                            (b"x-amzn-sagemaker-inference-id", f"req-{i}".encode())],
                            response_body=f"{i / 10}".encode(), response_content_type="text/csv")
 
 

@@ -123,8 +123,8 @@ def test_purge_drops_old_rows(store: MetricStore) -> None:
 
 def event(instance: str, status: int, model_s: float, total_s: float, variant: str = "AllTraffic") -> InvocationEvent:
     return InvocationEvent(endpoint="ep", variant=variant, instance_id=instance, status=status, arrived=T0,
-                           model_seconds=model_s, total_seconds=total_s, request_body=b"", content_type=None,
-                           accept=None, inference_id=None, custom_attributes=None, response_body=b"",
+                           model_seconds=model_s, total_seconds=total_s, request_body=b"", request_headers=[],
+                           response_body=b"",
                            response_content_type=None)
 
 

@@ -7,6 +7,7 @@ the native REST API. The runtime path is matched first and by prefix: it is the 
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -113,6 +114,9 @@ class MoorageApp:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # Everything loaded so far (botocore's service models, routes, modules) lives as long as
+                # the server: keep it out of the collector's scans, which otherwise run on the hot path.
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.autoscaler.stop()

@@ -131,25 +131,8 @@ def _completed_event(route: EndpointRoute, scope: Scope, body: bytes, arrived: f
 def _event(route: EndpointRoute, scope: Scope, body: bytes, arrived: float, started: float, variant: str,
            instance_id: str, status: int, model_seconds: float, response_body: bytes,
            response_content_type: str | None) -> InvocationEvent:
-    """Built only when a route has observers, so the headers are read a second time only then."""
-    found: list[bytes | None] = [None, None, None, None]
-    slot_of = _OBSERVED.get
-    for key, value in scope["headers"]:
-        slot = slot_of(key)
-        if slot is not None:
-            found[slot] = value
-    content_type, accept, inference_id, custom_attributes = found
-    # Positional, in InvocationEvent's field order: keywords cost a third of this function's time.
-    return InvocationEvent(
-        route.name, variant, instance_id, status, arrived, model_seconds, time.perf_counter() - started, body,
-        _text(content_type), _text(accept), _text(inference_id), _text(custom_attributes), response_body,
-        response_content_type)
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
-
-
-# The request headers an event carries, and their slot in _event's list.
-_OBSERVED = {b"content-type": 0, b"accept": 1, b"x-amzn-sagemaker-inference-id": 2,
-             b"x-amzn-sagemaker-custom-attributes": 3}
+    """Built only when a route has observers. Positional, in InvocationEvent's field order: keywords
+    would cost a third of this function's time."""
+    return InvocationEvent(route.name, variant, instance_id, status, arrived, model_seconds,
+                           time.perf_counter() - started, body, scope["headers"], response_body,
+                           response_content_type)

@@ -10,8 +10,8 @@ import click
 import orjson
 from rich.table import Table
 
-from moorage.cli.common import fail, home_option, stdout_console, url_option
-from moorage.cli.metrics import _UTILIZATION, _dimension, _statistic
+from moorage.cli.common import fail, home_option, key_values, stdout_console, url_option
+from moorage.cli.metrics import _UTILIZATION, _statistic
 from moorage.client import ClientError, Connection
 from moorage.metrics import names as n
 
@@ -96,7 +96,7 @@ def list_alarms(ctx: click.Context, state: str | None = None, prefix: str | None
 @click.option("--metric", required=True, help="Metric name, e.g. Invocation5XXErrors, ModelLatency, CPUUtilization.")
 @click.option("--endpoint", default=None, help="EndpointName dimension.")
 @click.option("--variant", default=None, help="VariantName dimension.")
-@click.option("--dimension", "dimensions", multiple=True, callback=_dimension, metavar="NAME=VALUE",
+@click.option("--dimension", "dimensions", multiple=True, callback=key_values, metavar="NAME=VALUE",
               help="Another dimension (repeatable).")
 @click.option("--namespace", default=None,
               help="Default: /aws/sagemaker/Endpoints for utilisation metrics, else AWS/SageMaker.")

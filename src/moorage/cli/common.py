@@ -73,3 +73,14 @@ def make_session(home: Path | None, url: str | None) -> Any:
     config = botocore.config.Config(connect_timeout=5, read_timeout=70,
                                     retries={"mode": "standard", "total_max_attempts": 2})
     return Session(home=home, url=url, boto_config=config)
+
+
+def key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """A click callback: repeated ``NAME=VALUE`` options (``--env``, ``--dimension``) as a dict."""
+    out = {}
+    for item in values:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"{item!r} is not {param.metavar or 'NAME=VALUE'}", ctx=ctx, param=param)
+        out[key] = value
+    return out

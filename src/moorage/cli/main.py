@@ -21,6 +21,7 @@ from moorage.cli.common import (
     describe_client_error,
     fail,
     home_option,
+    key_values,
     make_session,
     reports_errors,
     stdout_console,
@@ -103,16 +104,6 @@ def _status(status: str) -> str:
 
 
 # -- deploy -----------------------------------------------------------------------------------------
-def _parse_env(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    env = {}
-    for item in values:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
-        env[key] = value
-    return env
-
-
 @cli.command()
 @click.argument("model_data", metavar="MODEL_DIR_OR_TARBALL")
 @click.option("--image", default="sklearn", show_default=True,
@@ -125,7 +116,7 @@ def _parse_env(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 @click.option("--entry-point", default=None, help="Inference script (relative to --source-dir when given).")
 @click.option("--source-dir", type=click.Path(exists=True, path_type=Path), default=None,
               help="Folder of inference code packed under code/ in model.tar.gz.")
-@click.option("--env", "env", multiple=True, callback=_parse_env, metavar="KEY=VALUE",
+@click.option("--env", "env", multiple=True, callback=key_values, metavar="KEY=VALUE",
               help="Container environment variable (repeatable).")
 @click.option("--variant-name", default="AllTraffic", show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the endpoint is InService.")

@@ -12,22 +12,12 @@ from urllib.parse import urlencode
 import click
 from rich.table import Table
 
-from moorage.cli.common import fail, home_option, stdout_console, url_option
+from moorage.cli.common import fail, home_option, key_values, stdout_console, url_option
 from moorage.client import ClientError, Connection
 from moorage.metrics import names as n
 
 _UTILIZATION = {n.CPU_UTILIZATION, n.MEMORY_UTILIZATION, n.DISK_UTILIZATION}
 _BASE_DIMENSIONS = {n.ENDPOINT_NAME, n.VARIANT_NAME}
-
-
-def _dimension(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for item in values:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", ctx=ctx, param=param)
-        out[key] = value
-    return out
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -61,7 +51,7 @@ def _statistic(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--instance", default=None, help="One instance's series (its InstanceId) instead of the variant's.")
 @click.option("--namespace", default=None,
               help="Metric namespace (default: /aws/sagemaker/Endpoints for utilisation, else AWS/SageMaker).")
-@click.option("--dimension", "dimensions", multiple=True, callback=_dimension, metavar="NAME=VALUE",
+@click.option("--dimension", "dimensions", multiple=True, callback=key_values, metavar="NAME=VALUE",
               help="A further dimension of the series (business metrics; repeatable).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the datapoints into this PNG file (needs matplotlib: pip install 'moorage[plot]').")

@@ -20,19 +20,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from moorage.cli.common import fail, home_option, make_session, reports_errors, stdout_console, url_option
+from moorage.cli.common import (
+    fail,
+    home_option,
+    key_values,
+    make_session,
+    reports_errors,
+    stdout_console,
+    url_option,
+)
 
 _TERMINAL = ("Completed", "Failed", "Stopped")
-
-
-def _parse_env(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    env = {}
-    for item in values:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
-        env[key] = value
-    return env
 
 
 def _input_location(value: str) -> str:
@@ -66,7 +64,7 @@ def transform() -> None:
 @click.option("--join-source", type=click.Choice(["None", "Input"]), default=None)
 @click.option("--instances", "instance_count", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--instance-type", default="ml.m5.large", show_default=True)
-@click.option("--env", "env", multiple=True, callback=_parse_env, metavar="KEY=VALUE",
+@click.option("--env", "env", multiple=True, callback=key_values, metavar="KEY=VALUE",
               help="Environment for the job's containers (repeatable).")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None,
               help="Where the job runs (default: the server's setting, else local).")

@@ -96,6 +96,20 @@ def page(rows: list[Resource], query: ListQuery) -> tuple[list[Resource], str | 
     return rows[:size], token
 
 
+def save_changes(store: MetadataStore, kind: str, name: str, status: str | None = None, **changes: Any) -> None:
+    """Set ``status`` and merge ``changes`` into a resource's body (a None value removes the key)."""
+    row = store.get(kind, name)
+    if row is None:
+        return
+    body = dict(row.body)
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    store.update(kind, name, status=status, body=body)
+
+
 def put_tags(ctx: Context, arn: str, tags: list[dict[str, str]] | None) -> None:
     if tags:
         ctx.store.put_tags(arn, [(t["Key"], t.get("Value", "")) for t in tags])

@@ -16,7 +16,16 @@ import logging
 from typing import Any
 
 from moorage.capture import CaptureConfig, CaptureWriter
-from moorage.control.common import ENDPOINT, ENDPOINT_CONFIG, Context, list_query, page, put_tags, timestamp
+from moorage.control.common import (
+    ENDPOINT,
+    ENDPOINT_CONFIG,
+    Context,
+    list_query,
+    page,
+    put_tags,
+    save_changes,
+    timestamp,
+)
 from moorage.control.launch import launch_spec
 from moorage.control.models import primary_container
 from moorage.errors import ValidationException
@@ -82,16 +91,7 @@ class Endpoints:
         task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
 
     def _save(self, name: str, status: str | None = None, **changes: Any) -> None:
-        row = self.ctx.store.get(ENDPOINT, name)
-        if row is None:
-            return
-        body = dict(row.body)
-        for key, value in changes.items():
-            if value is None:
-                body.pop(key, None)
-            else:
-                body[key] = value
-        self.ctx.store.update(ENDPOINT, name, status=status, body=body)
+        save_changes(self.ctx.store, ENDPOINT, name, status, **changes)
 
     async def _plans(self, config: dict[str, Any], counts: dict[str, int] | None = None,
                      weights: dict[str, float] | None = None) -> list[VariantPlan]:

@@ -32,7 +32,7 @@ from moorage.batch.local import LocalBackend, batch_launch
 from moorage.batch.progress import Progress
 from moorage.batch.ray_backend import RayBackend, launch_to_dict
 from moorage.batch.spec import SpecError, TransformSpec
-from moorage.control.common import MODEL, Context, list_query, page, put_tags, timestamp
+from moorage.control.common import MODEL, Context, list_query, page, put_tags, save_changes, timestamp
 from moorage.control.launch import launch_spec
 from moorage.control.models import model_data_url, primary_container
 from moorage.errors import ResourceNotFound, ValidationException
@@ -68,16 +68,7 @@ class TransformJobs:
         return ResourceNotFound(f"Could not find requested job with name {name}")
 
     def _save(self, name: str, status: str | None = None, **changes: Any) -> None:
-        row = self.ctx.store.get(TRANSFORM_JOB, name)
-        if row is None:
-            return
-        body = dict(row.body)
-        for key, value in changes.items():
-            if value is None:
-                body.pop(key, None)
-            else:
-                body[key] = value
-        self.ctx.store.update(TRANSFORM_JOB, name, status=status, body=body)
+        save_changes(self.ctx.store, TRANSFORM_JOB, name, status, **changes)
 
     def job_dir(self, name: str) -> Any:
         return self.ctx.settings.home / "transform-jobs" / name

@@ -12,6 +12,7 @@ import bisect
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,12 +60,39 @@ class InvocationEvent:
     model_seconds: float
     total_seconds: float  # arrival to reply; total - model is SageMaker's OverheadLatency
     request_body: bytes
-    content_type: str | None
-    accept: str | None
-    inference_id: str | None
-    custom_attributes: str | None
+    # The request's raw headers; the few observers read (content type, accept, inference id, custom
+    # attributes) are picked out only when one asks: metrics never do, capture only for sampled records.
+    request_headers: Sequence[tuple[bytes, bytes]]
     response_body: bytes
     response_content_type: str | None
+    _observed: dict[bytes, str] | None = None
+
+    def _header(self, name: bytes) -> str | None:
+        observed = self._observed
+        if observed is None:
+            observed = self._observed = {key: value.decode("latin-1") for key, value in self.request_headers
+                                         if key in _OBSERVED_HEADERS}
+        return observed.get(name)
+
+    @property
+    def content_type(self) -> str | None:
+        return self._header(b"content-type")
+
+    @property
+    def accept(self) -> str | None:
+        return self._header(b"accept")
+
+    @property
+    def inference_id(self) -> str | None:
+        return self._header(b"x-amzn-sagemaker-inference-id")
+
+    @property
+    def custom_attributes(self) -> str | None:
+        return self._header(b"x-amzn-sagemaker-custom-attributes")
+
+
+_OBSERVED_HEADERS = frozenset({b"content-type", b"accept", b"x-amzn-sagemaker-inference-id",
+                               b"x-amzn-sagemaker-custom-attributes"})
 
 
 class InvocationObserver(Protocol):
