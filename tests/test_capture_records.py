@@ -1,10 +1,9 @@
-"""Capture records and configs against SageMaker's own capture files (shared/formats/sagemaker/data_capture)."""
+"""Capture records and configs against SageMaker's own capture files (tests/data/sagemaker/data_capture)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from moorage.capture.records import body_bytes, encode, inference_time
 from moorage.errors import ValidationException
 from moorage.serving.router import InvocationEvent
 
-FORMATS = Path(os.environ.get("MOORAGE_SHARED", "/work/shared")) / "formats" / "sagemaker" / "data_capture"
+FORMATS = Path(__file__).parent / "data" / "sagemaker" / "data_capture"
 REAL_FILES = ["examples_capture-json-endpoint.jsonl", "examples_capture-jsonlines-endpoint.jsonl",
               "sdk-tests_captured-data.jsonl"]
 

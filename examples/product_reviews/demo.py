@@ -278,9 +278,22 @@ def report(results: list[Result], trained: TrainResult, url: str, home: Path, wa
         )  # fmt: skip
     console.print(vendors)
 
+    measured = server_metrics(url)
+    if measured:
+        metrics = Table(title=f"What the server measured (GET {url}/metrics)")
+        for column in ("variant", "invocations", "errors", "mean model latency ms", "mean overhead ms"):
+            metrics.add_column(column, justify="left" if column == "variant" else "right")
+        for variant, m in sorted(measured.items()):
+            metrics.add_row(variant, f"{m['invocations']:.0f}", f"{m['errors']:.0f}",
+                            f"{1000 * m['model_sum'] / max(m['model_count'], 1):.2f}",
+                            f"{1000 * m['overhead_sum'] / max(m['overhead_count'], 1):.2f}")
+        console.print(metrics)
+
     rel_home = os.path.relpath(home, Path.cwd())
     console.print("\n[bold]Where to look[/]")
     console.print(f"  server URL        {url}   (GET {url}/healthz)")
+    console.print(f"  metrics           GET {url}/metrics (Prometheus); stored per minute: "
+                  f".venv/bin/moorage metrics {ENDPOINT} --home {rel_home}")
     console.print(f"  credentials       {home / 'credentials'}   (AWS shared-credentials INI, profile default)")
     console.print(f"  home directory    {home}")
     console.print(f"  server log        {home / 'server.log'}")
@@ -288,6 +301,31 @@ def report(results: list[Result], trained: TrainResult, url: str, home: Path, wa
     console.print(f"  model artifacts   {home / 'artifacts'}/  (held-out accuracy in metrics.json)")
     console.print("  by hand           " + f".venv/bin/moorage serve --home {rel_home}")
     console.print("                    " + f".venv/bin/moorage endpoints --home {rel_home}")
+
+
+def server_metrics(url: str) -> dict[str, dict[str, float]]:
+    """Per variant: invocations, errors and latency sums from the server's Prometheus exposition."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    wanted = {"moorage_invocations_total": "invocations", "moorage_invocation_5xx_errors_total": "errors",
+              "moorage_model_latency_seconds_sum": "model_sum", "moorage_model_latency_seconds_count": "model_count",
+              "moorage_overhead_latency_seconds_sum": "overhead_sum",
+              "moorage_overhead_latency_seconds_count": "overhead_count"}
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = wanted.get(sample.name)
+            if key and sample.labels.get("endpoint") == ENDPOINT and sample.labels.get("instance_id"):
+                row = out.setdefault(sample.labels["variant"], dict.fromkeys(wanted.values(), 0.0))
+                row[key] += sample.value
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ main
