@@ -111,6 +111,10 @@ class Connection:
 
     def native(self, method: str, path: str, body: bytes = b"", timeout: float = 30.0) -> Any:
         """A SigV4-signed call to the native REST API; returns the decoded JSON."""
+        return orjson.loads(self.native_bytes(method, path, body, timeout))
+
+    def native_bytes(self, method: str, path: str, body: bytes = b"", timeout: float = 30.0) -> bytes:
+        """A SigV4-signed call to the native REST API; returns the reply's body as it came (a report page)."""
         request = AWSRequest(method=method, url=self.url.rstrip("/") + path, data=body)
         self._sign(request)
         prepared = request.prepare()
@@ -118,7 +122,7 @@ class Connection:
                                      headers=dict(prepared.headers.items()))
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return orjson.loads(resp.read())
+                return resp.read()
         except urllib.error.HTTPError as exc:
             raise ClientError(f"{method} {path}: HTTP {exc.code}: {_error_detail(exc.read(), exc.reason)}") from exc
         except urllib.error.URLError as exc:

@@ -121,19 +121,4 @@ def report_command(execution: str, open_it: bool, output: Path | None, home: Pat
 
 
 def _fetch(connection: Connection, name: str) -> bytes:
-    """The report's bytes (the native helper decodes JSON, so this signs its own request)."""
-    import urllib.error
-    import urllib.request
-
-    from botocore.awsrequest import AWSRequest
-
-    request = AWSRequest(method="GET", url=connection.url.rstrip("/") + f"/moorage/v1/monitoring-executions/{name}"
-                         "/report", data=b"")
-    connection._sign(request)
-    prepared = request.prepare()
-    try:
-        with urllib.request.urlopen(urllib.request.Request(prepared.url, headers=dict(prepared.headers.items())),
-                                    timeout=60) as reply:
-            return reply.read()
-    except urllib.error.URLError as exc:
-        raise ClientError(f"cannot fetch the report of {name}: {exc}") from exc
+    return connection.native_bytes("GET", f"/moorage/v1/monitoring-executions/{name}/report", timeout=60)
