@@ -32,7 +32,7 @@ sys.path.insert(0, str(BENCH))
 from loadgen import LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
 from models import BUILDERS, BenchModel, build  # noqa: E402
 from servers import Moorage, Unavailable  # noqa: E402
-from serving import host_info, log, verify  # noqa: E402
+from serving import _exit_on_signal, host_info, log, verify  # noqa: E402
 from serving import measure as measure_point  # noqa: E402
 
 TARGET_LOSS = 0.03
@@ -176,10 +176,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.no_pin:
         args.server_cpu = args.client_cpu = None
     return args
-
-
-def _exit_on_signal(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
