@@ -31,7 +31,7 @@ sys.path.insert(0, str(BENCH))
 from loadgen import HttpRequest, LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
 from models import BUILDERS, BenchModel, build  # noqa: E402
 from servers import Moorage  # noqa: E402
-from serving import _exit_on_signal, host_info, log, measure, verify  # noqa: E402
+from serving import _exit_on_signal, host_info, log, measure, split_common_args, verify  # noqa: E402
 
 TARGET_LOSS = 0.05  # capture at 100 % may cost at most 5 % of the throughput without it
 ARMS = ("off", "on")
@@ -122,11 +122,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    if args.no_pin:
-        args.server_cpu = args.client_cpu = None
-    return args
+    return split_common_args(args)
 
 
 def main(argv: list[str] | None = None) -> int:

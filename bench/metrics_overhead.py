@@ -32,7 +32,7 @@ sys.path.insert(0, str(BENCH))
 from loadgen import LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
 from models import BUILDERS, BenchModel, build  # noqa: E402
 from servers import Moorage, Unavailable  # noqa: E402
-from serving import _exit_on_signal, host_info, log, verify  # noqa: E402
+from serving import _exit_on_signal, host_info, log, split_common_args, verify  # noqa: E402
 from serving import measure as measure_point  # noqa: E402
 
 TARGET_LOSS = 0.03
@@ -171,11 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="A/A check: both servers with metrics off (any 'loss' is then the method's own bias/noise)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    if args.no_pin:
-        args.server_cpu = args.client_cpu = None
-    return args
+    return split_common_args(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -389,9 +389,14 @@ def parse_args(argv: list[str] | None = None):
         p.error(f"unknown server(s) {bad}; choose from {','.join(SERVERS)}")
     if args.skip_peers:
         args.servers = [s for s in args.servers if s not in PEERS]
+    args.profile = [s.strip() for s in args.profile.split(",") if s.strip()]
+    return split_common_args(args)
+
+
+def split_common_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The options every serving-style bench shares: --models and --concurrency lists, --no-pin."""
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    args.profile = [s.strip() for s in args.profile.split(",") if s.strip()]
     if args.no_pin:
         args.server_cpu = args.client_cpu = None
     return args
