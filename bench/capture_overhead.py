@@ -1,14 +1,18 @@
 """Data-capture overhead: one moorage server, the same model behind two endpoints, capture off vs 100 %.
 
-    .venv/bin/python bench/capture_overhead.py                          # tabular + onnx, c=1 and c=32
-    .venv/bin/python bench/capture_overhead.py --models onnx --concurrency 32 --repeat 5 --duration 8
+    .venv/bin/python bench/capture_overhead.py                          # tabular + onnx, c=32, 20 x 3 s pairs
+    .venv/bin/python bench/capture_overhead.py --models onnx --concurrency 1,32 --repeat 30 --duration 2
+    .venv/bin/python bench/capture_overhead.py --aa       # control: both endpoints without capture
 
 Both endpoints live in the same `moorage serve` (pinned to one core, wrk on another), so they share
 the process, the machine and the moment: ``bench-<model>-off`` has no DataCaptureConfig,
 ``bench-<model>-on`` captures 100 % of its traffic (Input and Output) to a local folder. The measured
-runs are interleaved (off, on, on, off, off, on, ...), so drift in the machine's speed hits both arms
-alike; each arm's median run by req/s is reported, with its p50/p99 and the server's CPU per request.
-Target: capture at 100 % costs under 5 % of throughput. After the runs the bench stops the server
+runs are short and interleaved (off, on, on, off, off, on, ...): this VM's speed wanders by tens of
+percent from one minute to the next, so the estimate is the median over adjacent off/on pairs, with
+a bootstrap 90 % interval, and the same for the server's CPU per request (router process, writer
+thread included, and instance separately). Each arm's median run is also shown. ``--aa`` deploys
+both endpoints without capture: the loss it reports is the bench's own noise and bias.
+Target: capture at 100 % costs under 5 % of throughput (median pair). After the runs the bench stops the server
 (SIGTERM) and checks that every invocation of the capturing endpoint is in its capture files (and
 none was dropped), so the "on" numbers are for capture that really kept up. Results print as a
 table and go to bench/results/capture-<timestamp>.json.
@@ -31,7 +35,15 @@ sys.path.insert(0, str(BENCH))
 from loadgen import HttpRequest, LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
 from models import BUILDERS, BenchModel, build  # noqa: E402
 from servers import Moorage  # noqa: E402
-from serving import _exit_on_signal, host_info, log, measure, split_common_args, verify  # noqa: E402
+from serving import (  # noqa: E402
+    _exit_on_signal,
+    host_info,
+    log,
+    measure,
+    paired_estimate,
+    split_common_args,
+    verify,
+)
 
 TARGET_LOSS = 0.05  # capture at 100 % may cost at most 5 % of the throughput without it
 ARMS = ("off", "on")
@@ -42,10 +54,11 @@ class CapturingMoorage(Moorage):
 
     detail = "router + 1 instance per endpoint; endpoint -off without capture, -on with DataCaptureConfig 100%"
 
-    def __init__(self, workdir: Path, cpu: int | None = 0):
+    def __init__(self, workdir: Path, cpu: int | None = 0, control: bool = False):
         super().__init__(workdir, cpu)
         self.capture_dir = workdir / "capture"
         self.arm = "off"
+        self.control = control  # A/A: the "on" endpoint does not capture either
 
     def _deploy(self, client, model: BenchModel) -> None:
         container = {"Image": model.runtime, "ModelDataUrl": model.tarball.resolve().as_uri()}
@@ -55,7 +68,7 @@ class CapturingMoorage(Moorage):
             name = self.endpoint_name(model, arm)
             client.create_model(ModelName=name, PrimaryContainer=container)
             extra = {}
-            if arm == "on":
+            if arm == "on" and not self.control:
                 extra["DataCaptureConfig"] = {
                     "EnableCapture": True, "InitialSamplingPercentage": 100,
                     "DestinationS3Uri": self.capture_dir.resolve().as_uri(),
@@ -102,20 +115,39 @@ def median(runs: list[WrkResult]) -> WrkResult:
     return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
 
 
+def process_us(run: WrkResult, prefix: str) -> float:
+    """CPU microseconds per request of the server's processes whose label starts with ``prefix``."""
+    return sum(ms for label, ms in (run.server_cpu or {}).get("by_process_ms", {}).items()
+               if label.startswith(prefix)) * 1000
+
+
+ROUTER = "moorage serve"  # the router process: all of capture's work, its writer thread included
+INSTANCE = "moorage.runtimes.server"  # the model instances, whose work capture does not change
+
+
 def median_router_us(runs: list[WrkResult]) -> float:
-    """The router process's CPU microseconds per request (where all of capture's work happens)."""
-    values = sorted(sum(ms for label, ms in (r.server_cpu or {}).get("by_process_ms", {}).items()
-                        if label.startswith("moorage serve")) * 1000 for r in runs)
+    values = sorted(process_us(r, ROUTER) for r in runs)
     return values[len(values) // 2] if values else 0.0
+
+
+def paired(runs: dict[str, list[WrkResult]]) -> dict:
+    """Per adjacent off/on pair: throughput loss, and the extra CPU per request of router and instance."""
+    pairs = list(zip(runs["off"], runs["on"], strict=True))
+    loss = [1 - on.rps / off.rps for off, on in pairs if off.rps]
+    router = [process_us(on, ROUTER) - process_us(off, ROUTER) for off, on in pairs]
+    instance = [process_us(on, INSTANCE) - process_us(off, INSTANCE) for off, on in pairs]
+    return {"loss": paired_estimate(loss), "router_extra_us": paired_estimate(router),
+            "instance_extra_us": paired_estimate(instance), "losses": [round(x, 4) for x in loss]}
 
 
 def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="tabular,onnx", help=f"subset of {','.join(BUILDERS)}")
-    p.add_argument("--concurrency", default="1,32", help="wrk connections per run, comma-separated")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
+    p.add_argument("--concurrency", default="32", help="wrk connections per run, comma-separated")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per measured run (whole seconds)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per arm before its runs")
-    p.add_argument("--repeat", type=int, default=5, help="measured runs per arm and point (interleaved)")
+    p.add_argument("--repeat", type=int, default=20, help="measured runs per arm and point (interleaved)")
+    p.add_argument("--aa", action="store_true", help="control run: the 'on' endpoint does not capture either")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="wait up to this long for a quiet machine")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
@@ -140,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         log(f"training models {args.models} in {workdir}")
         models = build(args.models, workdir / "models")
-        server = CapturingMoorage(workdir / "server", cpu=args.server_cpu)
+        server = CapturingMoorage(workdir / "server", cpu=args.server_cpu, control=args.aa)
         server.prepare()
         log("starting moorage with two endpoints per model (capture off / on)")
         server.start(models)
@@ -169,14 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                             f"p99 {run.p99_ms:.3f} ms cpu {run.server_cpu['total_ms']:.3f} ms/req{errs}")
                     off, on = median(runs["off"]), median(runs["on"])
                     loss = 1 - on.rps / off.rps if off.rps else 1.0
-                    # Each off run next to the on run measured right after (or before) it: the machine's
-                    # drift cancels within a pair, so the median pair is the steadier estimate.
-                    pairs = sorted(1 - b.rps / a.rps for a, b in zip(runs["off"], runs["on"], strict=True) if a.rps)
-                    paired = pairs[len(pairs) // 2] if pairs else 1.0
+                    pairs = paired(runs)
                     results.append({"model": model.name, "connections": conns, "loss": round(loss, 4),
-                                    "paired_loss": round(paired, 4),
+                                    "paired": pairs,
                                     "router_us": {arm: round(median_router_us(runs[arm]), 2) for arm in ARMS},
-                                    "pass": paired < TARGET_LOSS,
+                                    "pass": pairs["loss"]["median"] < TARGET_LOSS,
                                     "off": off.as_dict(), "on": on.as_dict(),
                                     "runs": {arm: [r.as_dict() for r in rs] for arm, rs in runs.items()}})
                 for arm in ARMS:
@@ -185,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()  # SIGTERM: the capture writer writes what is queued before the server exits
         log_text = (server.workdir / "logs" / "moorage.log").read_text(errors="replace")
-        for model in models:
+        for model in models if not args.aa else ():  # the control captures nothing to check
             written = server.captured_lines(model)
             counts = re.search(rf"data capture of {re.escape(server.endpoint_name(model, 'on'))}/AllTraffic: "
                                r"captured (\d+), dropped (\d+), written (\d+), failed (\d+)", log_text)
@@ -200,19 +229,26 @@ def main(argv: list[str] | None = None) -> int:
                 writer and writer["dropped"] == 0 and writer["failed"] == 0 and writer["written"] == written
                 and written >= invocations_on[model.name])
 
-    lines = [f"capture overhead {stamp}: {args.duration:g}s x {args.repeat} interleaved runs per arm, "
+    kind = "A/A control (no capture on either endpoint)" if args.aa else "capture off vs 100%"
+    lines = [f"capture overhead {stamp}, {kind}: {args.duration:g}s x {args.repeat} interleaved runs per arm, "
              f"wrk {wrk_version(wrk)} -t1 on core {args.client_cpu}, moorage on core {args.server_cpu}",
-             f"{'model':<8} {'conc':>4} {'off req/s':>10} {'on req/s':>10} {'loss':>7} {'paired':>7} {'off p50':>8} "
-             f"{'on p50':>8} {'off p99':>8} {'on p99':>8} {'router us off':>13} {'on':>6}  target (paired loss)"]
+             f"{'model':<8} {'conc':>4} {'off req/s':>10} {'on req/s':>10} {'loss':>7} {'pair loss [90% CI]':>24} "
+             f"{'router +us [90% CI]':>21} {'instance +us':>13} {'off p50':>8} {'on p50':>8}  target (pair loss)"]
+
+    def interval(e: dict, scale: float, unit: str, digits: int) -> str:
+        return (f"{e['median'] * scale:+.{digits}f}{unit} [{e['low'] * scale:+.{digits}f}, "
+                f"{e['high'] * scale:+.{digits}f}]")
+
     for r in results:
-        off, on = r["off"], r["on"]
+        off, on, pairs = r["off"], r["on"], r["paired"]
         lines.append(
             f"{r['model']:<8} {r['connections']:>4} {off['rps']:>10.1f} {on['rps']:>10.1f} {r['loss'] * 100:>6.2f}% "
-            f"{r['paired_loss'] * 100:>6.2f}% {off['p50_ms']:>8.3f} {on['p50_ms']:>8.3f} {off['p99_ms']:>8.3f} "
-            f"{on['p99_ms']:>8.3f} {r['router_us']['off']:>13.1f} {r['router_us']['on']:>6.1f}  "
+            f"{interval(pairs['loss'], 100, '%', 2):>24} {interval(pairs['router_extra_us'], 1, '', 1):>21} "
+            f"{pairs['instance_extra_us']['median']:>+13.1f} {off['p50_ms']:>8.3f} {on['p50_ms']:>8.3f}  "
             f"<{TARGET_LOSS * 100:.0f}% {'PASS' if r['pass'] else 'FAIL'}")
-    lines.append("(req/s and p50/p99 ms: each arm's median run; loss: of those medians; paired: median over adjacent "
-                 "off/on runs; router us: the router process's CPU microseconds per request, median)")
+    lines.append("(req/s, p50 ms: each arm's median run; loss: of those medians; pair loss: median over adjacent "
+                 "off/on runs, with a bootstrap 90% interval; router/instance +us: median extra CPU microseconds "
+                 "per request over the same pairs)")
     for name, s in summary.items():
         lines.append(f"{name}: at least {s['invocations']} invocations of the capturing endpoint (wrk's counts of the "
                      f"reported runs), {s['lines_on_disk']} records "

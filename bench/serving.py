@@ -402,6 +402,22 @@ def split_common_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def paired_estimate(values: list[float], level: float = 0.9, resamples: int = 4000) -> dict:
+    """The median of per-pair values (each run next to the other arm's run beside it, so the
+    machine's drift cancels within a pair) and a bootstrap interval for it: on a shared VM whose
+    speed wanders by tens of percent between seconds, one median alone says little."""
+    import random
+    import statistics
+
+    if not values:
+        return {"median": None, "low": None, "high": None, "pairs": 0}
+    draw = random.Random(20240607)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return {"median": statistics.median(values), "low": medians[int(tail * resamples)],
+            "high": medians[min(resamples - 1, int((1 - tail) * resamples))], "pairs": len(values), "level": level}
+
+
 def _exit_on_signal(signum, frame) -> None:
     # SystemExit unwinds through the `finally` blocks that stop the servers under test
     raise SystemExit(128 + signum)

@@ -7,6 +7,7 @@ here the writer is driven directly so that exact counts can be checked with the 
 from __future__ import annotations
 
 import calendar
+import gc
 import json
 import re
 import threading
@@ -17,7 +18,8 @@ import fsspec
 import pytest
 
 from moorage.capture import CaptureConfig, CaptureWriter, WriterSettings
-from moorage.serving.router import InvocationEvent
+from moorage.capture.writer import _event_ids
+from moorage.serving.router import InvocationEvent, header_block
 
 NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{3})-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl$")
 
@@ -30,8 +32,8 @@ def capture_config(destination: str, percentage: int = 100) -> CaptureConfig:
 def event(i: int, arrived: float, variant: str = "AllTraffic") -> InvocationEvent:
     return InvocationEvent(endpoint="ep", variant=variant, instance_id="i-1", status=200, arrived=arrived,
                            model_seconds=0.001, total_seconds=0.002, request_body=f"{i},{i + 1}".encode(),
-                           request_headers=[(b"content-type", b"text/csv"), (b"accept", b"text/csv"),
-                                            (b"x-amzn-sagemaker-inference-id", f"req-{i}".encode())],
+                           forwarded_headers=header_block([(b"content-type", b"text/csv"), (b"accept", b"text/csv"),
+                                                           (b"x-amzn-sagemaker-inference-id", f"req-{i}".encode())]),
                            response_body=f"{i / 10}".encode(), response_content_type="text/csv")
 
 
@@ -64,7 +66,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
 
 
 def test_the_byte_bound_counts_too(tmp_path: Path) -> None:
-    writer = CaptureWriter(WriterSettings(queue_records=1000, queue_bytes=2000))  # a record's line is ~350 bytes
+    writer = CaptureWriter(WriterSettings(queue_records=1000, queue_bytes=2000))  # a record counts ~270 bytes
     observer = writer.observer("ep", capture_config(str(tmp_path)))
     for i in range(100):
         observer.observe(event(i, T0))
@@ -200,3 +202,31 @@ def test_sampling_share(tmp_path: Path, percentage: int) -> None:
     sigma = (n * p * (1 - p)) ** 0.5
     assert abs(captured - n * p) <= 4 * sigma, (captured, n * p, sigma)
     writer.close()
+
+
+def test_event_ids_are_distinct_version_4_uuids() -> None:
+    ids = _event_ids(5000)
+    assert len(set(ids)) == 5000
+    for event_id in ids[:200]:
+        parsed = uuid.UUID(event_id.decode("ascii"))
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == event_id.decode()
+
+
+def test_a_dropped_observer_is_forgotten_after_its_records_are_written(tmp_path: Path) -> None:
+    """UpdateEndpoint replaces a route's observer: the writer still writes what the old one queued
+    (with the old config), then lets go of it."""
+    writer = CaptureWriter()
+    old = writer.observer("ep", capture_config(str(tmp_path / "old")))
+    new = writer.observer("ep", capture_config(str(tmp_path / "new")))
+    for i in range(3):
+        old.observe(event(i, T0))
+    del old
+    gc.collect()
+    new.observe(event(3, T0))
+    writer.flush()
+    assert [len(lines) for lines in lines_under(tmp_path / "old").values()] == [3]
+    assert [len(lines) for lines in lines_under(tmp_path / "new").values()] == [1]
+    assert len(writer._slots) == 1  # only the live observer's
+    new.observe(event(4, T0))
+    writer.close()
+    assert writer.stats()["written"] == 5

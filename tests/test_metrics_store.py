@@ -123,7 +123,7 @@ def test_purge_drops_old_rows(store: MetricStore) -> None:
 
 def event(instance: str, status: int, model_s: float, total_s: float, variant: str = "AllTraffic") -> InvocationEvent:
     return InvocationEvent(endpoint="ep", variant=variant, instance_id=instance, status=status, arrived=T0,
-                           model_seconds=model_s, total_seconds=total_s, request_body=b"", request_headers=[],
+                           model_seconds=model_s, total_seconds=total_s, request_body=b"", forwarded_headers=b"",
                            response_body=b"",
                            response_content_type=None)
 
@@ -221,13 +221,13 @@ def test_runtime_builds_events_field_by_field() -> None:
     import time
 
     from moorage.api.runtime import _event
-    from moorage.serving.router import EndpointRoute
+    from moorage.serving.router import EndpointRoute, header_block
 
-    scope = {"headers": [(b"host", b"x"), (b"content-type", b"text/csv"), (b"accept", b"application/json"),
-                         (b"x-amzn-sagemaker-inference-id", b"inf-1"),
-                         (b"x-amzn-sagemaker-custom-attributes", b"a=1")]}
+    forwarded = header_block([(b"content-type", b"text/csv"), (b"accept", b"application/json"),
+                              (b"x-amzn-sagemaker-inference-id", b"inf-1"),
+                              (b"x-amzn-sagemaker-custom-attributes", b"a=1")])
     started = time.perf_counter()
-    built = _event(EndpointRoute("ep", []), scope, b"1,2", 123.0, started, "AllTraffic", "i-1", 503, 0.25, b"out",
+    built = _event(EndpointRoute("ep", []), forwarded, b"1,2", 123.0, started, "AllTraffic", "i-1", 503, 0.25, b"out",
                    "application/json")
     assert (built.endpoint, built.variant, built.instance_id, built.status) == ("ep", "AllTraffic", "i-1", 503)
     assert (built.arrived, built.model_seconds, built.request_body) == (123.0, 0.25, b"1,2")
@@ -235,5 +235,5 @@ def test_runtime_builds_events_field_by_field() -> None:
     assert (built.content_type, built.accept, built.inference_id, built.custom_attributes) == (
         "text/csv", "application/json", "inf-1", "a=1")
     assert (built.response_body, built.response_content_type) == (b"out", "application/json")
-    bare = _event(EndpointRoute("ep", []), {"headers": []}, b"", 0.0, started, "v", "", 200, 0.0, b"", None)
+    bare = _event(EndpointRoute("ep", []), b"", b"", 0.0, started, "v", "", 200, 0.0, b"", None)
     assert (bare.content_type, bare.accept, bare.inference_id, bare.custom_attributes) == (None, None, None, None)

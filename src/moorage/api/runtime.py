@@ -74,8 +74,9 @@ class RuntimeFrontDoor:
         if route is None:
             await self._not_serving(send, name)
             return
+        forwarded_headers = b"".join(forwarded)
         try:
-            invocation = await route.invoke(body, b"".join(forwarded), target_variant)
+            invocation = await route.invoke(body, forwarded_headers, target_variant)
         except UnknownVariant:
             await respond_api_error(send, RuntimeValidationError(
                                 f"Invalid target variant '{target_variant}' for endpoint '{name}': "
@@ -85,8 +86,8 @@ class RuntimeFrontDoor:
             await respond_api_error(send, ModelError(str(exc), OriginalStatusCode=exc.status,
                                                      OriginalMessage=str(exc)), JSON)
             if route.observers:
-                route.notify(_event(route, scope, body, arrived, started, exc.variant, exc.instance_id, exc.status,
-                                    exc.model_seconds, b"", None))
+                route.notify(_event(route, forwarded_headers, body, arrived, started, exc.variant, exc.instance_id,
+                                    exc.status, exc.model_seconds, b"", None))
             return
         if invocation.status >= 300:
             await self._model_error(send, name, invocation)
@@ -97,7 +98,7 @@ class RuntimeFrontDoor:
                 headers.append((b"x-amzn-sagemaker-custom-attributes", invocation.custom_attributes))
             await respond(send, 200, invocation.body, headers)
         if route.observers:
-            route.notify(_completed_event(route, scope, body, arrived, started, invocation))
+            route.notify(_completed_event(route, forwarded_headers, body, arrived, started, invocation))
 
     async def _too_large(self, send: Send, size: int) -> None:
         await respond_api_error(send, PayloadTooLarge(
@@ -122,17 +123,17 @@ class RuntimeFrontDoor:
                                                  OriginalMessage=original, LogStreamArn=str(log_path)), JSON)
 
 
-def _completed_event(route: EndpointRoute, scope: Scope, body: bytes, arrived: float, started: float,
+def _completed_event(route: EndpointRoute, forwarded_headers: bytes, body: bytes, arrived: float, started: float,
                      invocation: Invocation) -> InvocationEvent:
-    return _event(route, scope, body, arrived, started, invocation.variant, invocation.instance_id,
+    return _event(route, forwarded_headers, body, arrived, started, invocation.variant, invocation.instance_id,
                   invocation.status, invocation.model_seconds, invocation.body, invocation.content_type)
 
 
-def _event(route: EndpointRoute, scope: Scope, body: bytes, arrived: float, started: float, variant: str,
+def _event(route: EndpointRoute, forwarded_headers: bytes, body: bytes, arrived: float, started: float, variant: str,
            instance_id: str, status: int, model_seconds: float, response_body: bytes,
            response_content_type: str | None) -> InvocationEvent:
     """Built only when a route has observers. Positional, in InvocationEvent's field order: keywords
     would cost a third of this function's time."""
     return InvocationEvent(route.name, variant, instance_id, status, arrived, model_seconds,
-                           time.perf_counter() - started, body, scope["headers"], response_body,
+                           time.perf_counter() - started, body, forwarded_headers, response_body,
                            response_content_type)

@@ -155,7 +155,7 @@ class WriterSettings:
 
     flush_seconds: float = 1.0  # MOORAGE_CAPTURE_FLUSH_SECONDS
     queue_records: int = 10_000  # MOORAGE_CAPTURE_QUEUE_RECORDS: records waiting to be written, at most
-    queue_bytes: int = 64 * 1024 * 1024  # MOORAGE_CAPTURE_QUEUE_BYTES: their encoded bytes, at most
+    queue_bytes: int = 64 * 1024 * 1024  # MOORAGE_CAPTURE_QUEUE_BYTES: the bodies they hold, at most
     file_bytes: int = 16 * 1024 * 1024  # MOORAGE_CAPTURE_FILE_BYTES: a local file rotates past this size
     file_seconds: float = 300.0  # MOORAGE_CAPTURE_FILE_SECONDS: ... or this age
     # A remote object (s3://) is rewritten whole on every flush that adds to it, so it rotates sooner.

@@ -12,7 +12,7 @@ import bisect
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,9 +60,11 @@ class InvocationEvent:
     model_seconds: float
     total_seconds: float  # arrival to reply; total - model is SageMaker's OverheadLatency
     request_body: bytes
-    # The request's raw headers; the few observers read (content type, accept, inference id, custom
-    # attributes) are picked out only when one asks: metrics never do, capture only for sampled records.
-    request_headers: Sequence[tuple[bytes, bytes]]
+    # The request headers the router passed on to the instance (content type, accept, inference id,
+    # custom attributes, target model), as the HTTP header block it sent: b"content-type: text/csv\r\n...".
+    # One bytes object the door builds anyway; observers that read a header (capture) parse it then,
+    # often off the event loop, and a queue of bytes costs the garbage collector nothing.
+    forwarded_headers: bytes
     response_body: bytes
     response_content_type: str | None
     _observed: dict[bytes, str] | None = None
@@ -70,8 +72,7 @@ class InvocationEvent:
     def _header(self, name: bytes) -> str | None:
         observed = self._observed
         if observed is None:
-            observed = self._observed = {key: value.decode("latin-1") for key, value in self.request_headers
-                                         if key in _OBSERVED_HEADERS}
+            observed = self._observed = parse_header_block(self.forwarded_headers)
         return observed.get(name)
 
     @property
@@ -91,8 +92,19 @@ class InvocationEvent:
         return self._header(b"x-amzn-sagemaker-custom-attributes")
 
 
-_OBSERVED_HEADERS = frozenset({b"content-type", b"accept", b"x-amzn-sagemaker-inference-id",
-                               b"x-amzn-sagemaker-custom-attributes"})
+def header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``[(b"content-type", b"text/csv")]`` -> ``b"content-type: text/csv\r\n"``: what the door forwards."""
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+
+
+def parse_header_block(block: bytes) -> dict[bytes, str]:
+    """A forwarded header block back to its headers (lower-case names, values as latin-1 text)."""
+    out: dict[bytes, str] = {}
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            out[name] = value.decode("latin-1")
+    return out
 
 
 class InvocationObserver(Protocol):
