@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/capture_overhead.py                          # tabular + onnx, c=32, 20 x 3 s pairs
     .venv/bin/python bench/capture_overhead.py --models onnx --concurrency 1,32 --repeat 30 --duration 2
+    .venv/bin/python bench/capture_overhead.py --simultaneous      # both arms at once, one server each
     .venv/bin/python bench/capture_overhead.py --aa       # control: both endpoints without capture
 
 Both endpoints live in the same `moorage serve` (pinned to one core, wrk on another), so they share
@@ -12,6 +13,11 @@ percent from one minute to the next, so the estimate is the median over adjacent
 a bootstrap 90 % interval, and the same for the server's CPU per request (router process, writer
 thread included, and instance separately). Each arm's median run is also shown. ``--aa`` deploys
 both endpoints without capture: the loss it reports is the bench's own noise and bias.
+``--simultaneous`` measures differently: one server per arm, both pinned to the same core and each
+in its own session (so the kernel's autogroup scheduling gives each half of the core while both are
+busy), loaded at the same moment by two wrk processes. Each round compares the arms over the very
+same seconds, so the machine's drift cancels exactly and the interval is several times narrower;
+the price is that each server runs on half a core, where its CPU per request is higher.
 Target: capture at 100 % costs under 5 % of throughput (median pair). After the runs the bench stops the server
 (SIGTERM) and checks that every invocation of the capturing endpoint is in its capture files (and
 none was dropped), so the "on" numbers are for capture that really kept up. Results print as a
@@ -26,6 +32,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,12 +44,14 @@ from models import BUILDERS, BenchModel, build  # noqa: E402
 from servers import Moorage  # noqa: E402
 from serving import (  # noqa: E402
     _exit_on_signal,
+    cpu_per_request,
     host_info,
     log,
     measure,
     paired_estimate,
     split_common_args,
     verify,
+    wait_for_quiet,
 )
 
 TARGET_LOSS = 0.05  # capture at 100 % may cost at most 5 % of the throughput without it
@@ -54,17 +63,18 @@ class CapturingMoorage(Moorage):
 
     detail = "router + 1 instance per endpoint; endpoint -off without capture, -on with DataCaptureConfig 100%"
 
-    def __init__(self, workdir: Path, cpu: int | None = 0, control: bool = False):
+    def __init__(self, workdir: Path, cpu: int | None = 0, control: bool = False, arms: tuple[str, ...] = ARMS):
         super().__init__(workdir, cpu)
         self.capture_dir = workdir / "capture"
-        self.arm = "off"
+        self.arm = arms[0]
+        self.arms = arms  # the endpoints this server deploys
         self.control = control  # A/A: the "on" endpoint does not capture either
 
     def _deploy(self, client, model: BenchModel) -> None:
         container = {"Image": model.runtime, "ModelDataUrl": model.tarball.resolve().as_uri()}
         if model.environment:
             container["Environment"] = dict(model.environment)
-        for arm in ARMS:
+        for arm in self.arms:
             name = self.endpoint_name(model, arm)
             client.create_model(ModelName=name, PrimaryContainer=container)
             extra = {}
@@ -83,7 +93,7 @@ class CapturingMoorage(Moorage):
                 **extra,
             )
             client.create_endpoint(EndpointName=name, EndpointConfigName=name)
-        for arm in ARMS:
+        for arm in self.arms:
             client.get_waiter("endpoint_in_service").wait(EndpointName=self.endpoint_name(model, arm),
                                                           WaiterConfig={"Delay": 1, "MaxAttempts": 180})
 
@@ -140,6 +150,51 @@ def paired(runs: dict[str, list[WrkResult]]) -> dict:
             "instance_extra_us": paired_estimate(instance), "losses": [round(x, 4) for x in loss]}
 
 
+def interleaved_runs(servers: dict[str, CapturingMoorage], model: BenchModel, requests: dict[str, HttpRequest],
+                     conns: int, args) -> dict[str, list[WrkResult]]:
+    """One server, both endpoints: off and on runs one after the other, alternating which goes first."""
+    runs: dict[str, list[WrkResult]] = {arm: [] for arm in ARMS}
+    for arm in order(args.repeat):
+        runs[arm].append(measure(servers[arm], model, requests[arm], conns, args))
+        _log_run(model, conns, arm, runs[arm][-1])
+    return runs
+
+
+def simultaneous_runs(servers: dict[str, CapturingMoorage], model: BenchModel, requests: dict[str, HttpRequest],
+                      conns: int, args) -> dict[str, list[WrkResult]]:
+    """Two servers on the same core, each in its own session (the kernel's autogroup scheduling gives
+    each half the core while both are busy), loaded at the same moment by two wrk processes: each
+    round compares the arms over the same seconds, so the machine's drift cancels exactly."""
+    runs: dict[str, list[WrkResult]] = {arm: [] for arm in ARMS}
+    for _ in range(args.repeat):
+        wait_for_quiet(args.quiet_wait)
+        before = {arm: servers[arm].cpu_snapshot() for arm in ARMS}
+        done: dict[str, WrkResult] = {}
+        threads = [threading.Thread(target=_load, args=(done, servers[arm], model, requests[arm], arm, conns, args))
+                   for arm in ARMS]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for arm in ARMS:
+            run = done[arm]
+            run.server_cpu = cpu_per_request(before[arm], servers[arm].cpu_snapshot(), run.requests)
+            runs[arm].append(run)
+            _log_run(model, conns, arm, run)
+    return runs
+
+
+def _load(done: dict[str, WrkResult], server: CapturingMoorage, model: BenchModel, request: HttpRequest, arm: str,
+          conns: int, args) -> None:
+    done[arm] = run_wrk(server.base_url(model), request, conns, args.duration, cpu=args.client_cpu)
+
+
+def _log_run(model: BenchModel, conns: int, arm: str, run: WrkResult) -> None:
+    errs = f" ERRORS {run.errors}" if run.errors else ""
+    log(f"{model.name} c={conns} capture {arm:>3}: {run.rps:8.1f} req/s p50 {run.p50_ms:.3f} ms "
+        f"p99 {run.p99_ms:.3f} ms cpu {run.server_cpu['total_ms']:.3f} ms/req{errs}")
+
+
 def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="tabular,onnx", help=f"subset of {','.join(BUILDERS)}")
@@ -148,6 +203,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per arm before its runs")
     p.add_argument("--repeat", type=int, default=20, help="measured runs per arm and point (interleaved)")
     p.add_argument("--aa", action="store_true", help="control run: the 'on' endpoint does not capture either")
+    p.add_argument("--simultaneous", action="store_true",
+                   help="one server per arm, both loaded at once on the same core (see simultaneous_runs)")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="wait up to this long for a quiet machine")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
@@ -172,33 +229,34 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         log(f"training models {args.models} in {workdir}")
         models = build(args.models, workdir / "models")
-        server = CapturingMoorage(workdir / "server", cpu=args.server_cpu, control=args.aa)
-        server.prepare()
-        log("starting moorage with two endpoints per model (capture off / on)")
-        server.start(models)
+        if args.simultaneous:
+            servers = {arm: CapturingMoorage(workdir / f"server-{arm}", cpu=args.server_cpu, control=args.aa,
+                                             arms=(arm,)) for arm in ARMS}
+        else:
+            both = CapturingMoorage(workdir / "server", cpu=args.server_cpu, control=args.aa)
+            servers = dict.fromkeys(ARMS, both)
+        distinct = list({id(s): s for s in servers.values()}.values())
         invocations_on = {m.name: 0 for m in models}
         try:
+            for server in distinct:
+                server.prepare()
+                log(f"starting moorage with endpoint(s) {', '.join(server.arms)} per model")
+                server.start(models)
             for model in models:
-                requests = {arm: server.request_for(model, arm) for arm in ARMS}
+                requests = {arm: servers[arm].request_for(model, arm) for arm in ARMS}
                 for arm in ARMS:
-                    verify(server, model, requests[arm])
+                    verify(servers[arm], model, requests[arm])
                 invocations_on[model.name] += 1
                 for conns in args.concurrency:
                     if args.warmup > 0:
                         for arm in ARMS:
-                            warm = run_wrk(server.base_url(model), requests[arm], conns, args.warmup,
+                            warm = run_wrk(servers[arm].base_url(model), requests[arm], conns, args.warmup,
                                            cpu=args.client_cpu)
                             if arm == "on":
                                 invocations_on[model.name] += warm.requests
-                    runs: dict[str, list[WrkResult]] = {arm: [] for arm in ARMS}
-                    for arm in order(args.repeat):
-                        run = measure(server, model, requests[arm], conns, args)
-                        runs[arm].append(run)
-                        if arm == "on":
-                            invocations_on[model.name] += run.requests
-                        errs = f" ERRORS {run.errors}" if run.errors else ""
-                        log(f"{model.name} c={conns} capture {arm:>3}: {run.rps:8.1f} req/s p50 {run.p50_ms:.3f} ms "
-                            f"p99 {run.p99_ms:.3f} ms cpu {run.server_cpu['total_ms']:.3f} ms/req{errs}")
+                    measure_runs = simultaneous_runs if args.simultaneous else interleaved_runs
+                    runs = measure_runs(servers, model, requests, conns, args)
+                    invocations_on[model.name] += sum(r.requests for r in runs["on"])
                     off, on = median(runs["off"]), median(runs["on"])
                     loss = 1 - on.rps / off.rps if off.rps else 1.0
                     pairs = paired(runs)
@@ -209,14 +267,16 @@ def main(argv: list[str] | None = None) -> int:
                                     "off": off.as_dict(), "on": on.as_dict(),
                                     "runs": {arm: [r.as_dict() for r in rs] for arm, rs in runs.items()}})
                 for arm in ARMS:
-                    verify(server, model, requests[arm])
+                    verify(servers[arm], model, requests[arm])
                 invocations_on[model.name] += 1
         finally:
-            server.stop()  # SIGTERM: the capture writer writes what is queued before the server exits
-        log_text = (server.workdir / "logs" / "moorage.log").read_text(errors="replace")
+            for server in distinct:
+                server.stop()  # SIGTERM: the capture writer writes what is queued before the server exits
+        capturing = servers["on"]
+        log_text = (capturing.workdir / "logs" / "moorage.log").read_text(errors="replace")
         for model in models if not args.aa else ():  # the control captures nothing to check
-            written = server.captured_lines(model)
-            counts = re.search(rf"data capture of {re.escape(server.endpoint_name(model, 'on'))}/AllTraffic: "
+            written = capturing.captured_lines(model)
+            counts = re.search(rf"data capture of {re.escape(capturing.endpoint_name(model, 'on'))}/AllTraffic: "
                                r"captured (\d+), dropped (\d+), written (\d+), failed (\d+)", log_text)
             summary[model.name] = {
                 "invocations": invocations_on[model.name], "lines_on_disk": written,
@@ -230,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
                 and written >= invocations_on[model.name])
 
     kind = "A/A control (no capture on either endpoint)" if args.aa else "capture off vs 100%"
-    lines = [f"capture overhead {stamp}, {kind}: {args.duration:g}s x {args.repeat} interleaved runs per arm, "
-             f"wrk {wrk_version(wrk)} -t1 on core {args.client_cpu}, moorage on core {args.server_cpu}",
+    how = ("simultaneous rounds, one server per arm, both on" if args.simultaneous
+           else "interleaved runs per arm, one server with both endpoints on")
+    lines = [f"capture overhead {stamp}, {kind}: {args.duration:g}s x {args.repeat} {how} core {args.server_cpu}, "
+             f"wrk {wrk_version(wrk)} -t1 on core {args.client_cpu}",
              f"{'model':<8} {'conc':>4} {'off req/s':>10} {'on req/s':>10} {'loss':>7} {'pair loss [90% CI]':>24} "
              f"{'router +us [90% CI]':>21} {'instance +us':>13} {'off p50':>8} {'on p50':>8}  target (pair loss)"]
 
@@ -246,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{interval(pairs['loss'], 100, '%', 2):>24} {interval(pairs['router_extra_us'], 1, '', 1):>21} "
             f"{pairs['instance_extra_us']['median']:>+13.1f} {off['p50_ms']:>8.3f} {on['p50_ms']:>8.3f}  "
             f"<{TARGET_LOSS * 100:.0f}% {'PASS' if r['pass'] else 'FAIL'}")
-    lines.append("(req/s, p50 ms: each arm's median run; loss: of those medians; pair loss: median over adjacent "
-                 "off/on runs, with a bootstrap 90% interval; router/instance +us: median extra CPU microseconds "
-                 "per request over the same pairs)")
+    lines.append("(req/s, p50 ms: each arm's median run; loss: of those medians; pair loss: median over "
+                 + ("simultaneous off/on rounds" if args.simultaneous else "adjacent off/on runs")
+                 + ", with a bootstrap 90% interval; router/instance +us: median extra CPU microseconds per request "
+                 "over the same pairs)")
     for name, s in summary.items():
         lines.append(f"{name}: at least {s['invocations']} invocations of the capturing endpoint (wrk's counts of the "
                      f"reported runs), {s['lines_on_disk']} records "

@@ -18,6 +18,7 @@ import fsspec
 import pytest
 
 from moorage.capture import CaptureConfig, CaptureWriter, WriterSettings
+from moorage.capture.records import encode, inference_time
 from moorage.capture.writer import _event_ids
 from moorage.serving.router import InvocationEvent, header_block
 
@@ -110,11 +111,12 @@ def test_layout_is_by_utc_hour_of_arrival_and_files_rotate_by_size(tmp_path: Pat
     assert writer.stats()["written"] == 40
 
 
-def test_failed_writes_are_retried_and_count_against_the_queue(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", [256, 2])  # runs of 2: a flush fails, keeps and merges several runs in order
+def test_failed_writes_are_retried_and_count_against_the_queue(tmp_path: Path, run: int) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "ep").write_text("a file where the endpoint's folder should be")
-    writer = CaptureWriter(WriterSettings(queue_records=5))
+    writer = CaptureWriter(WriterSettings(queue_records=5, batch_records=run))
     observer = writer.observer("ep", capture_config(str(dest)))
     for i in range(3):
         observer.observe(event(i, T0))
@@ -133,9 +135,10 @@ def test_failed_writes_are_retried_and_count_against_the_queue(tmp_path: Path) -
     writer.close()
 
 
-def test_records_still_unwritable_at_close_are_counted_as_failed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", [256, 3])
+def test_records_still_unwritable_at_close_are_counted_as_failed(tmp_path: Path, run: int) -> None:
     (tmp_path / "ep").write_text("in the way")
-    writer = CaptureWriter(WriterSettings())
+    writer = CaptureWriter(WriterSettings(batch_records=run))
     observer = writer.observer("ep", capture_config(str(tmp_path)))
     for i in range(4):
         observer.observe(event(i, T0))
@@ -143,10 +146,11 @@ def test_records_still_unwritable_at_close_are_counted_as_failed(tmp_path: Path)
     assert writer.stats() == {"captured": 4, "dropped": 0, "written": 0, "failed": 4, "pending": 0}
 
 
-def test_remote_destinations_get_whole_objects(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run", [256, 2])
+def test_remote_destinations_get_whole_objects(tmp_path: Path, run: int) -> None:
     root = f"memory://capture-{uuid.uuid4().hex[:8]}"
     fs = fsspec.filesystem("memory")
-    writer = CaptureWriter(WriterSettings(object_bytes=1500))
+    writer = CaptureWriter(WriterSettings(object_bytes=1500, batch_records=run))
     observer = writer.observer("ep", capture_config(root))
     for i in range(30):
         observer.observe(event(i, T0 - 100 + i))
@@ -226,7 +230,62 @@ def test_a_dropped_observer_is_forgotten_after_its_records_are_written(tmp_path:
     writer.flush()
     assert [len(lines) for lines in lines_under(tmp_path / "old").values()] == [3]
     assert [len(lines) for lines in lines_under(tmp_path / "new").values()] == [1]
-    assert len(writer._slots) == 1  # only the live observer's
+    assert len(writer._sources) == 1  # only the live observer's
     new.observe(event(4, T0))
     writer.close()
     assert writer.stats()["written"] == 5
+
+
+def test_a_mixed_flush_puts_every_record_in_its_own_file(tmp_path: Path) -> None:
+    """One flush holding two variants, two UTC hours, a binary body and per-request headers: each
+    record lands in its variant's file of its hour, encoded exactly as the one-record encoder does."""
+    writer = CaptureWriter()
+    observer = writer.observer("ep", capture_config(str(tmp_path)))
+    sent = []
+    for i in range(40):
+        ev = event(i, T0 + i * 0.1, variant="A" if i % 3 else "B")  # crosses 20:00 at i = 20
+        if i % 7 == 0:
+            ev.request_body = b"\xff\x00" + bytes([i])  # not UTF-8: base64
+        sent.append(ev)
+        observer.observe(ev)
+    writer.flush()
+    files = lines_under(tmp_path)
+    assert {p.parent.relative_to(tmp_path).as_posix() for p in files} == {
+        f"ep/{v}/2024/01/19/{h}" for v in "AB" for h in (19, 20)}
+    by_id = {}
+    for path, lines in files.items():
+        for line in lines:
+            doc = json.loads(line)
+            i = int(doc["eventMetadata"]["inferenceId"].removeprefix("req-"))
+            assert path.parent.parent.parent.parent.parent.name == sent[i].variant
+            assert doc["eventMetadata"]["inferenceTime"][11:13] == path.parent.name
+            by_id[i] = line
+    assert sorted(by_id) == list(range(40))
+    for i, line in by_id.items():
+        event_id = json.loads(line)["eventMetadata"]["eventId"]
+        assert line + "\n" == encode(sent[i], capture_config(str(tmp_path)), event_id,
+                                     inference_time(sent[i].arrived)).decode()
+    writer.close()
+
+
+def test_a_flush_of_one_kind_of_request_is_encoded_as_one_run(tmp_path: Path) -> None:
+    """The usual flush (one variant, one hour, one content type) takes the template run; its lines
+    are the same bytes the one-record encoder makes."""
+    writer = CaptureWriter()
+    observer = writer.observer("ep", CaptureConfig.parse({
+        "InitialSamplingPercentage": 100, "DestinationS3Uri": str(tmp_path),
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]}))
+    sent = [InvocationEvent("ep", "AllTraffic", "i-1", 200, T0 - 5 + i * 0.001, 0.001, 0.002,
+                            f'{{"x": [{i}, "é\\n"]}}'.encode(), header_block([(b"content-type", b"application/json")]),
+                            f"{i / 10}".encode(), "text/csv") for i in range(500)]
+    for ev in sent:
+        observer.observe(ev)
+    writer.flush()
+    [lines] = lines_under(tmp_path).values()
+    assert len(lines) == 500
+    for ev, line in zip(sent, lines, strict=True):
+        doc = json.loads(line)
+        assert doc["captureData"]["endpointInput"]["encoding"] == "JSON"
+        assert line + "\n" == encode(ev, observer.config, doc["eventMetadata"]["eventId"],
+                                     inference_time(ev.arrived)).decode()
+    writer.close()

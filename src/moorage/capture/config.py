@@ -156,6 +156,9 @@ class WriterSettings:
     flush_seconds: float = 1.0  # MOORAGE_CAPTURE_FLUSH_SECONDS
     queue_records: int = 10_000  # MOORAGE_CAPTURE_QUEUE_RECORDS: records waiting to be written, at most
     queue_bytes: int = 64 * 1024 * 1024  # MOORAGE_CAPTURE_QUEUE_BYTES: the bodies they hold, at most
+    # MOORAGE_CAPTURE_BATCH_RECORDS: the writer wakes once this many records wait (sooner than
+    # flush_seconds under load), and encodes and writes them in runs of at most this many
+    batch_records: int = 256
     file_bytes: int = 16 * 1024 * 1024  # MOORAGE_CAPTURE_FILE_BYTES: a local file rotates past this size
     file_seconds: float = 300.0  # MOORAGE_CAPTURE_FILE_SECONDS: ... or this age
     # A remote object (s3://) is rewritten whole on every flush that adds to it, so it rotates sooner.
@@ -182,6 +185,7 @@ class WriterSettings:
             flush_seconds=number("MOORAGE_CAPTURE_FLUSH_SECONDS", defaults.flush_seconds),
             queue_records=number("MOORAGE_CAPTURE_QUEUE_RECORDS", defaults.queue_records, int),
             queue_bytes=number("MOORAGE_CAPTURE_QUEUE_BYTES", defaults.queue_bytes, int),
+            batch_records=number("MOORAGE_CAPTURE_BATCH_RECORDS", defaults.batch_records, int),
             file_bytes=number("MOORAGE_CAPTURE_FILE_BYTES", defaults.file_bytes, int),
             file_seconds=number("MOORAGE_CAPTURE_FILE_SECONDS", defaults.file_seconds),
             object_bytes=number("MOORAGE_CAPTURE_OBJECT_BYTES", defaults.object_bytes, int),

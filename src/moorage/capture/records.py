@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
+from itertools import chain, repeat
 from typing import Any
 
 import orjson
@@ -46,6 +48,8 @@ def stamp(second: int) -> bytes:
 
 _VERSION = EVENT_VERSION.encode("ascii")
 _DUMPS = orjson.dumps
+_DECODE = bytes.decode  # UTF-8, strict
+_AFTER_ID = b'",'
 _NO_TEMPLATE = (b"", None, b"")  # cached for (headers, response type) pairs no template fits
 
 
@@ -138,12 +142,37 @@ class RecordEncoder:
             try:
                 if middle is not None:
                     return b"".join((head, _DUMPS(request_body.decode("utf-8")), middle,
-                                     _DUMPS(response_body.decode("utf-8")), tail, event_id, b'",', stamp))
+                                     _DUMPS(response_body.decode("utf-8")), tail, event_id, _AFTER_ID, stamp))
                 body = request_body if self.config.capture_input else response_body
-                return b"".join((head, _DUMPS(body.decode("utf-8")), tail, event_id, b'",', stamp))
+                return b"".join((head, _DUMPS(body.decode("utf-8")), tail, event_id, _AFTER_ID, stamp))
             except UnicodeDecodeError:
                 pass  # this record's body is not UTF-8 text: base64, by the general path
         return self._general_line(headers, request_body, response_content_type, response_body, event_id, stamp)
+
+    def lines(self, headers: bytes, response_content_type: str | None, request_bodies: Sequence[bytes],
+              response_bodies: Sequence[bytes], event_ids: Sequence[bytes], stamps: Sequence[bytes]) -> bytes | None:
+        """Many records that share a header block and a response content type, as one run of lines;
+        None when they do not fit a template (then encode them one by one with ``line``).
+
+        The per-record work is all in C (map, zip, join): a few hundred nanoseconds a record."""
+        template = self._templates.get((headers, response_content_type))
+        if template is None:
+            template = self._template(headers, response_content_type)
+        head, middle, tail = template
+        if not head:
+            return None
+        try:
+            if middle is not None:
+                pieces = zip(repeat(head), map(_DUMPS, map(_DECODE, request_bodies)), repeat(middle),
+                             map(_DUMPS, map(_DECODE, response_bodies)), repeat(tail), event_ids, repeat(_AFTER_ID),
+                             stamps)
+            else:
+                bodies = request_bodies if self.config.capture_input else response_bodies
+                pieces = zip(repeat(head), map(_DUMPS, map(_DECODE, bodies)), repeat(tail), event_ids,
+                             repeat(_AFTER_ID), stamps)
+            return b"".join(chain.from_iterable(pieces))
+        except UnicodeDecodeError:
+            return None  # some body is not UTF-8 text: those records are base64, one by one
 
     def _general_line(self, headers: bytes, request_body: bytes, response_content_type: str | None,
                       response_body: bytes, event_id: bytes, stamp: bytes) -> bytes:

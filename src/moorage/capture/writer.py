@@ -46,7 +46,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -103,13 +103,13 @@ class CaptureCounters:
 class CaptureObserver:
     """The capture of one endpoint's route, with the config of the endpoint config that built it."""
 
-    __slots__ = ("__weakref__", "_by_variant", "_slot", "_threshold", "_writer", "config", "endpoint")
+    __slots__ = ("__weakref__", "_by_variant", "_queue", "_threshold", "_writer", "config", "endpoint")
 
-    def __init__(self, writer: CaptureWriter, endpoint: str, config: CaptureConfig, slot: int):
+    def __init__(self, writer: CaptureWriter, endpoint: str, config: CaptureConfig, queue: deque[_Queued]):
         self._writer = writer
         self.endpoint = endpoint
         self.config = config
-        self._slot = slot  # how the queue's records name this observer (an int: the collector ignores it)
+        self._queue = queue  # this observer's records; the writer holds it too, and drains it
         self._threshold = config.sampling_percentage / 100.0 if config.enabled else 0.0
         self._by_variant: dict[str, CaptureCounters] = {}
 
@@ -123,16 +123,17 @@ class CaptureObserver:
         counters = self._by_variant.get(event.variant)
         if counters is None:
             counters = self._by_variant[event.variant] = self._writer.counters(self.endpoint, event.variant)
-        self._writer.submit(self._slot, event, counters)
+        self._writer.submit(self._queue, event, counters)
 
     def __repr__(self) -> str:
         return f"CaptureObserver({self.endpoint}, {self.config.sampling_percentage}% to {self.config.destination.uri})"
 
 
 @dataclass
-class _Slot:
-    """What the writer needs to turn an observer's queued records into lines, and where they go."""
+class _Source:
+    """One observer's queue, and what the writer needs to turn its records into lines."""
 
+    queue: deque[_Queued]
     encoder: RecordEncoder
     endpoint: str
     destination: Destination
@@ -145,7 +146,7 @@ class _Batch:
     counters: CaptureCounters
     counters_key: str  # endpoint/variant, for messages
     first_arrival: float
-    data: bytearray = field(default_factory=bytearray)  # whole lines
+    data: bytes | bytearray = b""  # whole lines
     count: int = 0  # records in data
 
 
@@ -198,27 +199,29 @@ class _RemoteFile:
 
 
 _Key = tuple[str, str, str, int]  # destination root, endpoint, variant, UTC hour (epoch // 3600)
-# What the event loop queues per record: slot, variant, arrival (epoch seconds), forwarded header block,
-# request body, response content type, response body.
-_Queued = tuple[int, str, float, bytes, bytes, "str | None", bytes]
+# What the event loop queues per record: variant, arrival (epoch seconds), forwarded header block,
+# request body, response content type, response body. Strings, a float and bytes only: the garbage
+# collector stops tracking such a tuple at its first look.
+_Queued = tuple[str, float, bytes, bytes, "str | None", bytes]
 
 
 class CaptureWriter:
     def __init__(self, settings: WriterSettings | None = None):
         self.settings = settings or WriterSettings()
-        self._queue: deque[_Queued] = deque()
         self._max_records = self.settings.queue_records
         self._max_bytes = self.settings.queue_bytes
-        self._wake_at = max(1, self.settings.queue_records // 2)
-        # Queued bytes = enqueued - drained; each counter has one writer thread, so no lock is needed.
-        self._enqueued_bytes = 0
-        self._drained_bytes = 0
+        # The writer is woken once a run's worth of records waits (it also wakes every flush_seconds).
+        self._wake_at = max(1, min(self.settings.batch_records, self.settings.queue_records // 2))
+        # Queued = enqueued - drained, over all observers' queues. Each counter has a single writing
+        # thread (enqueued: the event loop; drained: the writer), so no lock is needed.
+        self._enqueued = self._enqueued_bytes = 0
+        self._drained = self._drained_bytes = 0
         # Records (and their bytes) kept after a failed write: they count against the queue's bounds.
         self._retained = 0
         self._retained_bytes = 0
         self._counters: dict[tuple[str, str], CaptureCounters] = {}
-        self._slots: dict[int, _Slot] = {}
-        self._slot_ids = itertools.count()
+        self._sources: dict[int, _Source] = {}
+        self._source_ids = itertools.count()
         self._files: dict[_Key, _LocalFile | _RemoteFile] = {}
         self._retry: dict[_Key, _Batch] = {}
         self._wake = threading.Event()
@@ -230,9 +233,10 @@ class CaptureWriter:
 
     # The event loop's side ---------------------------------------------------------------------
     def observer(self, endpoint: str, config: CaptureConfig) -> CaptureObserver:
-        slot = next(self._slot_ids)
-        observer = CaptureObserver(self, endpoint, config, slot)
-        self._slots[slot] = _Slot(RecordEncoder(config), endpoint, config.destination, weakref.ref(observer))
+        queue: deque[_Queued] = deque()
+        observer = CaptureObserver(self, endpoint, config, queue)
+        self._sources[next(self._source_ids)] = _Source(queue, RecordEncoder(config), endpoint, config.destination,
+                                                        weakref.ref(observer))
         return observer
 
     def counters(self, endpoint: str, variant: str) -> CaptureCounters:
@@ -242,19 +246,20 @@ class CaptureWriter:
             counters = self._counters[key] = CaptureCounters()
         return counters
 
-    def submit(self, slot: int, event: InvocationEvent, counters: CaptureCounters) -> None:
-        queue = self._queue
+    def submit(self, queue: deque[_Queued], event: InvocationEvent, counters: CaptureCounters) -> None:
         request_body, response_body = event.request_body, event.response_body
         size = len(request_body) + len(response_body) + _RECORD_OVERHEAD
-        if (len(queue) + self._retained >= self._max_records
+        queued = self._enqueued - self._drained + self._retained
+        if (queued >= self._max_records
                 or self._enqueued_bytes - self._drained_bytes + self._retained_bytes + size > self._max_bytes):
             counters.dropped += 1
             return
-        self._enqueued_bytes += size
-        queue.append((slot, event.variant, event.arrived, event.forwarded_headers, request_body,
+        queue.append((event.variant, event.arrived, event.forwarded_headers, request_body,
                       event.response_content_type, response_body))
+        self._enqueued += 1
+        self._enqueued_bytes += size
         counters.captured += 1
-        if len(queue) == self._wake_at:
+        if queued + 1 == self._wake_at:
             self._wake.set()
 
     # Counters, for metrics -----------------------------------------------------------------------
@@ -264,7 +269,7 @@ class CaptureWriter:
         for counters in list(self._counters.values()):
             for name, value in counters.as_dict().items():
                 totals[name] += value
-        totals["pending"] = len(self._queue) + sum(b.count for b in list(self._retry.values()))
+        totals["pending"] = self._enqueued - self._drained + sum(b.count for b in list(self._retry.values()))
         return totals
 
     def stats_by_variant(self) -> dict[tuple[str, str], dict[str, int]]:
@@ -285,7 +290,7 @@ class CaptureWriter:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.error("data capture writer did not finish within %.0fs; %d record(s) may be lost",
-                          timeout, len(self._queue))
+                          timeout, self._enqueued - self._drained)
         else:
             self._flush()
             self._close_all()
@@ -323,49 +328,93 @@ class CaptureWriter:
                 return
 
     def _flush(self) -> None:
-        queue = self._queue
-        batches = self._retry
+        # Records kept after failed writes go first, so a file's lines stay in arrival order.
+        pending = self._retry
         self._retry = {}
-        # Observers already gone now queued their last record before this drain: forget them after it.
-        retired = [slot for slot, entry in list(self._slots.items()) if entry.observer() is None]
-        slots = self._slots
-        drained = 0
-        popleft = queue.popleft
-        stamp_second, second_stamp = -1, b""
-        # What is queued now; what arrives meanwhile waits for the next flush.
-        count = len(queue)
-        for event_id in _event_ids(count) if count else ():
-            slot_id, variant, arrived, headers, request_body, response_type, response_body = popleft()
-            drained += len(request_body) + len(response_body) + _RECORD_OVERHEAD
-            slot = slots[slot_id]
-            key = (slot.destination.root, slot.endpoint, variant, int(arrived // 3600))
-            batch = batches.get(key)
-            if batch is None:
-                batch = batches[key] = _Batch(slot.destination, self.counters(slot.endpoint, variant),
-                                              f"{slot.endpoint}/{variant}", arrived)
-            second = int(arrived)
-            if second != stamp_second:
-                stamp_second, second_stamp = second, stamp(second)
-            try:
-                line = slot.encoder.line(headers, request_body, response_type, response_body, event_id, second_stamp)
-            except Exception:  # a bug in encoding one record must not cost the others
-                batch.counters.failed += 1
-                log.exception("data capture could not encode a record of %s", batch.counters_key)
-                continue
-            batch.data += line
-            batch.count += 1
-        self._drained_bytes += drained
-        for slot in retired:
-            slots.pop(slot, None)
-        for key, batch in batches.items():
-            if batch.count:
-                self._write(key, batch)
+        self._write_pending(pending, final=True)
+        run = self.settings.batch_records
+        drained = drained_bytes = 0
+        for number, source in list(self._sources.items()):
+            # An observer already gone queued its last record before this drain: forget it after.
+            retired = source.observer() is None
+            queue = source.queue
+            popleft = queue.popleft
+            # What is queued now; what arrives meanwhile waits for the next flush. In runs of at most
+            # batch_records, each written before the next is encoded: a few hundred kilobytes in
+            # memory at a time, reused, rather than megabytes freshly allocated and freed each flush.
+            count = len(queue)
+            while count:
+                take = min(count, run)
+                drained_bytes += self._encode(source, [popleft() for _ in range(take)], pending)
+                drained += take
+                count -= take
+                self._write_pending(pending, final=False)
+            if retired:
+                del self._sources[number]
+        self._drained += drained
+        self._drained_bytes += drained_bytes
+        self._write_pending(pending, final=True)
         self._retained = sum(b.count for b in self._retry.values())
         self._retained_bytes = sum(len(b.data) for b in self._retry.values())
         self._rotate()
         self._report_losses()
 
+    def _write_pending(self, pending: dict[_Key, _Batch], final: bool) -> None:
+        """Writes (and removes) the pending batches: local ones at once; remote ones, whose every
+        write puts the whole object again, only at the end of a flush."""
+        for key, batch in list(pending.items()):
+            if final or batch.destination.local:
+                del pending[key]
+                if batch.count:
+                    self._write(key, batch)
+
+    def _encode(self, source: _Source, records: list[_Queued], batches: dict[_Key, _Batch]) -> int:
+        """Adds one observer's records to the batches of their files; returns the bytes they were counted for."""
+        variants, arrivals, headers, requests, response_types, responses = zip(*records, strict=True)
+        counted = sum(map(len, requests)) + sum(map(len, responses)) + _RECORD_OVERHEAD * len(records)
+        event_ids = _event_ids(len(records))
+        seconds = list(map(int, arrivals))
+        by_second = {second: stamp(second) for second in set(seconds)}
+        stamps = list(map(by_second.__getitem__, seconds))
+        hour = seconds[0] // 3600
+        if (len(set(variants)) == 1 and len(set(headers)) == 1 and len(set(response_types)) == 1
+                and min(seconds) // 3600 == hour == max(seconds) // 3600):
+            # The usual flush: one variant, one kind of request, one hour, all lines from one template.
+            run = source.encoder.lines(headers[0], response_types[0], requests, responses, event_ids, stamps)
+            if run is not None:
+                batch = self._batch(batches, source, variants[0], arrivals[0])
+                batch.data = batch.data + run if batch.data else run  # the run as it is, when it is alone
+                batch.count += len(records)
+                return counted
+        line = source.encoder.line
+        lines: dict[int, tuple[_Batch, list[bytes]]] = {}
+        for variant, arrived, block, request, response_type, response, event_id, second_stamp in zip(
+                variants, arrivals, headers, requests, response_types, responses, event_ids, stamps, strict=True):
+            batch = self._batch(batches, source, variant, arrived)
+            try:
+                encoded = line(block, request, response_type, response, event_id, second_stamp)
+            except Exception:  # a bug in encoding one record must not cost the others
+                batch.counters.failed += 1
+                log.exception("data capture could not encode a record of %s", batch.counters_key)
+                continue
+            lines.setdefault(id(batch), (batch, []))[1].append(encoded)
+        for batch, encoded_lines in lines.values():
+            batch.data = batch.data + b"".join(encoded_lines)
+            batch.count += len(encoded_lines)
+        return counted
+
+    def _batch(self, batches: dict[_Key, _Batch], source: _Source, variant: str, arrived: float) -> _Batch:
+        key = (source.destination.root, source.endpoint, variant, int(arrived // 3600))
+        batch = batches.get(key)
+        if batch is None:
+            batch = batches[key] = _Batch(source.destination, self.counters(source.endpoint, variant),
+                                          f"{source.endpoint}/{variant}", arrived)
+        return batch
+
     def _write(self, key: _Key, batch: _Batch) -> None:
+        if key in self._retry:  # this file already failed during this flush: keep the order, retry later
+            self._keep_for_retry(key, batch, None)
+            return
         try:
             handle = self._files.get(key)
             if handle is None:
@@ -394,10 +443,15 @@ class CaptureWriter:
             destination.fs.makedirs(folder, exist_ok=True)  # object stores have no folders to make
         return _RemoteFile(destination.fs, f"{folder}/{name}")
 
-    def _keep_for_retry(self, key: _Key, batch: _Batch, exc: Exception) -> None:
-        self._retry[key] = batch
+    def _keep_for_retry(self, key: _Key, batch: _Batch, exc: Exception | None) -> None:
+        kept = self._retry.get(key)
+        if kept is None:
+            self._retry[key] = batch
+        else:
+            kept.data = kept.data + batch.data
+            kept.count += batch.count
         now = time.monotonic()
-        if now - self._last_write_warning >= _LOG_EVERY:
+        if exc is not None and now - self._last_write_warning >= _LOG_EVERY:
             self._last_write_warning = now
             log.warning("data capture cannot write to %s for endpoint %s (%s); keeping %d record(s) to retry",
                         batch.destination.uri, key[1], exc, sum(b.count for b in self._retry.values()))
