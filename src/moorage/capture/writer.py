@@ -8,7 +8,7 @@ the bounds (over all queues) are reached the record is dropped and counted. That
 path pays: about half a microsecond. Everything else happens in one writer thread, in bulk: it wakes
 every ``flush_seconds``, or once ``batch_records`` records wait, and turns each run of at most
 ``batch_records`` records into lines with C-level map/join over a per-content-type template (event
-ids come from one ``urandom`` call per run), writing each run before encoding the next, so only a
+ids come from one ``urandom`` call per 4,096), writing each run before encoding the next, so only a
 few hundred kilobytes are in flight. Fewer, larger runs measured cheaper than more, smaller ones
 (each wake is a thread switch and a GIL hand-off), up to the point where a run's buffers stop fitting
 in memory already mapped. The lines go to files laid out as SageMaker lays them out::
@@ -150,6 +150,15 @@ class _Batch:
     first_arrival: float
     data: bytes | bytearray = b""  # whole lines
     count: int = 0  # records in data
+
+    def add(self, lines: bytes | bytearray, count: int) -> None:
+        if not self.data:
+            self.data = lines  # a run alone is kept as it is, not copied
+        else:
+            if isinstance(self.data, bytes):
+                self.data = bytearray(self.data)  # several runs (remote files, retries): grow in place
+            self.data += lines
+        self.count += count
 
 
 class _LocalFile:
@@ -375,12 +384,12 @@ class CaptureWriter:
         """Adds one observer's records to the batches of their files; returns the bytes they were counted for."""
         variants, arrivals, headers, requests, response_types, responses = zip(*records, strict=True)
         counted = sum(map(len, requests)) + sum(map(len, responses)) + _RECORD_OVERHEAD * len(records)
-        event_ids = self._take_event_ids(len(records))
+        count = len(records)
+        event_ids = self._take_event_ids(count)
         seconds = list(map(int, arrivals))
         by_second = {second: stamp(second) for second in set(seconds)}
         stamps = list(map(by_second.__getitem__, seconds))
         hour = seconds[0] // 3600
-        count = len(records)
         # tuple.count compares (identical objects at once) where a set would hash every header block
         if (variants.count(variants[0]) == count and headers.count(headers[0]) == count
                 and response_types.count(response_types[0]) == count
@@ -388,9 +397,7 @@ class CaptureWriter:
             # The usual flush: one variant, one kind of request, one hour, all lines from one template.
             run = source.encoder.lines(headers[0], response_types[0], requests, responses, event_ids, stamps)
             if run is not None:
-                batch = self._batch(batches, source, variants[0], arrivals[0])
-                batch.data = batch.data + run if batch.data else run  # the run as it is, when it is alone
-                batch.count += len(records)
+                self._batch(batches, source, variants[0], arrivals[0]).add(run, count)
                 return counted
         line = source.encoder.line
         lines: dict[int, tuple[_Batch, list[bytes]]] = {}
@@ -405,8 +412,7 @@ class CaptureWriter:
                 continue
             lines.setdefault(id(batch), (batch, []))[1].append(encoded)
         for batch, encoded_lines in lines.values():
-            batch.data = batch.data + b"".join(encoded_lines)
-            batch.count += len(encoded_lines)
+            batch.add(b"".join(encoded_lines), len(encoded_lines))
         return counted
 
     def _take_event_ids(self, count: int) -> list[bytes]:
@@ -463,8 +469,7 @@ class CaptureWriter:
         if kept is None:
             self._retry[key] = batch
         else:
-            kept.data = kept.data + batch.data
-            kept.count += batch.count
+            kept.add(batch.data, batch.count)
         now = time.monotonic()
         if exc is not None and now - self._last_write_warning >= _LOG_EVERY:
             self._last_write_warning = now
