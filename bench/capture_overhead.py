@@ -3,7 +3,7 @@
     .venv/bin/python bench/capture_overhead.py                          # tabular + onnx, c=32, 20 x 3 s pairs
     .venv/bin/python bench/capture_overhead.py --models onnx --concurrency 1,32 --repeat 30 --duration 2
     .venv/bin/python bench/capture_overhead.py --simultaneous      # both arms at once, one server each
-    .venv/bin/python bench/capture_overhead.py --aa       # control: both endpoints without capture
+    .venv/bin/python bench/capture_overhead.py --control       # control: both endpoints without capture
 
 Both endpoints live in the same `moorage serve` (pinned to one core, wrk on another), so they share
 the process, the machine and the moment: ``bench-<model>-off`` has no DataCaptureConfig,
@@ -11,7 +11,7 @@ the process, the machine and the moment: ``bench-<model>-off`` has no DataCaptur
 runs are short and interleaved (off, on, on, off, off, on, ...): this VM's speed wanders by tens of
 percent from one minute to the next, so the estimate is the median over adjacent off/on pairs, with
 a bootstrap 90 % interval, and the same for the server's CPU per request (router process, writer
-thread included, and instance separately). Each arm's median run is also shown. ``--aa`` deploys
+thread included, and instance separately). Each arm's median run is also shown. ``--control`` deploys
 both endpoints without capture: the loss it reports is the bench's own noise and bias.
 ``--simultaneous`` measures differently: one server per arm, both pinned to the same core and each
 in its own session (so the kernel's autogroup scheduling gives each half of the core while both are
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -39,11 +38,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from loadgen import HttpRequest, LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
+from loadgen import HttpRequest, WrkResult, run_wrk, wrk_version  # noqa: E402
 from models import BUILDERS, BenchModel, build  # noqa: E402
 from servers import Moorage  # noqa: E402
 from serving import (  # noqa: E402
-    _exit_on_signal,
+    bench_start,
     cpu_per_request,
     host_info,
     log,
@@ -202,7 +201,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--duration", type=float, default=3.0, help="seconds per measured run (whole seconds)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per arm before its runs")
     p.add_argument("--repeat", type=int, default=20, help="measured runs per arm and point (interleaved)")
-    p.add_argument("--aa", action="store_true", help="control run: the 'on' endpoint does not capture either")
+    p.add_argument("--control", action="store_true",
+                   help="A/A check: the 'on' endpoint does not capture either (any 'loss' is the method's own)")
     p.add_argument("--simultaneous", action="store_true",
                    help="one server per arm, both loaded at once on the same core (see simultaneous_runs)")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="wait up to this long for a quiet machine")
@@ -216,11 +216,7 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        wrk = ensure_wrk()
-    except LoadgenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (wrk := bench_start()) is None:
         return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: list[dict] = []
@@ -230,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"training models {args.models} in {workdir}")
         models = build(args.models, workdir / "models")
         if args.simultaneous:
-            servers = {arm: CapturingMoorage(workdir / f"server-{arm}", cpu=args.server_cpu, control=args.aa,
+            servers = {arm: CapturingMoorage(workdir / f"server-{arm}", cpu=args.server_cpu, control=args.control,
                                              arms=(arm,)) for arm in ARMS}
         else:
-            both = CapturingMoorage(workdir / "server", cpu=args.server_cpu, control=args.aa)
+            both = CapturingMoorage(workdir / "server", cpu=args.server_cpu, control=args.control)
             servers = dict.fromkeys(ARMS, both)
         distinct = list({id(s): s for s in servers.values()}.values())
         invocations_on = {m.name: 0 for m in models}
@@ -274,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()  # SIGTERM: the capture writer writes what is queued before the server exits
         capturing = servers["on"]
         log_text = (capturing.workdir / "logs" / "moorage.log").read_text(errors="replace")
-        for model in models if not args.aa else ():  # the control captures nothing to check
+        for model in models if not args.control else ():  # the control captures nothing to check
             written = capturing.captured_lines(model)
             counts = re.search(rf"data capture of {re.escape(capturing.endpoint_name(model, 'on'))}/AllTraffic: "
                                r"captured (\d+), dropped (\d+), written (\d+), failed (\d+)", log_text)
@@ -289,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 writer and writer["dropped"] == 0 and writer["failed"] == 0 and writer["written"] == written
                 and written >= invocations_on[model.name])
 
-    kind = "A/A control (no capture on either endpoint)" if args.aa else "capture off vs 100%"
+    kind = "A/A control (no capture on either endpoint)" if args.control else "capture off vs 100%"
     how = ("simultaneous rounds, one server per arm, both on" if args.simultaneous
            else "interleaved runs per arm, one server with both endpoints on")
     lines = [f"capture overhead {stamp}, {kind}: {args.duration:g}s x {args.repeat} {how} core {args.server_cpu}, "

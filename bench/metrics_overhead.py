@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -29,10 +28,10 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from loadgen import LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
+from loadgen import WrkResult, run_wrk, wrk_version  # noqa: E402
 from models import BUILDERS, BenchModel, build  # noqa: E402
 from servers import Moorage, Unavailable  # noqa: E402
-from serving import _exit_on_signal, host_info, log, split_common_args, verify  # noqa: E402
+from serving import bench_start, host_info, log, split_common_args, verify  # noqa: E402
 from serving import measure as measure_point  # noqa: E402
 
 TARGET_LOSS = 0.03
@@ -176,11 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        wrk = ensure_wrk()
-    except LoadgenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (wrk := bench_start()) is None:
         return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outcomes = []

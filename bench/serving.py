@@ -423,14 +423,21 @@ def _exit_on_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def bench_start() -> str | None:
+    """What every serving-style bench does first: stop cleanly on SIGTERM/SIGHUP (the servers under
+    test are stopped by the `finally` blocks) and find wrk; None (after saying why) when there is none."""
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGHUP, _exit_on_signal)
     try:
-        wrk = ensure_wrk()
+        return ensure_wrk()
     except LoadgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if (wrk := bench_start()) is None:
         return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.profile_dir = BENCH / "results" / f"profile-{stamp}"

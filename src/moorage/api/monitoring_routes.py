@@ -85,25 +85,28 @@ def monitoring_routes(ctx: Context, verifier: SigV4Verifier, scheduler: Monitori
             return _error(exc.code, exc.message, exc.status)
         return JSONResponse(execution_document(row), status_code=202)
 
-    def execution(name: str) -> Resource | None:
-        return ctx.store.get(EXECUTION, name.rsplit("/", 1)[-1])
+    def execution(request: Request) -> Resource | Response:
+        """The execution the path names, or the 404 to answer."""
+        name = request.path_params["name"]
+        row = ctx.store.get(EXECUTION, name.rsplit("/", 1)[-1])
+        if row is None:
+            return _error("ResourceNotFound", f"Could not find monitoring execution {name}.", 404)
+        return row
 
     async def get_execution(request: Request) -> Response:
         if (denied := await authorized(request)) is not None:
             return denied
-        row = execution(request.path_params["name"])
-        if row is None:
-            return _error("ResourceNotFound", f"Could not find monitoring execution {request.path_params['name']}.",
-                          404)
+        row = execution(request)
+        if isinstance(row, Response):
+            return row
         return JSONResponse(execution_document(row))
 
     async def get_report(request: Request) -> Response:
         if (denied := await authorized(request)) is not None:
             return denied
-        row = execution(request.path_params["name"])
-        if row is None:
-            return _error("ResourceNotFound", f"Could not find monitoring execution {request.path_params['name']}.",
-                          404)
+        row = execution(request)
+        if isinstance(row, Response):
+            return row
         location = row.body.get("ReportUri")
         if not location:
             return _error("ResourceNotFound", f"Monitoring execution {row.name} has no report "
