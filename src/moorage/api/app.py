@@ -23,17 +23,17 @@ from moorage.autoscale.controller import ScalingController
 from moorage.autoscale.target_tracking import Rules
 from moorage.capture import CaptureWriter, WriterSettings
 from moorage.config import Credentials, Settings
-from moorage.control.common import Context
+from moorage.control.context import Context
 from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
 from moorage.control.models import Models
 from moorage.control.monitoring import Monitoring
+from moorage.control.monitoring_scheduler import MonitoringScheduler
 from moorage.control.scaling import Scaling
 from moorage.control.tags import Tags
 from moorage.control.transform_jobs import TransformJobs
 from moorage.metrics.service import MetricsService
-from moorage.monitor.scheduler import MonitoringScheduler
-from moorage.serving.manager import ServingManager
+from moorage.serving.route_table import RouteTable
 from moorage.store.artifacts import ArtifactStore
 from moorage.store.metadata import MetadataStore
 
@@ -50,10 +50,10 @@ class MoorageApp:
         settings.home.mkdir(parents=True, exist_ok=True)
         assert settings.database_url is not None
         self.store = MetadataStore(settings.database_url)
-        self.manager = ServingManager(settings.logs_dir)
-        self.ctx = Context(settings, self.store, ArtifactStore(settings.models_dir), self.manager)
-        # Before any route is built: the recorder joins manager.observers, which every route gets.
-        self.metrics = self.ctx.metrics = MetricsService(settings, self.store, self.manager)
+        self.routes = RouteTable(settings.logs_dir)
+        self.ctx = Context(settings, self.store, ArtifactStore(settings.models_dir), self.routes)
+        # Before any route is built: the recorder joins routes.observers, which every route gets.
+        self.metrics = self.ctx.metrics = MetricsService(settings, self.store, self.routes)
         self.capture = CaptureWriter(WriterSettings.from_env())
         self.metrics.watch_capture(self.capture.stats_by_variant)
         self.endpoints = Endpoints(self.ctx, capture=self.capture)
@@ -68,7 +68,7 @@ class MoorageApp:
             Monitoring(self.ctx, self.monitoring)])
         autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
         self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling])
-        self.runtime_door = RuntimeFrontDoor(self.verifier, self.manager, self.store, settings.account_id)
+        self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id)
         self.native = build_native_app(self.ctx, self.verifier,
                                        monitoring_routes(self.ctx, self.verifier, self.monitoring))
 
@@ -123,7 +123,7 @@ class MoorageApp:
                 await self.monitoring.stop()  # running executions go back to Pending, to run again on start
                 await self.endpoints.shutdown()
                 await self.transform_jobs.shutdown()
-                await self.manager.shutdown()
+                await self.routes.shutdown()
                 await self.capture.shutdown()  # after the routes: every answered invocation is written
                 await self.metrics.stop()  # likewise: the last partial period is written, alarms' webhooks sent
                 self.store.close()

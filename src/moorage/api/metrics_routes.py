@@ -28,11 +28,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from moorage.api.sigv4 import AuthError, SigV4Verifier
-from moorage.control.common import Context, epoch
+from moorage.control.context import Context
+from moorage.control.times import epoch
 from moorage.errors import ApiError, ResourceNotFound, ValidationException
-from moorage.metrics import names as n
 from moorage.metrics.alarms import iso
 from moorage.metrics.service import MetricsService
+from moorage.metrics.vocabulary import (
+    INVOCATION_NAMESPACE,
+    check_statistic,
+    check_unit,
+    dimension_pairs,
+    dimensions_from_pairs,
+)
 
 MAX_METRIC_DATA = 1000  # PutMetricData's limit per request
 DEFAULT_WINDOW_S = 3 * 3600
@@ -94,9 +101,9 @@ def metrics_routes(ctx: Context, verifier: SigV4Verifier) -> list[Route]:
         name = query.get("MetricName")
         if not name:
             raise ValidationException("MetricName is required")
-        namespace = query.get("Namespace") or n.INVOCATION_NAMESPACE
+        namespace = query.get("Namespace") or INVOCATION_NAMESPACE
         dims = _query_dimensions(query.getlist("Dimension"))
-        statistic = n.check_statistic(query.get("Statistic") or "Average")
+        statistic = check_statistic(query.get("Statistic") or "Average")
         now = time.time()
         end = _time(query.get("EndTime")) or now
         start = _time(query.get("StartTime")) or end - DEFAULT_WINDOW_S
@@ -106,7 +113,7 @@ def metrics_routes(ctx: Context, verifier: SigV4Verifier) -> list[Route]:
         if (end - start) / period > 100_000:
             raise ValidationException("too many datapoints requested: use a longer Period or a shorter range")
         points = await asyncio.to_thread(metrics.statistics, namespace, name, dims, statistic, start, end, period)
-        return {"Namespace": namespace, "MetricName": name, "Dimensions": n.dimension_pairs(dims),
+        return {"Namespace": namespace, "MetricName": name, "Dimensions": dimension_pairs(dims),
                 "Statistic": statistic, "Period": period, "StartTime": iso(start), "EndTime": iso(end),
                 "Datapoints": [{"Timestamp": iso(p.timestamp), "Value": p.value, "SampleCount": p.sample_count,
                                 "Unit": p.unit} for p in points]}
@@ -116,7 +123,7 @@ def metrics_routes(ctx: Context, verifier: SigV4Verifier) -> list[Route]:
         series = await asyncio.to_thread(metrics.list_metrics, query.get("Namespace"), query.get("MetricName"),
                                          _query_dimensions(query.getlist("Dimension")))
         return {"Metrics": [{"Namespace": s.namespace, "MetricName": s.metric_name,
-                             "Dimensions": n.dimension_pairs(s.dimensions)} for s in series]}
+                             "Dimensions": dimension_pairs(s.dimensions)} for s in series]}
 
     async def list_alarms(request: Request, metrics: MetricsService, body: bytes) -> dict[str, Any]:
         query = request.query_params
@@ -205,8 +212,8 @@ def _metric_datum(item: Any) -> tuple[str, dict[str, str], list[float], list[flo
     try:
         numbers = [float(v) for v in values]
         counts = [float(c) for c in item["Counts"]] if item.get("Counts") is not None else None
-        dims = n.dimensions_from_pairs(item.get("Dimensions"))
-        unit = n.check_unit(item.get("Unit"))
+        dims = dimensions_from_pairs(item.get("Dimensions"))
+        unit = check_unit(item.get("Unit"))
     except (TypeError, ValueError) as exc:
         raise ValidationException(f"metric {item['MetricName']}: {exc}") from exc
     stamp = item.get("Timestamp")

@@ -24,9 +24,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from moorage.api.sigv4 import AuthError, SigV4Verifier
-from moorage.control.common import Context, timestamp
+from moorage.control.context import Context
+from moorage.control.monitoring_scheduler import EXECUTION, SCHEDULE, MonitoringScheduler
+from moorage.control.times import timestamp
 from moorage.errors import ValidationException
-from moorage.monitor.scheduler import EXECUTION, SCHEDULE, MonitoringScheduler
 from moorage.store.locations import open_url
 from moorage.store.metadata import Resource
 

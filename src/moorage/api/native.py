@@ -23,8 +23,9 @@ from starlette.routing import Route
 from moorage.api.metrics_routes import metrics_routes
 from moorage.api.sigv4 import MSG_PAYLOAD_HASH, AuthError, SigV4Verifier
 from moorage.api.transform_routes import transform_job_routes
-from moorage.client import MAX_ARTIFACT_BYTES, artifact_key_problem
-from moorage.control.common import ENDPOINT, Context, timestamp
+from moorage.connection import MAX_ARTIFACT_BYTES, artifact_key_problem
+from moorage.control.context import ENDPOINT, Context
+from moorage.control.times import timestamp
 from moorage.store.metadata import ListQuery
 
 # Chunks from the server are small (tens of KiB); hashing and writing them a MiB at a time in a
@@ -107,7 +108,7 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier, extra_routes: list[R
         row = ctx.store.get(ENDPOINT, name)
         if row is None:
             return None
-        route = ctx.manager.get(name)
+        route = ctx.routes.get(name)
         variants = []
         stored = {v["VariantName"]: v for v in row.body.get("ProductionVariants", [])}
         names = list(route.variants) if route else list(stored)

@@ -11,9 +11,9 @@ import time
 
 from moorage.api.responses import JSON, Receive, Scope, Send, read_body, respond, respond_api_error, respond_error
 from moorage.api.sigv4 import AuthError, SigV4Verifier
-from moorage.control.common import ENDPOINT
+from moorage.control.context import ENDPOINT
 from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError
-from moorage.serving.manager import ServingManager
+from moorage.serving.route_table import RouteTable
 from moorage.serving.router import EndpointRoute, Invocation, InvocationEvent, InvocationFailed, UnknownVariant
 from moorage.store.metadata import MetadataStore
 
@@ -34,9 +34,9 @@ _FORWARDED = {
 
 
 class RuntimeFrontDoor:
-    def __init__(self, verifier: SigV4Verifier, manager: ServingManager, store: MetadataStore, account_id: str):
+    def __init__(self, verifier: SigV4Verifier, routes: RouteTable, store: MetadataStore, account_id: str):
         self.verifier = verifier
-        self.manager = manager
+        self.routes = routes
         self.store = store
         self.account_id = account_id
 
@@ -70,7 +70,7 @@ class RuntimeFrontDoor:
         except AuthError as exc:
             await respond_error(send, exc.code, exc.message, exc.status, JSON)
             return
-        route = self.manager.get(name)
+        route = self.routes.get(name)
         if route is None:
             await self._not_serving(send, name)
             return
@@ -116,7 +116,7 @@ class RuntimeFrontDoor:
     async def _model_error(self, send: Send, name: str, invocation) -> None:  # type: ignore[no-untyped-def]
         kind = "client" if invocation.status < 500 else "server"
         original = invocation.body.decode("utf-8", "replace")
-        log_path = self.manager.logs_dir / name / invocation.variant / f"{invocation.instance_id}.log"
+        log_path = self.routes.logs_dir / name / invocation.variant / f"{invocation.instance_id}.log"
         message = (f'Received {kind} error ({invocation.status}) from {invocation.variant} with message '
                    f'"{original}". See {log_path} for more information.')
         await respond_api_error(send, ModelError(message, OriginalStatusCode=invocation.status,

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from moorage.api.sigv4 import AuthError, SigV4Verifier
-from moorage.control.common import Context
+from moorage.control.context import Context
 from moorage.control.transform_jobs import transform_job_state
 
 

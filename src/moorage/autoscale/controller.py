@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from moorage.autoscale.target_tracking import SCALE_IN, SCALE_OUT, Decision, History, PolicyView, Rules, decide, propose
-from moorage.control.common import ENDPOINT, Context
+from moorage.control.context import ENDPOINT, Context
 from moorage.control.endpoints import IN_SERVICE, Endpoints
 from moorage.control.scaling import (
     INVOCATIONS_PER_INSTANCE,
@@ -128,7 +128,7 @@ class ScalingController:
             return
         variant_id = parse_resource_id(target.body["ResourceId"])
         endpoint = self.ctx.store.get(ENDPOINT, variant_id.endpoint)
-        route = self.ctx.manager.get(variant_id.endpoint)
+        route = self.ctx.routes.get(variant_id.endpoint)
         if endpoint is None or endpoint.status != IN_SERVICE or route is None:
             return  # being created, updated or deleted: nothing to scale yet
         variant = route.variants.get(variant_id.variant)
@@ -227,7 +227,7 @@ class ScalingController:
                     return
                 if row.status != IN_SERVICE:
                     continue
-                route = self.ctx.manager.get(endpoint)
+                route = self.ctx.routes.get(endpoint)
                 ready = len(route.variants[variant].pool.ready) if route and variant in route.variants else 0
                 if row.body.get("FailureReason"):
                     self._finish(activity, "Failed", f"Failed to set desired instance count to {desired}. "

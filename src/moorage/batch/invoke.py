@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from moorage.batch.filters import DataProcessor, RecordError
 from moorage.batch.records import MiniBatch
 from moorage.batch.spec import TransformSpec
-from moorage.serving.client import InstanceConnectionError, InstanceTimeout
 from moorage.serving.instance import Instance
+from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout
 
 MAX_ERROR_BODY = 300
 RETRY_PAUSE_S = 0.2

@@ -27,8 +27,8 @@ from moorage.batch.invoke import BatchFailure, ContainerChain, MiniBatchTransfor
 from moorage.batch.progress import Progress
 from moorage.batch.records import MiniBatch, SplitError, mini_batches
 from moorage.batch.spec import TransformSpec
-from moorage.serving.client import InstanceConnectionError, InstanceTimeout
 from moorage.serving.instance import Instance, InstanceStartError, LaunchSpec
+from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout
 from moorage.store.locations import StorageError
 
 log = logging.getLogger("moorage.batch")

@@ -12,12 +12,22 @@ from rich.table import Table
 
 from moorage.cli.common import fail, home_option, key_values, stdout_console, url_option
 from moorage.cli.metrics import _UTILIZATION, _statistic
-from moorage.client import ClientError, Connection
-from moorage.metrics import names as n
+from moorage.connection import ClientError, Connection
+from moorage.metrics.vocabulary import (
+    ALARM_STATES,
+    COMPARISON_WORDS,
+    ENDPOINT_NAME,
+    INVOCATION_NAMESPACE,
+    MISSING_DATA_TREATMENTS,
+    SIMPLE_STATISTICS,
+    UTILIZATION_NAMESPACE,
+    VARIANT_NAME,
+    dimension_pairs,
+)
 
-COMPARISONS = n.COMPARISON_WORDS
-STATES = n.ALARM_STATES
-TREATMENTS = n.MISSING_DATA_TREATMENTS
+COMPARISONS = COMPARISON_WORDS
+STATES = ALARM_STATES
+TREATMENTS = MISSING_DATA_TREATMENTS
 
 _SYMBOLS = {">": "GreaterThanThreshold", ">=": "GreaterThanOrEqualToThreshold", "<": "LessThanThreshold",
             "<=": "LessThanOrEqualToThreshold"}
@@ -126,13 +136,13 @@ def put_alarm(ctx: click.Context, name: str, metric: str, endpoint: str | None, 
     home, url = _where(ctx, home, url)
     dims = dict(dimensions)
     if endpoint:
-        dims[n.ENDPOINT_NAME] = endpoint
+        dims[ENDPOINT_NAME] = endpoint
     if variant:
-        dims[n.VARIANT_NAME] = variant
+        dims[VARIANT_NAME] = variant
     body: dict[str, Any] = {
-        "Namespace": namespace or (n.UTILIZATION_NAMESPACE if metric in _UTILIZATION else n.INVOCATION_NAMESPACE),
-        "MetricName": metric, "Dimensions": n.dimension_pairs(dims),
-        ("Statistic" if statistic in n.SIMPLE_STATISTICS else "ExtendedStatistic"): statistic,
+        "Namespace": namespace or (UTILIZATION_NAMESPACE if metric in _UTILIZATION else INVOCATION_NAMESPACE),
+        "MetricName": metric, "Dimensions": dimension_pairs(dims),
+        ("Statistic" if statistic in SIMPLE_STATISTICS else "ExtendedStatistic"): statistic,
         "Period": period, "Threshold": threshold, "ComparisonOperator": _SYMBOLS.get(comparison, comparison),
         "EvaluationPeriods": evaluation_periods, "DatapointsToAlarm": datapoints_to_alarm or evaluation_periods,
         "TreatMissingData": treat_missing_data, "AlarmDescription": description,

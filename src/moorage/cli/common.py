@@ -50,7 +50,7 @@ def reports_errors(func: F) -> F:
     from botocore.exceptions import BotoCoreError
     from botocore.exceptions import ClientError as BotoClientError
 
-    from moorage.client import ClientError
+    from moorage.connection import ClientError
     from moorage.sdk.exceptions import UnexpectedStatusException
 
     @functools.wraps(func)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from moorage.client import ClientError, Connection
 from moorage.config import default_home
+from moorage.connection import ClientError, Connection
 
 _PART = re.compile(r"^(?P<id>.+)\.log(?:\.(?P<n>\d+))?$")
 # Timestamps as Python logging (asctime) and the server's own start lines write them, both local

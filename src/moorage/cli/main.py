@@ -29,8 +29,8 @@ from moorage.cli.common import (
 )
 from moorage.cli.metrics import metrics as metrics_command
 from moorage.cli.transform import transform as transform_commands
-from moorage.client import ClientError, Connection
 from moorage.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_home
+from moorage.connection import ClientError, Connection
 from moorage.monitor.cli import monitor as monitor_commands
 
 # Content types guessed from a --body @file's suffix when --content-type is not given.

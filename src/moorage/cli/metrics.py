@@ -13,16 +13,28 @@ import click
 from rich.table import Table
 
 from moorage.cli.common import fail, home_option, key_values, stdout_console, url_option
-from moorage.client import ClientError, Connection
-from moorage.metrics import names as n
+from moorage.connection import ClientError, Connection
+from moorage.metrics.vocabulary import (
+    CPU_UTILIZATION,
+    DISK_UTILIZATION,
+    ENDPOINT_NAME,
+    INSTANCE_ID,
+    INVOCATION_NAMESPACE,
+    INVOCATIONS,
+    MEMORY_UTILIZATION,
+    UTILIZATION_NAMESPACE,
+    VARIANT_NAME,
+    check_statistic,
+    parse_duration,
+)
 
-_UTILIZATION = {n.CPU_UTILIZATION, n.MEMORY_UTILIZATION, n.DISK_UTILIZATION}
-_BASE_DIMENSIONS = {n.ENDPOINT_NAME, n.VARIANT_NAME}
+_UTILIZATION = {CPU_UTILIZATION, MEMORY_UTILIZATION, DISK_UTILIZATION}
+_BASE_DIMENSIONS = {ENDPOINT_NAME, VARIANT_NAME}
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     try:
-        return n.parse_duration(value)
+        return parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
@@ -32,14 +44,14 @@ def _statistic(ctx: click.Context, param: click.Parameter, value: str) -> str:
                "max": "Maximum", "maximum": "Maximum", "count": "SampleCount", "samplecount": "SampleCount"}
     value = aliases.get(value.lower(), value)
     try:
-        return n.check_statistic(value)
+        return check_statistic(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
 @click.command()
 @click.argument("endpoint")
-@click.option("--metric", default=n.INVOCATIONS, show_default=True,
+@click.option("--metric", default=INVOCATIONS, show_default=True,
               help="Metric name: Invocations, ModelLatency, OverheadLatency, Invocation5XXErrors, CPUUtilization, "
                    "... or a business metric's.")
 @click.option("--stat", "statistic", default="Average", show_default=True, callback=_statistic,
@@ -61,12 +73,12 @@ def metrics(endpoint: str, metric: str, statistic: str, since: float, period: in
             instance: str | None, namespace: str | None, dimensions: dict[str, str], plot: Path | None,
             home: Path | None, url: str | None) -> None:
     """Print one statistic of ENDPOINT's METRIC per period, per variant (or instance)."""
-    namespace = namespace or (n.UTILIZATION_NAMESPACE if metric in _UTILIZATION else n.INVOCATION_NAMESPACE)
-    wanted = {n.ENDPOINT_NAME: endpoint, **dimensions}
+    namespace = namespace or (UTILIZATION_NAMESPACE if metric in _UTILIZATION else INVOCATION_NAMESPACE)
+    wanted = {ENDPOINT_NAME: endpoint, **dimensions}
     if variant:
-        wanted[n.VARIANT_NAME] = variant
+        wanted[VARIANT_NAME] = variant
     if instance:
-        wanted[n.INSTANCE_ID] = instance
+        wanted[INSTANCE_ID] = instance
     end = time.time()
     # Periods aligned to multiples of their length, as the alarms and the autoscaler see them.
     start = math.floor((end - since) / period) * period
@@ -105,8 +117,8 @@ def _dims(entry: dict[str, Any]) -> dict[str, str]:
 
 
 def _label(dims: dict[str, str], endpoint: str) -> str:
-    parts = [dims.get(n.VARIANT_NAME, "")] if n.VARIANT_NAME in dims else []
-    parts += [v for k, v in sorted(dims.items()) if k not in (n.ENDPOINT_NAME, n.VARIANT_NAME)]
+    parts = [dims.get(VARIANT_NAME, "")] if VARIANT_NAME in dims else []
+    parts += [v for k, v in sorted(dims.items()) if k not in (ENDPOINT_NAME, VARIANT_NAME)]
     return "/".join(p for p in parts if p) or endpoint
 
 

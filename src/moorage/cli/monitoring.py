@@ -20,7 +20,7 @@ from urllib.parse import quote, urlparse
 import click
 
 from moorage.cli.common import fail, home_option, url_option
-from moorage.client import ClientError, Connection
+from moorage.connection import ClientError, Connection
 
 _ACTIVE = ("Pending", "InProgress")
 

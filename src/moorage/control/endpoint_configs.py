@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from moorage.capture import CaptureConfig
-from moorage.control.common import ENDPOINT_CONFIG, MODEL, Context, list_query, page, put_tags, timestamp
+from moorage.control.context import ENDPOINT_CONFIG, MODEL, Context
+from moorage.control.paging import list_query, page
+from moorage.control.resources import put_tags
+from moorage.control.times import timestamp
 from moorage.errors import ValidationException
 from moorage.store.metadata import AlreadyExists
 

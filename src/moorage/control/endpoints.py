@@ -16,20 +16,14 @@ import logging
 from typing import Any
 
 from moorage.capture import CaptureConfig, CaptureWriter
-from moorage.control.common import (
-    ENDPOINT,
-    ENDPOINT_CONFIG,
-    Context,
-    list_query,
-    page,
-    put_tags,
-    save_changes,
-    timestamp,
-)
+from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
 from moorage.control.launch import launch_spec
 from moorage.control.models import primary_container
+from moorage.control.paging import list_query, page
+from moorage.control.resources import put_tags, save_changes
+from moorage.control.times import timestamp
 from moorage.errors import ValidationException
-from moorage.serving.manager import DeployError, VariantPlan
+from moorage.serving.route_table import DeployError, VariantPlan
 from moorage.serving.router import EndpointRoute
 from moorage.store.artifacts import ArtifactError
 from moorage.store.metadata import AlreadyExists, Resource
@@ -137,7 +131,7 @@ class Endpoints:
         row = self.ctx.store.get(ENDPOINT, name)
         if row is None or row.status == DELETING:
             return
-        old_route = self.ctx.manager.get(name)
+        old_route = self.ctx.routes.get(name)
         updating = old_route is not None and not recovering
         counts = weights = None
         if retain and old_route is not None:
@@ -148,7 +142,7 @@ class Endpoints:
             plans = await self._plans(config, counts, weights)
             models = {v["ModelName"]: self.ctx.store.get("model", v["ModelName"]).body  # type: ignore[union-attr]
                       for v in config["ProductionVariants"]}
-            route = self.ctx.manager.build(name, plans)
+            route = self.ctx.routes.build(name, plans)
             capture = config.get("DataCaptureConfig")
             if capture and self.capture is not None:
                 capture_config = CaptureConfig.parse(capture)
@@ -157,13 +151,13 @@ class Endpoints:
             if recovering:
                 # Publish before the instances are up: invocations wait (bounded) for the first
                 # ready instance instead of failing while a restarted server brings them back.
-                self.ctx.manager.publish(route)
-            await self.ctx.manager.start(route, {p.name: p.instance_count for p in plans})
+                self.ctx.routes.publish(route)
+            await self.ctx.routes.start(route, {p.name: p.instance_count for p in plans})
         except (DeployError, ValidationException) as exc:
             reason = exc.reason if isinstance(exc, DeployError) else exc.message
             variant = f"variant {exc.variant}: " if isinstance(exc, DeployError) else ""
             if recovering:
-                self.ctx.manager.unpublish(name)
+                self.ctx.routes.unpublish(name)
             if updating:
                 log.warning("update of endpoint %s failed; the previous fleet keeps serving: %s", name, reason)
                 self._save(name, IN_SERVICE, FailureReason=f"Update failed, rolled back: {variant}{reason}",
@@ -175,20 +169,20 @@ class Endpoints:
         current = self.ctx.store.get(ENDPOINT, name)
         if current is None or current.status == DELETING:
             if recovering:
-                self.ctx.manager.unpublish(name)
-            await self.ctx.manager.retire(route)
+                self.ctx.routes.unpublish(name)
+            await self.ctx.routes.retire(route)
             return
-        replaced = self.ctx.manager.publish(route)
+        replaced = self.ctx.routes.publish(route)
         log.info("endpoint %s in service with config %s (%s)", name, config_name,
                  ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingEndpointConfigName=None,
                    FailureReason=None, ProductionVariants=self._variant_summaries(config, plans, models),
                    DataCaptureConfig=self._capture_summary(config))
         if replaced is not None:
-            await self.ctx.manager.retire(replaced)  # blue/green: the old fleet drains after the switch
+            await self.ctx.routes.retire(replaced)  # blue/green: the old fleet drains after the switch
 
     async def _apply_weights_and_capacities(self, name: str, desired: list[dict[str, Any]]) -> None:
-        route = self.ctx.manager.get(name)
+        route = self.ctx.routes.get(name)
         if route is None:
             self._save(name, FAILED, FailureReason="The endpoint has no running fleet to update.")
             return
@@ -210,9 +204,9 @@ class Endpoints:
 
     async def _tear_down(self, name: str) -> None:
         log.info("deleting endpoint %s", name)
-        route = self.ctx.manager.unpublish(name)
+        route = self.ctx.routes.unpublish(name)
         if route is not None:
-            await self.ctx.manager.retire(route)
+            await self.ctx.routes.retire(route)
         self.ctx.store.delete(ENDPOINT, name)
 
     def _live_variants(self, name: str, route: EndpointRoute | None) -> list[dict[str, Any]]:
@@ -254,7 +248,7 @@ class Endpoints:
         out.update(EndpointName=row.name, EndpointArn=row.arn, EndpointStatus=row.status,
                    CreationTime=timestamp(row.created_at), LastModifiedTime=timestamp(row.modified_at))
         if row.status in (IN_SERVICE, UPDATING):
-            out["ProductionVariants"] = self._live_variants(name, self.ctx.manager.get(name))
+            out["ProductionVariants"] = self._live_variants(name, self.ctx.routes.get(name))
         if row.body.get("PendingEndpointConfigName"):
             out["PendingDeploymentSummary"] = {"EndpointConfigName": row.body["PendingEndpointConfigName"]}
         return out
@@ -295,7 +289,7 @@ class Endpoints:
     async def update_endpoint_weights_and_capacities(self, req: dict[str, Any]) -> dict[str, Any]:
         name = req["EndpointName"]
         row = self._updatable(name)
-        route = self.ctx.manager.get(name)
+        route = self.ctx.routes.get(name)
         known = set(route.variants) if route else {v["VariantName"] for v in row.body.get("ProductionVariants", [])}
         desired = req["DesiredWeightsAndCapacities"]
         for change in desired:

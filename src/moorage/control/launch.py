@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from moorage.control.common import Context
+from moorage.control.context import Context
 from moorage.control.models import (
     BYO,
     SERVE_FILE,

@@ -10,7 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from moorage.control.common import MODEL, Context, list_query, page, put_tags, timestamp
+from moorage.control.context import MODEL, Context
+from moorage.control.paging import list_query, page
+from moorage.control.resources import put_tags
+from moorage.control.times import timestamp
 from moorage.errors import ValidationException
 from moorage.runtimes.frameworks import FRAMEWORK_CLASSES
 from moorage.runtimes.registry import UnsupportedImage, missing_packages, resolve_image, supported_images

@@ -3,7 +3,7 @@
 Schedule states: Pending (created or updated; the scheduler checks it) -> Scheduled (fires on its
 expression) | Failed (FailureReason says why it cannot run); Scheduled <-> Stopped by
 Stop/StartMonitoringSchedule. Executions: Pending -> InProgress -> Completed |
-CompletedWithViolations | Failed (with FailureReason). The scheduler (:mod:`moorage.monitor.scheduler`)
+CompletedWithViolations | Failed (with FailureReason). The scheduler (:mod:`moorage.control.monitoring_scheduler`)
 does the firing and running; these handlers only change rows and wake it.
 
 Missing resources are ``ResourceNotFound`` and duplicates ``ResourceInUse``, the errors botocore's
@@ -18,10 +18,20 @@ from typing import Any
 
 import orjson
 
-from moorage.control.common import ENDPOINT, Context, epoch, list_query, put_tags, timestamp
+from moorage.control.context import ENDPOINT, Context
+from moorage.control.monitoring_scheduler import (
+    EXECUTION,
+    JOB_DEFINITION,
+    SCHEDULE,
+    SCHEDULED,
+    STOPPED,
+    MonitoringScheduler,
+)
+from moorage.control.paging import list_query
+from moorage.control.resources import put_tags
+from moorage.control.times import epoch, timestamp
 from moorage.errors import ResourceInUse, ResourceNotFound, ValidationException
 from moorage.monitor.execution import DATA_QUALITY, IN_PROGRESS, PENDING, JobDefinition
-from moorage.monitor.scheduler import EXECUTION, JOB_DEFINITION, SCHEDULE, SCHEDULED, STOPPED, MonitoringScheduler
 from moorage.store.metadata import AlreadyExists, ListQuery, Resource
 
 

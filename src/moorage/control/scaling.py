@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from moorage.control.common import ENDPOINT, Context, timestamp
+from moorage.control.context import ENDPOINT, Context
+from moorage.control.times import timestamp
 from moorage.errors import ObjectNotFound, ScalingResourceNotFound, ValidationException
 from moorage.store.metadata import AlreadyExists, ListQuery, Resource
 
@@ -109,7 +110,7 @@ class Scaling:
         if row is None:
             raise ValidationException(f"The endpoint '{variant.endpoint}' does not exist.")
         names = {v["VariantName"] for v in row.body.get("ProductionVariants", [])}
-        route = self.ctx.manager.get(variant.endpoint)
+        route = self.ctx.routes.get(variant.endpoint)
         if route is not None:
             names |= set(route.variants)
         if variant.variant not in names:

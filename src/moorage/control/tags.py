@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moorage.control.common import Context
+from moorage.control.context import Context
 from moorage.errors import ValidationException
 
 

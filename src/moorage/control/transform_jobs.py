@@ -32,9 +32,12 @@ from moorage.batch.local import LocalBackend, batch_launch
 from moorage.batch.progress import Progress
 from moorage.batch.ray_backend import RayBackend, launch_to_dict
 from moorage.batch.spec import SpecError, TransformSpec
-from moorage.control.common import MODEL, Context, list_query, page, put_tags, save_changes, timestamp
+from moorage.control.context import MODEL, Context
 from moorage.control.launch import launch_spec
 from moorage.control.models import model_data_url, primary_container
+from moorage.control.paging import list_query, page
+from moorage.control.resources import put_tags, save_changes
+from moorage.control.times import timestamp
 from moorage.errors import ResourceNotFound, ValidationException
 from moorage.store.artifacts import ArtifactError
 from moorage.store.metadata import AlreadyExists
@@ -220,7 +223,7 @@ class TransformJobs:
         else:
             spool = job_dir / "spool"
             spool.mkdir(parents=True, exist_ok=True)
-            backend = LocalBackend(spec, [launch], socket_dir=self.ctx.manager.socket_dir, log_dir=log_dir,
+            backend = LocalBackend(spec, [launch], socket_dir=self.ctx.routes.socket_dir, log_dir=log_dir,
                                    spool_dir=spool, progress=progress)
         await backend.run()
 

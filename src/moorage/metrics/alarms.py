@@ -39,20 +39,28 @@ import orjson
 from sqlalchemy import delete, insert, select
 
 from moorage.errors import ResourceNotFound, ValidationException
-from moorage.metrics import names as n
 from moorage.metrics.store import MetricStore, alarm_history
+from moorage.metrics.vocabulary import (
+    ALARM_STATES,
+    COMPARISON_WORDS,
+    MISSING_DATA_TREATMENTS,
+    SIMPLE_STATISTICS,
+    check_statistic,
+    dimension_pairs,
+    dimensions_from_pairs,
+)
 from moorage.store.metadata import AlreadyExists, ListQuery, MetadataStore, Resource
 
 log = logging.getLogger("moorage.alarms")
 
 ALARM_KIND = "alarm"
-OK, ALARM, INSUFFICIENT_DATA = n.ALARM_STATES
-STATES = n.ALARM_STATES
+OK, ALARM, INSUFFICIENT_DATA = ALARM_STATES
+STATES = ALARM_STATES
 _OPERATORS = {"GreaterThanOrEqualToThreshold": operator.ge, "GreaterThanThreshold": operator.gt,
               "LessThanThreshold": operator.lt, "LessThanOrEqualToThreshold": operator.le}
 COMPARISONS: dict[str, tuple[Callable[[float, float], bool], str]] = {
-    name: (_OPERATORS[name], words) for name, words in n.COMPARISON_WORDS.items()}
-TREATMENTS = n.MISSING_DATA_TREATMENTS
+    name: (_OPERATORS[name], words) for name, words in COMPARISON_WORDS.items()}
+TREATMENTS = MISSING_DATA_TREATMENTS
 _NAME = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,255}$")
 _ACTIONS = {OK: "OKActions", ALARM: "AlarmActions", INSUFFICIENT_DATA: "InsufficientDataActions"}
 
@@ -100,7 +108,7 @@ class AlarmDefinition:
         statistic = req.get("ExtendedStatistic") or req.get("Statistic") or ""
         if req.get("ExtendedStatistic") and req.get("Statistic"):
             raise ValueError("give Statistic or ExtendedStatistic, not both")
-        n.check_statistic(statistic)
+        check_statistic(statistic)
         period = int(req["Period"])
         evaluation_periods = int(req["EvaluationPeriods"])
         datapoints = int(req.get("DatapointsToAlarm") or evaluation_periods)
@@ -130,7 +138,7 @@ class AlarmDefinition:
         if not namespace or not metric_name:
             raise ValueError("Namespace and MetricName must not be empty")
         return cls(name=name, namespace=namespace, metric_name=metric_name,
-                   dimensions=n.dimensions_from_pairs(req.get("Dimensions")), statistic=statistic, period=period,
+                   dimensions=dimensions_from_pairs(req.get("Dimensions")), statistic=statistic, period=period,
                    evaluation_periods=evaluation_periods, datapoints_to_alarm=datapoints, threshold=threshold,
                    comparison=comparison, treat_missing_data=treatment,
                    description=str(req.get("AlarmDescription") or ""),
@@ -142,12 +150,12 @@ class AlarmDefinition:
         return cls._parse(body["AlarmName"], body)
 
     def config(self) -> dict[str, Any]:
-        statistic_field = "Statistic" if self.statistic in n.SIMPLE_STATISTICS else "ExtendedStatistic"
+        statistic_field = "Statistic" if self.statistic in SIMPLE_STATISTICS else "ExtendedStatistic"
         return {
             "AlarmName": self.name, "AlarmDescription": self.description, "ActionsEnabled": self.actions_enabled,
             "OKActions": list(self.ok_actions), "AlarmActions": list(self.alarm_actions),
             "InsufficientDataActions": list(self.insufficient_data_actions), "Namespace": self.namespace,
-            "MetricName": self.metric_name, "Dimensions": n.dimension_pairs(self.dimensions),
+            "MetricName": self.metric_name, "Dimensions": dimension_pairs(self.dimensions),
             statistic_field: self.statistic, "Period": self.period, "EvaluationPeriods": self.evaluation_periods,
             "DatapointsToAlarm": self.datapoints_to_alarm, "Threshold": self.threshold,
             "ComparisonOperator": self.comparison, "TreatMissingData": self.treat_missing_data,
@@ -420,7 +428,7 @@ class AlarmService:
                 "AWSAccountId": self.account_id, "Region": self.region, "OldStateValue": t.old_state,
                 "NewStateValue": t.new_state, "NewStateReason": t.reason, "StateChangeTime": iso(t.timestamp),
                 "Trigger": {"MetricName": alarm.metric_name, "Namespace": alarm.namespace,
-                            "Statistic": alarm.statistic, "Dimensions": n.dimension_pairs(alarm.dimensions),
+                            "Statistic": alarm.statistic, "Dimensions": dimension_pairs(alarm.dimensions),
                             "Period": alarm.period, "EvaluationPeriods": alarm.evaluation_periods,
                             "DatapointsToAlarm": alarm.datapoints_to_alarm,
                             "ComparisonOperator": alarm.comparison, "Threshold": alarm.threshold,

@@ -20,8 +20,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from moorage.metrics import names as n
 from moorage.metrics.recorder import SeriesKey, TakenWindow, Window
+from moorage.metrics.vocabulary import (
+    CAPTURE_OUTCOMES,
+    CPU_UTILIZATION,
+    DISK_UTILIZATION,
+    ENDPOINT_NAME,
+    INSTANCE_ID,
+    MEMORY_UTILIZATION,
+    MODEL_SETUP_TIME,
+    VARIANT_NAME,
+    dimension_key,
+)
 
 # Latency buckets in seconds: from 50 us (a fast model behind the router) to a minute (the default
 # invocation timeout).
@@ -33,7 +43,7 @@ _EDGES_US = np.asarray(LATENCY_BUCKETS) * 1e6
 LABELS = ("endpoint", "variant", "instance_id")
 # Series of instances that are gone are forgotten after this long without traffic.
 FORGET_AFTER_S = 3600.0
-_LABEL_NAMES = {n.ENDPOINT_NAME: "endpoint", n.VARIANT_NAME: "variant", n.INSTANCE_ID: "instance_id"}
+_LABEL_NAMES = {ENDPOINT_NAME: "endpoint", VARIANT_NAME: "variant", INSTANCE_ID: "instance_id"}
 
 
 def _bucket_counts(values_us: np.ndarray) -> np.ndarray:
@@ -114,7 +124,7 @@ class PrometheusExposition:
 
     def add_business(self, namespace: str, metric_name: str, dimensions: Mapping[str, str], total: float,
                      count: float) -> None:
-        key = (namespace, metric_name, n.dimension_key(dimensions))
+        key = (namespace, metric_name, dimension_key(dimensions))
         with self._lock:
             _, old_sum, old_count = self._business.get(key, ({}, 0.0, 0.0))
             self._business[key] = (dict(dimensions), old_sum + total, old_count + count)
@@ -145,7 +155,7 @@ class PrometheusExposition:
                                      "Data capture records by outcome: captured, written, dropped (queue full), "
                                      "failed (destination error).", labels=("endpoint", "variant", "outcome"))
         for (endpoint, variant), outcomes in sorted(counts.items()):
-            for outcome in n.CAPTURE_OUTCOMES:
+            for outcome in CAPTURE_OUTCOMES:
                 family.add_metric([endpoint, variant, outcome], float(outcomes.get(outcome, 0)))
         yield family
 
@@ -177,11 +187,11 @@ class PrometheusExposition:
     @staticmethod
     def _gauge_families(gauges: dict[str, dict[SeriesKey, float]]) -> Iterator[Metric]:
         described = {
-            n.CPU_UTILIZATION: ("moorage_cpu_utilization_percent", "Instance CPU, 100 per busy core."),
-            n.MEMORY_UTILIZATION: ("moorage_memory_utilization_percent",
+            CPU_UTILIZATION: ("moorage_cpu_utilization_percent", "Instance CPU, 100 per busy core."),
+            MEMORY_UTILIZATION: ("moorage_memory_utilization_percent",
                                    "Instance resident memory, percent of its instance type's memory."),
-            n.DISK_UTILIZATION: ("moorage_disk_utilization_percent", "Use of the disk holding moorage's home."),
-            n.MODEL_SETUP_TIME: ("moorage_model_setup_seconds", "Instance start to its first passing /ping."),
+            DISK_UTILIZATION: ("moorage_disk_utilization_percent", "Use of the disk holding moorage's home."),
+            MODEL_SETUP_TIME: ("moorage_model_setup_seconds", "Instance start to its first passing /ping."),
         }
         for metric, (name, doc) in described.items():
             family = GaugeMetricFamily(name, doc, labels=LABELS)

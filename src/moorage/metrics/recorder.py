@@ -22,8 +22,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moorage.metrics import names as n
 from moorage.metrics.store import StatisticSet
+from moorage.metrics.vocabulary import (
+    COUNT,
+    DROPPED_SAMPLES,
+    INVOCATION_4XX,
+    INVOCATION_5XX,
+    INVOCATION_NAMESPACE,
+    INVOCATIONS,
+    INVOCATIONS_PER_INSTANCE,
+    MICROSECONDS,
+    MODEL_LATENCY,
+    OVERHEAD_LATENCY,
+    SELF_NAMESPACE,
+    instance_dimensions,
+    variant_dimensions,
+)
 from moorage.serving.router import InvocationEvent
 
 DEFAULT_MAX_SAMPLES = 1_000_000  # per series and period: 16 MB of float64 pairs at most
@@ -114,13 +128,13 @@ def statistic_sets(window: TakenWindow, timestamp: float, instances_in_service: 
     ``idle_variants`` (in service, no traffic this period) get zero counts so a scale-in sees
     "no load" rather than "no data".
     """
-    ns = n.INVOCATION_NAMESPACE
+    ns = INVOCATION_NAMESPACE
     out: list[StatisticSet] = []
     by_variant: dict[tuple[str, str], list[tuple[str, Window]]] = {}
     for (endpoint, variant, instance_id), win in window.series.items():
         by_variant.setdefault((endpoint, variant), []).append((instance_id, win))
     for (endpoint, variant), members in by_variant.items():
-        vdims = n.variant_dimensions(endpoint, variant)
+        vdims = variant_dimensions(endpoint, variant)
         count = sum(w.count for _, w in members)
         client = sum(w.client_errors for _, w in members)
         server = sum(w.server_errors for _, w in members)
@@ -129,37 +143,37 @@ def statistic_sets(window: TakenWindow, timestamp: float, instances_in_service: 
             if not instance_id:
                 continue  # no instance reached (no capacity): counted, but there is no model latency
             model, overhead = win.latencies_us()
-            idims = n.instance_dimensions(endpoint, variant, instance_id)
-            out.append(StatisticSet.of_counts(ns, n.INVOCATIONS, idims, timestamp, win.count, win.count))
-            out.append(StatisticSet.of_counts(ns, n.INVOCATION_4XX, idims, timestamp, win.client_errors, win.count))
-            out.append(StatisticSet.of_counts(ns, n.INVOCATION_5XX, idims, timestamp, win.server_errors, win.count))
+            idims = instance_dimensions(endpoint, variant, instance_id)
+            out.append(StatisticSet.of_counts(ns, INVOCATIONS, idims, timestamp, win.count, win.count))
+            out.append(StatisticSet.of_counts(ns, INVOCATION_4XX, idims, timestamp, win.client_errors, win.count))
+            out.append(StatisticSet.of_counts(ns, INVOCATION_5XX, idims, timestamp, win.server_errors, win.count))
             if model.size:
-                out.append(StatisticSet.of_samples(ns, n.MODEL_LATENCY, idims, timestamp, n.MICROSECONDS, model))
-                out.append(StatisticSet.of_samples(ns, n.OVERHEAD_LATENCY, idims, timestamp, n.MICROSECONDS,
+                out.append(StatisticSet.of_samples(ns, MODEL_LATENCY, idims, timestamp, MICROSECONDS, model))
+                out.append(StatisticSet.of_samples(ns, OVERHEAD_LATENCY, idims, timestamp, MICROSECONDS,
                                                    overhead))
                 models.append(model)
                 overheads.append(overhead)
-        out.append(StatisticSet.of_counts(ns, n.INVOCATIONS, vdims, timestamp, count, count))
-        out.append(StatisticSet.of_counts(ns, n.INVOCATION_4XX, vdims, timestamp, client, count))
-        out.append(StatisticSet.of_counts(ns, n.INVOCATION_5XX, vdims, timestamp, server, count))
+        out.append(StatisticSet.of_counts(ns, INVOCATIONS, vdims, timestamp, count, count))
+        out.append(StatisticSet.of_counts(ns, INVOCATION_4XX, vdims, timestamp, client, count))
+        out.append(StatisticSet.of_counts(ns, INVOCATION_5XX, vdims, timestamp, server, count))
         serving = instances_in_service.get((endpoint, variant)) or len([i for i, _ in members if i]) or 1
-        per_instance = StatisticSet.of_counts(ns, n.INVOCATIONS_PER_INSTANCE, vdims, timestamp, count, count)
+        per_instance = StatisticSet.of_counts(ns, INVOCATIONS_PER_INSTANCE, vdims, timestamp, count, count)
         per_instance.total = count / serving
         if count:
             per_instance.minimum = per_instance.maximum = 1.0 / serving
         out.append(per_instance)
         if models:
-            out.append(StatisticSet.of_samples(ns, n.MODEL_LATENCY, vdims, timestamp, n.MICROSECONDS,
+            out.append(StatisticSet.of_samples(ns, MODEL_LATENCY, vdims, timestamp, MICROSECONDS,
                                                np.concatenate(models)))
-            out.append(StatisticSet.of_samples(ns, n.OVERHEAD_LATENCY, vdims, timestamp, n.MICROSECONDS,
+            out.append(StatisticSet.of_samples(ns, OVERHEAD_LATENCY, vdims, timestamp, MICROSECONDS,
                                                np.concatenate(overheads)))
     for endpoint, variant in idle_variants:
         if (endpoint, variant) in by_variant:
             continue
-        vdims = n.variant_dimensions(endpoint, variant)
-        for name in (n.INVOCATIONS, n.INVOCATIONS_PER_INSTANCE, n.INVOCATION_4XX, n.INVOCATION_5XX):
+        vdims = variant_dimensions(endpoint, variant)
+        for name in (INVOCATIONS, INVOCATIONS_PER_INSTANCE, INVOCATION_4XX, INVOCATION_5XX):
             out.append(StatisticSet.of_counts(ns, name, vdims, timestamp, 0, 0))
     if window.dropped:
-        out.append(StatisticSet(n.SELF_NAMESPACE, n.DROPPED_SAMPLES, {}, timestamp, n.COUNT, 1.0,
+        out.append(StatisticSet(SELF_NAMESPACE, DROPPED_SAMPLES, {}, timestamp, COUNT, 1.0,
                                 float(window.dropped), float(window.dropped), float(window.dropped)))
     return out

@@ -20,12 +20,23 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from moorage.metrics import names as n
 from moorage.metrics.recorder import SeriesKey
 from moorage.metrics.store import StatisticSet
+from moorage.metrics.vocabulary import (
+    CPU_UTILIZATION,
+    DISK_UTILIZATION,
+    INVOCATION_NAMESPACE,
+    MEMORY_UTILIZATION,
+    MICROSECONDS,
+    MODEL_SETUP_TIME,
+    PERCENT,
+    UTILIZATION_NAMESPACE,
+    instance_dimensions,
+    variant_dimensions,
+)
 from moorage.serving.instance import InstanceState
 from moorage.serving.instance_types import machine_memory_bytes, resources_for
-from moorage.serving.manager import ServingManager
+from moorage.serving.route_table import RouteTable
 
 _SAMPLED_STATES = (InstanceState.IN_SERVICE, InstanceState.DRAINING)
 
@@ -44,9 +55,9 @@ class InstanceInfo:
         return (self.endpoint, self.variant, self.instance_id)
 
 
-def snapshot_instances(manager: ServingManager) -> list[InstanceInfo]:
+def snapshot_instances(routes: RouteTable) -> list[InstanceInfo]:
     out = []
-    for route in list(manager.routes.values()):
+    for route in routes.live():
         for variant in route.variants.values():
             memory = resources_for(variant.pool.launch.instance_type).memory_bytes
             for instance in list(variant.pool.instances):
@@ -76,18 +87,18 @@ class UtilizationSampler:
             disk = float(psutil.disk_usage(str(self.disk_path)).percent)
         except OSError:
             disk = None
-        per_instance: dict[str, dict[SeriesKey, float]] = {n.CPU_UTILIZATION: {}, n.MEMORY_UTILIZATION: {},
-                                                          n.DISK_UTILIZATION: {}}
+        per_instance: dict[str, dict[SeriesKey, float]] = {CPU_UTILIZATION: {}, MEMORY_UTILIZATION: {},
+                                                          DISK_UTILIZATION: {}}
         setups: dict[SeriesKey, float] = {}
         for info in instances:
             usage = self._usage(info)
             if usage is None:
                 continue
             cpu, memory = usage
-            per_instance[n.CPU_UTILIZATION][info.key] = cpu
-            per_instance[n.MEMORY_UTILIZATION][info.key] = memory
+            per_instance[CPU_UTILIZATION][info.key] = cpu
+            per_instance[MEMORY_UTILIZATION][info.key] = memory
             if disk is not None:
-                per_instance[n.DISK_UTILIZATION][info.key] = disk
+                per_instance[DISK_UTILIZATION][info.key] = disk
             if info.setup_seconds is not None and info.instance_id not in self._setup_reported:
                 self._setup_reported.add(info.instance_id)
                 setups[info.key] = info.setup_seconds
@@ -96,10 +107,10 @@ class UtilizationSampler:
         self._cpu_seen = {k: v for k, v in self._cpu_seen.items() if k in live}
         self._setup_reported &= live
         self._setup_seconds = {k: v for k, v in self._setup_seconds.items() if k[2] in live}
-        sets = self._sets(per_instance, n.UTILIZATION_NAMESPACE, n.PERCENT, timestamp)
-        sets += self._sets({n.MODEL_SETUP_TIME: {k: v * 1e6 for k, v in setups.items()}}, n.INVOCATION_NAMESPACE,
-                           n.MICROSECONDS, timestamp)
-        gauges = {**per_instance, n.MODEL_SETUP_TIME: dict(self._setup_seconds)}
+        sets = self._sets(per_instance, UTILIZATION_NAMESPACE, PERCENT, timestamp)
+        sets += self._sets({MODEL_SETUP_TIME: {k: v * 1e6 for k, v in setups.items()}}, INVOCATION_NAMESPACE,
+                           MICROSECONDS, timestamp)
+        gauges = {**per_instance, MODEL_SETUP_TIME: dict(self._setup_seconds)}
         return Sample(sets, gauges)
 
     def _usage(self, info: InstanceInfo) -> tuple[float, float] | None:
@@ -141,9 +152,9 @@ class UtilizationSampler:
             for (endpoint, variant, instance_id), value in by_instance.items():
                 by_variant.setdefault((endpoint, variant), []).append(value)
                 out.append(StatisticSet.of_samples(namespace, metric,
-                                                   n.instance_dimensions(endpoint, variant, instance_id),
+                                                   instance_dimensions(endpoint, variant, instance_id),
                                                    timestamp, unit, np.asarray([value])))
             for (endpoint, variant), found in by_variant.items():
-                out.append(StatisticSet.of_samples(namespace, metric, n.variant_dimensions(endpoint, variant),
+                out.append(StatisticSet.of_samples(namespace, metric, variant_dimensions(endpoint, variant),
                                                    timestamp, unit, np.asarray(found)))
         return out

@@ -22,13 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from moorage.config import Settings
-from moorage.metrics import names as n
 from moorage.metrics.alarms import AlarmService
 from moorage.metrics.prometheus import PrometheusExposition
 from moorage.metrics.recorder import InvocationRecorder, statistic_sets
 from moorage.metrics.sampler import UtilizationSampler, snapshot_instances
 from moorage.metrics.store import Datapoint, MetricSeries, MetricStore, StatisticSet
-from moorage.serving.manager import ServingManager
+from moorage.metrics.vocabulary import CAPTURE_NAMESPACE, CAPTURE_OUTCOMES, COUNT, variant_dimensions
+from moorage.serving.route_table import RouteTable
 from moorage.store.metadata import MetadataStore
 
 log = logging.getLogger("moorage.metrics")
@@ -38,10 +38,10 @@ STOP_TIMEOUT_S = 30.0
 
 
 class MetricsService:
-    def __init__(self, settings: Settings, store: MetadataStore, manager: ServingManager):
+    def __init__(self, settings: Settings, store: MetadataStore, routes: RouteTable):
         self.period = max(1, int(settings.metrics_period))
         self.retention = float(settings.metrics_retention)
-        self.manager = manager
+        self.routes = routes
         self.store = MetricStore(store.engine)
         self.recording = bool(settings.metrics_enabled)
         self.recorder = InvocationRecorder() if self.recording else None
@@ -50,7 +50,7 @@ class MetricsService:
         self.prometheus.dropped_samples = lambda: self.recorder.dropped_total if self.recorder else 0
         self.alarms = AlarmService(store, self.store, settings.region, settings.account_id, data_period=self.period)
         if self.recorder is not None:
-            manager.observers.append(self.recorder)
+            routes.observers.append(self.recorder)
         self._capture_counts: Callable[[], Mapping[tuple[str, str], Mapping[str, int]]] | None = None
         self._capture_seen: dict[tuple[str, str], dict[str, int]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -86,10 +86,10 @@ class MetricsService:
         sets = []
         for (endpoint, variant), counters in self._capture_counts().items():
             seen = self._capture_seen.get((endpoint, variant), {})
-            dims = n.variant_dimensions(endpoint, variant)
-            for outcome, metric in n.CAPTURE_OUTCOMES.items():
+            dims = variant_dimensions(endpoint, variant)
+            for outcome, metric in CAPTURE_OUTCOMES.items():
                 delta = counters.get(outcome, 0) - seen.get(outcome, 0)
-                sets.append(StatisticSet(n.CAPTURE_NAMESPACE, metric, dims, timestamp, n.COUNT, 1.0, float(delta),
+                sets.append(StatisticSet(CAPTURE_NAMESPACE, metric, dims, timestamp, COUNT, 1.0, float(delta),
                                          float(delta), float(delta)))
             self._capture_seen[(endpoint, variant)] = dict(counters)
         return sets
@@ -131,11 +131,11 @@ class MetricsService:
         now = time.time()
         taken = self.recorder.take(now) if self.recorder is not None else None
         in_service: dict[tuple[str, str], int] = {}
-        for route in list(self.manager.routes.values()):
+        for route in self.routes.live():
             for variant in route.variants.values():
                 if variant.pool.ready:
                     in_service[(route.name, variant.name)] = len(variant.pool.ready)
-        instances = snapshot_instances(self.manager) if self.sampler is not None and not final else []
+        instances = snapshot_instances(self.routes) if self.sampler is not None and not final else []
         capture_sets = self._capture_sets(math.floor((now - self.period) / self.period) * self.period)
 
         def work() -> None:

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from moorage.metrics.names import check_unit, dimension_key, dimensions_of, percentile_of
+from moorage.metrics.vocabulary import check_unit, dimension_key, dimensions_of, percentile_of
 
 # Accuracy/size of every sketch: k=200 gives ~1.3% normalised rank error in ~2.4 KB at most.
 SKETCH_K = 200

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
-from moorage.client import Connection
+from moorage.connection import Connection
 from moorage.sdk.exceptions import UnexpectedStatusException
 
 __all__ = ["Session"]

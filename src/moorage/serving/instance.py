@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from moorage.serving.client import InstanceClient, InstanceConnectionError, InstanceResponse, InstanceTimeout
 from moorage.serving.environments import RequirementsError, ensure_environment, server_environment
+from moorage.serving.instance_client import InstanceClient, InstanceConnectionError, InstanceResponse, InstanceTimeout
 from moorage.serving.instance_types import (
     MemoryLimit,
     Resources,

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from moorage.serving.client import InstanceConnectionError, InstanceTimeout
+from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout
 from moorage.serving.pool import InstancePool, NoCapacity
 
 log = logging.getLogger("moorage.router")

@@ -13,7 +13,7 @@ import pytest
 from moorage.monitor import DatasetProfile, load_json, profile_batches, shape_errors
 from moorage.monitor.distributions import NumericDistribution
 
-SAGEMAKER = Path(__file__).parent / "data" / "sagemaker" / "data_quality"
+SAGEMAKER = Path(__file__).parents[1] / "data" / "sagemaker" / "data_quality"
 
 
 def _feature(statistics: dict, name: str) -> dict:

@@ -27,7 +27,7 @@ from e2e_support import (
     variant,
 )
 from moorage import Model, Predictor, Session
-from moorage.client import ClientError as MoorageClientError
+from moorage.connection import ClientError as MoorageClientError
 from moorage.sdk import UnexpectedStatusException
 from moorage.sdk.deserializers import (
     BytesDeserializer,

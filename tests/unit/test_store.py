@@ -23,7 +23,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from moorage.control.common import epoch, list_query, page, timestamp
+from moorage.control.paging import list_query, page
+from moorage.control.times import epoch, timestamp
 from moorage.errors import ValidationException
 from moorage.store.metadata import AlreadyExists, ListQuery, MetadataStore
 
@@ -437,7 +438,7 @@ def test_sqlite_file_is_created_and_reused(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# control.common: list requests, NextToken, timestamps
+# control.paging and control.times: list requests, NextToken, timestamps
 # --------------------------------------------------------------------------------------------------
 def _token(payload: object) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(payload)).decode()

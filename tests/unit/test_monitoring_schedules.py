@@ -15,7 +15,7 @@ from moorage.monitor.cron import ScheduleExpression, parse_offset, parse_time_or
 from moorage.monitor.execution import JobDefinition, window_of
 from moorage.monitor.report import render_report
 
-FORMATS = Path(__file__).parent / "data" / "sagemaker"
+FORMATS = Path(__file__).parents[1] / "data" / "sagemaker"
 UTC = dt.UTC
 T = dt.datetime(2024, 1, 19, 19, 27, 57, tzinfo=UTC)  # a Friday
 

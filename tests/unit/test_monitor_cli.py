@@ -14,7 +14,7 @@ import pytest
 from moorage.monitor import load_json, shape_errors
 from moorage.sdk.monitor import DatasetFormat, DefaultModelMonitor
 
-SAGEMAKER = Path(__file__).parent / "data" / "sagemaker" / "data_quality"
+SAGEMAKER = Path(__file__).parents[1] / "data" / "sagemaker" / "data_quality"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from moorage.monitor import check, evaluate, load_json, profile_batches, shape_e
 from moorage.monitor.checks import chi_squared_p_value
 from moorage.monitor.distributions import CategoricalDistribution
 
-SAGEMAKER = Path(__file__).parent / "data" / "sagemaker" / "data_quality"
+SAGEMAKER = Path(__file__).parents[1] / "data" / "sagemaker" / "data_quality"
 CATEGORIES = ["north", "south", "east", "west"]
 
 

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+import botocore.session
 import pytest
 from botocore.parsers import create_parser
 from botocore.serialize import create_serializer
@@ -373,17 +374,41 @@ def test_unchecked_patterns_let_moorage_accept_more() -> None:
 # -- Java patterns ---------------------------------------------------------------------------------------
 
 # Unicode-category classes (\p{L}, \p{N}, ...) have no spelling in Python's `re`; such patterns are
-# skipped (the value is accepted). These counts are for botocore as pinned; a model update that
-# changes them should be looked at, not just re-counted.
-UNCOMPILABLE = {"sagemaker": 13, "sagemaker-runtime": 0, "application-autoscaling": 0}
+# skipped (the value is accepted). In the inputs of the operations moorage implements only the tag
+# shapes have one; a botocore update that adds another there should be looked at, not just accepted.
+# Elsewhere in SageMaker's model their number grows with botocore and does not matter to us.
+IMPLEMENTED = {
+    "sagemaker": ["CreateModel", "CreateEndpointConfig", "CreateEndpoint", "UpdateEndpoint",
+                  "UpdateEndpointWeightsAndCapacities", "CreateTransformJob", "CreateMonitoringSchedule",
+                  "CreateDataQualityJobDefinition", "AddTags"],
+    "sagemaker-runtime": ["InvokeEndpoint"],
+    "application-autoscaling": ["RegisterScalableTarget", "PutScalingPolicy"],
+}
+KNOWN_UNCHECKED = {"sagemaker": {"TagKey", "TagValue"}}
 
 
-@pytest.mark.parametrize("service", sorted(UNCOMPILABLE))
-def test_uncompilable_pattern_count(service: str) -> None:
+def _input_shape_names(service: str, operations: list[str]) -> set[str]:
+    model = botocore.session.get_session().get_service_model(service)
+    seen: set[str] = set()
+    stack = [model.operation_model(op).input_shape for op in operations]
+    while stack:
+        shape = stack.pop()
+        if shape is None or shape.name in seen:
+            continue
+        seen.add(shape.name)
+        stack.extend(getattr(shape, "members", {}).values())
+        stack.extend(s for s in (getattr(shape, "member", None), getattr(shape, "key", None),
+                                 getattr(shape, "value", None)) if s is not None)
+    return seen
+
+
+@pytest.mark.parametrize("service", sorted(IMPLEMENTED))
+def test_uncompilable_patterns_are_outside_the_implemented_operations(service: str) -> None:
     skipped = ServiceShapes(service).uncompilable_patterns()
-    assert len(skipped) == UNCOMPILABLE[service], sorted(skipped)
+    in_inputs = set(skipped) & _input_shape_names(service, IMPLEMENTED[service])
+    assert in_inputs <= KNOWN_UNCHECKED.get(service, set()), sorted(in_inputs)
     for pattern in skipped.values():
-        assert re.search(r"\\p\{[LMNPSZ]\}", pattern), pattern
+        assert re.search(r"\\p\{[A-Z][a-z]?\}", pattern), pattern
 
 
 def test_java_pattern_translation() -> None:

@@ -10,10 +10,23 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from moorage.metrics import names as n
 from moorage.metrics.prometheus import PrometheusExposition
 from moorage.metrics.recorder import InvocationRecorder, statistic_sets
 from moorage.metrics.store import SKETCH_K, MetricStore, StatisticSet
+from moorage.metrics.vocabulary import (
+    CPU_UTILIZATION,
+    DROPPED_SAMPLES,
+    INVOCATION_4XX,
+    INVOCATION_5XX,
+    INVOCATION_NAMESPACE,
+    INVOCATIONS,
+    INVOCATIONS_PER_INSTANCE,
+    MODEL_LATENCY,
+    OVERHEAD_LATENCY,
+    SELF_NAMESPACE,
+    parse_duration,
+    percentile_of,
+)
 from moorage.serving.router import InvocationEvent
 
 T0 = 1_700_000_000.0  # a multiple of 60 and of 10
@@ -143,24 +156,24 @@ def test_recorder_windows_become_sagemaker_series(store: MetricStore) -> None:
     store.write(sets)
 
     def one(metric: str, statistic: str, dims: dict[str, str] = DIMS) -> float:
-        [point] = store.statistics(n.INVOCATION_NAMESPACE, metric, dims, statistic, T0, T0 + 60, 60)
+        [point] = store.statistics(INVOCATION_NAMESPACE, metric, dims, statistic, T0, T0 + 60, 60)
         return point.value
 
-    assert one(n.INVOCATIONS, "Sum") == 1001
-    assert one(n.INVOCATIONS_PER_INSTANCE, "Sum") == pytest.approx(1001 / 2)
-    assert one(n.INVOCATION_4XX, "Sum") == 10
-    assert one(n.INVOCATION_5XX, "Sum") == 11  # the instance's ten and the router's 503
-    assert one(n.INVOCATION_5XX, "Average") == pytest.approx(11 / 1001)
+    assert one(INVOCATIONS, "Sum") == 1001
+    assert one(INVOCATIONS_PER_INSTANCE, "Sum") == pytest.approx(1001 / 2)
+    assert one(INVOCATION_4XX, "Sum") == 10
+    assert one(INVOCATION_5XX, "Sum") == 11  # the instance's ten and the router's 503
+    assert one(INVOCATION_5XX, "Average") == pytest.approx(11 / 1001)
     b_dims = {**DIMS, "InstanceId": "i-b"}
-    assert one(n.INVOCATIONS, "Sum", b_dims) == 600
-    assert one(n.INVOCATION_5XX, "Sum", b_dims) == 10
-    assert one(n.MODEL_LATENCY, "Average", b_dims) == pytest.approx(model["i-b"].mean() * 1e6)
-    assert one(n.MODEL_LATENCY, "SampleCount") == 1000
+    assert one(INVOCATIONS, "Sum", b_dims) == 600
+    assert one(INVOCATION_5XX, "Sum", b_dims) == 10
+    assert one(MODEL_LATENCY, "Average", b_dims) == pytest.approx(model["i-b"].mean() * 1e6)
+    assert one(MODEL_LATENCY, "SampleCount") == 1000
     everything = np.concatenate(list(model.values())) * 1e6
-    assert_quantile_close(everything, 0.9, one(n.MODEL_LATENCY, "p90"))
-    assert one(n.OVERHEAD_LATENCY, "Average") == pytest.approx(200, rel=1e-3)
+    assert_quantile_close(everything, 0.9, one(MODEL_LATENCY, "p90"))
+    assert one(OVERHEAD_LATENCY, "Average") == pytest.approx(200, rel=1e-3)
     idle = {"EndpointName": "ep", "VariantName": "Idle"}
-    assert one(n.INVOCATIONS, "Sum", idle) == 0  # in service without traffic: zero, not missing
+    assert one(INVOCATIONS, "Sum", idle) == 0  # in service without traffic: zero, not missing
 
 
 def test_recorder_bounds_samples_and_counts_drops(store: MetricStore) -> None:
@@ -170,11 +183,11 @@ def test_recorder_bounds_samples_and_counts_drops(store: MetricStore) -> None:
     taken = recorder.take(T0 + 1)
     assert taken.dropped == 30 and recorder.dropped_total == 30
     store.write(statistic_sets(taken, T0, {}, []))
-    [count] = store.statistics(n.INVOCATION_NAMESPACE, n.INVOCATIONS, DIMS, "Sum", T0, T0 + 60, 60)
+    [count] = store.statistics(INVOCATION_NAMESPACE, INVOCATIONS, DIMS, "Sum", T0, T0 + 60, 60)
     assert count.value == 80  # counts stay exact
-    [latency] = store.statistics(n.INVOCATION_NAMESPACE, n.MODEL_LATENCY, DIMS, "SampleCount", T0, T0 + 60, 60)
+    [latency] = store.statistics(INVOCATION_NAMESPACE, MODEL_LATENCY, DIMS, "SampleCount", T0, T0 + 60, 60)
     assert latency.value == 50
-    [dropped] = store.statistics(n.SELF_NAMESPACE, n.DROPPED_SAMPLES, {}, "Sum", T0, T0 + 60, 60)
+    [dropped] = store.statistics(SELF_NAMESPACE, DROPPED_SAMPLES, {}, "Sum", T0, T0 + 60, 60)
     assert dropped.value == 30
 
 
@@ -187,7 +200,7 @@ def test_prometheus_totals_include_the_open_window() -> None:
     exposition.fold(recorder.take())
     for _ in range(3):
         recorder.observe(event("i-a", 200, 0.0004, 0.0005))  # still open
-    exposition.set_gauges(n.CPU_UTILIZATION, {("ep", "AllTraffic", "i-a"): 42.0})
+    exposition.set_gauges(CPU_UTILIZATION, {("ep", "AllTraffic", "i-a"): 42.0})
     exposition.add_business("Shop", "CouponsRedeemed", {"EndpointName": "ep", "Region Code": "eu"}, 7, 2)
     families = {f.name: f for f in text_string_to_metric_families(exposition.render().decode())}
     labels = {"endpoint": "ep", "variant": "AllTraffic", "instance_id": "i-a"}
@@ -210,10 +223,10 @@ def test_prometheus_totals_include_the_open_window() -> None:
 
 
 def test_durations_and_statistics_parse() -> None:
-    assert n.parse_duration("15m") == 900 and n.parse_duration("2h") == 7200 and n.parse_duration(90) == 90
-    assert n.percentile_of("p99.9") == pytest.approx(0.999) and n.percentile_of("Sum") is None
+    assert parse_duration("15m") == 900 and parse_duration("2h") == 7200 and parse_duration(90) == 90
+    assert percentile_of("p99.9") == pytest.approx(0.999) and percentile_of("Sum") is None
     with pytest.raises(ValueError):
-        n.parse_duration("soon")
+        parse_duration("soon")
 
 
 def test_runtime_builds_events_field_by_field() -> None:

@@ -40,7 +40,7 @@ from e2e_support import (
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "byo_server" / "model"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "byo_server" / "model"
 CUSTOM_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/my-own-server:latest"
 X = np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0], [-1.5, 0.25, 8.0, 2.0]])
 

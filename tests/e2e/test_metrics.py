@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError as BotoClientError
 
 from e2e_support import Deployer, MoorageServer, http_request, pack_model, wait_until
-from moorage.client import ClientError
+from moorage.connection import ClientError
 from moorage.sdk import Session
 
 # Requests choose their fate: {"sleep": s} answers after s seconds, {"status": 400} is the model's

@@ -14,7 +14,7 @@ from moorage.capture.records import RecordEncoder, body_bytes, encode, inference
 from moorage.errors import ValidationException
 from moorage.serving.router import InvocationEvent, header_block
 
-FORMATS = Path(__file__).parent / "data" / "sagemaker" / "data_capture"
+FORMATS = Path(__file__).parents[1] / "data" / "sagemaker" / "data_capture"
 REAL_FILES = ["examples_capture-json-endpoint.jsonl", "examples_capture-jsonlines-endpoint.jsonl",
               "sdk-tests_captured-data.jsonl"]
 

@@ -1,4 +1,4 @@
-"""The data plane's registry of live endpoints.
+"""The data plane's route table: endpoint name -> its live route.
 
 The control plane asks it to build, start, publish and retire routes; the runtime API asks it for
 the route of an endpoint name on every invocation (a dict lookup, no database).
@@ -17,7 +17,7 @@ from moorage.serving.instance import InstanceStartError, LaunchSpec
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, InvocationObserver, VariantRoute
 
-log = logging.getLogger("moorage.manager")
+log = logging.getLogger("moorage.route_table")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class DeployError(Exception):
         self.reason = reason
 
 
-class ServingManager:
+class RouteTable:
     def __init__(self, logs_dir: Path, start_timeout: float = 120.0, invocation_timeout: float = 60.0):
         self.logs_dir = logs_dir
         self.start_timeout = start_timeout
@@ -43,13 +43,17 @@ class ServingManager:
         # Unix socket paths are limited to ~108 bytes, so sockets live in a short /tmp directory
         # rather than under a home that may be deeply nested.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="moorage-"))
-        self.routes: dict[str, EndpointRoute] = {}
+        self._routes: dict[str, EndpointRoute] = {}
         # Observers of every endpoint (metrics); per-endpoint ones (data capture) are added to a route
         # by whoever builds it.
         self.observers: list[InvocationObserver] = []
 
     def get(self, endpoint: str) -> EndpointRoute | None:
-        return self.routes.get(endpoint)
+        return self._routes.get(endpoint)
+
+    def live(self) -> list[EndpointRoute]:
+        """Every published route (a copy: safe to iterate across awaits)."""
+        return list(self._routes.values())
 
     def build(self, endpoint: str, plans: list[VariantPlan]) -> EndpointRoute:
         variants = [
@@ -75,20 +79,20 @@ class ServingManager:
 
     def publish(self, route: EndpointRoute) -> EndpointRoute | None:
         """Make ``route`` the one serving its endpoint; returns the route it replaced, if any."""
-        old = self.routes.get(route.name)
-        self.routes[route.name] = route
+        old = self._routes.get(route.name)
+        self._routes[route.name] = route
         return old if old is not route else None
 
     def unpublish(self, endpoint: str) -> EndpointRoute | None:
-        return self.routes.pop(endpoint, None)
+        return self._routes.pop(endpoint, None)
 
     async def retire(self, route: EndpointRoute, drain_timeout: float = 30.0) -> None:
         await asyncio.gather(*(v.pool.close(drain_timeout) for v in route.variants.values()),
                              return_exceptions=True)
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
-        routes = list(self.routes.values())
-        self.routes.clear()
+        routes = list(self._routes.values())
+        self._routes.clear()
         count = sum(len(v.pool.instances) for r in routes for v in r.variants.values())
         if count:
             log.info("stopping %d instance(s) of %d endpoint(s)", count, len(routes))

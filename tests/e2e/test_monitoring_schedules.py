@@ -29,7 +29,7 @@ from moorage.monitor.baseline import suggest_baseline
 
 pytestmark = pytest.mark.e2e
 
-FORMATS = Path(__file__).parent / "data" / "sagemaker"
+FORMATS = Path(__file__).parents[1] / "data" / "sagemaker"
 FEATURES = ["a", "b", "c", "d"]
 DRIFTED = {"b", "d"}
 NAMESPACE = "aws/sagemaker/Endpoints/data-metrics"

@@ -42,7 +42,8 @@ from e2e_support import (
 
 pytestmark = pytest.mark.e2e
 
-SHARED_EXAMPLE = Path(__file__).parent / "data" / "sagemaker" / "data_capture" / "examples_capture-json-endpoint.jsonl"
+SHARED_EXAMPLE = (Path(__file__).parents[1] / "data" / "sagemaker" / "data_capture"
+                  / "examples_capture-json-endpoint.jsonl")
 FILE_NAME = re.compile(r"^\d{2}-\d{2}-\d{3}-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl$")
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 JSON_TYPES = {"application/json", "application/jsonlines"}

@@ -28,8 +28,8 @@ import orjson
 import psutil
 import pytest
 
-from moorage.serving.client import InstanceClient, InstanceConnectionError, InstanceTimeout
 from moorage.serving.instance import Instance, InstanceStartError, InstanceState, LaunchSpec
+from moorage.serving.instance_client import InstanceClient, InstanceConnectionError, InstanceTimeout
 from moorage.serving.pool import InstancePool, NoCapacity
 from moorage.serving.router import EndpointRoute, InvocationFailed, UnknownVariant, VariantRoute
 

@@ -22,7 +22,7 @@ import os
 import uuid
 from typing import Any
 
-from moorage.control.common import ENDPOINT, ENDPOINT_CONFIG, Context
+from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
 from moorage.errors import ValidationException
 from moorage.monitor.cron import ScheduleExpression
 from moorage.monitor.execution import (
