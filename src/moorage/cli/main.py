@@ -28,10 +28,10 @@ from moorage.cli.common import (
     url_option,
 )
 from moorage.cli.metrics import metrics as metrics_command
+from moorage.cli.monitoring import monitor as monitor_commands
 from moorage.cli.transform import transform as transform_commands
 from moorage.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_home
 from moorage.connection import ClientError, Connection
-from moorage.monitor.cli import monitor as monitor_commands
 
 # Content types guessed from a --body @file's suffix when --content-type is not given.
 _SUFFIX_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "application/jsonlines",
