@@ -12,7 +12,9 @@ import pytest
 from moorage.capture.config import CaptureConfig, WriterSettings
 from moorage.capture.records import RecordEncoder, body_bytes, encode, inference_time, stamp
 from moorage.errors import ValidationException
-from moorage.serving.router import InvocationEvent, header_block
+from invocation_support import header_block
+
+from moorage.serving.invocation_events import InvocationEvent
 
 FORMATS = Path(__file__).parents[1] / "data" / "sagemaker" / "data_capture"
 REAL_FILES = ["examples_capture-json-endpoint.jsonl", "examples_capture-jsonlines-endpoint.jsonl",

@@ -20,7 +20,9 @@ import pytest
 from moorage.capture import CaptureConfig, CaptureWriter, WriterSettings
 from moorage.capture.records import encode, inference_time
 from moorage.capture.writer import _event_ids
-from moorage.serving.router import InvocationEvent, header_block
+from invocation_support import header_block
+
+from moorage.serving.invocation_events import InvocationEvent
 
 NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{3})-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl$")
 

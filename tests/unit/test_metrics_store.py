@@ -27,7 +27,7 @@ from moorage.metrics.vocabulary import (
     parse_duration,
     percentile_of,
 )
-from moorage.serving.router import InvocationEvent
+from moorage.serving.invocation_events import InvocationEvent
 
 T0 = 1_700_000_000.0  # a multiple of 60 and of 10
 DIMS = {"EndpointName": "ep", "VariantName": "AllTraffic"}
@@ -234,7 +234,9 @@ def test_runtime_builds_events_field_by_field() -> None:
     import time
 
     from moorage.api.runtime import _event
-    from moorage.serving.router import EndpointRoute, header_block
+    from invocation_support import header_block
+
+    from moorage.serving.router import EndpointRoute
 
     forwarded = header_block([(b"content-type", b"text/csv"), (b"accept", b"application/json"),
                               (b"x-amzn-sagemaker-inference-id", b"inf-1"),

@@ -32,6 +32,7 @@ from moorage.serving.instance import Instance, InstanceStartError, InstanceState
 from moorage.serving.instance_client import InstanceClient, InstanceConnectionError, InstanceTimeout
 from moorage.serving.pool import InstancePool, NoCapacity
 from moorage.serving.router import EndpointRoute, InvocationFailed, UnknownVariant, VariantRoute
+from moorage.serving.snapshot import instances_of
 
 T = TypeVar("T")
 
@@ -759,7 +760,7 @@ def test_pool_replaces_a_killed_instance(loop: LoopThread, make_pool: Callable[.
     # Both serve again.
     answers = loop.run(gather(*(invoke_via_pool(pool, csv_body(X[:2])) for _ in range(8))), timeout=60)
     assert all(r.status == 200 for _, r in answers)
-    assert {s["Pid"] for s in pool.snapshot()} == {survivor.pid, replacement.pid}
+    assert {s.pid for s in instances_of(pool)} == {survivor.pid, replacement.pid}
 
     loop.run(pool.close(drain_timeout=10), timeout=60)
     assert gone(survivor.pid) and gone(replacement.pid)

@@ -25,6 +25,7 @@ from moorage.api.sigv4 import MSG_PAYLOAD_HASH, AuthError, SigV4Verifier
 from moorage.api.transform_routes import transform_job_routes
 from moorage.connection import MAX_ARTIFACT_BYTES, artifact_key_problem
 from moorage.control.context import ENDPOINT, Context
+from moorage.control.endpoints import variant_summaries
 from moorage.control.times import timestamp
 from moorage.store.metadata import ListQuery
 
@@ -108,20 +109,16 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier, extra_routes: list[R
         row = ctx.store.get(ENDPOINT, name)
         if row is None:
             return None
-        route = ctx.routes.get(name)
+        snapshot = ctx.routes.snapshot(name)
         variants = []
-        stored = {v["VariantName"]: v for v in row.body.get("ProductionVariants", [])}
-        names = list(route.variants) if route else list(stored)
-        for vname in names:
-            entry: dict[str, Any] = {"VariantName": vname}
-            if route is not None:
-                variant = route.variants[vname]
-                entry.update(CurrentWeight=variant.current_weight, DesiredWeight=variant.desired_weight,
-                             CurrentInstanceCount=len(variant.pool.ready), DesiredInstanceCount=variant.pool.desired,
-                             Runtime=variant.pool.launch.runtime, InstanceType=variant.pool.launch.instance_type,
-                             Restarts=variant.pool.restarts, Instances=variant.pool.snapshot())
+        for summary in variant_summaries(ctx.store, row, snapshot):
+            entry = {k: v for k, v in summary.items() if k != "DeployedImages"}
+            live = snapshot.variants.get(summary["VariantName"]) if snapshot is not None else None
+            if live is not None:
+                entry.update(Runtime=live.runtime, InstanceType=live.instance_type, Restarts=live.restarts,
+                             Instances=[i.to_dict() for i in live.instances])
             else:
-                entry.update({k: v for k, v in stored[vname].items() if k != "VariantName"}, Instances=[])
+                entry["Instances"] = []
             variants.append(entry)
         created = timestamp(row.created_at)
         return {"EndpointName": row.name, "EndpointArn": row.arn, "EndpointStatus": row.status,

@@ -14,7 +14,7 @@ from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.control.context import ENDPOINT
 from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError
 from moorage.serving.route_table import RouteTable
-from moorage.serving.router import EndpointRoute, Invocation, InvocationEvent, InvocationFailed, UnknownVariant
+from moorage.serving.router import InvocationFailed, UnknownVariant
 from moorage.store.metadata import MetadataStore
 
 log = logging.getLogger("moorage.runtime")
@@ -86,8 +86,7 @@ class RuntimeFrontDoor:
             await respond_api_error(send, ModelError(str(exc), OriginalStatusCode=exc.status,
                                                      OriginalMessage=str(exc)), JSON)
             if route.observers:
-                route.notify(_event(route, forwarded_headers, body, arrived, started, exc.variant, exc.instance_id,
-                                    exc.status, exc.model_seconds, b"", None))
+                route.observe(body, forwarded_headers, arrived, started, exc)
             return
         if invocation.status >= 300:
             await self._model_error(send, name, invocation)
@@ -98,7 +97,7 @@ class RuntimeFrontDoor:
                 headers.append((b"x-amzn-sagemaker-custom-attributes", invocation.custom_attributes))
             await respond(send, 200, invocation.body, headers)
         if route.observers:
-            route.notify(_completed_event(route, forwarded_headers, body, arrived, started, invocation))
+            route.observe(body, forwarded_headers, arrived, started, invocation)
 
     async def _too_large(self, send: Send, size: int) -> None:
         await respond_api_error(send, PayloadTooLarge(
@@ -122,18 +121,3 @@ class RuntimeFrontDoor:
         await respond_api_error(send, ModelError(message, OriginalStatusCode=invocation.status,
                                                  OriginalMessage=original, LogStreamArn=str(log_path)), JSON)
 
-
-def _completed_event(route: EndpointRoute, forwarded_headers: bytes, body: bytes, arrived: float, started: float,
-                     invocation: Invocation) -> InvocationEvent:
-    return _event(route, forwarded_headers, body, arrived, started, invocation.variant, invocation.instance_id,
-                  invocation.status, invocation.model_seconds, invocation.body, invocation.content_type)
-
-
-def _event(route: EndpointRoute, forwarded_headers: bytes, body: bytes, arrived: float, started: float, variant: str,
-           instance_id: str, status: int, model_seconds: float, response_body: bytes,
-           response_content_type: str | None) -> InvocationEvent:
-    """Built only when a route has observers. Positional, in InvocationEvent's field order: keywords
-    would cost a third of this function's time."""
-    return InvocationEvent(route.name, variant, instance_id, status, arrived, model_seconds,
-                           time.perf_counter() - started, body, forwarded_headers, response_body,
-                           response_content_type)

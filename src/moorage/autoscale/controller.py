@@ -65,7 +65,7 @@ class ScalingController:
         self.rules = rules or Rules()
         self.settle_timeout = settle_timeout
         self._states: dict[str, _TargetState] = {}
-        self._live_since: dict[str, tuple[int, float]] = {}  # endpoint -> (id of its route, first seen)
+        self._live_since: dict[str, tuple[int, float]] = {}  # endpoint -> (its fleet, first seen)
         self._task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -128,16 +128,17 @@ class ScalingController:
             return
         variant_id = parse_resource_id(target.body["ResourceId"])
         endpoint = self.ctx.store.get(ENDPOINT, variant_id.endpoint)
-        route = self.ctx.routes.get(variant_id.endpoint)
-        if endpoint is None or endpoint.status != IN_SERVICE or route is None:
+        snapshot = self.ctx.routes.snapshot(variant_id.endpoint)
+        if endpoint is None or endpoint.status != IN_SERVICE or snapshot is None:
             return  # being created, updated or deleted: nothing to scale yet
-        variant = route.variants.get(variant_id.variant)
-        if variant is None:
+        goal = next((d for d in self.ctx.store.desired(variant_id.endpoint) if d.variant == variant_id.variant), None)
+        if goal is None or variant_id.variant not in snapshot.variants:
             return
+        # A new fleet (a restart, an update) starts its own history of zero-invocation periods.
         seen = self._live_since.get(variant_id.endpoint)
-        if seen is None or seen[0] != id(route):
-            self._live_since[variant_id.endpoint] = seen = (id(route), now)
-        capacity = variant.pool.desired
+        if seen is None or seen[0] != snapshot.fleet:
+            self._live_since[variant_id.endpoint] = seen = (snapshot.fleet, now)
+        capacity = goal.instance_count
         policies = self.ctx.store.list(SCALING_POLICY, ListQuery(name_contains=target.name + "|", sort_by="created_at",
                                                                  descending=False))
         policies = [p for p in policies if p.body["ResourceId"] == target.body["ResourceId"]]
@@ -227,8 +228,9 @@ class ScalingController:
                     return
                 if row.status != IN_SERVICE:
                     continue
-                route = self.ctx.routes.get(endpoint)
-                ready = len(route.variants[variant].pool.ready) if route and variant in route.variants else 0
+                snapshot = self.ctx.routes.snapshot(endpoint)
+                live = snapshot.variants.get(variant) if snapshot is not None else None
+                ready = live.in_service if live is not None else 0
                 if row.body.get("FailureReason"):
                     self._finish(activity, "Failed", f"Failed to set desired instance count to {desired}. "
                                                      f"Reason: {row.body['FailureReason']}")

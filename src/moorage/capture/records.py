@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from moorage.capture.config import CaptureConfig, media_type
-from moorage.serving.router import InvocationEvent, parse_header_block
+from moorage.serving.invocation_events import InvocationEvent, parse_header_block
 
 EVENT_VERSION = "0"
 

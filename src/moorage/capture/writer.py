@@ -55,7 +55,7 @@ import numpy as np
 
 from moorage.capture.config import CaptureConfig, Destination, WriterSettings
 from moorage.capture.records import RecordEncoder, stamp
-from moorage.serving.router import InvocationEvent
+from moorage.serving.invocation_events import InvocationEvent
 
 log = logging.getLogger("moorage.capture")
 

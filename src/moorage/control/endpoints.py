@@ -3,9 +3,13 @@
 Creating -> InService | Failed;  InService -> Updating -> InService (a failed update leaves the old
 fleet serving and says why in FailureReason);  any -> Deleting -> gone.
 
-State lives in the store: on start the server brings back every endpoint the store says should be
-serving. Lifecycle work runs in background tasks, one at a time per endpoint, so API calls return
-at once as SageMaker's do and the waiters see the transitions.
+State lives in the store. The endpoint's row says which config serves it and where its lifecycle
+is; its desired state (``MetadataStore.desired``: per variant, the weight and instance count it was
+last told to have) is written first by every change (CreateEndpoint from the config's initial
+values, UpdateEndpointWeightsAndCapacities, the autoscaler, a successful UpdateEndpoint), and the
+data plane converges on it (``converge``). A restart therefore brings back what the endpoint was
+told, not its config's initial values. Lifecycle work runs in background tasks, one at a time per
+endpoint, so API calls return at once as SageMaker's do and the waiters see the transitions.
 """
 
 from __future__ import annotations
@@ -24,14 +28,29 @@ from moorage.control.resources import put_tags, save_changes
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
 from moorage.serving.route_table import DeployError, VariantPlan
-from moorage.serving.router import EndpointRoute
+from moorage.serving.snapshot import EndpointSnapshot
 from moorage.store.artifacts import ArtifactError
-from moorage.store.metadata import AlreadyExists, Resource
+from moorage.store.metadata import AlreadyExists, DesiredVariant, MetadataStore, Resource
 
 log = logging.getLogger("moorage.endpoints")
 
 CREATING, IN_SERVICE, UPDATING, DELETING, FAILED = "Creating", "InService", "Updating", "Deleting", "Failed"
 IN_PROGRESS = (CREATING, UPDATING, DELETING)
+
+
+def variant_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSnapshot | None) -> list[dict[str, Any]]:
+    """DescribeEndpoint's ProductionVariants: the row's images, the store's desired weight and count,
+    the live snapshot's current ones (no snapshot: nothing serves yet)."""
+    summaries = {v["VariantName"]: v for v in row.body.get("ProductionVariants", [])}
+    out = []
+    for goal in store.desired(row.name):
+        summary = {k: v for k, v in summaries.get(goal.variant, {"VariantName": goal.variant}).items()
+                   if k not in ("CurrentWeight", "DesiredWeight", "CurrentInstanceCount", "DesiredInstanceCount")}
+        live = snapshot.variants.get(goal.variant) if snapshot is not None else None
+        summary.update(CurrentWeight=live.current_weight if live else goal.weight, DesiredWeight=goal.weight,
+                       CurrentInstanceCount=live.in_service if live else 0, DesiredInstanceCount=goal.instance_count)
+        out.append(summary)
+    return out
 
 
 class Endpoints:
@@ -87,8 +106,8 @@ class Endpoints:
     def _save(self, name: str, status: str | None = None, **changes: Any) -> None:
         save_changes(self.ctx.store, ENDPOINT, name, status, **changes)
 
-    async def _plans(self, config: dict[str, Any], counts: dict[str, int] | None = None,
-                     weights: dict[str, float] | None = None) -> list[VariantPlan]:
+    async def _plans(self, config: dict[str, Any], desired: list[DesiredVariant]) -> list[VariantPlan]:
+        by_name = {d.variant: d for d in desired}
         plans = []
         for variant in config["ProductionVariants"]:
             vname = variant["VariantName"]
@@ -101,16 +120,37 @@ class Endpoints:
                                            startup_timeout=float(timeout) if timeout else None)
             except ArtifactError as exc:
                 raise DeployError(vname, str(exc)) from exc
-            plans.append(VariantPlan(
-                name=vname,
-                weight=(weights or {}).get(vname, float(variant.get("InitialVariantWeight", 1.0))),
-                instance_count=(counts or {}).get(vname, int(variant.get("InitialInstanceCount", 1))),
-                launch=launch,
-            ))
+            goal = by_name[vname]
+            plans.append(VariantPlan(name=vname, weight=goal.weight, instance_count=goal.instance_count,
+                                     launch=launch))
         return plans
 
     @staticmethod
+    def _initial_desired(config: dict[str, Any]) -> list[DesiredVariant]:
+        """A config's variants at their initial weights and counts."""
+        return [DesiredVariant(v["VariantName"], float(v.get("InitialVariantWeight", 1.0)),
+                               int(v.get("InitialInstanceCount", 1))) for v in config["ProductionVariants"]]
+
+    def _desired_for(self, name: str, config: dict[str, Any], *, keep_stored: bool) -> list[DesiredVariant]:
+        """What the fleet of ``config`` should be: the config's initial values, or, with ``keep_stored``
+        (a restart, RetainAllVariantProperties), what the store says for each variant it knows."""
+        initial = self._initial_desired(config)
+        if not keep_stored:
+            return initial
+        stored = {d.variant: d for d in self.ctx.store.desired(name)}
+        if not stored:
+            # A store written before desired state had its own table: the summaries Describe showed.
+            row = self.ctx.store.get(ENDPOINT, name)
+            for summary in (row.body.get("ProductionVariants", []) if row else []):
+                if "DesiredWeight" in summary and "DesiredInstanceCount" in summary:
+                    stored[summary["VariantName"]] = DesiredVariant(
+                        summary["VariantName"], float(summary["DesiredWeight"]), int(summary["DesiredInstanceCount"]))
+        return [stored.get(d.variant, d) for d in initial]
+
+    @staticmethod
     def _variant_summaries(config: dict[str, Any], plans: list[VariantPlan], models: dict[str, Any]) -> list[dict]:
+        """What the row keeps of each variant: its images. Weights and counts are the desired state's
+        and the live snapshot's, put together by Describe."""
         by_name = {p.name: p for p in plans}
         summaries = []
         for variant in config["ProductionVariants"]:
@@ -119,8 +159,6 @@ class Endpoints:
             summaries.append({
                 "VariantName": plan.name,
                 "DeployedImages": [{"SpecifiedImage": image, "ResolvedImage": f"moorage/{plan.launch.runtime}"}],
-                "CurrentWeight": plan.weight, "DesiredWeight": plan.weight,
-                "CurrentInstanceCount": plan.instance_count, "DesiredInstanceCount": plan.instance_count,
             })
         return summaries
 
@@ -133,13 +171,10 @@ class Endpoints:
             return
         old_route = self.ctx.routes.get(name)
         updating = old_route is not None and not recovering
-        counts = weights = None
-        if retain and old_route is not None:
-            counts = {v.name: v.pool.desired for v in old_route.variants.values()}
-            weights = {v.name: v.current_weight for v in old_route.variants.values()}
         try:
             config = self._config(config_name)
-            plans = await self._plans(config, counts, weights)
+            desired = self._desired_for(name, config, keep_stored=recovering or row.status == CREATING or retain)
+            plans = await self._plans(config, desired)
             models = {v["ModelName"]: self.ctx.store.get("model", v["ModelName"]).body  # type: ignore[union-attr]
                       for v in config["ProductionVariants"]}
             route = self.ctx.routes.build(name, plans)
@@ -172,6 +207,9 @@ class Endpoints:
                 self.ctx.routes.unpublish(name)
             await self.ctx.routes.retire(route)
             return
+        # The new fleet's desired state is the endpoint's from now on (an update that failed above
+        # left the old one in place, as it left the old fleet serving).
+        self.ctx.store.replace_desired(name, desired)
         replaced = self.ctx.routes.publish(route)
         log.info("endpoint %s in service with config %s (%s)", name, config_name,
                  ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
@@ -180,47 +218,42 @@ class Endpoints:
                    DataCaptureConfig=self._capture_summary(config))
         if replaced is not None:
             await self.ctx.routes.retire(replaced)  # blue/green: the old fleet drains after the switch
+        if recovering:
+            await self.converge(name, save=False)  # a change stored while the fleet was coming up
 
-    async def _apply_weights_and_capacities(self, name: str, desired: list[dict[str, Any]]) -> None:
+    async def converge(self, name: str, save: bool = True) -> None:
+        """Bring the live fleet to the store's desired state: each variant's weight and instance count.
+
+        Scaling keeps the instances that did start when some cannot (the reason goes to FailureReason).
+        """
         route = self.ctx.routes.get(name)
         if route is None:
-            self._save(name, FAILED, FailureReason="The endpoint has no running fleet to update.")
+            if save:
+                self._save(name, FAILED, FailureReason="The endpoint has no running fleet to update.")
             return
         errors = []
-        for change in desired:
-            variant = route.variants[change["VariantName"]]
-            if "DesiredWeight" in change:
-                variant.desired_weight = float(change["DesiredWeight"])
-            if "DesiredInstanceCount" in change:
-                try:
-                    await variant.pool.scale_to(int(change["DesiredInstanceCount"]))
-                except Exception as exc:  # a failed scale-out keeps the instances that did start
-                    errors.append(f"variant {variant.name}: {exc}")
+        desired = {d.variant: d for d in self.ctx.store.desired(name)}
         for variant in route.variants.values():
-            variant.current_weight = variant.desired_weight
+            goal = desired.get(variant.name)
+            if goal is None:
+                continue
+            if variant.pool.desired != goal.instance_count:
+                try:
+                    await variant.pool.scale_to(goal.instance_count)
+                except Exception as exc:
+                    errors.append(f"variant {variant.name}: {exc}")
+            variant.current_weight = goal.weight
         route.reweigh()
-        self._save(name, IN_SERVICE, FailureReason="; ".join(errors) or None,
-                   ProductionVariants=self._live_variants(name, route))
+        if save:
+            self._save(name, IN_SERVICE, FailureReason="; ".join(errors) or None)
 
     async def _tear_down(self, name: str) -> None:
         log.info("deleting endpoint %s", name)
         route = self.ctx.routes.unpublish(name)
         if route is not None:
             await self.ctx.routes.retire(route)
+        self.ctx.store.delete_desired(name)
         self.ctx.store.delete(ENDPOINT, name)
-
-    def _live_variants(self, name: str, route: EndpointRoute | None) -> list[dict[str, Any]]:
-        row = self.ctx.store.get(ENDPOINT, name)
-        stored = {v["VariantName"]: v for v in (row.body.get("ProductionVariants", []) if row else [])}
-        if route is None:
-            return list(stored.values())
-        live = []
-        for variant in route.variants.values():
-            summary = dict(stored.get(variant.name, {"VariantName": variant.name}))
-            summary.update(CurrentWeight=variant.current_weight, DesiredWeight=variant.desired_weight,
-                           CurrentInstanceCount=len(variant.pool.ready), DesiredInstanceCount=variant.pool.desired)
-            live.append(summary)
-        return live
 
     # API operations ---------------------------------------------------------------------------------
     async def create_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +267,7 @@ class Endpoints:
             self.ctx.store.create(ENDPOINT, name, arn, body, status=CREATING)
         except AlreadyExists as exc:
             raise ValidationException(f'Cannot create already existing endpoint "{arn}".') from exc
+        self.ctx.store.replace_desired(name, self._initial_desired(config))
         put_tags(self.ctx, arn, req.get("Tags"))
         log.info("creating endpoint %s from config %s", name, config_name)
         self._run(name, self._bring_up(name, config_name))
@@ -248,7 +282,7 @@ class Endpoints:
         out.update(EndpointName=row.name, EndpointArn=row.arn, EndpointStatus=row.status,
                    CreationTime=timestamp(row.created_at), LastModifiedTime=timestamp(row.modified_at))
         if row.status in (IN_SERVICE, UPDATING):
-            out["ProductionVariants"] = self._live_variants(name, self.ctx.routes.get(name))
+            out["ProductionVariants"] = variant_summaries(self.ctx.store, row, self.ctx.routes.snapshot(name))
         if row.body.get("PendingEndpointConfigName"):
             out["PendingDeploymentSummary"] = {"EndpointConfigName": row.body["PendingEndpointConfigName"]}
         return out
@@ -289,8 +323,7 @@ class Endpoints:
     async def update_endpoint_weights_and_capacities(self, req: dict[str, Any]) -> dict[str, Any]:
         name = req["EndpointName"]
         row = self._updatable(name)
-        route = self.ctx.routes.get(name)
-        known = set(route.variants) if route else {v["VariantName"] for v in row.body.get("ProductionVariants", [])}
+        known = {d.variant for d in self.ctx.store.desired(name)}
         desired = req["DesiredWeightsAndCapacities"]
         for change in desired:
             if change["VariantName"] not in known:
@@ -299,8 +332,14 @@ class Endpoints:
             if "DesiredWeight" not in change and "DesiredInstanceCount" not in change:
                 raise ValidationException(
                     f"Specify DesiredWeight or DesiredInstanceCount for variant {change['VariantName']}.")
+        # The store first: from here on this is what the endpoint is, whatever happens to this server.
+        for change in desired:
+            self.ctx.store.update_desired(
+                name, change["VariantName"],
+                weight=float(change["DesiredWeight"]) if "DesiredWeight" in change else None,
+                instance_count=int(change["DesiredInstanceCount"]) if "DesiredInstanceCount" in change else None)
         self.ctx.store.update(ENDPOINT, name, status=UPDATING)
-        self._run(name, self._apply_weights_and_capacities(name, desired))
+        self._run(name, self.converge(name))
         return {"EndpointArn": row.arn}
 
     # Server lifecycle -------------------------------------------------------------------------------

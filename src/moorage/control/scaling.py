@@ -110,9 +110,7 @@ class Scaling:
         if row is None:
             raise ValidationException(f"The endpoint '{variant.endpoint}' does not exist.")
         names = {v["VariantName"] for v in row.body.get("ProductionVariants", [])}
-        route = self.ctx.routes.get(variant.endpoint)
-        if route is not None:
-            names |= set(route.variants)
+        names |= {d.variant for d in self.ctx.store.desired(variant.endpoint)}
         if variant.variant not in names:
             raise ValidationException(
                 f"The variant '{variant.variant}' does not exist in endpoint '{variant.endpoint}' "

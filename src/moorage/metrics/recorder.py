@@ -38,7 +38,7 @@ from moorage.metrics.vocabulary import (
     instance_dimensions,
     variant_dimensions,
 )
-from moorage.serving.router import InvocationEvent
+from moorage.serving.invocation_events import InvocationEvent
 
 DEFAULT_MAX_SAMPLES = 1_000_000  # per series and period: 16 MB of float64 pairs at most
 
@@ -80,7 +80,7 @@ class TakenWindow:
 
 
 class InvocationRecorder:
-    """An InvocationObserver (serving.router) that keeps the current period's windows in memory."""
+    """An InvocationObserver (serving.invocation_events) that keeps the current period's windows in memory."""
 
     def __init__(self, max_samples: int = DEFAULT_MAX_SAMPLES):
         self.max_samples = max_samples

@@ -7,7 +7,7 @@ moorage's home, all in ``/aws/sagemaker/Endpoints``; ``ModelSetupTime`` (``AWS/S
 microseconds) is published once per instance, from its start to its first passing ``/ping``.
 An instance's figures cover its whole process tree (a server's own workers count).
 
-``snapshot_instances`` runs on the event loop (it reads the live pools); ``sample`` does the
+``sampled_instances`` reads the serving snapshot (taken on the event loop); ``sample`` does the
 system calls and runs in a worker thread.
 """
 
@@ -36,7 +36,7 @@ from moorage.metrics.vocabulary import (
 )
 from moorage.serving.instance import InstanceState
 from moorage.serving.instance_types import machine_memory_bytes, resources_for
-from moorage.serving.route_table import RouteTable
+from moorage.serving.snapshot import EndpointSnapshot
 
 _SAMPLED_STATES = (InstanceState.IN_SERVICE, InstanceState.DRAINING)
 
@@ -55,16 +55,18 @@ class InstanceInfo:
         return (self.endpoint, self.variant, self.instance_id)
 
 
-def snapshot_instances(routes: RouteTable) -> list[InstanceInfo]:
+def sampled_instances(snapshots: list[EndpointSnapshot]) -> list[InstanceInfo]:
+    """The instances whose process trees are sampled: those serving or draining."""
     out = []
-    for route in routes.live():
-        for variant in route.variants.values():
-            memory = resources_for(variant.pool.launch.instance_type).memory_bytes
-            for instance in list(variant.pool.instances):
+    for endpoint in snapshots:
+        for variant in endpoint.variants.values():
+            memory = resources_for(variant.instance_type).memory_bytes
+            for instance in variant.instances:
                 pid = instance.pid
                 if pid is None or instance.state not in _SAMPLED_STATES:
                     continue
-                out.append(InstanceInfo(route.name, variant.name, instance.id, pid, instance.setup_seconds, memory))
+                out.append(InstanceInfo(endpoint.name, variant.name, instance.instance_id, pid,
+                                        instance.setup_seconds, memory))
     return out
 
 

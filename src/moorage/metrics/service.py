@@ -25,7 +25,7 @@ from moorage.config import Settings
 from moorage.metrics.alarms import AlarmService
 from moorage.metrics.prometheus import PrometheusExposition
 from moorage.metrics.recorder import InvocationRecorder, statistic_sets
-from moorage.metrics.sampler import UtilizationSampler, snapshot_instances
+from moorage.metrics.sampler import UtilizationSampler, sampled_instances
 from moorage.metrics.store import Datapoint, MetricSeries, MetricStore, StatisticSet
 from moorage.metrics.vocabulary import CAPTURE_NAMESPACE, CAPTURE_OUTCOMES, COUNT, variant_dimensions
 from moorage.serving.route_table import RouteTable
@@ -131,11 +131,12 @@ class MetricsService:
         now = time.time()
         taken = self.recorder.take(now) if self.recorder is not None else None
         in_service: dict[tuple[str, str], int] = {}
-        for route in self.routes.live():
-            for variant in route.variants.values():
-                if variant.pool.ready:
-                    in_service[(route.name, variant.name)] = len(variant.pool.ready)
-        instances = snapshot_instances(self.routes) if self.sampler is not None and not final else []
+        snapshots = self.routes.snapshots()
+        for endpoint in snapshots:
+            for variant in endpoint.variants.values():
+                if variant.in_service:
+                    in_service[(endpoint.name, variant.name)] = variant.in_service
+        instances = sampled_instances(snapshots) if self.sampler is not None and not final else []
         capture_sets = self._capture_sets(math.floor((now - self.period) / self.period) * self.period)
 
         def work() -> None:

@@ -206,10 +206,3 @@ class InstancePool:
         await asyncio.gather(*(i.stop(drain_timeout) for i in instances), return_exceptions=True)
         self.instances.clear()
         self._set_ready()
-
-    def snapshot(self) -> list[dict[str, object]]:
-        return [
-            {"InstanceId": i.id, "Pid": i.pid, "State": str(i.state), "Outstanding": i.outstanding,
-             "LogPath": str(i.log_path), "ModelSetupSeconds": i.setup_seconds}
-            for i in self.instances
-        ]

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.serving.instance import InstanceStartError, LaunchSpec
+from moorage.serving.invocation_events import InvocationObserver
 from moorage.serving.pool import InstancePool
-from moorage.serving.router import EndpointRoute, InvocationObserver, VariantRoute
+from moorage.serving.router import EndpointRoute, VariantRoute
+from moorage.serving.snapshot import EndpointSnapshot, snapshot_of
 
 log = logging.getLogger("moorage.route_table")
 
@@ -51,9 +53,13 @@ class RouteTable:
     def get(self, endpoint: str) -> EndpointRoute | None:
         return self._routes.get(endpoint)
 
-    def live(self) -> list[EndpointRoute]:
-        """Every published route (a copy: safe to iterate across awaits)."""
-        return list(self._routes.values())
+    def snapshot(self, endpoint: str) -> EndpointSnapshot | None:
+        """What serves ``endpoint`` now, or None when nothing is published for it."""
+        route = self._routes.get(endpoint)
+        return None if route is None else snapshot_of(route)
+
+    def snapshots(self) -> list[EndpointSnapshot]:
+        return [snapshot_of(route) for route in list(self._routes.values())]
 
     def build(self, endpoint: str, plans: list[VariantPlan]) -> EndpointRoute:
         variants = [

@@ -1,22 +1,22 @@
-"""Variant choice and the invocation path of one endpoint.
+"""The invocation path of one endpoint: choose a production variant, then an instance of its pool.
 
-An endpoint routes each request to a production variant (by weight, or the caller's
-``TargetVariant``), then to an instance of that variant's pool. Later strategies (rules, sticky
-assignment, shadow copies, bandits) plug in as other ways of choosing the variant; the pools and
-the instance hop stay the same.
+An endpoint routes each request to the variant the caller names (``TargetVariant``) or, otherwise,
+the one its chooser picks (``choosers/``: weighted today; rules, stickiness, shadows and bandits
+plug in there), then to the least busy instance of that variant's pool. After the reply is sent the
+front door hands the outcome back to the route, which builds the one ``InvocationEvent`` its
+observers (metrics, capture) see.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
-import random
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
+from moorage.serving.choosers import NoVariantToChoose, VariantChooser
+from moorage.serving.choosers.weighted import WeightedChooser
 from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout
+from moorage.serving.invocation_events import InvocationEvent, InvocationObserver
 from moorage.serving.pool import InstancePool, NoCapacity
 
 log = logging.getLogger("moorage.router")
@@ -48,91 +48,26 @@ class Invocation:
     model_seconds: float = 0.0  # the instance hop, as the router timed it (SageMaker's ModelLatency)
 
 
-@dataclass(slots=True)
-class InvocationEvent:
-    """One finished invocation, as observers (metrics, data capture) see it after the reply is sent."""
-
-    endpoint: str
-    variant: str
-    instance_id: str  # "" when no instance was reached (no capacity)
-    status: int  # the instance's HTTP status, or the router's failure status (502/503/504)
-    arrived: float  # epoch seconds when the request arrived
-    model_seconds: float
-    total_seconds: float  # arrival to reply; total - model is SageMaker's OverheadLatency
-    request_body: bytes
-    # The request headers the router passed on to the instance (content type, accept, inference id,
-    # custom attributes, target model), as the HTTP header block it sent: b"content-type: text/csv\r\n...".
-    # One bytes object the door builds anyway; observers that read a header (capture) parse it then,
-    # often off the event loop, and a queue of bytes costs the garbage collector nothing.
-    forwarded_headers: bytes
-    response_body: bytes
-    response_content_type: str | None
-    _observed: dict[bytes, str] | None = None
-
-    def _header(self, name: bytes) -> str | None:
-        observed = self._observed
-        if observed is None:
-            observed = self._observed = parse_header_block(self.forwarded_headers)
-        return observed.get(name)
-
-    @property
-    def content_type(self) -> str | None:
-        return self._header(b"content-type")
-
-    @property
-    def accept(self) -> str | None:
-        return self._header(b"accept")
-
-    @property
-    def inference_id(self) -> str | None:
-        return self._header(b"x-amzn-sagemaker-inference-id")
-
-    @property
-    def custom_attributes(self) -> str | None:
-        return self._header(b"x-amzn-sagemaker-custom-attributes")
-
-
-def header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """``[(b"content-type", b"text/csv")]`` -> ``b"content-type: text/csv\r\n"``: what the door forwards."""
-    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
-
-
-def parse_header_block(block: bytes) -> dict[bytes, str]:
-    """A forwarded header block back to its headers (lower-case names, values as latin-1 text)."""
-    out: dict[bytes, str] = {}
-    for line in block.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b": ")
-            out[name] = value.decode("latin-1")
-    return out
-
-
-class InvocationObserver(Protocol):
-    """Sees every invocation of a route. ``observe`` runs on the event loop after the reply was sent:
-    it must only enqueue (never block, never raise for a full queue: count the drop instead)."""
-
-    def observe(self, event: InvocationEvent) -> None: ...
-
-
 class VariantRoute:
-    __slots__ = ("current_weight", "desired_weight", "name", "pool")
+    """A variant as the router serves it: its pool and the weight it serves at now (the desired weight
+    is the store's; the control plane converges this one on it)."""
+
+    __slots__ = ("current_weight", "name", "pool")
 
     def __init__(self, name: str, weight: float, pool: InstancePool):
         self.name = name
         self.current_weight = weight
-        self.desired_weight = weight
         self.pool = pool
 
 
 class EndpointRoute:
     def __init__(self, name: str, variants: list[VariantRoute], invocation_timeout: float = 60.0,
-                 acquire_timeout: float = 30.0):
+                 acquire_timeout: float = 30.0, chooser: VariantChooser | None = None):
         self.name = name
         self.variants = {v.name: v for v in variants}
         self.invocation_timeout = invocation_timeout
         self.acquire_timeout = acquire_timeout
-        self._thresholds: list[float] = []
-        self._ordered: list[VariantRoute] = []
+        self.chooser: VariantChooser = chooser or WeightedChooser()
         # Metrics and data capture; the front door skips building events while this is empty.
         self.observers: list[InvocationObserver] = []
         self.reweigh()
@@ -145,33 +80,23 @@ class EndpointRoute:
                 log.exception("observer %r failed on an invocation of %s", observer, self.name)
 
     def reweigh(self) -> None:
-        """Recompute the cumulative weight table after weights change."""
-        total = 0.0
-        thresholds, ordered = [], []
-        for variant in self.variants.values():
-            if variant.current_weight > 0:
-                total += variant.current_weight
-                thresholds.append(total)
-                ordered.append(variant)
-        self._thresholds = [t / total for t in thresholds] if total else []
-        self._ordered = ordered
+        """Weights changed: the chooser rebuilds what it chooses from."""
+        self.chooser.update(list(self.variants.values()))
 
-    def choose(self, target_variant: str | None = None) -> VariantRoute:
+    def choose(self, target_variant: str | None = None, forwarded_headers: bytes = b"") -> VariantRoute:
         if target_variant:
             variant = self.variants.get(target_variant)
             if variant is None:
                 raise UnknownVariant(target_variant)
             return variant
-        ordered = self._ordered
-        if len(ordered) == 1:
-            return ordered[0]
-        if not ordered:
-            raise NoCapacity(f"every variant of endpoint {self.name} has weight 0; name one with TargetVariant")
-        index = bisect.bisect_right(self._thresholds, random.random())
-        return ordered[min(index, len(ordered) - 1)]
+        try:
+            return self.chooser.choose(forwarded_headers)
+        except NoVariantToChoose:
+            raise NoCapacity(f"every variant of endpoint {self.name} has weight 0; name one with TargetVariant") \
+                from None
 
     async def invoke(self, body: bytes, headers: bytes, target_variant: str | None = None) -> Invocation:
-        variant = self.choose(target_variant)
+        variant = self.choose(target_variant, headers)
         try:
             instance = variant.pool.pick() or await variant.pool.acquire(self.acquire_timeout)
         except NoCapacity as exc:
@@ -191,3 +116,18 @@ class EndpointRoute:
                 instance.id, time.perf_counter() - started) from exc
         return Invocation(variant.name, instance.id, response.status, response.content_type, response.body,
                           response.custom_attributes, time.perf_counter() - started)
+
+    def observe(self, body: bytes, forwarded_headers: bytes, arrived: float, started: float,
+                outcome: Invocation | InvocationFailed) -> None:
+        """After the reply: the invocation's event to every observer. Callers check ``observers`` first,
+        so a route nobody watches builds nothing. Positional, in InvocationEvent's field order:
+        keywords would cost a third of this method's time."""
+        if isinstance(outcome, Invocation):
+            event = InvocationEvent(self.name, outcome.variant, outcome.instance_id, outcome.status, arrived,
+                                    outcome.model_seconds, time.perf_counter() - started, body, forwarded_headers,
+                                    outcome.body, outcome.content_type)
+        else:
+            event = InvocationEvent(self.name, outcome.variant, outcome.instance_id, outcome.status, arrived,
+                                    outcome.model_seconds, time.perf_counter() - started, body, forwarded_headers,
+                                    b"", None)
+        self.notify(event)

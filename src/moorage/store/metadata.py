@@ -4,6 +4,13 @@ One generic table holds all resource kinds (model, endpoint-config, endpoint, la
 and monitoring schedules): each row keeps the fields the control plane filters and sorts on as
 columns (name, status, times) and the rest as a JSON document. A new resource kind therefore needs
 no migration, and list operations filter in SQL rather than in Python.
+
+A second table holds each endpoint's desired state, one row per production variant: the weight
+and instance count the endpoint was last told to have (by its config, UpdateEndpointWeightsAndCapacities
+or the autoscaler), and a JSON document for what later strategies learn (a rollout's step, a
+routing policy's state). The store is its one owner: the control plane writes it first and the
+data plane converges on it, so a restart brings back what the endpoint was told, not its config's
+initial values. Changing one variant is one UPDATE of one row, safe with several writers.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from sqlalchemy import (
     JSON,
     Column,
     Float,
+    Integer,
     MetaData,
     String,
     Table,
@@ -57,6 +65,19 @@ tags = Table(
 )
 
 
+desired_variants = Table(
+    "desired_variants",
+    metadata_obj,
+    Column("endpoint", String(256), primary_key=True),
+    Column("variant", String(256), primary_key=True),
+    Column("position", Integer, nullable=False),  # the variant's place in its endpoint config
+    Column("weight", Float, nullable=False),
+    Column("instance_count", Integer, nullable=False),
+    Column("state", JSON, nullable=False),
+    Column("modified_at", Float, nullable=False),
+)
+
+
 class AlreadyExists(Exception):
     pass
 
@@ -70,6 +91,16 @@ class Resource:
     created_at: float
     modified_at: float
     body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DesiredVariant:
+    """What one production variant of an endpoint should be: the control plane's word, serving's goal."""
+
+    variant: str
+    weight: float
+    instance_count: int
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -213,3 +244,41 @@ class MetadataStore:
         with self._tx() as conn:
             rows = conn.execute(select(tags.c.key, tags.c.value).where(tags.c.arn == arn).order_by(tags.c.key))
             return [(r.key, r.value) for r in rows]
+
+    # Desired state of endpoints ------------------------------------------------------------------
+    def replace_desired(self, endpoint: str, variants: Sequence[DesiredVariant]) -> None:
+        """Make ``variants`` (in config order) the endpoint's whole desired state, in one transaction."""
+        now = time.time()
+        with self._tx() as conn:
+            conn.execute(delete(desired_variants).where(desired_variants.c.endpoint == endpoint))
+            for position, v in enumerate(variants):
+                conn.execute(insert(desired_variants).values(
+                    endpoint=endpoint, variant=v.variant, position=position, weight=float(v.weight),
+                    instance_count=int(v.instance_count), state=dict(v.state), modified_at=now))
+
+    def update_desired(self, endpoint: str, variant: str, *, weight: float | None = None,
+                       instance_count: int | None = None, state: dict[str, Any] | None = None) -> bool:
+        """Change what is given for one variant; False when the endpoint has no such variant."""
+        values: dict[str, Any] = {"modified_at": time.time()}
+        if weight is not None:
+            values["weight"] = float(weight)
+        if instance_count is not None:
+            values["instance_count"] = int(instance_count)
+        if state is not None:
+            values["state"] = dict(state)
+        with self._tx() as conn:
+            result = conn.execute(update(desired_variants).where(
+                and_(desired_variants.c.endpoint == endpoint, desired_variants.c.variant == variant)).values(**values))
+        return bool(result.rowcount)
+
+    def desired(self, endpoint: str) -> list[DesiredVariant]:
+        """The endpoint's desired state, in config order; empty when none was ever written."""
+        stmt = (select(desired_variants).where(desired_variants.c.endpoint == endpoint)
+                .order_by(desired_variants.c.position))
+        with self._tx() as conn:
+            return [DesiredVariant(r.variant, r.weight, r.instance_count, dict(r.state or {}))
+                    for r in conn.execute(stmt)]
+
+    def delete_desired(self, endpoint: str) -> None:
+        with self._tx() as conn:
+            conn.execute(delete(desired_variants).where(desired_variants.c.endpoint == endpoint))

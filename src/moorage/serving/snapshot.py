@@ -1,0 +1,64 @@
+"""The one read model of what is live: per endpoint, per variant, its weight, counts and instances.
+
+Metrics, the native API, DescribeEndpoint and the autoscaler read this instead of walking routes,
+pools and instances themselves. A snapshot is a plain frozen copy, safe to keep across awaits and
+to hand to another thread; what the endpoint was *told* (desired weight and count) is the store's,
+and readers put the two side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moorage.serving.instance import InstanceState
+from moorage.serving.pool import InstancePool
+from moorage.serving.router import EndpointRoute
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSnapshot:
+    instance_id: str
+    pid: int | None
+    state: InstanceState
+    outstanding: int
+    log_path: str
+    setup_seconds: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"InstanceId": self.instance_id, "Pid": self.pid, "State": str(self.state),
+                "Outstanding": self.outstanding, "LogPath": self.log_path, "ModelSetupSeconds": self.setup_seconds}
+
+
+@dataclass(frozen=True, slots=True)
+class VariantSnapshot:
+    name: str
+    current_weight: float
+    in_service: int  # instances taking traffic: SageMaker's CurrentInstanceCount
+    target_instance_count: int  # what the pool is converging on
+    runtime: str
+    instance_type: str
+    restarts: int
+    instances: tuple[InstanceSnapshot, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSnapshot:
+    name: str
+    fleet: int  # tells fleets apart: a new route (restart, update) is a new fleet
+    variants: dict[str, VariantSnapshot]
+
+
+def instances_of(pool: InstancePool) -> tuple[InstanceSnapshot, ...]:
+    return tuple(InstanceSnapshot(i.id, i.pid, i.state, i.outstanding, str(i.log_path), i.setup_seconds)
+                 for i in list(pool.instances))
+
+
+def snapshot_of(route: EndpointRoute) -> EndpointSnapshot:
+    variants = {}
+    for variant in route.variants.values():
+        pool = variant.pool
+        instances = instances_of(pool)
+        variants[variant.name] = VariantSnapshot(
+            variant.name, variant.current_weight, len(pool.ready), pool.desired, pool.launch.runtime,
+            pool.launch.instance_type, pool.restarts, instances)
+    return EndpointSnapshot(route.name, id(route), variants)
