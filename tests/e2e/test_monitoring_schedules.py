@@ -25,7 +25,7 @@ from e2e_support import (
     variant,
     wait_until,
 )
-from moorage.monitor.baseline import suggest_baseline
+from moorage.monitor.data_quality.suggest import suggest_baseline
 
 pytestmark = pytest.mark.e2e
 

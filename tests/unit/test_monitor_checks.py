@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from moorage.monitor import check, evaluate, load_json, profile_batches, shape_errors, suggest_constraints
-from moorage.monitor.checks import chi_squared_p_value
-from moorage.monitor.distributions import CategoricalDistribution
+from moorage.monitor.common.distributions import CategoricalDistribution
+from moorage.monitor.data_quality.verify import chi_squared_p_value
 
 SAGEMAKER = Path(__file__).parents[1] / "data" / "sagemaker" / "data_quality"
 CATEGORIES = ["north", "south", "east", "west"]

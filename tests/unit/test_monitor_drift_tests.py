@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from moorage.monitor import DriftTestConfig, profile_batches, run_drift_tests
-from moorage.monitor.drift_tests import TESTS
+from moorage.monitor.data_quality.drift_tests import TESTS
 
 
 def _frame(rows: int, seed: int, shift: float = 0.0, mix: tuple[float, float, float] = (0.5, 0.3, 0.2)) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from moorage.monitor import DatasetProfile, load_json, profile_batches, shape_errors
-from moorage.monitor.distributions import NumericDistribution
+from moorage.monitor.common.distributions import NumericDistribution
 
 SAGEMAKER = Path(__file__).parents[1] / "data" / "sagemaker" / "data_quality"
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from moorage.monitor import profile_batches
-from moorage.monitor.types import TypeCounts, classify
+from moorage.monitor.common.type_inference import TypeCounts, classify
 
 
 def _inferred(values: list, type_: pa.DataType | None = None) -> str:

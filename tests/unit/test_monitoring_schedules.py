@@ -9,11 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from moorage.control.schedule_expressions import ScheduleExpression
 from moorage.errors import ValidationException
-from moorage.monitor.capture_reader import CaptureReader, capture_files, decode_rows
-from moorage.monitor.cron import ScheduleExpression, parse_offset, parse_time_or_offset
-from moorage.monitor.execution import JobDefinition, window_of
-from moorage.monitor.report import render_report
+from moorage.monitor.common.capture_reader import CaptureReader, capture_files, decode_rows
+from moorage.monitor.common.report import render_report
+from moorage.monitor.common.time_offsets import parse_offset, parse_time_or_offset
+from moorage.monitor.data_quality.execution import JobDefinition, window_of
 
 FORMATS = Path(__file__).parents[1] / "data" / "sagemaker"
 UTC = dt.UTC
@@ -140,7 +141,7 @@ def test_reader_output_side_and_preprocessor(tmp_path: Path) -> None:
         "        return []\n"
         "    out = inference_record.endpoint_output.data\n"
         "    return {'first': float(values[0]), 'score': float(out)}\n")
-    from moorage.monitor.capture_reader import load_preprocessor
+    from moorage.monitor.common.capture_reader import load_preprocessor
 
     reader = CaptureReader(str(tmp_path), "ep", start, end, preprocessor=load_preprocessor(script.as_uri()))
     rows = [r for b in reader.batches() for r in b.to_pylist()]

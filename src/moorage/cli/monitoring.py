@@ -50,8 +50,8 @@ def monitor() -> None:
 def baseline(dataset: str, output: str, header: bool, fmt: str | None) -> None:
     """Profile a dataset and suggest constraints, as SageMaker's suggest_baseline does."""
     _require_extra()
-    from moorage.monitor.baseline import suggest_baseline
-    from moorage.monitor.datasets import DatasetError
+    from moorage.monitor.common.datasets import DatasetError
+    from moorage.monitor.data_quality.suggest import suggest_baseline
 
     try:
         result = suggest_baseline(dataset, output, fmt, header)
@@ -71,9 +71,8 @@ def baseline(dataset: str, output: str, header: bool, fmt: str | None) -> None:
 def check_command(dataset: str, baseline_dir: str, output: str, header: bool, fmt: str | None) -> None:
     """Check a dataset against a baseline; exit code 0 either way, the violations are printed."""
     _require_extra()
-    from moorage.monitor.checks import evaluate
-    from moorage.monitor.datasets import Dataset, DatasetError
-    from moorage.monitor.formats import (
+    from moorage.monitor.common.datasets import Dataset, DatasetError
+    from moorage.monitor.common.formats import (
         CONSTRAINTS_FILE,
         STATISTICS_FILE,
         VIOLATIONS_FILE,
@@ -82,7 +81,8 @@ def check_command(dataset: str, baseline_dir: str, output: str, header: bool, fm
         join,
         save_json,
     )
-    from moorage.monitor.statistics import profile_dataset
+    from moorage.monitor.data_quality.profile import profile_dataset
+    from moorage.monitor.data_quality.verify import evaluate
 
     try:
         baseline_statistics = Statistics.from_file_path(join(baseline_dir, STATISTICS_FILE))

@@ -31,7 +31,7 @@ from moorage.control.paging import list_query
 from moorage.control.resources import put_tags
 from moorage.control.times import epoch, timestamp
 from moorage.errors import ResourceInUse, ResourceNotFound, ValidationException
-from moorage.monitor.execution import DATA_QUALITY, IN_PROGRESS, PENDING, JobDefinition
+from moorage.monitor.data_quality.execution import DATA_QUALITY, IN_PROGRESS, PENDING, JobDefinition
 from moorage.store.metadata import AlreadyExists, ListQuery, Resource
 
 

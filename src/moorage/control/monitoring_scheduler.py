@@ -8,7 +8,7 @@ running when it stopped run again.
 
 One task ticks every ``MOORAGE_MONITOR_TICK_SECONDS`` (default 1 s; API calls wake it at once);
 at most ``MOORAGE_MONITOR_CONCURRENCY`` executions (default 2) run at a time, each in its own
-process (:mod:`moorage.monitor.execution`). Execution metrics are written to the metrics store in a
+process (:mod:`moorage.monitor.data_quality.execution`). Execution metrics are written to the metrics store in a
 worker thread under SageMaker's namespace and dimensions, so alarms can watch them.
 """
 
@@ -23,9 +23,9 @@ import uuid
 from typing import Any
 
 from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
+from moorage.control.schedule_expressions import ScheduleExpression
 from moorage.errors import ValidationException
-from moorage.monitor.cron import ScheduleExpression
-from moorage.monitor.execution import (
+from moorage.monitor.data_quality.execution import (
     COMPLETED,
     DATA_QUALITY,
     FAILED,

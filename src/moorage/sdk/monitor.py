@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moorage.monitor.formats import CONSTRAINTS_FILE, STATISTICS_FILE, Constraints, Statistics, join
+from moorage.monitor.common.formats import CONSTRAINTS_FILE, STATISTICS_FILE, Constraints, Statistics, join
 
 __all__ = ["BaselineJob", "Constraints", "DatasetFormat", "DefaultModelMonitor", "Statistics"]
 
@@ -102,7 +102,7 @@ class DefaultModelMonitor:
                          wait: bool = True, logs: bool = True, job_name: str | None = None,
                          monitoring_config_override: Any = None) -> BaselineJob:
         """Profile ``baseline_dataset`` and write ``statistics.json`` and ``constraints.json`` to ``output_s3_uri``."""
-        from moorage.monitor.baseline import suggest_baseline
+        from moorage.monitor.data_quality.suggest import suggest_baseline
 
         if record_preprocessor_script or post_analytics_processor_script:
             raise NotImplementedError("preprocessor/postprocessor scripts are not supported for local baselines")

@@ -1,4 +1,4 @@
-"""Verification: current statistics against a baseline's statistics and constraints -> violations.
+"""Verify (Deequ's third step): current statistics against a baseline's statistics and constraints -> violations.
 
 The checks and their meaning are SageMaker's (``constraint_violations.json``); each works from
 statistics only, so a baseline made by SageMaker works as well as ours:
@@ -37,16 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from moorage.monitor.constraints import DEFAULT_MONITORING_CONFIG
-from moorage.monitor.distributions import (
+from moorage.monitor.common.distributions import (
     CategoricalDistribution,
     NumericDistribution,
     linf_simple_categorical,
     linf_simple_numeric,
     robust,
 )
-from moorage.monitor.statistics import DatasetProfile, statistics_of
-from moorage.monitor.types import TypeCounts
+from moorage.monitor.common.type_inference import TypeCounts
+from moorage.monitor.data_quality.profile import DatasetProfile, statistics_of
+from moorage.monitor.data_quality.suggest import DEFAULT_MONITORING_CONFIG
 
 COMPLETENESS_Z = 3.0
 CHECK_TYPES = ("data_type_check", "completeness_check", "baseline_drift_check", "missing_column_check",

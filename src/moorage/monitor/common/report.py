@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from moorage.monitor.distributions import CategoricalDistribution, NumericDistribution
-from moorage.monitor.formats import join
+from moorage.monitor.common.distributions import CategoricalDistribution, NumericDistribution
+from moorage.monitor.common.formats import join
 from moorage.store.locations import filesystem
 
 BINS = 24

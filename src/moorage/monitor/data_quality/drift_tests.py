@@ -1,4 +1,4 @@
-"""Statistical drift tests beyond SageMaker's, chosen per feature, and a dataset-level verdict.
+"""Verify, beyond SageMaker: statistical drift tests chosen per feature, and a dataset-level verdict.
 
 Every test runs on what ``statistics.json`` keeps (a numeric feature's KLL sketch, a String
 feature's categorical buckets), so a baseline needs no raw data:
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from moorage.monitor.distributions import CategoricalDistribution, NumericDistribution, linf_simple_numeric
-from moorage.monitor.statistics import statistics_of
+from moorage.monitor.common.distributions import CategoricalDistribution, NumericDistribution, linf_simple_numeric
+from moorage.monitor.data_quality.profile import statistics_of
 
 TESTS = ("ks", "chi2", "psi", "wasserstein", "jensen_shannon")
 NUMERIC_ONLY = ("ks", "wasserstein")

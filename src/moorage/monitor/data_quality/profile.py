@@ -1,9 +1,9 @@
-"""Profiling: one pass over record batches -> per-feature metrics -> SageMaker's ``statistics.json``.
+"""Profile (Deequ's first step): one pass over record batches -> per-feature metrics -> ``statistics.json``.
 
 Every metric is a mergeable summary, so a profile of a dataset is the merge of its batches'
 profiles and a baseline needs no raw data later:
 
-- counts per Deequ type (:mod:`moorage.monitor.types`), which decide ``inferred_type``;
+- counts per Deequ type (:mod:`moorage.monitor.common.type_inference`), which decide ``inferred_type``;
 - for numbers: count, sum, mean and the centred sum of squares (merged with Chan et al.'s
   formula, so ``std_dev`` stays exact and stable), min, max, and an Apache DataSketches KLL
   sketch, fed a whole numpy array per batch. ``statistics.json`` carries the sketch itself (items
@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moorage.monitor.datasets import as_record_batches
-from moorage.monitor.types import InferredType, TypeCounts, classify
+from moorage.monitor.common.datasets import as_record_batches
+from moorage.monitor.common.type_inference import InferredType, TypeCounts, classify
 
 KLL_K = 400
 # DataSketches KLL shrinks each lower level's capacity by 2/3 (Deequ's sketch writes its own c, 0.64)
@@ -309,7 +309,7 @@ def profile_batches(batches: Iterable[Any]) -> DatasetProfile:
 
     This is the entry point for monitoring executions: feed it the batches of a window of
     captured records and get the profile whose ``to_statistics()`` is the execution's
-    ``statistics.json`` and which :func:`moorage.monitor.checks.evaluate` checks.
+    ``statistics.json`` and which :func:`moorage.monitor.data_quality.verify.evaluate` checks.
     """
     profile = DatasetProfile()
     for batch in _record_batches(batches):
@@ -318,7 +318,7 @@ def profile_batches(batches: Iterable[Any]) -> DatasetProfile:
 
 
 def profile_dataset(dataset: Iterable[Any]) -> DatasetProfile:
-    """Profile a re-iterable dataset (a :class:`~moorage.monitor.datasets.Dataset`).
+    """Profile a re-iterable dataset (a :class:`~moorage.monitor.common.datasets.Dataset`).
 
     Like :func:`profile_batches`, and where a column turned to text only after batches of plain
     numbers, a second pass over just those columns fills in the text counts of the first batches.

@@ -42,7 +42,7 @@ import orjson
 import pyarrow as pa
 
 from moorage.capture.config import Destination, media_type
-from moorage.monitor.datasets import records_to_batch
+from moorage.monitor.common.datasets import records_to_batch
 from moorage.store.locations import open_url
 
 INPUT, OUTPUT = "endpointInput", "endpointOutput"

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moorage.errors import ValidationException
-from moorage.monitor.cron import parse_offset, parse_time_or_offset
+from moorage.monitor.common.time_offsets import parse_offset, parse_time_or_offset
 
 COMPLETED, WITH_VIOLATIONS, FAILED, STOPPED = "Completed", "CompletedWithViolations", "Failed", "Stopped"
 PENDING, IN_PROGRESS = "Pending", "InProgress"
@@ -171,10 +171,11 @@ def _feature_names(statistics: dict[str, Any] | None, constraints: dict[str, Any
 
 def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     """Run the execution here (in the child process); never raises: failures are a ``Failed`` result."""
-    from moorage.monitor import checks, formats
-    from moorage.monitor.capture_reader import CaptureReader, CaptureReadError, load_preprocessor
-    from moorage.monitor.report import write_report
-    from moorage.monitor.statistics import profile_batches
+    from moorage.monitor.common import formats
+    from moorage.monitor.common.capture_reader import CaptureReader, CaptureReadError, load_preprocessor
+    from moorage.monitor.common.report import write_report
+    from moorage.monitor.data_quality.profile import profile_batches
+    from moorage.monitor.data_quality.verify import evaluate
 
     started = time.time()
     location = spec.output_location()
@@ -234,7 +235,7 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         result["StatisticsUri"] = formats.join(location, formats.STATISTICS_FILE)
         violations: list[dict[str, Any]] = []
         if constraints is not None:
-            report = checks.evaluate(profile, baseline_statistics, constraints)
+            report = evaluate(profile, baseline_statistics, constraints)
             violations = report.to_dict()["violations"]
             formats.save_json(report.to_dict(), formats.join(location, formats.VIOLATIONS_FILE))
             result["ConstraintViolationsUri"] = formats.join(location, formats.VIOLATIONS_FILE)

@@ -1,10 +1,13 @@
-"""Constraint suggestion: statistics -> SageMaker's ``constraints.json``, by Deequ's rules.
+"""Suggest (Deequ's second step): statistics -> SageMaker's ``constraints.json``, by Deequ's rules.
+
+:func:`suggest_baseline` is the baselining job: profile a dataset (:mod:`.profile`), suggest its
+constraints, write both files.
 
 Works from the statistics alone (ours or SageMaker's), never from the data:
 
 - ``inferred_type`` is kept (Deequ's RetainTypeRule);
 - ``completeness`` is the observed share of present values (what SageMaker writes; the check
-  allows for sampling noise, see :mod:`moorage.monitor.checks`);
+  allows for sampling noise, see :mod:`moorage.monitor.data_quality.verify`);
 - ``num_constraints.is_non_negative`` is true when the minimum is not negative (NonNegativeNumbersRule);
 - ``string_constraints.domains`` lists the values of a low-cardinality String feature, most
   frequent first, by Deequ's CategoricalRangeRule: the feature has a histogram (Deequ keeps one
@@ -15,9 +18,13 @@ Works from the statistics alone (ours or SageMaker's), never from the data:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from moorage.monitor.statistics import statistics_of
+from moorage.monitor.common.datasets import Dataset
+from moorage.monitor.common.formats import CONSTRAINTS_FILE, STATISTICS_FILE, Constraints, Statistics, join
+from moorage.monitor.data_quality.profile import DatasetProfile, profile_dataset, statistics_of
 
 # Deequ's ColumnProfiler keeps a histogram only for columns with this many distinct values or fewer
 LOW_CARDINALITY_HISTOGRAM_THRESHOLD = 120
@@ -82,3 +89,24 @@ def suggested_domain(string_statistics: dict[str, Any]) -> list[str] | None:
         return None
     ordered = sorted(buckets, key=lambda bucket: -bucket["count"])
     return [str(bucket["value"]) for bucket in ordered]
+
+
+# -- the baselining job ---------------------------------------------------------------------------
+
+@dataclass
+class Baseline:
+    profile: DatasetProfile
+    statistics: Statistics
+    constraints: Constraints
+
+
+def suggest_baseline(dataset: str | Path, output: str | Path | None = None, format: str | None = None,
+                     header: bool = True, monitoring_config: dict[str, Any] | None = None) -> Baseline:
+    """Profile ``dataset``, suggest constraints, and (when ``output`` is given) write both files there."""
+    profile = profile_dataset(Dataset.open(dataset, format, header))
+    statistics = Statistics(profile.to_statistics())
+    constraints = Constraints(suggest_constraints(statistics.body_dict, monitoring_config))
+    if output is not None:
+        statistics.save(join(output, STATISTICS_FILE))
+        constraints.save(join(output, CONSTRAINTS_FILE))
+    return Baseline(profile, statistics, constraints)

@@ -1,4 +1,9 @@
-"""Monitoring schedule expressions and when they fire next (always in UTC).
+"""Monitoring schedule expressions and when they fire next (always in UTC): the scheduler's question.
+
+The monitoring library (:mod:`moorage.monitor`) runs one job over one window and never needs to
+know when the next one is due, so this parsing lives with the schedule state machine
+(:mod:`.monitoring_scheduler`); the window's offsets are the library's
+(:mod:`moorage.monitor.common.time_offsets`).
 
 SageMaker's forms:
 
@@ -184,34 +189,3 @@ class ScheduleExpression:
         if self.interval is not None:
             return self.interval
         return 3600.0
-
-
-# -- ISO-8601 offsets, as EndpointInput.StartTimeOffset/EndTimeOffset and DataAnalysis*Time give them --------
-_DURATION = re.compile(
-    r"^(?P<sign>[-+])?P(?:(?P<weeks>\d+(?:\.\d+)?)W)?(?:(?P<days>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$",
-    re.IGNORECASE)
-
-
-def parse_offset(text: str) -> dt.timedelta:
-    """``-PT1H`` -> minus one hour; ``-P1D``, ``-PT30M``, ``-PT0H``, ``PT5S``..."""
-    match = _DURATION.match((text or "").strip())
-    if not match or not any(match.group(k) for k in ("weeks", "days", "hours", "minutes", "seconds")):
-        raise ValidationException(f"Invalid time offset {text!r}: give an ISO-8601 duration such as -PT1H or -P1D.")
-    parts = {k: float(match.group(k) or 0) for k in ("weeks", "days", "hours", "minutes", "seconds")}
-    delta = dt.timedelta(**parts)
-    return -delta if match.group("sign") == "-" else delta
-
-
-def parse_time_or_offset(text: str, reference: dt.datetime) -> dt.datetime:
-    """``DataAnalysisStartTime``-like: an offset from ``reference`` (-PT1H) or an ISO-8601 UTC time."""
-    stripped = (text or "").strip()
-    if stripped.lstrip("+-").upper().startswith("P"):
-        return reference + parse_offset(stripped)
-    try:
-        parsed = dt.datetime.fromisoformat(stripped.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValidationException(f"Invalid time {text!r}: give an ISO-8601 duration (-PT1H) or time.") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-

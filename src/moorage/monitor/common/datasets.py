@@ -5,7 +5,7 @@ Nothing here holds the whole dataset: each reader yields batches of a bounded si
 column turns out to hold text after batches of plain numbers).
 
 CSV columns are read as text, because Deequ (and so SageMaker) infers a CSV column's type from
-its values (:mod:`moorage.monitor.types`); a column without a header is named ``_c0``, ``_c1``...,
+its values (:mod:`moorage.monitor.common.type_inference`); a column without a header is named ``_c0``, ``_c1``...,
 as Spark names them and SageMaker's files show. An empty CSV field is missing.
 """
 
