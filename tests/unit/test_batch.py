@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from moorage.batch.assemble import OutputFile, output_url
-from moorage.batch.filters import DataProcessor, JsonPathError, RecordError, apply_jsonpath, parse_jsonpath
+from moorage.batch.filters import DataProcessor, RecordError
 from moorage.batch.inputs import InputError, InputObject, list_inputs, open_input
+from moorage.batch.jsonpath import JsonPathError, apply_jsonpath, parse_jsonpath
 from moorage.batch.records import RECORDIO_MAGIC, SplitError, mini_batches
 from moorage.batch.spec import SpecError, TransformSpec
 

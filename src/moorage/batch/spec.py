@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from moorage.batch.jsonpath import JsonPathError, parse_jsonpath
+
 MIB = 1024 * 1024
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's default MaxPayloadInMB
 MAX_PAYLOAD_MB = 100  # SageMaker's upper bound for MaxPayloadInMB
@@ -146,8 +148,6 @@ class TransformSpec:
         return spec
 
     def check(self) -> None:
-        from moorage.batch.filters import JsonPathError, parse_jsonpath
-
         if self.data_type not in ("S3Prefix", "ManifestFile"):
             raise SpecError(f"S3DataType {self.data_type} is not supported for transform jobs; "
                             "use S3Prefix or ManifestFile.")
