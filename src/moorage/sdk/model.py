@@ -12,7 +12,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from moorage.sdk.deserializers import BaseDeserializer
 from moorage.sdk.predictor import Predictor
 from moorage.sdk.serializers import BaseSerializer
 from moorage.sdk.session import Session
+from moorage.sdk.utils import name_from_base
 
 if TYPE_CHECKING:
     from moorage.sdk.transformer import Transformer
@@ -49,13 +49,6 @@ def _base_name(image_uri: str) -> str:
     """``sklearn`` -> ``sklearn``; ``.../sagemaker-scikit-learn:1.2-1-cpu-py3`` -> ``sagemaker-scikit-learn``."""
     repo = image_uri.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
     return _NAME_CHARS.sub("-", repo).strip("-")[:30] or "model"
-
-
-def name_from_base(base: str) -> str:
-    """A SageMaker-valid name unique to the millisecond: ``base-YYYY-MM-DD-HH-MM-SS-mmm``."""
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
-    return f"{base[:63 - len(stamp) - 1]}-{stamp}"
 
 
 def _normalize_tags(tags: list[dict[str, str]] | dict[str, str] | None) -> list[dict[str, str]] | None:

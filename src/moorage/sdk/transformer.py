@@ -16,6 +16,7 @@ from typing import Any
 
 from moorage.sdk.exceptions import UnexpectedStatusException
 from moorage.sdk.session import Session
+from moorage.sdk.utils import name_from_base
 
 __all__ = ["Transformer"]
 
@@ -23,8 +24,6 @@ _TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
 
 
 def _base_job_name(model_name: str) -> str:
-    from moorage.sdk.model import name_from_base
-
     return name_from_base(model_name[:30])
 
 
