@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP) test-tools
 	$(BIN)/ruff check src tests bench examples
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # System tools some tests drive for real: a Prometheus server scrapes GET /metrics. Installed with
@@ -28,8 +29,10 @@ test-tools:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
 		|| echo "prometheus is not installed: tests/test_metrics_prometheus.py will skip"; }
 
+# lint-imports: the layers of src/moorage/ and the other import contracts in pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check src tests bench examples
 
 bench: $(STAMP)
