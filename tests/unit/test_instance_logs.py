@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from e2e_support import Deployer, file_url, tar_dir
-from moorage.serving.instance import Instance, InstanceStartError, LaunchSpec
+from moorage.serving.instance import Instance, InstanceStartError
+from moorage.serving.launch_spec import LaunchSpec
 from moorage.serving.logs import LogPolicy, RotatingLog, clip_tail, rotated_paths
 
 

@@ -28,8 +28,11 @@ import orjson
 import psutil
 import pytest
 
-from moorage.serving.instance import Instance, InstanceStartError, InstanceState, LaunchSpec
+from moorage.serving.chain import ContainerChain
+from moorage.serving.instance import Instance, InstanceStartError, InstanceState
 from moorage.serving.instance_client import InstanceClient, InstanceConnectionError, InstanceTimeout
+from moorage.serving.launch_spec import LaunchSpec
+from moorage.serving.launchers.local import LocalLauncher
 from moorage.serving.pool import InstancePool, NoCapacity
 from moorage.serving.router import EndpointRoute, InvocationFailed, UnknownVariant, VariantRoute
 from moorage.serving.snapshot import instances_of
@@ -626,7 +629,7 @@ def make_pool(loop: LoopThread, model_dir: Path, run_dirs: tuple[Path, Path]) ->
     def factory(directory: Path | None = None) -> InstancePool:
         async def create() -> InstancePool:
             return InstancePool("ep", "AllTraffic", LaunchSpec(runtime="sklearn", model_dir=directory or model_dir),
-                                socket_dir, log_dir, start_timeout=90)
+                                LocalLauncher(socket_dir), log_dir, start_timeout=90)
 
         pool = loop.run(create(), timeout=10)
         pools.append(pool)
@@ -835,3 +838,66 @@ def test_cancelled_pool_start_leaves_no_process(loop: LoopThread, make_pool: Cal
     finally:
         # Clean up what the bug leaves behind, whatever happened.
         force_kill(*(p.pid for p in instance_processes(run_dirs[0] / "pool")))
+
+
+# --------------------------------------------------------------------------------------------------
+# a chain of containers as one pool member (a serial inference pipeline)
+# --------------------------------------------------------------------------------------------------
+DOUBLER = '''
+def model_fn(model_dir, context=None):
+    return None
+
+
+def transform_fn(model, body, content_type, accept):
+    text = body.decode() if isinstance(body, bytes) else body
+    if "fail" in text:
+        raise ValueError("the doubler refuses this input")
+    rows = [",".join(repr(2 * float(v)) for v in line.split(",")) for line in text.strip().splitlines()]
+    return "\\n".join(rows), "text/csv"
+'''
+
+
+def test_a_chain_of_containers_serves_as_one_pool_member(loop: LoopThread, tmp_path: Path, model_dir: Path,
+                                                         run_dirs: tuple[Path, Path], model: Any,
+                                                         X: np.ndarray) -> None:
+    doubler = tmp_path / "doubler"
+    (doubler / "code").mkdir(parents=True)
+    (doubler / "code" / "inference.py").write_text(DOUBLER)
+    launches = [LaunchSpec(runtime="sklearn", model_dir=doubler), LaunchSpec(runtime="sklearn", model_dir=model_dir)]
+    socket_dir, log_dir = run_dirs[0] / "chain", run_dirs[1]
+    socket_dir.mkdir(exist_ok=True)
+    pool = loop.run(_make(lambda: InstancePool("ep", "Pipeline", launches, LocalLauncher(socket_dir), log_dir,
+                                               start_timeout=90)), timeout=10)
+    try:
+        loop.run(pool.start(1), timeout=150)
+        (chain,) = pool.ready
+        assert isinstance(chain, ContainerChain) and len(chain.pids) == 2 and None not in chain.pids
+        assert chain.state == InstanceState.IN_SERVICE and loop.run(chain.ping(), timeout=10)
+
+        # The first container's answer is the second's request; only the last is asked for Accept.
+        _, response = loop.run(invoke_via_pool(pool, csv_body(X[:4])), timeout=60)
+        assert response.status == 200, response.body
+        assert orjson.loads(response.body) == model.predict(2 * X[:4]).tolist()
+
+        # A container that fails ends the chain: its answer is the chain's, and which one it was is known.
+        failed, position = loop.run(chain.invoke_steps(b"fail", CSV, 30), timeout=60)
+        assert failed.status >= 400 and position == 0
+
+        # A container that dies takes its chain out of service; the pool replaces the whole chain.
+        first, second = chain.pids
+        force_kill(second)
+        loop.run(wait_until(lambda: len(pool.ready) == 1 and pool.ready[0] is not chain, 90, "a new chain"),
+                 timeout=120)
+        assert gone(second) and gone(first)
+        _, response = loop.run(invoke_via_pool(pool, csv_body(X[:2])), timeout=60)
+        assert orjson.loads(response.body) == model.predict(2 * X[:2]).tolist()
+    finally:
+        pids = [p for member in pool.instances for p in member.pids]  # type: ignore[union-attr]
+        loop.run(pool.close(drain_timeout=5), timeout=60)
+        force_kill(*pids)
+    assert instance_processes(socket_dir) == []
+
+
+async def _make(factory: Callable[[], T]) -> T:
+    """Build an object on the test loop (a pool's events belong to the loop that made it)."""
+    return factory()

@@ -3,8 +3,9 @@
 A transform job's model may be a chain of containers (a serial inference pipeline): each
 mini-batch goes through them in order, each container's response becoming the next one's request,
 and only the last one is asked for the job's Accept type. A model with one container is a chain of
-one. A mini-batch that fails is tried again (on another instance when there is one), then fails the
-job with a reason naming the object and its records.
+one; the chain itself is serving's (``serving/chain.py``), shared with endpoints. A mini-batch that
+fails is tried again (on another instance when there is one), then fails the job with a reason
+naming the object and its records.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from moorage.batch.filters import DataProcessor, RecordError
 from moorage.batch.records import MiniBatch
 from moorage.batch.spec import TransformSpec
-from moorage.serving.instance import Instance
+from moorage.serving.chain import ContainerChain
 from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout
 
 MAX_ERROR_BODY = 300
@@ -30,41 +31,25 @@ class BatchFailure(Exception):
     """The job cannot go on; the message is its FailureReason."""
 
 
-class ContainerChain:
-    """One instance of each of the model's containers, invoked in order."""
-
-    def __init__(self, instances: Sequence[Instance]):
-        self.instances = list(instances)
-
-    @property
-    def pids(self) -> list[int | None]:
-        return [i.pid for i in self.instances]
-
-    async def invoke(self, body: bytes, content_type: str | None, accept: str | None,
-                     timeout: float) -> tuple[bytes, str]:
-        last = len(self.instances) - 1
-        for position, instance in enumerate(self.instances):
-            headers = b""
-            if content_type:
-                headers += b"content-type: " + content_type.encode("latin-1") + b"\r\n"
-            if accept and position == last:
-                headers += b"accept: " + accept.encode("latin-1") + b"\r\n"
-            try:
-                response = await instance.invoke(body, headers, timeout)
-            except InstanceTimeout as exc:
-                raise InvocationError(f"no answer within {timeout:g} s (InvocationsTimeoutInSeconds)") from exc
-            except InstanceConnectionError as exc:
-                raise InvocationError(f"instance {instance.id}: {exc}") from exc
-            if response.status != 200:
-                detail = response.body[:MAX_ERROR_BODY].decode("utf-8", "replace").strip()
-                which = f"container {position + 1} " if last else ""
-                raise InvocationError(f"the model {which}answered HTTP {response.status}: {detail}")
-            body, content_type = response.body, response.content_type
-        return body, content_type or ""
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(i.stop(drain_timeout=0, term_timeout=5) for i in self.instances),
-                             return_exceptions=True)
+async def invoke_chain(chain: ContainerChain, body: bytes, content_type: str | None, accept: str | None,
+                       timeout: float) -> tuple[bytes, str]:
+    """One mini-batch through the chain; an InvocationError says what failed and where."""
+    headers = b""
+    if content_type:
+        headers += b"content-type: " + content_type.encode("latin-1") + b"\r\n"
+    if accept:
+        headers += b"accept: " + accept.encode("latin-1") + b"\r\n"
+    try:
+        response, position = await chain.invoke_steps(body, headers, timeout)
+    except InstanceTimeout as exc:
+        raise InvocationError(f"no answer within {timeout:g} s (InvocationsTimeoutInSeconds)") from exc
+    except InstanceConnectionError as exc:
+        raise InvocationError(f"instance {chain.instances[0].id}: {exc}") from exc
+    if response.status != 200:
+        detail = response.body[:MAX_ERROR_BODY].decode("utf-8", "replace").strip()
+        which = f"container {position + 1} " if len(chain.instances) > 1 else ""
+        raise InvocationError(f"the model {which}answered HTTP {response.status}: {detail}")
+    return response.body, response.content_type or ""
 
 
 class MiniBatchTransform:
@@ -99,7 +84,7 @@ class MiniBatchTransform:
         for attempt in range(attempts):
             chain = chains[(start + attempt) % len(chains)]
             try:
-                return await chain.invoke(payload, self.spec.content_type, self.spec.accept,
+                return await invoke_chain(chain, payload, self.spec.content_type, self.spec.accept,
                                           self.spec.invocation_timeout_s)
             except InvocationError as exc:
                 error = exc

@@ -23,12 +23,15 @@ import orjson
 
 from moorage.batch.assemble import OutputFile, output_url, prepare_output_location
 from moorage.batch.inputs import InputError, InputObject, list_inputs, open_input
-from moorage.batch.invoke import BatchFailure, ContainerChain, MiniBatchTransform
+from moorage.batch.invoke import BatchFailure, MiniBatchTransform
 from moorage.batch.progress import Progress
 from moorage.batch.records import MiniBatch, SplitError, mini_batches
 from moorage.batch.spec import TransformSpec
-from moorage.serving.instance import Instance, InstanceStartError, LaunchSpec
+from moorage.serving.chain import ContainerChain
+from moorage.serving.instance import Instance, InstanceStartError
 from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout
+from moorage.serving.launch_spec import LaunchSpec
+from moorage.serving.launchers.local import LocalLauncher
 from moorage.store.locations import StorageError
 
 log = logging.getLogger("moorage.batch")
@@ -66,27 +69,12 @@ async def execution_parameters(instance: Instance) -> dict[str, Any] | None:
     return params if isinstance(params, dict) else None
 
 
-async def start_chains(launches: list[LaunchSpec], count: int, socket_dir: Path, log_dir: Path,
-                       timeout: float = START_TIMEOUT_S) -> list[ContainerChain]:
-    chains = [ContainerChain([Instance(launch, socket_dir, log_dir) for launch in launches]) for _ in range(count)]
-    instances = [i for chain in chains for i in chain.instances]
-    results = await asyncio.gather(*(i.start(timeout) for i in instances), return_exceptions=True)
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        await asyncio.gather(*(c.stop() for c in chains), return_exceptions=True)
-        first = failed[0]
-        if isinstance(first, InstanceStartError):
-            raise BatchFailure(f"An instance could not start: {first}")
-        raise first
-    return chains
-
-
 class LocalBackend:
-    def __init__(self, spec: TransformSpec, launches: list[LaunchSpec], *, socket_dir: Path, log_dir: Path,
+    def __init__(self, spec: TransformSpec, launches: list[LaunchSpec], *, launcher: LocalLauncher, log_dir: Path,
                  spool_dir: Path, progress: Progress):
         self.spec = spec
         self.launches = [batch_launch(launch, spec) for launch in launches]
-        self.socket_dir = socket_dir
+        self.launcher = launcher
         self.log_dir = log_dir
         self.spool_dir = spool_dir
         self.progress = progress
@@ -105,7 +93,11 @@ class LocalBackend:
         self.progress.files_total = len(objects)
         self.progress.bytes_total = sum(o.size for o in objects)
         try:
-            self.chains = await start_chains(self.launches, self.spec.instance_count, self.socket_dir, self.log_dir)
+            try:
+                self.chains = await self.launcher.start_chains(self.launches, self.spec.instance_count, self.log_dir,
+                                                               START_TIMEOUT_S)
+            except InstanceStartError as exc:
+                raise BatchFailure(f"An instance could not start: {exc}") from exc
             self.progress.instances = [{"InstanceId": c.instances[0].id, "Pids": c.pids} for c in self.chains]
             self.progress.ready_at = time.time()
             spec = self.spec.with_defaults(await execution_parameters(self.chains[0].instances[0]))

@@ -24,8 +24,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,11 +32,12 @@ import orjson
 
 from moorage.batch.assemble import OutputFile, output_url, prepare_output_location
 from moorage.batch.inputs import InputError, InputObject, list_inputs, open_input
-from moorage.batch.invoke import BatchFailure, ContainerChain, MiniBatchTransform
+from moorage.batch.invoke import BatchFailure, MiniBatchTransform
 from moorage.batch.progress import Progress
 from moorage.batch.records import MiniBatch, SplitError, mini_batches
 from moorage.batch.spec import TransformSpec
-from moorage.serving.instance import LaunchSpec
+from moorage.serving.instance import InstanceStartError
+from moorage.serving.launchers.ray_node import NodeChainHost
 from moorage.store.locations import StorageError
 
 log = logging.getLogger("moorage.batch.ray")
@@ -53,32 +52,7 @@ READER_CPUS = 0.25
 _COLUMNS = ("file", "seq", "payload", "count", "first", "raw", "end", "error", "pids")
 
 
-# -- what travels between the server, the driver and the actors -----------------------------------
-def launch_to_dict(launch: LaunchSpec, model_data_url: str | None) -> dict[str, Any]:
-    data = dataclasses.asdict(launch)
-    for key in ("model_dir", "requirements", "envs_dir"):
-        if data[key] is not None:
-            data[key] = str(data[key])
-    data["command"] = list(launch.command)
-    data["model_data_url"] = model_data_url
-    return data
-
-
-def launch_from_dict(data: dict[str, Any], cache_dir: Path) -> LaunchSpec:
-    """The LaunchSpec on this node: the server's unpacked model when this node shares its disk, else
-    the model fetched from its URL into a node-local cache."""
-    model_dir = Path(data["model_dir"])
-    if not model_dir.is_dir() and data.get("model_data_url"):
-        from moorage.store.artifacts import ArtifactStore
-
-        model_dir = ArtifactStore(cache_dir).materialize(data["model_data_url"])
-    return LaunchSpec(runtime=data["runtime"], model_dir=model_dir, environment=dict(data["environment"]),
-                      instance_type=data["instance_type"], command=tuple(data["command"]),
-                      requirements=Path(data["requirements"]) if data.get("requirements") else None,
-                      envs_dir=Path(data["envs_dir"]) if data.get("envs_dir") else None,
-                      startup_timeout=data.get("startup_timeout"))
-
-
+# -- what travels between the driver and the actors ----------------------------------------------
 def _row(**values: Any) -> dict[str, list[Any]]:
     defaults: dict[str, Any] = {"file": -1, "seq": -1, "payload": b"", "count": 0, "first": 0, "raw": 0,
                                 "end": False, "error": "", "pids": ""}
@@ -126,29 +100,23 @@ def read_objects(batch: dict[str, Any], spec: dict[str, Any], objects: list[dict
 
 # -- actors ---------------------------------------------------------------------------------------
 class InstanceActor:
-    """One instance of the job (a container chain) on a Ray node, invoked by Ray Data for each mini-batch."""
+    """One instance of the job (a container chain, hosted by serving's ``NodeChainHost``) on a Ray node,
+    invoked by Ray Data for each mini-batch."""
 
     def __init__(self, spec: dict[str, Any], launches: list[dict[str, Any]], log_dir: str,
                  objects: list[dict[str, Any]]):
-        from moorage.batch.local import start_chains
-
         self.spec = TransformSpec.from_dict(spec)
         self.names = [o["url"] for o in objects]
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="instance-loop", daemon=True).start()
-        scratch = Path(tempfile.mkdtemp(prefix="moorage-ray-"))
-        logs = Path(log_dir)
         try:
-            logs.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            logs = scratch / "logs"  # not the server's machine: keep the logs on this node
-        specs = [launch_from_dict(launch, scratch / "models") for launch in launches]
-        self.chain: ContainerChain = self._run(start_chains(specs, 1, scratch, logs))[0]
+            self.host = NodeChainHost(launches, log_dir)
+        except InstanceStartError as exc:
+            raise BatchFailure(f"An instance could not start: {exc}") from exc
+        self.chain = self.host.chain
         self.transform = MiniBatchTransform(self.spec)
         self.pids = orjson.dumps(self.chain.pids).decode()
 
     def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        return self.host.run(coro)
 
     def execution_parameters(self) -> dict[str, Any] | None:
         from moorage.batch.local import execution_parameters
@@ -177,7 +145,7 @@ class InstanceActor:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            self._run(self.chain.stop())
+            self.host.stop()
 
 
 # -- the driver -----------------------------------------------------------------------------------

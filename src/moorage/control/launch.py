@@ -1,4 +1,4 @@
-"""From a model resource to what an instance needs to start: runtime, local model dir, environment."""
+"""From a model resource to what an instance needs to start: runtime, artifact location (unpacked here), environment."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from moorage.control.models import (
 )
 from moorage.errors import ValidationException
 from moorage.runtimes.registry import UnsupportedImage, resolve_image
-from moorage.serving.instance import LaunchSpec
+from moorage.serving.launch_spec import LaunchSpec
 from moorage.store.artifacts import ArtifactError
 
 # The SageMaker Python SDK writes this for code packed inside model.tar.gz; there it means the
@@ -75,7 +75,8 @@ async def launch_spec(ctx: Context, model: dict[str, Any], instance_type: str,
     requirements = await asyncio.to_thread(_requirements_file, Path(model_dir), env)
     return LaunchSpec(runtime=runtime, model_dir=Path(model_dir), environment=env, instance_type=instance_type,
                       command=command or (), requirements=requirements, envs_dir=ctx.settings.home / "envs",
-                      startup_timeout=startup_timeout)
+                      startup_timeout=startup_timeout, model_data_url=url or None,
+                      instances=ctx.settings.instances)
 
 
 def _requirements_file(model_dir: Path, env: dict[str, str]) -> Path | None:

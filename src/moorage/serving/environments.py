@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.serving.logs import RotatingLog, clip_tail
+from moorage.settings import InstanceSettings
 
 ALLOW_ENV = "MOORAGE_ALLOW_REQUIREMENTS"
 TIMEOUT_ENV = "MOORAGE_REQUIREMENTS_TIMEOUT"
-DEFAULT_TIMEOUT_S = 900.0
 READY_MARKER = ".moorage-ready"
 INSTALL_LOG = "install.log"
 PTH_NAME = "_moorage_server_site.pth"
@@ -63,11 +63,6 @@ class CodeEnvironment:
         return self.python.parent
 
 
-def installs_allowed(env: Mapping[str, str] | None = None) -> bool:
-    value = (os.environ if env is None else env).get(ALLOW_ENV, "1").strip().lower()
-    return value not in ("0", "false", "no", "off")
-
-
 def requirements_digest(requirements: Path) -> str:
     return hashlib.sha256(requirements.read_bytes()).hexdigest()
 
@@ -84,10 +79,15 @@ _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.
 
 
 async def ensure_environment(requirements: Path, envs_dir: Path, container_env: Mapping[str, str],
-                             note: Callable[[str], None] | None = None) -> CodeEnvironment:
-    """The environment for ``requirements``: built (once) or reused. Raises RequirementsError."""
+                             note: Callable[[str], None] | None = None,
+                             instances: InstanceSettings | None = None) -> CodeEnvironment:
+    """The environment for ``requirements``: built (once) or reused. Raises RequirementsError.
+
+    ``instances`` is the server's settings section (whether installs are allowed, their time limit).
+    """
     say = note or (lambda _text: None)
-    if not installs_allowed():
+    instances = instances or InstanceSettings()
+    if not instances.allow_requirements:
         raise RequirementsError(
             f"A requirements.txt was found at {requirements}, but installing code dependencies is disabled on "
             f"this server ({ALLOW_ENV}=0). Install the packages where moorage runs and remove the file, or "
@@ -97,7 +97,7 @@ async def ensure_environment(requirements: Path, envs_dir: Path, container_env: 
     except OSError as exc:
         raise RequirementsError(f"Cannot read {requirements}: {exc}") from exc
     target = envs_dir / digest
-    timeout = _timeout(container_env)
+    timeout = _timeout(container_env, instances.requirements_timeout)
     lock = _locks.setdefault(asyncio.get_running_loop(), {}).setdefault(target, asyncio.Lock())
     async with lock, _file_lock(envs_dir / f"{digest}.lock", timeout):
         python = _ready(target)
@@ -111,13 +111,13 @@ async def ensure_environment(requirements: Path, envs_dir: Path, container_env: 
         return CodeEnvironment(target, python, reused=False)
 
 
-def _timeout(container_env: Mapping[str, str]) -> float:
-    for source in (container_env, os.environ):
-        value = source.get(TIMEOUT_ENV)
-        if value:
-            with contextlib.suppress(ValueError):
-                return max(1.0, float(value))
-    return DEFAULT_TIMEOUT_S
+def _timeout(container_env: Mapping[str, str], server_timeout: float) -> float:
+    """The container Environment's value (SageMaker's contract, per model), else the server's setting."""
+    value = container_env.get(TIMEOUT_ENV)
+    if value:
+        with contextlib.suppress(ValueError):
+            return max(1.0, float(value))
+    return server_timeout
 
 
 def _venv_python(target: Path) -> Path:

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from moorage.serving.instance_types import (
     resources_for,
     thread_environment,
 )
+from moorage.serving.launch_spec import LaunchSpec
 from moorage.serving.logs import LogPolicy, RotatingLog, clip_tail
 
 log = logging.getLogger("moorage.instance")
@@ -69,20 +69,6 @@ class InstanceState(StrEnum):
 
 class InstanceStartError(Exception):
     """The instance could not start; the message is fit to be an endpoint's FailureReason."""
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """Everything needed to start an instance of one production variant."""
-
-    runtime: str
-    model_dir: Path
-    environment: dict[str, str] = field(default_factory=dict)
-    instance_type: str = "ml.m5.large"
-    command: tuple[str, ...] = ()  # runtime "byo": the server's argv, run with cwd = model_dir
-    requirements: Path | None = None  # a requirements.txt to install into a per-model environment
-    envs_dir: Path | None = None  # where those environments are cached (home/envs)
-    startup_timeout: float | None = None  # overrides the pool's /ping deadline (MOORAGE_STARTUP_TIMEOUT)
 
 
 def log_tail(path: Path, lines: int = 12, max_bytes: int = 16384) -> str:
@@ -208,7 +194,7 @@ class Instance:
         """Start the process and return once ``/ping`` answers 200; raise InstanceStartError otherwise."""
         timeout = self.launch.startup_timeout or timeout
         self.started_at = time.monotonic()
-        self.log = RotatingLog(self.log_path, LogPolicy.from_env(self.launch.environment, os.environ))
+        self.log = RotatingLog(self.log_path, LogPolicy.for_instance(self.launch.environment, self.launch.instances))
         self.log.line(f"starting instance {self.id} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} "
                       f"(runtime {self.launch.runtime}, instance type {self.launch.instance_type})")
         try:
@@ -236,7 +222,7 @@ class Instance:
             envs_dir = self.launch.envs_dir or self.launch.model_dir.parent / "envs"
             try:
                 code_env = await ensure_environment(self.launch.requirements, envs_dir, self.launch.environment,
-                                                    note=self.log.line)
+                                                    note=self.log.line, instances=self.launch.instances)
             except RequirementsError as exc:
                 self.log.line(str(exc))
                 raise InstanceStartError(str(exc)) from exc
@@ -252,7 +238,7 @@ class Instance:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
         resources = resources_for(self.launch.instance_type)
-        self._memory = memory_limit(resources, self.id)
+        self._memory = memory_limit(resources, self.id, settings=self.launch.instances)
         self.log.line(f"{resources.cpu_threads} CPU threads; {self._memory.note}")
         prefix = [*_death_signal_prefix(), *self._memory.prefix]
         command = self._command(python)
@@ -362,6 +348,10 @@ class Instance:
 
     async def ping(self, timeout: float = 5.0) -> bool:
         return await self._ping(timeout)
+
+    def close_connections(self) -> None:
+        """Fail the requests in flight at once (the process died) instead of at their timeout."""
+        self.client.close()
 
     async def invoke(self, body: bytes, headers: bytes, timeout: float) -> InstanceResponse:
         self.outstanding += 1

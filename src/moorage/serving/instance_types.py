@@ -37,6 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moorage.settings import InstanceSettings
+
 log = logging.getLogger("moorage.instance_types")
 
 GIB = 1024**3
@@ -184,17 +186,19 @@ class MemoryLimit:
                 pass
 
 
-def _enabled(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def memory_limit(resources: Resources, instance_id: str, server_env: Mapping[str, str] | None = None, *,
+                 settings: InstanceSettings | None = None) -> MemoryLimit:
+    """The memory limit for one instance, by the best mechanism the server is configured for.
 
-
-def memory_limit(resources: Resources, instance_id: str, server_env: Mapping[str, str] | None = None) -> MemoryLimit:
-    """The memory limit for one instance, by the best mechanism the server is configured for."""
-    env = os.environ if server_env is None else server_env
+    ``settings`` is the server's instances section; ``server_env`` (variables, read by the settings
+    tree's rules) stands in for it where there is no server.
+    """
+    if settings is None:
+        settings = InstanceSettings.from_env(server_env or {})
     limit = resources.memory_bytes
     if limit is None:
         return MemoryLimit("none", note="no memory limit (machine defaults)")
-    root = env.get(CGROUP_ROOT_ENV, "").strip()
+    root = str(settings.cgroup_root or "")
     if root:
         cgroup = Path(root) / f"moorage-{instance_id}"
         try:
@@ -208,7 +212,7 @@ def memory_limit(resources: Resources, instance_id: str, server_env: Mapping[str
             # allocates escapes the limit (moving it from outside after the spawn would race its start).
             prefix = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup)]
             return MemoryLimit("cgroup", limit, prefix, cgroup, f"memory.max {limit} bytes in cgroup {cgroup}")
-    if _enabled(env.get(ENFORCE_MEMORY_ENV)):
+    if settings.enforce_memory_limit:
         prlimit = shutil.which("prlimit")
         if prlimit:
             return MemoryLimit("rlimit", limit, [prlimit, f"--as={limit}", "--"],

@@ -21,6 +21,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moorage.settings import InstanceSettings
 
 log = logging.getLogger("moorage.logs")
 
@@ -41,10 +45,16 @@ class LogPolicy:
     backups: int = DEFAULT_BACKUPS
 
     @classmethod
-    def from_env(cls, *sources: Mapping[str, str]) -> LogPolicy:
+    def from_env(cls, *sources: Mapping[str, str], default: LogPolicy | None = None) -> LogPolicy:
         """The policy the first source naming each variable sets (e.g. container Environment, then server)."""
-        return cls(max_bytes=max(1, _first_int(sources, MAX_BYTES_ENV, DEFAULT_MAX_BYTES)),
-                   backups=max(0, _first_int(sources, BACKUPS_ENV, DEFAULT_BACKUPS)))
+        default = default or cls()
+        return cls(max_bytes=max(1, _first_int(sources, MAX_BYTES_ENV, default.max_bytes)),
+                   backups=max(0, _first_int(sources, BACKUPS_ENV, default.backups)))
+
+    @classmethod
+    def for_instance(cls, container_env: Mapping[str, str], instances: InstanceSettings) -> LogPolicy:
+        """The container Environment's values (SageMaker's contract, per model), else the server's settings."""
+        return cls.from_env(container_env, default=cls(instances.log_max_bytes, instances.log_backups))
 
 
 def _first_int(sources: tuple[Mapping[str, str], ...], name: str, default: int) -> int:

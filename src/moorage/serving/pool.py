@@ -1,5 +1,8 @@
 """The instances of one production variant: load balancing, health, replacement and resizing.
 
+A member of the pool is an ``Instance`` or, for a model of several containers, a ``ContainerChain``
+that behaves as one; the pool's launcher (``launchers/``) makes them, wherever they run.
+
 The load balancer sends each request to the in-service instance with the fewest outstanding
 requests, which keeps a slow instance (a long prediction, a GC pause) from collecting a queue while
 its siblings idle. A supervisor task per instance replaces a process that dies, with exponential
@@ -11,12 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from moorage.serving.instance import Instance, InstanceStartError, InstanceState, LaunchSpec
+from moorage.serving.chain import ContainerChain
+from moorage.serving.instance import Instance, InstanceStartError, InstanceState
+from moorage.serving.launch_spec import LaunchSpec
+from moorage.serving.launchers import Launcher
 
 log = logging.getLogger("moorage.pool")
+
+Member = Instance | ContainerChain  # what the pool holds and balances over
 
 HEALTH_INTERVAL_S = 5.0
 HEALTH_FAILURES_BEFORE_RESTART = 3
@@ -28,26 +36,29 @@ class NoCapacity(Exception):
 
 
 class InstancePool:
-    def __init__(self, endpoint: str, variant: str, launch: LaunchSpec, socket_dir: Path, log_dir: Path,
-                 start_timeout: float = 120.0, on_change: Callable[[], None] | None = None):
+    def __init__(self, endpoint: str, variant: str, launch: LaunchSpec | Sequence[LaunchSpec], launcher: Launcher,
+                 log_dir: Path, start_timeout: float = 120.0, on_change: Callable[[], None] | None = None):
         self.endpoint = endpoint
         self.variant = variant
-        self.launch = launch
-        self.socket_dir = socket_dir
+        # The containers of each member, in order; ``launch`` is the first (its runtime and type).
+        self.launches: list[LaunchSpec] = [launch] if isinstance(launch, LaunchSpec) else list(launch)
+        self.launch = self.launches[0]
+        self.launcher = launcher
         self.log_dir = log_dir
         self.start_timeout = start_timeout
-        self.instances: list[Instance] = []
-        self.ready: list[Instance] = []
+        self.instances: list[Member] = []
+        self.ready: list[Member] = []
         self.desired = 0
         self.restarts = 0
         self.closed = False
         self._rr = 0
         self._ready_changed = asyncio.Event()
         self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._on_change = on_change
 
     # Load balancing -------------------------------------------------------------------------------
-    def pick(self) -> Instance | None:
+    def pick(self) -> Member | None:
         ready = self.ready
         n = len(ready)
         if n == 0:
@@ -63,7 +74,7 @@ class InstancePool:
                 best = candidate
         return best
 
-    async def acquire(self, timeout: float) -> Instance:
+    async def acquire(self, timeout: float) -> Member:
         instance = self.pick()
         if instance is not None:
             return instance
@@ -106,7 +117,7 @@ class InstancePool:
             await asyncio.gather(*(self._retire(v, drain_timeout) for v in victims))
 
     async def _add(self, count: int) -> None:
-        new = [Instance(self.launch, self.socket_dir, self.log_dir) for _ in range(count)]
+        new = [self.launcher.member(self.launches, self.log_dir) for _ in range(count)]
         self.instances.extend(new)
         results = await asyncio.gather(*(i.start(self.start_timeout) for i in new), return_exceptions=True)
         if self.closed:
@@ -132,7 +143,7 @@ class InstancePool:
                 raise first
             raise InstanceStartError(f"{type(first).__name__}: {first}")
 
-    async def _retire(self, instance: Instance, drain_timeout: float) -> None:
+    async def _retire(self, instance: Member, drain_timeout: float) -> None:
         task = self._supervisors.pop(instance.id, None)
         if task:
             task.cancel()
@@ -144,10 +155,10 @@ class InstancePool:
         self._set_ready()
 
     # Supervision ----------------------------------------------------------------------------------
-    def _supervise(self, instance: Instance) -> None:
+    def _supervise(self, instance: Member) -> None:
         self._supervisors[instance.id] = asyncio.get_running_loop().create_task(self._watch(instance))
 
-    async def _watch(self, instance: Instance) -> None:
+    async def _watch(self, instance: Member) -> None:
         exit_task = asyncio.ensure_future(instance.wait_exit())
         failures = 0
         try:
@@ -171,13 +182,24 @@ class InstancePool:
         log.warning("instance %s of %s/%s exited with code %s; replacing it (log: %s)",
                     instance.id, self.endpoint, self.variant, code, instance.log_path)
         instance.state = InstanceState.FAILED
-        instance.client.close()  # fails the requests in flight at once instead of at their timeout
+        instance.close_connections()
         self._supervisors.pop(instance.id, None)
         with contextlib.suppress(ValueError):
             self.instances.remove(instance)
         self._set_ready()
         self.restarts += 1
-        asyncio.get_running_loop().create_task(self._replace())
+        loop = asyncio.get_running_loop()
+        # What is left of it goes: a chain's other containers, an instance's port and memory limit.
+        cleanup = loop.create_task(self._discard(instance))
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
+        loop.create_task(self._replace())
+
+    @staticmethod
+    async def _discard(member: Member) -> None:
+        with contextlib.suppress(Exception):
+            await member.stop(drain_timeout=0, term_timeout=5)
+        member.state = InstanceState.FAILED  # it failed; the stop only cleaned up after it
 
     async def _replace(self) -> None:
         backoff = 0.5
@@ -203,6 +225,6 @@ class InstancePool:
             if instance.state == InstanceState.IN_SERVICE:
                 instance.state = InstanceState.DRAINING
         self._set_ready()
-        await asyncio.gather(*(i.stop(drain_timeout) for i in instances), return_exceptions=True)
+        await asyncio.gather(*(i.stop(drain_timeout) for i in instances), *self._cleanups, return_exceptions=True)
         self.instances.clear()
         self._set_ready()

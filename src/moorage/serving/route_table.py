@@ -13,8 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from moorage.serving.instance import InstanceStartError, LaunchSpec
+from moorage.serving.instance import InstanceStartError
 from moorage.serving.invocation_events import InvocationObserver
+from moorage.serving.launch_spec import LaunchSpec
+from moorage.serving.launchers.local import LocalLauncher
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, VariantRoute
 from moorage.serving.snapshot import EndpointSnapshot, snapshot_of
@@ -45,6 +47,8 @@ class RouteTable:
         # Unix socket paths are limited to ~108 bytes, so sockets live in a short /tmp directory
         # rather than under a home that may be deeply nested.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="moorage-"))
+        # Endpoints and local transform jobs start their instances through this one launcher.
+        self.launcher = LocalLauncher(self.socket_dir)
         self._routes: dict[str, EndpointRoute] = {}
         # Observers of every endpoint (metrics); per-endpoint ones (data capture) are added to a route
         # by whoever builds it.
@@ -64,7 +68,7 @@ class RouteTable:
     def build(self, endpoint: str, plans: list[VariantPlan]) -> EndpointRoute:
         variants = [
             VariantRoute(plan.name, plan.weight,
-                         InstancePool(endpoint, plan.name, plan.launch, self.socket_dir,
+                         InstancePool(endpoint, plan.name, plan.launch, self.launcher,
                                       self.logs_dir / endpoint / plan.name, self.start_timeout))
             for plan in plans
         ]

@@ -1,0 +1,142 @@
+"""A serial chain of containers that serves as one instance: a model's inference pipeline.
+
+Each request goes through the containers in order, each response becoming the next one's request
+(its content type too); only the last container is asked for the caller's ``Accept``, and the
+first answer that is not a success ends the chain (it is the caller's answer). A chain has what
+the pool needs of an instance (id, state, outstanding requests, ping, start, stop), so an endpoint
+variant's pool and a transform job hold chains as they hold single instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from moorage.serving.instance import Instance, InstanceStartError, InstanceState
+from moorage.serving.instance_client import InstanceResponse
+from moorage.serving.invocation_events import parse_header_block
+
+
+class ContainerChain:
+    def __init__(self, instances: Sequence[Instance]):
+        if not instances:
+            raise ValueError("a container chain needs at least one container")
+        self.instances = list(instances)
+        self.id = f"c-{uuid.uuid4().hex[:12]}"
+        self.outstanding = 0
+        self._state: InstanceState | None = None  # set by the pool (draining, stopped, failed)
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # What the pool reads --------------------------------------------------------------------------
+    @property
+    def state(self) -> InstanceState:
+        if self._state is not None:
+            return self._state
+        states = {i.state for i in self.instances}
+        if states == {InstanceState.IN_SERVICE}:
+            return InstanceState.IN_SERVICE
+        if InstanceState.FAILED in states:
+            return InstanceState.FAILED
+        return InstanceState.PENDING
+
+    @state.setter
+    def state(self, value: InstanceState) -> None:
+        self._state = value
+
+    @property
+    def pid(self) -> int | None:
+        """The first container's process (the chain's face in logs and metrics)."""
+        return self.instances[0].pid
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [i.pid for i in self.instances]
+
+    @property
+    def log_path(self) -> Path:
+        return self.instances[0].log_path
+
+    @property
+    def setup_seconds(self) -> float | None:
+        seconds = [i.setup_seconds for i in self.instances]
+        return None if None in seconds else max(s for s in seconds if s is not None)
+
+    # Life -----------------------------------------------------------------------------------------
+    async def start(self, timeout: float = 120.0) -> None:
+        """Start every container; if one cannot, stop the others and raise its InstanceStartError."""
+        results = await asyncio.gather(*(i.start(timeout) for i in self.instances), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.stop(drain_timeout=0, term_timeout=5)
+            first = failed[0]
+            if isinstance(first, InstanceStartError):
+                raise first
+            raise InstanceStartError(f"{type(first).__name__}: {first}")
+
+    async def ping(self, timeout: float = 5.0) -> bool:
+        return all(await asyncio.gather(*(i.ping(timeout) for i in self.instances)))
+
+    async def wait_exit(self) -> int:
+        """The exit code of the first container to exit: the chain cannot serve without any of them."""
+        waits = [asyncio.ensure_future(i.wait_exit()) for i in self.instances]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return next(iter(done)).result()
+        finally:
+            for task in waits:
+                task.cancel()
+
+    def close_connections(self) -> None:
+        for instance in self.instances:
+            instance.close_connections()
+
+    async def stop(self, drain_timeout: float = 30.0, term_timeout: float = 10.0) -> None:
+        if self.state == InstanceState.IN_SERVICE:
+            self._state = InstanceState.DRAINING
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), drain_timeout)
+        self._state = InstanceState.STOPPED
+        await asyncio.gather(*(i.stop(drain_timeout=0, term_timeout=term_timeout) for i in self.instances),
+                             return_exceptions=True)
+
+    async def kill(self) -> None:
+        await asyncio.gather(*(i.kill() for i in self.instances), return_exceptions=True)
+
+    # Invocation -----------------------------------------------------------------------------------
+    async def invoke(self, body: bytes, headers: bytes, timeout: float) -> InstanceResponse:
+        return (await self.invoke_steps(body, headers, timeout))[0]
+
+    async def invoke_steps(self, body: bytes, headers: bytes, timeout: float) -> tuple[InstanceResponse, int]:
+        """The chain's answer and the position of the container that gave it (the last, or the first
+        that failed). ``timeout`` bounds each container's hop."""
+        self.outstanding += 1
+        self._idle.clear()
+        try:
+            last = len(self.instances) - 1
+            if last == 0:
+                return await self.instances[0].invoke(body, headers, timeout), 0
+            given = parse_header_block(headers)
+            accept = given.pop(b"accept", None)
+            content_type = given.pop(b"content-type", None)
+            passed = b"".join(b"%s: %s\r\n" % (k, v.encode("latin-1")) for k, v in given.items())
+            response: InstanceResponse | None = None
+            for position, instance in enumerate(self.instances):
+                hop = passed
+                if content_type:
+                    hop += b"content-type: " + content_type.encode("latin-1") + b"\r\n"
+                if accept and position == last:
+                    hop += b"accept: " + accept.encode("latin-1") + b"\r\n"
+                response = await instance.invoke(body, hop, timeout)
+                if response.status >= 300:
+                    return response, position
+                body, content_type = response.body, response.content_type
+            assert response is not None
+            return response, last
+        finally:
+            self.outstanding -= 1
+            if self.outstanding == 0:
+                self._idle.set()
