@@ -55,6 +55,7 @@ class InstancePool:
         self._ready_changed = asyncio.Event()
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._replacements: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
         self._on_change = on_change
 
     # Load balancing -------------------------------------------------------------------------------
@@ -193,7 +194,9 @@ class InstancePool:
         cleanup = loop.create_task(self._discard(instance))
         self._cleanups.add(cleanup)
         cleanup.add_done_callback(self._cleanups.discard)
-        loop.create_task(self._replace())
+        replacement = loop.create_task(self._replace())
+        self._replacements.add(replacement)
+        replacement.add_done_callback(self._replacements.discard)
 
     @staticmethod
     async def _discard(member: Member) -> None:

@@ -62,12 +62,12 @@ class VariantRoute:
 
 class EndpointRoute:
     def __init__(self, name: str, variants: list[VariantRoute], invocation_timeout: float = 60.0,
-                 acquire_timeout: float = 30.0, chooser: VariantChooser | None = None):
+                 acquire_timeout: float = 30.0, chooser: VariantChooser[VariantRoute] | None = None):
         self.name = name
         self.variants = {v.name: v for v in variants}
         self.invocation_timeout = invocation_timeout
         self.acquire_timeout = acquire_timeout
-        self.chooser: VariantChooser = chooser or WeightedChooser()
+        self.chooser: VariantChooser[VariantRoute] = chooser or WeightedChooser()
         # Metrics and data capture; the front door skips building events while this is empty.
         self.observers: list[InvocationObserver] = []
         self.reweigh()

@@ -9,20 +9,27 @@ rebuilt by ``update`` whenever weights change.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from moorage.serving.router import VariantRoute
+
+class Weighted(Protocol):
+    """What a chooser sees of a variant (the router's VariantRoute): its name and current weight."""
+
+    name: str
+    current_weight: float
+
+
+V = TypeVar("V", bound=Weighted)
 
 
 class NoVariantToChoose(Exception):
     """Every variant has weight 0: only a request that names its variant can be served."""
 
 
-class VariantChooser(Protocol):
-    def update(self, variants: Sequence[VariantRoute]) -> None:
+class VariantChooser(Protocol[V]):
+    def update(self, variants: Sequence[V]) -> None:
         """The variants and their current weights changed; rebuild what ``choose`` reads."""
 
-    def choose(self, forwarded_headers: bytes) -> VariantRoute:
+    def choose(self, forwarded_headers: bytes) -> V:
         """The variant for one request (its forwarded header block, for strategies that read it);
         raises NoVariantToChoose when none can take unnamed traffic."""

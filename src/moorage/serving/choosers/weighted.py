@@ -5,22 +5,19 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Generic
 
-from moorage.serving.choosers import NoVariantToChoose
-
-if TYPE_CHECKING:
-    from moorage.serving.router import VariantRoute
+from moorage.serving.choosers import NoVariantToChoose, V
 
 
-class WeightedChooser:
+class WeightedChooser(Generic[V]):
     __slots__ = ("_ordered", "_thresholds")
 
     def __init__(self) -> None:
         self._thresholds: list[float] = []
-        self._ordered: list[VariantRoute] = []
+        self._ordered: list[V] = []
 
-    def update(self, variants: Sequence[VariantRoute]) -> None:
+    def update(self, variants: Sequence[V]) -> None:
         """A cumulative weight table over the variants with weight above 0, normalised to [0, 1]."""
         total = 0.0
         thresholds, ordered = [], []
@@ -32,7 +29,7 @@ class WeightedChooser:
         self._thresholds = [t / total for t in thresholds] if total else []
         self._ordered = ordered
 
-    def choose(self, forwarded_headers: bytes) -> VariantRoute:
+    def choose(self, forwarded_headers: bytes) -> V:
         ordered = self._ordered
         if len(ordered) == 1:
             return ordered[0]
