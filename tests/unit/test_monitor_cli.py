@@ -1,4 +1,5 @@
-"""`moorage monitor baseline` over CSV (with and without a header), JSON Lines and Parquet, and the SDK."""
+"""`moorage monitor baseline` over CSV (with and without a header, stated or detected), JSON Lines and Parquet,
+and the SDK."""
 
 from __future__ import annotations
 
@@ -84,6 +85,69 @@ def test_csv_without_header(tmp_path: Path, frame: pd.DataFrame) -> None:
                       "--no-header")
     assert result.returncode == 0, result.stderr
     _check_baseline(tmp_path / "out", ["_c0", "_c1", "_c2", "_c3"])
+
+
+@pytest.fixture(scope="module")
+def numbers() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = 5_000
+    return pd.DataFrame({"price": rng.gamma(2.0, 30.0, rows).round(2), "count": rng.integers(0, 9, rows),
+                         "score": rng.normal(0, 1, rows)})
+
+
+def _baseline_of(tmp_path: Path, *options: str) -> dict:
+    result = _moorage("baseline", "--dataset", str(tmp_path / "train.csv"), "--output", str(tmp_path / "out"),
+                      *options)
+    assert result.returncode == 0, result.stderr
+    return load_json(tmp_path / "out" / "statistics.json")
+
+
+def _features(statistics: dict) -> list[str]:
+    return [f["name"] for f in statistics["features"]]
+
+
+def test_numeric_csv_without_header_is_detected(tmp_path: Path, numbers: pd.DataFrame) -> None:
+    # the first line is data: all 5000 rows count, and the columns are named as SageMaker names them
+    numbers.to_csv(tmp_path / "train.csv", index=False, header=False)
+    statistics = _baseline_of(tmp_path)
+    assert statistics["dataset"]["item_count"] == 5_000
+    assert _features(statistics) == ["_c0", "_c1", "_c2"]
+    assert [f["inferred_type"] for f in statistics["features"]] == ["Fractional", "Integral", "Fractional"]
+
+
+def test_numeric_csv_with_header_is_detected(tmp_path: Path, numbers: pd.DataFrame) -> None:
+    numbers.to_csv(tmp_path / "train.csv", index=False)
+    statistics = _baseline_of(tmp_path)
+    assert statistics["dataset"]["item_count"] == 5_000
+    assert _features(statistics) == ["price", "count", "score"]
+
+
+def test_header_options_override_the_detection(tmp_path: Path, numbers: pd.DataFrame) -> None:
+    numbers.to_csv(tmp_path / "train.csv", index=False, header=False)
+    first_line = (tmp_path / "train.csv").read_text().split("\n", 1)[0]
+    forced = _baseline_of(tmp_path, "--header")
+    assert forced["dataset"]["item_count"] == 4_999
+    assert _features(forced) == first_line.split(",")
+    numbers.to_csv(tmp_path / "train.csv", index=False)
+    forced = _baseline_of(tmp_path, "--no-header")
+    assert forced["dataset"]["item_count"] == 5_001
+    assert _features(forced) == ["_c0", "_c1", "_c2"]
+
+
+def test_sdk_honours_dataset_format_header(tmp_path: Path, numbers: pd.DataFrame) -> None:
+    numbers.to_csv(tmp_path / "train.csv", index=False, header=False)
+    monitor = DefaultModelMonitor(role="unused", instance_count=1, instance_type="ml.m5.xlarge")
+    # DatasetFormat.csv() means a header, as in SageMaker, whatever the first line holds
+    monitor.suggest_baseline(baseline_dataset=str(tmp_path / "train.csv"), dataset_format=DatasetFormat.csv(),
+                             output_s3_uri=str(tmp_path / "said"))
+    assert monitor.baseline_statistics().body_dict["dataset"]["item_count"] == 4_999
+    monitor.suggest_baseline(baseline_dataset=str(tmp_path / "train.csv"),
+                             dataset_format=DatasetFormat.csv(header=False), output_s3_uri=str(tmp_path / "no"))
+    assert monitor.baseline_statistics().body_dict["dataset"]["item_count"] == 5_000
+    # no dataset_format at all: detected from the file
+    monitor.suggest_baseline(baseline_dataset=str(tmp_path / "train.csv"), output_s3_uri=str(tmp_path / "detected"))
+    statistics = monitor.baseline_statistics().body_dict
+    assert statistics["dataset"]["item_count"] == 5_000 and _features(statistics) == ["_c0", "_c1", "_c2"]
 
 
 def test_json_lines(tmp_path: Path, frame: pd.DataFrame) -> None:

@@ -44,10 +44,11 @@ def monitor() -> None:
 @click.option("--dataset", required=True, help="CSV, JSON Lines or Parquet file (or a folder of them).")
 @click.option("--output", required=True, help="Folder (or file:// / s3:// URI) for statistics.json and "
               "constraints.json.")
-@click.option("--header/--no-header", default=True, show_default=True,
-              help="Whether a CSV dataset's first line names the columns (without: _c0, _c1, ...).")
+@click.option("--header/--no-header", default=None,
+              help="Whether a CSV dataset's first line names the columns (without: _c0, _c1, ...). Default: "
+              "detected; a first line of numbers above lines of numbers is data, anything else a header.")
 @click.option("--format", "fmt", type=_FORMATS, default=None, help="Dataset format (default: from the file name).")
-def baseline(dataset: str, output: str, header: bool, fmt: str | None) -> None:
+def baseline(dataset: str, output: str, header: bool | None, fmt: str | None) -> None:
     """Profile a dataset and suggest constraints, as SageMaker's suggest_baseline does."""
     _require_extra()
     from moorage.monitor.common.datasets import DatasetError
@@ -66,9 +67,9 @@ def baseline(dataset: str, output: str, header: bool, fmt: str | None) -> None:
 @click.option("--baseline", "baseline_dir", required=True,
               help="Folder (or URI) holding the baseline's statistics.json and constraints.json.")
 @click.option("--output", required=True, help="Where to write statistics.json and constraint_violations.json.")
-@click.option("--header/--no-header", default=True, show_default=True)
+@click.option("--header/--no-header", default=None, help="As for baseline (default: detected).")
 @click.option("--format", "fmt", type=_FORMATS, default=None)
-def check_command(dataset: str, baseline_dir: str, output: str, header: bool, fmt: str | None) -> None:
+def check_command(dataset: str, baseline_dir: str, output: str, header: bool | None, fmt: str | None) -> None:
     """Check a dataset against a baseline; exit code 0 either way, the violations are printed."""
     _require_extra()
     from moorage.monitor.common.datasets import Dataset, DatasetError

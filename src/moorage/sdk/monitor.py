@@ -48,9 +48,11 @@ class DatasetFormat:
         return {"sagemakerCaptureJson": {}}
 
 
-def _reader_options(dataset_format: dict[str, Any] | None) -> tuple[str | None, bool]:
+def _reader_options(dataset_format: dict[str, Any] | None) -> tuple[str | None, bool | None]:
+    """The format and whether a CSV has a header: as ``DatasetFormat.csv(header=...)`` says (SageMaker's
+    default is a header); without a ``dataset_format``, from the file's name and contents."""
     if not dataset_format:
-        return None, True
+        return None, None
     if "csv" in dataset_format:
         return "csv", bool((dataset_format["csv"] or {}).get("header", True))
     if "json" in dataset_format:

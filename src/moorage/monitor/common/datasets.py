@@ -5,8 +5,14 @@ Nothing here holds the whole dataset: each reader yields batches of a bounded si
 column turns out to hold text after batches of plain numbers).
 
 CSV columns are read as text, because Deequ (and so SageMaker) infers a CSV column's type from
-its values (:mod:`moorage.monitor.common.type_inference`); a column without a header is named ``_c0``, ``_c1``...,
-as Spark names them and SageMaker's files show. An empty CSV field is missing.
+its values (:mod:`moorage.monitor.common.type_inference`); a column without a header is named ``_c0``,
+``_c1``..., as Spark names them and SageMaker's files show. An empty CSV field is missing.
+
+Whether a CSV file's first line is a header is what a user states with SageMaker's
+``DatasetFormat.csv(header=...)``; when nobody said, :func:`csv_has_header` decides it as a person
+looking at the file would: a first line of numbers above lines of numbers is data (a header of
+numbers only is rare, a headerless file of features is common: ``to_csv(header=False)``), anything
+else is a header, SageMaker's default. Headerless files mixing text and numbers need the user's word.
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".jsonlines": "jsonl", ".json": "jsonl",
              ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 BLOCK_BYTES = 8 << 20
+HEADER_SAMPLE_BYTES = 1 << 20  # the lines csv_has_header looks at: the first line and those after it in this much
+# a number as a CSV cell may spell it (Deequ's Integral and Fractional, and .5, 5., surrounding blanks)
+_NUMBER = r"^\s*[-+]? ?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
 class DatasetError(ValueError):
@@ -48,15 +58,19 @@ class Dataset:
     block_bytes: int = BLOCK_BYTES
 
     @classmethod
-    def open(cls, path: str | Path, format: str | None = None, header: bool = True) -> Dataset:
+    def open(cls, path: str | Path, format: str | None = None, header: bool | None = None) -> Dataset:
+        """``header`` None: a CSV dataset's first file decides (:func:`csv_has_header`), for all its files."""
         path = Path(str(path).removeprefix("file://")).expanduser()
         if not path.exists():
             raise DatasetError(f"dataset {path} does not exist")
-        fmt = format or guess_format(next(iter(_files(path)), path))
+        files = _files(path)
+        fmt = format or guess_format(next(iter(files), path))
         if fmt == "json":
             fmt = "jsonl"
         if fmt not in FORMATS:
             raise DatasetError(f"unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}")
+        if header is None:
+            header = fmt != "csv" or not files or csv_has_header(files[0])
         return cls(path, fmt, header)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -71,7 +85,7 @@ class Dataset:
         from pyarrow import csv
 
         read = csv.ReadOptions(block_size=self.block_bytes, autogenerate_column_names=not self.header)
-        parse = csv.ParseOptions(delimiter="\t" if file.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
+        parse = _csv_parse_options(file)
         try:
             probe = csv.open_csv(file, read_options=read, parse_options=parse)
         except pa.ArrowInvalid as exc:
@@ -112,6 +126,39 @@ class Dataset:
             yield from parquet.ParquetFile(file).iter_batches(batch_size=65536)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(f"cannot read {file} as Parquet: {exc}") from exc
+
+
+def csv_has_header(file: Path) -> bool:
+    """Whether the first line of a CSV file names its columns: False when it holds only numbers (and empty
+    fields) and the lines after it too, True otherwise, or when the file cannot tell (empty, unreadable:
+    reading it reports that)."""
+    from pyarrow import csv
+
+    parse = _csv_parse_options(file)
+    read = csv.ReadOptions(block_size=HEADER_SAMPLE_BYTES, autogenerate_column_names=True)
+    try:
+        probe = csv.open_csv(file, read_options=read, parse_options=parse)
+        names = probe.schema.names
+        probe.close()
+        convert = csv.ConvertOptions(column_types={name: pa.string() for name in names}, null_values=[""],
+                                     strings_can_be_null=True, quoted_strings_can_be_null=False)
+        with csv.open_csv(file, read_options=read, parse_options=parse, convert_options=convert) as reader:
+            lines = reader.read_next_batch()
+    except (pa.ArrowInvalid, StopIteration, OSError):
+        return True
+    if lines.num_rows == 0:
+        return True
+    numeric = [pc.match_substring_regex(column, _NUMBER).fill_null(True) for column in lines.columns]
+    first_is_numbers = all(column[0].as_py() for column in numeric) and any(
+        column[0].is_valid for column in lines.columns)
+    rest_is_numbers = all(pc.all(column.slice(1)).as_py() is not False for column in numeric)
+    return not (first_is_numbers and rest_is_numbers)
+
+
+def _csv_parse_options(file: Path) -> Any:
+    from pyarrow import csv
+
+    return csv.ParseOptions(delimiter="\t" if file.suffix.lower() == ".tsv" else ",", newlines_in_values=True)
 
 
 def _files(path: Path) -> list[Path]:

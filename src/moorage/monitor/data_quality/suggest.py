@@ -101,8 +101,11 @@ class Baseline:
 
 
 def suggest_baseline(dataset: str | Path, output: str | Path | None = None, format: str | None = None,
-                     header: bool = True, monitoring_config: dict[str, Any] | None = None) -> Baseline:
-    """Profile ``dataset``, suggest constraints, and (when ``output`` is given) write both files there."""
+                     header: bool | None = None, monitoring_config: dict[str, Any] | None = None) -> Baseline:
+    """Profile ``dataset``, suggest constraints, and (when ``output`` is given) write both files there.
+
+    ``header``: whether a CSV file's first line names the columns; None detects it (:meth:`Dataset.open`).
+    """
     profile = profile_dataset(Dataset.open(dataset, format, header))
     statistics = Statistics(profile.to_statistics())
     constraints = Constraints(suggest_constraints(statistics.body_dict, monitoring_config))
