@@ -151,4 +151,14 @@ def test_minimum_above_current_capacity_scales_out_at_once(
     activity = _activities(aas, rid)[0]
     assert "below the minimum 2" in activity["Cause"]
     wait_until(lambda: _activities(aas, rid)[0]["StatusCode"] == "Successful", timeout=30, what="activity closed")
+
+    # The autoscaled count is the endpoint's desired state in the store: a restart brings it back as
+    # it was (not the config's 1), before the autoscaler has looked at anything.
+    srv.stop(timeout=30)
+    srv.start(timeout=90)
+    sm = srv.sm()
+    variant = sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"][0]
+    assert variant["DesiredInstanceCount"] == 2
+    wait_until(lambda: _counts(sm, endpoint) == (2, 2, "InService"), timeout=60, what="both instances back")
+    deployer.sm = sm
     deployer.cleanup()
