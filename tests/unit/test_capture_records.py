@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
+from invocation_support import header_block
 from moorage.capture.config import CaptureConfig, WriterSettings
 from moorage.capture.records import RecordEncoder, body_bytes, encode, inference_time, stamp
 from moorage.errors import ValidationException
-from invocation_support import header_block
-
 from moorage.serving.invocation_events import InvocationEvent
 
 FORMATS = Path(__file__).parents[1] / "data" / "sagemaker" / "data_capture"

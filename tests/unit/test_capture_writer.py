@@ -17,11 +17,10 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from invocation_support import header_block
 from moorage.capture import CaptureConfig, CaptureWriter, WriterSettings
 from moorage.capture.records import encode, inference_time
 from moorage.capture.writer import _event_ids
-from invocation_support import header_block
-
 from moorage.serving.invocation_events import InvocationEvent
 
 NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{3})-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl$")

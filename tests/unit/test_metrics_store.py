@@ -233,9 +233,8 @@ def test_runtime_builds_events_field_by_field() -> None:
     """The runtime builds events positionally (hot path): every field must land where its name says."""
     import time
 
-    from moorage.api.runtime import _event
     from invocation_support import header_block
-
+    from moorage.api.runtime import _event
     from moorage.serving.router import EndpointRoute
 
     forwarded = header_block([(b"content-type", b"text/csv"), (b"accept", b"application/json"),
