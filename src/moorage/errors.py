@@ -24,6 +24,11 @@ class ValidationException(ApiError):
     status = 400
 
 
+# A body over a native route's limit: the same code, with HTTP's own status for it.
+class ContentTooLarge(ValidationException):
+    status = 413
+
+
 class SerializationException(ApiError):
     code = "SerializationException"
     status = 400

@@ -225,6 +225,62 @@ def test_api_errors_are_sagemakers(sm: Any, model: str, workdir: Path) -> None:
     assert exc.value.response["Error"]["Code"] == "ValidationException"
 
 
+GATED_INFERENCE = """
+import os
+import time
+from pathlib import Path
+
+_answered = []
+
+
+def predict_fn(data, model):
+    # The first request is answered at once; the next waits for the test to open the gate (bounded),
+    # so the job is certainly running while the test reads how far it is.
+    if _answered:
+        gate, deadline = Path(os.environ["GATE_FILE"]), time.monotonic() + 120
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    _answered.append(1)
+    return model.predict(data)
+"""
+
+
+def test_native_route_reports_a_running_jobs_progress_then_its_counts(bsrv: MoorageServer, sm: Any, clf: Any,
+                                                                       workdir: Path) -> None:
+    gate = workdir / "progress-gate"
+    tarball = pack_model(workdir / "gated", clf[0], inference_py=GATED_INFERENCE)
+    model = create_model(sm, new_name("bt-gated"), tarball, {
+        "SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+        "GATE_FILE": str(gate)})
+    root = workdir / "progress-in"
+    root.mkdir()
+    (root / "rows.csv").write_text("\n".join(csv_rows(clf[1][:5])) + "\n")
+    name = new_name("bt-progress")
+
+    def state() -> dict[str, Any]:
+        status, _, body = bsrv.signed_request("GET", f"/moorage/v1/transform-jobs/{name}")
+        assert status == 200, body
+        return json.loads(body)
+
+    sm.create_transform_job(**job_request(name, model, str(root), str(workdir / "out-progress"),
+                                          strategy="SingleRecord", MaxConcurrentTransforms=1))
+    try:
+        running = wait_until(lambda: (doc := state())["Progress"].get("RecordsDone") and doc, timeout=60,
+                             what="the first record")
+        # The gate holds the second record: the job runs, and the route says how far it is.
+        assert running["TransformJobStatus"] == "InProgress"
+        progress = running["Progress"]
+        assert (progress["RecordsDone"], progress["FilesDone"], progress["FilesTotal"]) == (1, 0, 1), progress
+        assert progress["BytesTotal"] == (root / "rows.csv").stat().st_size and progress["Instances"], progress
+    finally:
+        gate.touch()
+    sm.get_waiter("transform_job_completed_or_stopped").wait(TransformJobName=name, WaiterConfig=WAIT)
+    done = state()
+    assert done["TransformJobStatus"] == "Completed", done
+    assert (done["Progress"]["RecordsDone"], done["Progress"]["FilesDone"], done["Progress"]["FilesTotal"]) == (
+        5, 1, 1), done
+
+
 def test_stopped_job_stops_its_instances_and_leaves_no_output(bsrv: MoorageServer, sm: Any, clf: Any,
                                                               workdir: Path) -> None:
     tarball, env = slow_model(workdir / "slow", clf[0])

@@ -69,8 +69,8 @@ class MoorageApp:
         autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
         self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling])
         self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id)
-        self.native = build_native_app(self.ctx, self.verifier,
-                                       monitoring_routes(self.ctx, self.verifier, self.monitoring))
+        self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
+                                       monitoring_routes(self.ctx, self.monitoring))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -11,26 +11,26 @@ DescribeAlarms, DescribeAlarmHistory, SetAlarmState), so a CloudWatch user reads
 - ``GET /moorage/v1/alarms[?StateValue=&AlarmNamePrefix=]``, ``PUT|GET|DELETE /moorage/v1/alarms/{name}``
   (``GET`` adds the history, ``?HistoryMaxRecords=N``), ``POST /moorage/v1/alarms/{name}/state``.
 
-Every route is SigV4-authenticated like the rest of the native API. Database work runs in worker
-threads, off the event loop that serves invocations.
+Every route goes through the native API's signed seam (``moorage.api.signed``). Database work runs
+in worker threads, off the event loop that serves invocations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.api.signed import signed_route
 from moorage.control.context import Context
 from moorage.control.times import epoch
-from moorage.errors import ApiError, ResourceNotFound, ValidationException
+from moorage.errors import ApiError, ValidationException
 from moorage.metrics.alarms import iso
 from moorage.metrics.service import MetricsService
 from moorage.metrics.vocabulary import (
@@ -45,37 +45,23 @@ MAX_METRIC_DATA = 1000  # PutMetricData's limit per request
 DEFAULT_WINDOW_S = 3 * 3600
 
 
-def _error(exc: ApiError) -> Response:
-    status = 404 if isinstance(exc, ResourceNotFound) else exc.status
-    return JSONResponse({"__type": exc.code, "message": exc.message}, status_code=status,
-                        headers={"x-amzn-errortype": exc.code})
-
-
-def metrics_routes(ctx: Context, verifier: SigV4Verifier) -> list[Route]:
+def metrics_routes(ctx: Context) -> list[Route]:
     def service() -> MetricsService:
         if ctx.metrics is None:
             raise ApiError("metrics are not set up on this server")
         return ctx.metrics
 
-    def handler(func: Callable[[Request, MetricsService, bytes], Any]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            body = await request.body()
-            try:
-                verifier.verify(request.method, request.scope.get("raw_path") or request.url.path.encode(),
-                                request.scope.get("query_string", b""), request.scope["headers"], body)
-            except AuthError as exc:
-                return JSONResponse({"__type": exc.code, "message": exc.message}, status_code=exc.status,
-                                    headers={"x-amzn-errortype": exc.code})
-            try:
-                result = await func(request, service(), body)
-            except ApiError as exc:
-                return _error(exc)
-            except ValueError as exc:
-                return _error(ValidationException(str(exc)))
-            return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY),
-                            media_type="application/json")
+    def handler(func: Callable[[Request, MetricsService, bytes], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """Gives the handler the metrics service; CloudWatch's vocabulary checks raise ValueError for bad input."""
 
-        return endpoint
+        @functools.wraps(func)
+        async def bound(request: Request, body: bytes) -> Any:
+            try:
+                return await func(request, service(), body)
+            except ValueError as exc:
+                raise ValidationException(str(exc)) from exc
+
+        return bound
 
     async def put_metric_data(request: Request, metrics: MetricsService, body: bytes) -> dict[str, Any]:
         doc = _json_body(body)
@@ -157,14 +143,14 @@ def metrics_routes(ctx: Context, verifier: SigV4Verifier) -> list[Route]:
         return await asyncio.to_thread(metrics.alarms.describe_alarm, name)
 
     return [
-        Route("/moorage/v1/metrics", handler(put_metric_data), methods=["POST"]),
-        Route("/moorage/v1/metrics", handler(get_metric_statistics), methods=["GET"]),
-        Route("/moorage/v1/metrics/list", handler(list_metrics), methods=["GET"]),
-        Route("/moorage/v1/alarms", handler(list_alarms), methods=["GET"]),
-        Route("/moorage/v1/alarms/{name}", handler(put_alarm), methods=["PUT"]),
-        Route("/moorage/v1/alarms/{name}", handler(describe_alarm), methods=["GET"]),
-        Route("/moorage/v1/alarms/{name}", handler(delete_alarm), methods=["DELETE"]),
-        Route("/moorage/v1/alarms/{name}/state", handler(set_alarm_state), methods=["POST"]),
+        signed_route("/moorage/v1/metrics", handler(put_metric_data), ["POST"]),
+        signed_route("/moorage/v1/metrics", handler(get_metric_statistics), ["GET"]),
+        signed_route("/moorage/v1/metrics/list", handler(list_metrics), ["GET"]),
+        signed_route("/moorage/v1/alarms", handler(list_alarms), ["GET"]),
+        signed_route("/moorage/v1/alarms/{name}", handler(put_alarm), ["PUT"]),
+        signed_route("/moorage/v1/alarms/{name}", handler(describe_alarm), ["GET"]),
+        signed_route("/moorage/v1/alarms/{name}", handler(delete_alarm), ["DELETE"]),
+        signed_route("/moorage/v1/alarms/{name}/state", handler(set_alarm_state), ["POST"]),
     ]
 
 

@@ -9,7 +9,7 @@
 - ``GET /moorage/v1/monitoring-executions/{name}/report``: the report page itself (text/html).
 
 ``{name}`` of an execution is its processing-job name (the last part of ``ProcessingJobArn``).
-SigV4-authenticated like every native route.
+Through the native API's signed seam like every native route (``moorage.api.signed``).
 """
 
 from __future__ import annotations
@@ -20,21 +20,16 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.api.signed import json_reply, signed_route
 from moorage.control.context import Context
 from moorage.control.monitoring_scheduler import EXECUTION, SCHEDULE, MonitoringScheduler
 from moorage.control.times import timestamp
-from moorage.errors import ValidationException
+from moorage.errors import ResourceNotFound, SerializationException
 from moorage.store.locations import open_url
 from moorage.store.metadata import Resource
-
-
-def _error(code: str, message: str, status: int) -> Response:
-    return JSONResponse({"__type": code, "message": message}, status_code=status,
-                        headers={"x-amzn-errortype": code})
 
 
 def _iso(epoch: Any) -> str | None:
@@ -57,62 +52,37 @@ def execution_document(row: Resource) -> dict[str, Any]:
     return doc
 
 
-def monitoring_routes(ctx: Context, verifier: SigV4Verifier, scheduler: MonitoringScheduler) -> list[Route]:
-    async def authorized(request: Request) -> Response | None:
-        try:
-            verifier.verify(request.method, request.scope.get("raw_path") or request.url.path.encode(),
-                            request.scope.get("query_string", b""), request.scope["headers"], await request.body())
-        except AuthError as exc:
-            return _error(exc.code, exc.message, exc.status)
-        return None
-
-    async def run_now(request: Request) -> Response:
-        if (denied := await authorized(request)) is not None:
-            return denied
+def monitoring_routes(ctx: Context, scheduler: MonitoringScheduler) -> list[Route]:
+    async def run_now(request: Request, raw: bytes) -> Response:
         name = request.path_params["name"]
-        raw = await request.body()
         try:
             options = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError as exc:
-            return _error("SerializationException", f"Request body is not valid JSON: {exc}", 400)
+            raise SerializationException(f"Request body is not valid JSON: {exc}") from exc
         if not isinstance(options, dict):
-            return _error("SerializationException", "Request body must be a JSON object.", 400)
+            raise SerializationException("Request body must be a JSON object.")
         if ctx.store.get(SCHEDULE, name) is None:
-            return _error("ResourceNotFound", f'Could not find monitoring schedule "{ctx.arn(SCHEDULE, name)}".', 404)
-        try:
-            row = scheduler.submit(name, dt.datetime.now(dt.UTC), start=options.get("StartTime"),
-                                   end=options.get("EndTime"))
-        except ValidationException as exc:
-            return _error(exc.code, exc.message, exc.status)
-        return JSONResponse(execution_document(row), status_code=202)
+            raise ResourceNotFound(f'Could not find monitoring schedule "{ctx.arn(SCHEDULE, name)}".')
+        row = scheduler.submit(name, dt.datetime.now(dt.UTC), start=options.get("StartTime"),
+                               end=options.get("EndTime"))
+        return json_reply(execution_document(row), 202)
 
-    def execution(request: Request) -> Resource | Response:
-        """The execution the path names, or the 404 to answer."""
+    def execution(request: Request) -> Resource:
         name = request.path_params["name"]
         row = ctx.store.get(EXECUTION, name.rsplit("/", 1)[-1])
         if row is None:
-            return _error("ResourceNotFound", f"Could not find monitoring execution {name}.", 404)
+            raise ResourceNotFound(f"Could not find monitoring execution {name}.")
         return row
 
-    async def get_execution(request: Request) -> Response:
-        if (denied := await authorized(request)) is not None:
-            return denied
-        row = execution(request)
-        if isinstance(row, Response):
-            return row
-        return JSONResponse(execution_document(row))
+    async def get_execution(request: Request, body: bytes) -> dict[str, Any]:
+        return execution_document(execution(request))
 
-    async def get_report(request: Request) -> Response:
-        if (denied := await authorized(request)) is not None:
-            return denied
+    async def get_report(request: Request, body: bytes) -> Response:
         row = execution(request)
-        if isinstance(row, Response):
-            return row
         location = row.body.get("ReportUri")
         if not location:
-            return _error("ResourceNotFound", f"Monitoring execution {row.name} has no report "
-                          f"({row.status}{': ' + row.body['FailureReason'] if row.body.get('FailureReason') else ''}).",
-                          404)
+            reason = f": {row.body['FailureReason']}" if row.body.get("FailureReason") else ""
+            raise ResourceNotFound(f"Monitoring execution {row.name} has no report ({row.status}{reason}).")
 
         def read() -> bytes:
             with open_url(location) as handle:
@@ -121,11 +91,11 @@ def monitoring_routes(ctx: Context, verifier: SigV4Verifier, scheduler: Monitori
         try:
             page = await asyncio.to_thread(read)
         except OSError as exc:
-            return _error("ResourceNotFound", f"The report {location} cannot be read: {exc}", 404)
+            raise ResourceNotFound(f"The report {location} cannot be read: {exc}") from exc
         return Response(page, media_type="text/html; charset=utf-8")
 
     return [
-        Route("/moorage/v1/monitoring-schedules/{name}/executions", run_now, methods=["POST"]),
-        Route("/moorage/v1/monitoring-executions/{name}", get_execution, methods=["GET"]),
-        Route("/moorage/v1/monitoring-executions/{name}/report", get_report, methods=["GET"]),
+        signed_route("/moorage/v1/monitoring-schedules/{name}/executions", run_now, ["POST"]),
+        signed_route("/moorage/v1/monitoring-executions/{name}", get_execution, ["GET"]),
+        signed_route("/moorage/v1/monitoring-executions/{name}/report", get_report, ["GET"]),
     ]

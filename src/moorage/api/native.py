@@ -3,7 +3,8 @@
 It exposes the live state of endpoints (instances, pids, outstanding requests) for the CLI and for
 operators, and an artifact upload (``PUT /moorage/v1/artifacts/{key}``) so that the SDK and CLI can
 ship a model archive to a server on another machine: the artifact store is the server's home there.
-Everything is SigV4-authenticated like the rest of the API (service name ``sagemaker``).
+Every route goes through the signed seam (``moorage.api.signed``): SigV4 like the rest of the API
+(service name ``sagemaker``), errors as AWS JSON bodies, a missing resource as 404.
 """
 
 from __future__ import annotations
@@ -16,41 +17,24 @@ from pathlib import Path
 from typing import IO, Any
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import Request
 from starlette.routing import Route
 
 from moorage.api.metrics_routes import metrics_routes
+from moorage.api.signed import native_app, signed_route, signed_streaming_route
 from moorage.api.sigv4 import MSG_PAYLOAD_HASH, AuthError, SigV4Verifier
 from moorage.api.transform_routes import transform_job_routes
 from moorage.connection import MAX_ARTIFACT_BYTES, artifact_key_problem
 from moorage.control.context import ENDPOINT, Context
 from moorage.control.endpoints import variant_summaries
 from moorage.control.times import timestamp
+from moorage.control.transform_jobs import TransformJobs
+from moorage.errors import ApiError, ContentTooLarge, ResourceNotFound, ValidationException
 from moorage.store.metadata import ListQuery
 
 # Chunks from the server are small (tens of KiB); hashing and writing them a MiB at a time in a
 # worker thread keeps a multi-GiB upload off the event loop that also serves invocations.
 _WRITE_BATCH = 1024 * 1024
-_HEX = frozenset("0123456789abcdef")
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return JSONResponse(payload, status_code=status)
-
-
-def _error(code: str, message: str, status: int) -> Response:
-    return JSONResponse({"__type": code, "message": message}, status_code=status,
-                        headers={"x-amzn-errortype": code})
-
-
-def _declared_sha256(headers: list[tuple[bytes, bytes]]) -> str:
-    """The body hash an upload must declare: its signature covers it, and the route checks the bytes."""
-    declared = next((v for k, v in headers if k == b"x-amz-content-sha256"), b"").decode("latin-1").strip()
-    if len(declared) != 64 or not set(declared.lower()) <= _HEX:
-        raise AuthError("InvalidSignatureException",
-                        "Artifact uploads must declare the body's SHA-256 (hex) in X-Amz-Content-SHA256.", 400)
-    return declared
 
 
 class _Upload:
@@ -94,16 +78,9 @@ class _Upload:
         self.temp.unlink(missing_ok=True)
 
 
-def build_native_app(ctx: Context, verifier: SigV4Verifier, extra_routes: list[Route] | None = None) -> Starlette:
+def build_native_app(ctx: Context, verifier: SigV4Verifier, transform_jobs: TransformJobs,
+                     extra_routes: list[Route] | None = None) -> Starlette:
     artifacts_root = ctx.settings.artifacts_dir
-
-    async def authorized(request: Request) -> Response | None:
-        try:
-            verifier.verify(request.method, request.scope.get("raw_path") or request.url.path.encode(),
-                            request.scope.get("query_string", b""), request.scope["headers"], await request.body())
-        except AuthError as exc:
-            return _json({"__type": exc.code, "message": exc.message}, exc.status)
-        return None
 
     def endpoint_state(name: str) -> dict[str, Any] | None:
         row = ctx.store.get(ENDPOINT, name)
@@ -126,48 +103,29 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier, extra_routes: list[R
                 "FailureReason": row.body.get("FailureReason"),
                 "CreationTime": created.isoformat() if created else None, "Variants": variants}
 
-    async def list_endpoints(request: Request) -> Response:
-        if (denied := await authorized(request)) is not None:
-            return denied
+    async def list_endpoints(request: Request, body: bytes) -> dict[str, Any]:
         rows = ctx.store.list(ENDPOINT, ListQuery(sort_by="name", descending=False))
-        return _json({"Endpoints": [endpoint_state(r.name) for r in rows]})
+        return {"Endpoints": [endpoint_state(r.name) for r in rows]}
 
-    async def get_endpoint(request: Request) -> Response:
-        if (denied := await authorized(request)) is not None:
-            return denied
-        state = endpoint_state(request.path_params["name"])
+    async def get_endpoint(request: Request, body: bytes) -> dict[str, Any]:
+        name = request.path_params["name"]
+        state = endpoint_state(name)
         if state is None:
-            return _json({"__type": "ResourceNotFound",
-                          "message": f"Endpoint {request.path_params['name']} not found."}, 404)
-        return _json(state)
+            raise ResourceNotFound(f"Endpoint {name} not found.")
+        return state
 
-    async def put_artifact(request: Request) -> Response:
-        # The signature is checked before a byte of the body is read: an unauthenticated client
-        # must not be able to make the server write anything.
-        headers = request.scope["headers"]
-        try:
-            # Authentication first (a request with no signature is a 403 whatever else it lacks);
-            # the signature covers the declared hash, checked against the bytes as they arrive.
-            claimed = next((v for k, v in headers if k == b"x-amz-content-sha256"), b"").decode("latin-1").strip()
-            if not claimed and any(k == b"authorization" for k, _ in headers):
-                _declared_sha256(headers)  # signed, but over a body hash we cannot check without reading it
-            verifier.verify(request.method, request.scope.get("raw_path") or request.url.path.encode(),
-                            request.scope.get("query_string", b""), headers, b"", payload_hash=claimed or None)
-            declared = _declared_sha256(headers)
-        except AuthError as exc:
-            return _error(exc.code, exc.message, exc.status)
-        declared = declared.lower()
+    async def put_artifact(request: Request, declared_sha256: str) -> dict[str, Any]:
         key = request.path_params["key"]
         if (problem := artifact_key_problem(key)) is not None:
-            return _error("ValidationException", problem, 400)
+            raise ValidationException(problem)
         target = artifacts_root / key
         if not target.resolve().is_relative_to(artifacts_root.resolve()):
             # A symlink planted inside the store must not lead a write outside it.
-            return _error("ValidationException", f"artifact key {key!r} resolves outside the artifact store", 400)
+            raise ValidationException(f"artifact key {key!r} resolves outside the artifact store")
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_ARTIFACT_BYTES):
-            return _error("ValidationException",
-                          f"artifact uploads are limited to {MAX_ARTIFACT_BYTES} bytes (Content-Length {length})", 413)
+            raise ContentTooLarge(
+                f"artifact uploads are limited to {MAX_ARTIFACT_BYTES} bytes (Content-Length {length})")
         upload = _Upload(target)
         try:
             await asyncio.to_thread(upload.open)
@@ -176,35 +134,31 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier, extra_routes: list[R
             async for chunk in request.stream():
                 received += len(chunk)
                 if received > MAX_ARTIFACT_BYTES:
-                    await asyncio.to_thread(upload.discard)
-                    return _error("ValidationException",
-                                  f"artifact uploads are limited to {MAX_ARTIFACT_BYTES} bytes", 413)
+                    raise ContentTooLarge(f"artifact uploads are limited to {MAX_ARTIFACT_BYTES} bytes")
                 pending += chunk
                 if len(pending) >= _WRITE_BATCH:
                     await asyncio.to_thread(upload.write, bytes(pending))
                     pending.clear()
             await asyncio.to_thread(upload.write, bytes(pending))
-            if upload.sha256.hexdigest() != declared:
-                await asyncio.to_thread(upload.discard)
-                return _error("InvalidSignatureException", MSG_PAYLOAD_HASH, 403)
+            if upload.sha256.hexdigest() != declared_sha256:
+                raise AuthError("InvalidSignatureException", MSG_PAYLOAD_HASH)
             await asyncio.to_thread(upload.finish)
-        except ClientDisconnect:
+        except Exception as exc:  # refused, the client went away, or the disk failed: no partial file stays
             await asyncio.to_thread(upload.discard)
-            return _error("ValidationException", "the client went away before the upload was complete", 400)
-        except OSError as exc:
-            await asyncio.to_thread(upload.discard)
-            return _error("InternalFailure", f"could not store artifact {key!r}: {exc}", 500)
+            if isinstance(exc, OSError):
+                raise ApiError(f"could not store artifact {key!r}: {exc}") from exc
+            raise
         except BaseException:
             upload.discard()  # cancelled: no more awaiting, but leave no partial file behind
             raise
-        return _json({"Url": target.absolute().as_uri(), "Key": key, "Size": upload.size,
-                      "Sha256": upload.sha256.hexdigest()})
+        return {"Url": target.absolute().as_uri(), "Key": key, "Size": upload.size,
+                "Sha256": upload.sha256.hexdigest()}
 
-    return Starlette(routes=[
-        Route("/moorage/v1/endpoints", list_endpoints, methods=["GET"]),
-        Route("/moorage/v1/endpoints/{name}", get_endpoint, methods=["GET"]),
-        Route("/moorage/v1/artifacts/{key:path}", put_artifact, methods=["PUT"]),
-        *metrics_routes(ctx, verifier),
-        *transform_job_routes(ctx, verifier),
+    return native_app(verifier, [
+        signed_route("/moorage/v1/endpoints", list_endpoints, ["GET"]),
+        signed_route("/moorage/v1/endpoints/{name}", get_endpoint, ["GET"]),
+        signed_streaming_route("/moorage/v1/artifacts/{key:path}", put_artifact, ["PUT"]),
+        *metrics_routes(ctx),
+        *transform_job_routes(ctx, transform_jobs),
         *(extra_routes or []),  # routes of parts the app builds after the context (monitoring)
     ])

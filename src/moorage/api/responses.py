@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from starlette.requests import ClientDisconnect
 
 from moorage.errors import ApiError
 
@@ -46,10 +47,14 @@ class BodyTooLarge(Exception):
 
 
 async def read_body(receive: Receive, limit: int | None = None) -> bytes:
-    """The whole request body; raises BodyTooLarge as soon as it passes ``limit`` bytes."""
+    """The whole request body; raises BodyTooLarge as soon as it passes ``limit`` bytes, and
+    Starlette's ClientDisconnect when the client goes away first: what arrived is not the request."""
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
+        # A disconnect carries no body, so a request with one skips the type check.
+        if not body and message["type"] == "http.disconnect":
+            raise ClientDisconnect
         if limit is not None and len(body) > limit:
             raise BodyTooLarge(len(body))
         return body
@@ -57,6 +62,8 @@ async def read_body(receive: Receive, limit: int | None = None) -> bytes:
     size = len(body)
     while message.get("more_body"):
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
         chunk = message.get("body", b"")
         size += len(chunk)
         if limit is not None and size > limit:

@@ -9,7 +9,19 @@ from __future__ import annotations
 import logging
 import time
 
-from moorage.api.responses import JSON, Receive, Scope, Send, read_body, respond, respond_api_error, respond_error
+from starlette.requests import ClientDisconnect
+
+from moorage.api.responses import (
+    JSON,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    respond,
+    respond_api_error,
+    respond_error,
+)
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.control.context import ENDPOINT
 from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError
@@ -61,9 +73,11 @@ class RuntimeFrontDoor:
                 return
         try:
             body = await read_body(receive, MAX_PAYLOAD)
-        except Exception as exc:
-            await self._too_large(send, exc.args[0] if exc.args else MAX_PAYLOAD + 1)
+        except BodyTooLarge as exc:
+            await self._too_large(send, exc.args[0])
             return
+        except ClientDisconnect:
+            return  # gone before its body was whole: nothing to invoke, nobody to answer
         try:
             self.verifier.verify("POST", scope.get("raw_path") or path.encode(), scope.get("query_string", b""),
                                  scope["headers"], body)

@@ -12,8 +12,19 @@ from typing import Any
 
 import orjson
 from botocore import xform_name
+from starlette.requests import ClientDisconnect
 
-from moorage.api.responses import JSON_11, Receive, Scope, Send, read_body, request_id, respond, respond_error
+from moorage.api.responses import (
+    JSON_11,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    request_id,
+    respond,
+    respond_error,
+)
 from moorage.api.shapes import RequestValidationError, ServiceShapes
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.errors import (
@@ -95,9 +106,11 @@ class JsonFrontDoor:
                 break
         try:
             body = await read_body(receive, MAX_CONTROL_BODY)
-        except Exception:
+        except BodyTooLarge:
             await respond_error(send, "SerializationException", "Request body too large.", 413)
             return
+        except ClientDisconnect:
+            return  # gone before its body was whole: nobody to answer
         try:
             self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
                                  scope.get("query_string", b""), scope["headers"], body)

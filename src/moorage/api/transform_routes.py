@@ -2,32 +2,30 @@
 
 DescribeTransformJob has no words for progress; this route adds it (objects and records done, bytes
 read of the total, the backend, the instances' process ids) for the CLI's progress bar and for
-operators. SigV4-authenticated like the rest of the native API.
+operators. A job running in this server reports its live progress (the store's copy lags up to a
+save interval behind); a finished one, what the store kept. Through the native API's signed seam
+(``moorage.api.signed``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.api.signed import signed_route
 from moorage.control.context import Context
-from moorage.control.transform_jobs import transform_job_state
+from moorage.control.transform_jobs import TransformJobs, transform_job_state
+from moorage.errors import ResourceNotFound
 
 
-def transform_job_routes(ctx: Context, verifier: SigV4Verifier) -> list[Route]:
-    async def get_transform_job(request: Request) -> Response:
-        try:
-            verifier.verify(request.method, request.scope.get("raw_path") or request.url.path.encode(),
-                            request.scope.get("query_string", b""), request.scope["headers"], await request.body())
-        except AuthError as exc:
-            return JSONResponse({"__type": exc.code, "message": exc.message}, status_code=exc.status)
+def transform_job_routes(ctx: Context, jobs: TransformJobs) -> list[Route]:
+    async def get_transform_job(request: Request, body: bytes) -> dict[str, Any]:
         name = request.path_params["name"]
-        state = transform_job_state(ctx, None, name)
+        state = transform_job_state(ctx, jobs, name)
         if state is None:
-            return JSONResponse({"__type": "ResourceNotFound", "message": f"Could not find requested job with "
-                                 f"name {name}"}, status_code=404)
-        return JSONResponse(state)
+            raise ResourceNotFound(f"Could not find requested job with name {name}")
+        return state
 
-    return [Route("/moorage/v1/transform-jobs/{name}", get_transform_job, methods=["GET"])]
+    return [signed_route("/moorage/v1/transform-jobs/{name}", get_transform_job, ["GET"])]
