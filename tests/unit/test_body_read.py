@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from moorage.api.app import MoorageApp
 from moorage.api.responses import BodyTooLarge, read_body
 from moorage.api.runtime import MAX_PAYLOAD
+from moorage.api.signed import MAX_BODY
 from moorage.config import Credentials, Settings
 
 GONE = {"type": "http.disconnect"}
@@ -94,6 +95,17 @@ def test_runtime_body_over_the_limit_is_413_without_content_length(app: MoorageA
     assert start["status"] == 413
     assert (b"x-amzn-errortype", b"ValidationError") in start["headers"]
     assert body["__type"] == "ValidationError" and "oversize" in body["message"]
+
+
+def test_native_body_over_the_limit_is_an_aws_413(app: MoorageApp) -> None:
+    declared = _drive(app, "POST", "/moorage/v1/metrics", [_chunk(b"{}", more=False)],
+                      headers=[(b"content-length", str(MAX_BODY + 1).encode())])
+    mib = b"x" * (1024 * 1024)
+    streamed = _drive(app, "POST", "/moorage/v1/metrics", [_chunk(mib) for _ in range(MAX_BODY // len(mib) + 1)])
+    for sent in (declared, streamed):
+        assert sent[0]["status"] == 413
+        assert (b"x-amzn-errortype", b"ValidationException") in sent[0]["headers"]
+        assert orjson.loads(sent[1]["body"])["__type"] == "ValidationException"
 
 
 def test_unsigned_invocation_is_refused_with_the_error_type(app: MoorageApp) -> None:
