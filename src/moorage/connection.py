@@ -1,4 +1,9 @@
-"""Finding and talking to a running server from the CLI and SDK: URL, key, signed native calls."""
+"""Finding and talking to a running server from the CLI and SDK: URL, key, signed native calls.
+
+The key is found as the server finds it (:mod:`moorage.credentials`: the MOORAGE_* variables, then the
+home's credentials file), then through botocore's own chain; the URL and region from the home's
+``server.json`` when there is one.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from moorage.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REGION, SERVER_FILE, default_home, read_credentials
+from moorage.credentials import CredentialsError, client_region, find_admin_key, no_key_message
+from moorage.settings import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REGION, SERVER_FILE, default_home
 
 ARTIFACTS_PATH = "/moorage/v1/artifacts/"
 # Uploads are streamed to disk by the server; the bound keeps one request from filling it.
@@ -77,26 +83,31 @@ class Connection:
     @classmethod
     def discover(cls, home: Path | None = None, url: str | None = None, access_key_id: str | None = None,
                  secret_access_key: str | None = None, region: str | None = None) -> Connection:
-        """The server recorded in ``home`` (server.json) and its admin key (credentials); arguments win."""
+        """The server recorded in ``home`` (server.json) and its admin key; arguments win.
+
+        The key: the arguments, else ``MOORAGE_ACCESS_KEY_ID``/``MOORAGE_SECRET_ACCESS_KEY``, else
+        ``home/credentials``, else botocore's chain (see :mod:`moorage.credentials`).
+        """
         home = Path(home or default_home()).expanduser()
-        found_region = DEFAULT_REGION
+        info: dict[str, Any] = {}
         server_file = home / SERVER_FILE
         if server_file.exists():
             info = orjson.loads(server_file.read_bytes())
-            found_region = info.get("region", found_region)
-            if url is None:
-                url = info.get("url")
+        url = url or info.get("url")
         if access_key_id and secret_access_key:
             key_id, secret = access_key_id, secret_access_key
         elif access_key_id or secret_access_key:
             raise ClientError("pass both access_key_id and secret_access_key, or neither")
         else:
-            creds = read_credentials(home)
-            if creds is None:
-                raise ClientError(f"no credentials in {home / 'credentials'}: start `moorage serve --home {home}` "
-                                  "once, or pass the home the server uses.")
-            key_id, secret = creds.access_key_id, creds.secret_access_key
-        return cls(url or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", key_id, secret, region or found_region)
+            try:
+                found = find_admin_key(home, aws_chain=True)
+            except CredentialsError as exc:
+                raise ClientError(str(exc)) from exc
+            if found is None:
+                raise ClientError(no_key_message(home))
+            key_id, secret = found.credentials.access_key_id, found.credentials.secret_access_key
+        return cls(url or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", key_id, secret,
+                   region or client_region(info.get("region")))
 
     def boto3_client(self, service: str, config: Any = None) -> Any:
         import boto3

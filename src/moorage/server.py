@@ -1,4 +1,9 @@
-"""``moorage serve``: start the platform on one port."""
+"""``moorage serve``: start the platform on one port, configured by one settings tree.
+
+``serve`` is given the tree (``moorage.settings.Settings``, built once from flags and environment)
+and hands each part its section; nothing below it reads server variables from the environment.
+The admin key is found by :mod:`moorage.credentials`, the way the CLI and the SDK find it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from collections.abc import Iterator
 
 import orjson
 
-from moorage.config import SERVER_FILE, Settings, admin_credentials
+from moorage.credentials import admin_credentials
+from moorage.settings import SERVER_FILE, Settings
 
 
 def serve(settings: Settings) -> None:
@@ -19,7 +25,7 @@ def serve(settings: Settings) -> None:
 
     from moorage.api.app import MoorageApp
 
-    logging.basicConfig(level=os.environ.get("MOORAGE_LOG_LEVEL", "INFO"), stream=sys.stderr,
+    logging.basicConfig(level=settings.server.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.home.mkdir(parents=True, exist_ok=True)
     creds, generated = admin_credentials(settings)

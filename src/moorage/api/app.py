@@ -21,7 +21,7 @@ from moorage.api.sagemaker import JsonFrontDoor, JsonProtocolService
 from moorage.api.sigv4 import SigV4Verifier
 from moorage.autoscale.controller import ScalingController
 from moorage.autoscale.target_tracking import Rules
-from moorage.capture import CaptureWriter, WriterSettings
+from moorage.capture import CaptureWriter
 from moorage.config import Credentials, Settings
 from moorage.control.context import Context
 from moorage.control.endpoint_configs import EndpointConfigs
@@ -54,13 +54,13 @@ class MoorageApp:
         self.ctx = Context(settings, self.store, ArtifactStore(settings.models_dir), self.routes)
         # Before any route is built: the recorder joins routes.observers, which every route gets.
         self.metrics = self.ctx.metrics = MetricsService(settings, self.store, self.routes)
-        self.capture = CaptureWriter(WriterSettings.from_env())
+        self.capture = CaptureWriter(settings.capture)
         self.metrics.watch_capture(self.capture.stats_by_variant)
         self.endpoints = Endpoints(self.ctx, capture=self.capture)
         self.autoscaler = ScalingController(
-            self.ctx, self.endpoints, self.metrics, period=max(1, round(settings.metrics_period)),
-            rules=Rules(scale_out_datapoints=settings.autoscale_scale_out_datapoints,
-                        scale_in_datapoints=settings.autoscale_scale_in_datapoints))
+            self.ctx, self.endpoints, self.metrics, period=max(1, round(settings.metrics.period)),
+            rules=Rules(scale_out_datapoints=settings.autoscale.scale_out_datapoints,
+                        scale_in_datapoints=settings.autoscale.scale_in_datapoints))
         self.transform_jobs = TransformJobs(self.ctx)
         self.monitoring = MonitoringScheduler(self.ctx)
         sagemaker = JsonProtocolService("sagemaker", "SageMaker", [

@@ -1,5 +1,8 @@
 """What to capture, and where: an endpoint config's ``DataCaptureConfig``, and the writer's settings.
 
+The writer's settings (``WriterSettings``: batching, bounds, rotation) are the ``capture`` section
+of the server's settings tree, declared with every other setting in :mod:`moorage.settings`.
+
 ``CaptureConfig.parse`` is the one place a ``DataCaptureConfig`` is checked (CreateEndpointConfig
 calls it, so a config that was stored can always be parsed again when an endpoint is brought up).
 
@@ -19,12 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from moorage.errors import ValidationException
+from moorage.settings import CaptureSettings
 from moorage.store.locations import StorageError, filesystem
 
 DEFAULT_CSV_TYPES = ("text/csv",)
 DEFAULT_JSON_TYPES = ("application/json", "application/jsonlines", "application/x-jsonlines",
                       "application/jsonl")
 CAPTURE_MODES = ("Input", "Output")
+# The writer's name for its section of the settings tree (one class: the tree declares it).
+WriterSettings = CaptureSettings
 
 
 def media_type(content_type: str | None) -> str:
@@ -142,51 +148,3 @@ def _content_types(header: dict[str, Any], key: str, default: tuple[str, ...]) -
                 f"DataCaptureConfig.CaptureContentTypeHeader.{key}: {entry!r} is not a content type (type/subtype).")
         types.add(kind)
     return frozenset(types)
-
-
-@dataclass(frozen=True)
-class WriterSettings:
-    """How the capture writer batches and rotates; read from the environment of ``moorage serve``.
-
-    A record is on disk at most ``flush_seconds`` (plus the time to write one batch) after its
-    invocation was answered: that is all a ``kill -9`` of the server can lose. A clean stop writes
-    everything still queued.
-    """
-
-    flush_seconds: float = 1.0  # MOORAGE_CAPTURE_FLUSH_SECONDS
-    queue_records: int = 10_000  # MOORAGE_CAPTURE_QUEUE_RECORDS: records waiting to be written, at most
-    queue_bytes: int = 64 * 1024 * 1024  # MOORAGE_CAPTURE_QUEUE_BYTES: the bodies they hold, at most
-    # MOORAGE_CAPTURE_BATCH_RECORDS: the writer wakes once this many records wait (sooner than
-    # flush_seconds under load), and encodes and writes them in runs of at most this many
-    batch_records: int = 256
-    file_bytes: int = 16 * 1024 * 1024  # MOORAGE_CAPTURE_FILE_BYTES: a local file rotates past this size
-    file_seconds: float = 300.0  # MOORAGE_CAPTURE_FILE_SECONDS: ... or this age
-    # A remote object (s3://) is rewritten whole on every flush that adds to it, so it rotates sooner.
-    object_bytes: int = 4 * 1024 * 1024  # MOORAGE_CAPTURE_OBJECT_BYTES
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> WriterSettings:
-        env = os.environ if environ is None else environ
-        defaults = cls()
-
-        def number(name: str, default: float, kind: type = float) -> Any:
-            raw = env.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = kind(raw)
-            except ValueError as exc:
-                raise ValueError(f"{name}={raw!r} is not a {kind.__name__}") from exc
-            if value <= 0:
-                raise ValueError(f"{name}={raw!r} must be positive")
-            return value
-
-        return cls(
-            flush_seconds=number("MOORAGE_CAPTURE_FLUSH_SECONDS", defaults.flush_seconds),
-            queue_records=number("MOORAGE_CAPTURE_QUEUE_RECORDS", defaults.queue_records, int),
-            queue_bytes=number("MOORAGE_CAPTURE_QUEUE_BYTES", defaults.queue_bytes, int),
-            batch_records=number("MOORAGE_CAPTURE_BATCH_RECORDS", defaults.batch_records, int),
-            file_bytes=number("MOORAGE_CAPTURE_FILE_BYTES", defaults.file_bytes, int),
-            file_seconds=number("MOORAGE_CAPTURE_FILE_SECONDS", defaults.file_seconds),
-            object_bytes=number("MOORAGE_CAPTURE_OBJECT_BYTES", defaults.object_bytes, int),
-        )

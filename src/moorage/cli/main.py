@@ -30,7 +30,7 @@ from moorage.cli.common import (
 from moorage.cli.metrics import metrics as metrics_command
 from moorage.cli.monitoring import monitor as monitor_commands
 from moorage.cli.transform import transform as transform_commands
-from moorage.config import DEFAULT_HOST, DEFAULT_PORT, Settings, default_home
+from moorage.config import DEFAULT_HOST, DEFAULT_PORT, Settings, SettingsError
 from moorage.connection import ClientError, Connection
 
 # Content types guessed from a --body @file's suffix when --content-type is not given.
@@ -45,14 +45,23 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind (loopback by default).")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+# --host/--port default to None so that the settings tree can tell a flag from its default.
+@click.option("--host", default=None, show_default=DEFAULT_HOST, help="Address to bind (loopback by default).")
+@click.option("--port", default=None, show_default=str(DEFAULT_PORT), type=int)
 @home_option
 @click.option("--url", default=None, help="Where to listen, as a URL (http://HOST:PORT); overrides --host/--port.")
 @click.option("--database-url", default=None, help="SQLAlchemy URL (default: SQLite file in the home; "
               "$MOORAGE_DATABASE_URL).")
-def serve(host: str, port: int, home: Path | None, url: str | None, database_url: str | None) -> None:
-    """Run the server: SageMaker API, runtime and native API on one port."""
+@click.option("--print-settings", is_flag=True,
+              help="Print every setting (variable, value, where it came from) and exit without serving.")
+def serve(host: str | None, port: int | None, home: Path | None, url: str | None, database_url: str | None,
+          print_settings: bool) -> None:
+    """Run the server: SageMaker API, runtime and native API on one port.
+
+    Settings come from these options, then MOORAGE_* variables, then defaults (docs/settings.md); a
+    value that cannot be used stops the server before it starts, naming the variable.
+    """
+    from moorage.credentials import CredentialsError
     from moorage.server import serve as run
 
     if url is not None:
@@ -60,7 +69,17 @@ def serve(host: str, port: int, home: Path | None, url: str | None, database_url
         if parts.scheme != "http" or not parts.hostname:
             raise click.BadParameter(f"{url!r} is not an http://HOST[:PORT] URL", param_hint="--url")
         host, port = parts.hostname, parts.port or DEFAULT_PORT
-    run(Settings(home=home or default_home(), host=host, port=port, database_url=database_url))
+    try:
+        settings = Settings.load(home=home, host=host, port=port, database_url=database_url)
+    except SettingsError as exc:
+        fail("moorage serve cannot start with these settings:\n  " + "\n  ".join(exc.problems))
+    if print_settings:
+        click.echo(settings.report())
+        return
+    try:
+        run(settings)
+    except CredentialsError as exc:
+        fail(f"no usable admin key: {exc}")
 
 
 @cli.command()

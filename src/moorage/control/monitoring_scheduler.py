@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import uuid
 from typing import Any
 
@@ -48,17 +47,6 @@ SCHEDULED, STOPPED = "Scheduled", "Stopped"
 METRICS_NAMESPACE = "aws/sagemaker/Endpoints/data-metrics"
 
 
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be positive")
-    return value
-
-
 def utc(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
 
@@ -66,8 +54,8 @@ def utc(epoch: float) -> dt.datetime:
 class MonitoringScheduler:
     def __init__(self, ctx: Context, tick: float | None = None, concurrency: int | None = None):
         self.ctx = ctx
-        self.tick = tick or _env_number("MOORAGE_MONITOR_TICK_SECONDS", 1.0)
-        self.concurrency = int(concurrency or _env_number("MOORAGE_MONITOR_CONCURRENCY", 2))
+        self.tick = tick or ctx.settings.monitor.tick_seconds
+        self.concurrency = concurrency or ctx.settings.monitor.concurrency
         self._wake: asyncio.Event | None = None  # created in start(): it belongs to the server's loop
         self._slots: asyncio.Semaphore | None = None
         self._loop_task: asyncio.Task[None] | None = None

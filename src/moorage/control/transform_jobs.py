@@ -7,8 +7,8 @@ outputs removed; finished ``.out`` objects stay, as SageMaker keeps them).
 A job runs in a background task of the server: ``backend local`` (the default) starts its
 instances beside the server, ``backend ray`` runs it on a Ray cluster through a driver process.
 The backend is chosen per job by the tag ``moorage:backend`` (``local`` | ``ray``, with
-``moorage:ray-address``), else by ``MOORAGE_BATCH_BACKEND`` / ``MOORAGE_RAY_ADDRESS`` in the
-server's environment: tags are the field boto3 already carries (DESIGN.md, contract 4).
+``moorage:ray-address``), else by the server's ``batch`` settings (``MOORAGE_BATCH_BACKEND`` /
+``MOORAGE_RAY_ADDRESS``): tags are the field boto3 already carries (DESIGN.md, contract 4).
 
 A restarted server does not resume jobs: a job found InProgress was cut off mid-way, its partial
 outputs were never renamed into place, and rerunning it silently would double the work already
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import time
 from typing import Any
@@ -47,7 +46,6 @@ log = logging.getLogger("moorage.transform_jobs")
 TRANSFORM_JOB = "transform-job"
 IN_PROGRESS, COMPLETED, FAILED, STOPPING, STOPPED = "InProgress", "Completed", "Failed", "Stopping", "Stopped"
 BACKEND_TAG, RAY_ADDRESS_TAG = "moorage:backend", "moorage:ray-address"
-BACKEND_ENV, RAY_ADDRESS_ENV = "MOORAGE_BATCH_BACKEND", "MOORAGE_RAY_ADDRESS"
 BACKENDS = ("local", "ray")
 PROGRESS_SAVE_INTERVAL_S = 1.0
 MAX_REASON = 1024  # FailureReason's length limit in SageMaker's API
@@ -76,12 +74,12 @@ class TransformJobs:
     def job_dir(self, name: str) -> Any:
         return self.ctx.settings.home / "transform-jobs" / name
 
-    @staticmethod
-    def _backend(tags: dict[str, str]) -> tuple[str, str | None]:
-        backend = (tags.get(BACKEND_TAG) or os.environ.get(BACKEND_ENV) or "local").strip().lower()
+    def _backend(self, tags: dict[str, str]) -> tuple[str, str | None]:
+        batch = self.ctx.settings.batch
+        backend = (tags.get(BACKEND_TAG) or batch.backend).strip().lower()
         if backend not in BACKENDS:
             raise ValidationException(f"Tag {BACKEND_TAG} must be one of {', '.join(BACKENDS)}, not {backend!r}.")
-        address = tags.get(RAY_ADDRESS_TAG) or os.environ.get(RAY_ADDRESS_ENV) or None
+        address = tags.get(RAY_ADDRESS_TAG) or batch.ray_address or None
         return backend, address
 
     # API operations ---------------------------------------------------------------------------------

@@ -39,11 +39,11 @@ STOP_TIMEOUT_S = 30.0
 
 class MetricsService:
     def __init__(self, settings: Settings, store: MetadataStore, routes: RouteTable):
-        self.period = max(1, int(settings.metrics_period))
-        self.retention = float(settings.metrics_retention)
+        self.period = max(1, int(settings.metrics.period))
+        self.retention = float(settings.metrics.retention)
         self.routes = routes
         self.store = MetricStore(store.engine)
-        self.recording = bool(settings.metrics_enabled)
+        self.recording = settings.metrics.enabled
         self.recorder = InvocationRecorder() if self.recording else None
         self.sampler = UtilizationSampler(settings.home) if self.recording else None
         self.prometheus = PrometheusExposition(lambda: self.recorder.windows if self.recorder else {})

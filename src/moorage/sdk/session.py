@@ -25,9 +25,10 @@ DEFAULT_METRIC_NAMESPACE = "Moorage/Business"
 class Session:
     """A connection to one moorage server, in the role of ``sagemaker.Session``.
 
-    By default the URL comes from ``home/server.json`` and the key from ``home/credentials``, as the
-    CLI finds them (``home`` defaults to ``$MOORAGE_HOME`` or ``~/.moorage``); any argument given
-    wins over what the home says.
+    By default the URL comes from ``home/server.json``, and the key is found as the server and the
+    CLI find it: ``MOORAGE_ACCESS_KEY_ID``/``MOORAGE_SECRET_ACCESS_KEY``, else ``home/credentials``,
+    else botocore's own chain (``home`` defaults to ``$MOORAGE_HOME`` or ``~/.moorage``). Any argument
+    given wins.
     """
 
     def __init__(self, home: str | Path | None = None, url: str | None = None, access_key_id: str | None = None,

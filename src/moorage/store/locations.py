@@ -9,15 +9,13 @@ fsspec filesystem: s3fs pins botocore to a narrow range through aiobotocore, and
 botocore's service models, so it must not be forced onto an older botocore just to read S3.
 
 Either way the usual AWS settings apply: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for an
-S3-compatible server, credentials from the environment or the shared credentials file.
+S3-compatible server, credentials and region from botocore's chain (environment, shared files, profiles).
 """
 
 from __future__ import annotations
 
-import configparser
 import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -83,24 +81,31 @@ def _arrow_s3_cached(endpoint: str | None, region: str | None, key: str | None, 
 def _arrow_s3() -> Any:
     env = os.environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    key, secret, token = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN")
-    if not (key and secret):
-        key, secret, token = _shared_credentials()
-    return _arrow_s3_cached(endpoint, region, key, secret, token)
+    key, secret, token, region = _aws_chain()
+    return _arrow_s3_cached(endpoint, env.get("AWS_REGION") or region, key, secret, token)
 
 
-def _shared_credentials() -> tuple[str | None, str | None, str | None]:
-    """The profile's keys from the shared credentials file (pyarrow would find them too, but only
-    with its own idea of the profile; reading them here keeps both clients on the same key)."""
-    path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials").expanduser()
-    parser = configparser.ConfigParser()
+def _aws_chain() -> tuple[str | None, str | None, str | None, str | None]:
+    """Keys and region from botocore's own chain (environment, shared files, ``AWS_PROFILE``,
+    ``credential_process``, roles): pyarrow has a chain of its own, but with its own idea of the
+    profile; resolving here keeps pyarrow and boto3 on the same key."""
+    from botocore.exceptions import BotoCoreError
+
+    session = _aws_session()
     try:
-        parser.read(path)
-    except configparser.Error:
-        return None, None, None
-    profile = os.environ.get("AWS_PROFILE", "default")
-    if not parser.has_section(profile):
-        return None, None, None
-    section = parser[profile]
-    return section.get("aws_access_key_id"), section.get("aws_secret_access_key"), section.get("aws_session_token")
+        found = session.get_credentials()
+        region = session.get_config_variable("region")
+    except BotoCoreError as exc:
+        raise StorageError(f"AWS credentials for s3://: {exc}") from exc
+    if found is None:
+        return None, None, None, region
+    frozen = found.get_frozen_credentials()
+    return frozen.access_key, frozen.secret_key, frozen.token, region
+
+
+@lru_cache(maxsize=1)
+def _aws_session() -> Any:
+    """One botocore session per process: it resolves the chain once and refreshes what expires."""
+    import botocore.session
+
+    return botocore.session.Session()
