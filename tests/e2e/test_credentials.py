@@ -42,6 +42,7 @@ def test_the_cli_finds_the_key_in_the_environment(fresh_server: Callable[..., Mo
     lost = moorage("monitor", "run", "nightly", "--url", server.url, "--no-wait", env=new_user_env(user))
     assert lost.returncode != 0
     assert "no credentials for moorage" in lost.stderr and "MOORAGE_ACCESS_KEY_ID" in lost.stderr, lost.stderr
+    assert lost.returncode == 1 and "Traceback" not in lost.stderr, lost.stderr
 
     env = new_user_env(user, MOORAGE_ACCESS_KEY_ID=server.access_key_id,
                        MOORAGE_SECRET_ACCESS_KEY=server.secret_access_key)

@@ -334,4 +334,8 @@ cli.add_command(transform_commands)
 
 
 def main() -> None:
-    cli(prog_name="moorage")
+    try:
+        cli(prog_name="moorage")
+    except ClientError as exc:
+        # No server or no key found (Connection.discover): a user's error, said in one line, in any command.
+        fail(str(exc))
