@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -52,6 +52,29 @@ def moorage(*args: str, home: Path | None = None, timeout: float = 180,
     if home is not None:
         command += ["--home", str(home)]
     return subprocess.run(command, capture_output=True, timeout=timeout, env=_env(), input=stdin)
+
+
+# The follower starts with SIGINT and SIGTERM ignored, as a shell's background job inherits SIGINT, so the
+# tests show it installs its own handlers whatever the shell that started pytest did.
+_IGNORING = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+             "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.execv(sys.executable, sys.argv[1:])")
+
+
+def follow(*args: str, stdout: IO[bytes], stderr: int | IO[bytes]) -> subprocess.Popen[bytes]:
+    """``moorage logs ... --follow`` in a process that inherits SIGINT and SIGTERM ignored."""
+    return subprocess.Popen([sys.executable, "-c", _IGNORING, sys.executable, "-m", "moorage", "logs", *args,
+                             "--follow"], stdout=stdout, stderr=stderr, env=_env())
+
+
+def stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> int:
+    """Send ``sig``; the exit status, or a failure if the process does not end within a generous bound."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"moorage logs --follow did not stop on {sig.name}")
 
 
 def text(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -212,9 +235,8 @@ def test_logs_follow(server: MoorageServer, project: Path, tmp_path: Path) -> No
         for sig in (signal.SIGINT, signal.SIGTERM):
             out_path = tmp_path / f"follow-{sig}.out"
             with open(out_path, "wb") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "moorage", "logs", name, "--follow", "--lines", "0",
-                     "--home", str(server.home)], stdout=out, stderr=subprocess.STDOUT, env=_env())
+                proc = follow(name, "--lines", "0", "--home", str(server.home), stdout=out,
+                              stderr=subprocess.STDOUT)
                 marker = f"marker{sig.value}x"
 
                 def logged(marker: str = marker, out_path: Path = out_path) -> bool:
@@ -228,8 +250,7 @@ def test_logs_follow(server: MoorageServer, project: Path, tmp_path: Path) -> No
                 try:
                     wait_until(logged, 60, interval=0.5, what="the followed log to show the new line")
                 finally:
-                    proc.send_signal(sig)
-                    code = proc.wait(20)
+                    code = stop(proc, sig)
             assert code == 0, out_path.read_text()
             lines = out_path.read_text().splitlines()
             assert lines and all(line.startswith("[AllTraffic/i-") for line in lines), lines
@@ -331,13 +352,28 @@ def test_logs_all_instances_interleaved(log_home: Path) -> None:
     assert code == 1 and err.startswith("error: no logs for endpoint ep")
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_logs_follow_stops_on_signal_it_inherited_ignored(log_home: Path, tmp_path: Path,
+                                                          sig: signal.Signals) -> None:
+    out_path, err_path = tmp_path / "follow.out", tmp_path / "follow.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = follow("ep", "--home", str(log_home), "--instance", "i-two", "--lines", "1", stdout=out, stderr=err)
+        try:
+            # The tail is printed after the handlers are installed: once it shows, the signal is heard.
+            wait_until(lambda: "two-8" in out_path.read_text(), 30, what="the initial tail")
+        finally:
+            code = stop(proc, sig)
+    assert code == 0, err_path.read_text()
+    assert out_path.read_text().splitlines() == ["2024-01-01 10:00:08,500 INFO two-8"]
+    assert "Traceback" not in err_path.read_text()
+
+
 def test_logs_follow_across_rotation(log_home: Path, tmp_path: Path) -> None:
     live = log_home / "logs" / "ep" / "A" / "i-two.log"
     out_path = tmp_path / "follow.out"
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moorage", "logs", "ep", "--home", str(log_home),
-                                 "--instance", "i-two", "--follow", "--lines", "1"],
-                                stdout=out, stderr=subprocess.PIPE, env=_env())
+        proc = follow("ep", "--home", str(log_home), "--instance", "i-two", "--lines", "1", stdout=out,
+                      stderr=subprocess.PIPE)
         try:
             wait_until(lambda: "two-8" in out_path.read_text(), 30, what="the initial tail")
             with open(live, "a") as fh:
@@ -353,8 +389,7 @@ def test_logs_follow_across_rotation(log_home: Path, tmp_path: Path) -> None:
             _write(live, ["first-after-rotation", "second-after-rotation"])
             wait_until(lambda: "second-after-rotation" in out_path.read_text(), 10, what="the rotated file")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(20)
+            code = stop(proc, signal.SIGTERM)
     assert code == 0, proc.stderr.read() if proc.stderr else ""
     assert out_path.read_text().splitlines() == [
         "2024-01-01 10:00:08,500 INFO two-8", "after-1", "partial line completed", "last-before-rotation",

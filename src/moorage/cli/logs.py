@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -293,53 +293,80 @@ class _Follower:
 
 
 def show(selection: Selection, lines: int | None, follow: bool, printer: Printer | None = None) -> None:
-    """Print the tails, then (``follow``) new lines as they are written until interrupted."""
+    """Print the tails, then (``follow``) new lines as they are written until SIGINT or SIGTERM."""
     printer = printer or Printer(selection.prefixed)
     followers: dict[tuple[str, str], _Follower] = {}
-    per_source = []
-    for source in selection.sources:
-        tail, fh, offset = read_tail(source, lines)
-        per_source.append((source, tail))
-        followers[(source.variant, source.instance_id)] = _Follower(source, fh, offset)
-    for source, line in merge(per_source):
-        printer.line(source, line)
-    printer.flush()
-    if not follow:
-        for follower in followers.values():
-            follower.close()
-        return
-    _stop_on_sigterm()
-    next_scan = time.monotonic() + RESCAN_SECONDS
+    # Installed before the first line is printed, so whoever sees output can stop us with a signal.
+    restore = _stop_on_signals() if follow else None
     try:
-        while True:
-            wrote = False
-            for follower in list(followers.values()):
-                for line in follower.poll():
-                    printer.line(follower.source, line)
-                    wrote = True
-            if wrote:
-                printer.flush()
-            if not selection.pinned and time.monotonic() >= next_scan:
-                # Instances started after we began (restarts, scale-out) get followed too.
-                for source in scan_disk(selection.logs_dir, selection.variant):
-                    key = (source.variant, source.instance_id)
-                    if key not in followers:
-                        followers[key] = _Follower(source, None, 0)
-                next_scan = time.monotonic() + RESCAN_SECONDS
-            time.sleep(POLL_SECONDS)
-    except KeyboardInterrupt:
+        per_source = []
+        for source in selection.sources:
+            tail, fh, offset = read_tail(source, lines)
+            per_source.append((source, tail))
+            followers[(source.variant, source.instance_id)] = _Follower(source, fh, offset)
+        for source, line in merge(per_source):
+            printer.line(source, line)
+        printer.flush()
+        if follow:
+            _follow(selection, followers, printer)
+    except _Stopped:
         pass
     finally:
+        if restore is not None:
+            restore()
         for follower in followers.values():
             follower.close()
-        try:
+        if follow:
+            try:
+                printer.flush()
+            except BrokenPipeError:
+                pass
+
+
+def _follow(selection: Selection, followers: dict[tuple[str, str], _Follower], printer: Printer) -> None:
+    next_scan = time.monotonic() + RESCAN_SECONDS
+    while True:
+        wrote = False
+        for follower in list(followers.values()):
+            for line in follower.poll():
+                printer.line(follower.source, line)
+                wrote = True
+        if wrote:
             printer.flush()
-        except BrokenPipeError:
-            pass
+        if not selection.pinned and time.monotonic() >= next_scan:
+            # Instances started after we began (restarts, scale-out) get followed too.
+            for source in scan_disk(selection.logs_dir, selection.variant):
+                key = (source.variant, source.instance_id)
+                if key not in followers:
+                    followers[key] = _Follower(source, None, 0)
+            next_scan = time.monotonic() + RESCAN_SECONDS
+        time.sleep(POLL_SECONDS)
 
 
-def _stop_on_sigterm() -> None:
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM while following; a BaseException so that no ``except Exception`` swallows it."""
+
+
+def _stop_on_signals() -> Callable[[], None]:
+    """Make SIGINT and SIGTERM end the follow; returns what puts the previous handlers back.
+
+    Both are set explicitly: a process inherits an ignored SIGINT from a shell that starts it in the
+    background (and Python then leaves it ignored), yet ``kill -INT`` should stop it as Ctrl-C does.
+    """
+    stopped = False
+
     def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        nonlocal stopped
+        # A second signal before the handlers are put back asks the same; raised, it would escape the cleanup.
+        if not stopped:
+            stopped = True
+            raise _Stopped
 
-    signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, so there is nothing to put back
+                signal.signal(sig, handler)
+
+    return restore
