@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 from moorage.errors import ResourceNotFound, ValidationException
-from moorage.metrics.alarms import ALARM, INSUFFICIENT_DATA, OK, AlarmDefinition, AlarmService, evaluate
+from moorage.metrics.alarms import (
+    ALARM,
+    INSUFFICIENT_DATA,
+    OK,
+    AlarmDefinition,
+    AlarmService,
+    AlarmTransition,
+    evaluate,
+)
 from moorage.metrics.store import MetricStore
 from moorage.store.metadata import MetadataStore
 
@@ -127,8 +135,7 @@ def test_service_evaluates_stores_history_and_fires_webhooks(service: AlarmServi
     import moorage.metrics.alarms as alarms_module
 
     alarms_module.WEBHOOK_BACKOFF_S = 0.05  # the receiver fails the first POST: exercise a retry, quickly
-    transitions: list[tuple[str, str]] = []
-    service.add_listener(lambda t: transitions.append((t.old_state, t.new_state)))
+    transitions: list[AlarmTransition] = []
     created = service.put_alarm("errors", {
         "Namespace": "AWS/SageMaker", "MetricName": "Invocation5XXErrors", "Dimensions": DIMS, "Statistic": "Sum",
         "Period": 10, "EvaluationPeriods": 2, "DatapointsToAlarm": 1, "Threshold": 5,
@@ -139,16 +146,16 @@ def test_service_evaluates_stores_history_and_fires_webhooks(service: AlarmServi
 
     async def scenario() -> None:
         metrics.put("AWS/SageMaker", "Invocation5XXErrors", dims, [1.0, 1.0], timestamp=T0 + 5)
-        await service.evaluate_all(T0 + 20)  # periods [T0, T0+10), [T0+10, T0+20): 2 errors, missing
+        transitions.extend(await service.evaluate_all(T0 + 20))  # [T0, T0+10): 2 errors; [T0+10, T0+20): missing
         assert service.state("errors") == OK
         metrics.put("AWS/SageMaker", "Invocation5XXErrors", dims, [1.0] * 9, timestamp=T0 + 25)
-        await service.evaluate_all(T0 + 30)
+        transitions.extend(await service.evaluate_all(T0 + 30))
         assert service.state("errors") == ALARM
-        await service.evaluate_all(T0 + 31)  # same periods: not evaluated again
+        transitions.extend(await service.evaluate_all(T0 + 31))  # same periods: not evaluated again
         await service.close(timeout=10)
 
     asyncio.run(scenario())
-    assert transitions == [(INSUFFICIENT_DATA, OK), (OK, ALARM)]
+    assert [(t.old_state, t.new_state) for t in transitions] == [(INSUFFICIENT_DATA, OK), (OK, ALARM)]
     assert receiver.received.wait(5)
     # Both transitions have actions (OKActions, AlarmActions); the receiver refused the first POST once.
     assert sorted((b["OldStateValue"], b["NewStateValue"]) for b in receiver.bodies) == [

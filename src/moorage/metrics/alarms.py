@@ -14,15 +14,14 @@ alarm's ``TreatMissingData`` says (CloudWatch's semantics):
 A state change is written to the alarm's row (``resources`` kind ``alarm``) and its history, logged,
 and acted on: each URL in the new state's actions (``AlarmActions``, ``OKActions``,
 ``InsufficientDataActions``) receives a JSON POST (the fields of CloudWatch's alarm notification)
-from a worker thread, with a bounded timeout and retries; Python listeners (``add_listener``, e.g.
-a rollout that rolls back on ALARM) are called on the event loop.
+from a worker thread, with a bounded timeout and retries. Python code that needs the transitions
+has them from ``evaluate_all``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import inspect
 import logging
 import math
 import operator
@@ -223,9 +222,6 @@ class AlarmTransition:
     definition: AlarmDefinition
 
 
-Listener = Callable[[AlarmTransition], Any]
-
-
 class AlarmService:
     """Alarm definitions and states in the store; evaluation; actions on state change."""
 
@@ -241,7 +237,6 @@ class AlarmService:
         self.account_id = account_id
         self.webhook_timeout = webhook_timeout
         self.webhook_attempts = webhook_attempts
-        self._listeners: list[Listener] = []
         self._deliveries: set[asyncio.Task[None]] = set()
         # Alarm rows are read-modify-written by the API and by the evaluator (each in worker threads).
         self._lock = threading.RLock()
@@ -249,15 +244,6 @@ class AlarmService:
 
     def arn(self, name: str) -> str:
         return f"arn:aws:cloudwatch:{self.region}:{self.account_id}:alarm:{name}"
-
-    # -- Python API (rollouts use these) -----------------------------------------------------------
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(transition)`` on the event loop after each state change (a coroutine is awaited)."""
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
 
     def state(self, name: str) -> str | None:
         row = self.store.get(ALARM_KIND, name)
@@ -412,15 +398,6 @@ class AlarmService:
             task = loop.create_task(self._deliver(transition.name, url, payload))
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
-        for listener in list(self._listeners):
-            try:
-                result = listener(transition)
-                if inspect.isawaitable(result):
-                    task = loop.create_task(_guarded(result, transition.name))
-                    self._deliveries.add(task)
-                    task.add_done_callback(self._deliveries.discard)
-            except Exception:
-                log.exception("alarm listener %r failed on %s", listener, transition.name)
 
     def _notification(self, t: AlarmTransition) -> dict[str, Any]:
         alarm = t.definition
@@ -461,13 +438,6 @@ class AlarmService:
             _, still = await asyncio.wait(pending, timeout=timeout)
             for task in still:
                 task.cancel()
-
-
-async def _guarded(awaitable: Any, name: str) -> None:
-    try:
-        await awaitable
-    except Exception:
-        log.exception("alarm listener failed on %s", name)
 
 
 def _post_json(url: str, body: bytes, timeout: float) -> int:
