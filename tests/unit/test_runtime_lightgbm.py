@@ -142,6 +142,16 @@ def test_sklearn_api_classifier(tmp_path: Path, classifier: lgb.LGBMClassifier, 
     np.testing.assert_array_equal(handler.predict(x), classifier.predict(x))  # labels, as its predict gives
 
 
+def test_model_pickle_wins_a_tie_and_several_others_are_named(tmp_path: Path, classifier: lgb.LGBMClassifier) -> None:
+    joblib.dump(classifier, tmp_path / "other.joblib")
+    joblib.dump(classifier, tmp_path / "model.pkl")
+    (tmp_path / "notes.txt").write_text("not a booster")  # a .txt that is not a LightGBM model is no candidate
+    assert isinstance(handler_for(tmp_path).model, lgb.LGBMClassifier)
+    (tmp_path / "model.pkl").rename(tmp_path / "third.pkl")
+    with pytest.raises(ModelLoadError, match=r"several model files \(other\.joblib, third\.pkl\).*serve model\.joblib"):
+        handler_for(tmp_path)
+
+
 def test_no_model_file(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("no model here")
     with pytest.raises(ModelLoadError, match=r"no model file.*model\.txt.*\*\.joblib.*notes\.txt"):

@@ -192,13 +192,20 @@ def test_xgboost_model_wins_and_model_stem_breaks_ties(tmp_path: Path, booster: 
         handler_for(tmp_path)
 
 
+def test_dotfiles_are_not_model_files(tmp_path: Path, booster: xgb.Booster, data: Any) -> None:
+    x, _ = data
+    save(booster, tmp_path / "trained.ubj", "ubj")
+    (tmp_path / "._trained.ubj").write_bytes(b"\x00\x05\x16\x07")  # macOS tar's AppleDouble companion
+    np.testing.assert_array_equal(handler_for(tmp_path).predict(x), native(booster, x))
+
+
 def test_missing_and_ambiguous_model_files(tmp_path: Path, booster: xgb.Booster) -> None:
     (tmp_path / "README.txt").write_text("hello")
     with pytest.raises(ModelLoadError, match=r"no model file.*xgboost-model.*\*\.json.*\*\.joblib.*README\.txt"):
         handler_for(tmp_path)
     save(booster, tmp_path / "a.ubj", "ubj")
     save(booster, tmp_path / "b.ubj", "ubj")
-    with pytest.raises(ModelLoadError, match=r"several model files.*a\.ubj, b\.ubj"):
+    with pytest.raises(ModelLoadError, match=r"several model files.*a\.ubj, b\.ubj.*xgboost-model or model\.ubj"):
         handler_for(tmp_path)
 
 

@@ -29,9 +29,12 @@ class Framework:
     default_accept: str = codecs.JSON
 
     # The model file the default model_fn looks for: the first of ``model_files`` that exists, else
-    # the only file with one of ``model_suffixes``. ``missing_hint`` ends the error when none is found.
+    # the only file with one of ``model_suffixes``, else (none has one) the only file with one of
+    # ``fallback_suffixes``. Where several files match, those named model.* (or after a ``model_files``
+    # entry, as xgboost-model.json) win the tie. ``missing_hint`` ends the error when none is found.
     model_files: tuple[str, ...] = ()
     model_suffixes: tuple[str, ...] = ()
+    fallback_suffixes: tuple[str, ...] = ()
     missing_hint: str = ""
 
     def find_model_file(self, model_dir: Path) -> Path:
@@ -39,17 +42,36 @@ class Framework:
         for name in self.model_files:
             if (model_dir / name).is_file():
                 return model_dir / name
-        files = sorted(p for p in model_dir.iterdir() if p.is_file()) if model_dir.is_dir() else []
-        candidates = [p for p in files if p.suffix in self.model_suffixes]
-        if len(candidates) == 1:
-            return candidates[0]
-        problem = f"several model files ({', '.join(p.name for p in candidates)})" if candidates else "no model file"
+        # Dotfiles are left out: tar archives made on macOS carry a ._model.pkl beside model.pkl.
+        listed = model_dir.iterdir() if model_dir.is_dir() else ()
+        files = sorted(p for p in listed if p.is_file() and not p.name.startswith("."))
+        stems = {"model", *(Path(name).stem for name in self.model_files)}
+        for suffixes in (self.model_suffixes, self.fallback_suffixes):
+            candidates = [p for p in files if p.suffix in suffixes and self.is_model_file(p)]
+            if len(candidates) > 1:
+                # e.g. a feature list saved as features.json beside model.json
+                candidates = [p for p in candidates if p.stem in stems] or candidates
+            if len(candidates) == 1:
+                return candidates[0]
+            if candidates:
+                suffix = candidates[0].suffix
+                names = [n for n in self.model_files if Path(n).suffix in ("", suffix)] + [f"model{suffix}"]
+                raise ModelLoadError(
+                    f"Found several model files ({', '.join(p.name for p in candidates)}) in {model_dir}; "
+                    f"name the one to serve {' or '.join(dict.fromkeys(names))}"
+                )
         looked_for = ", ".join(self.model_files)
-        patterns = "/".join(f"*{suffix}" for suffix in self.model_suffixes)
+        for suffixes in (self.model_suffixes, self.fallback_suffixes):
+            if suffixes:
+                looked_for += (", or " if looked_for else "") + "exactly one " + "/".join(f"*{s}" for s in suffixes)
         raise ModelLoadError(
-            f"Found {problem} in {model_dir} (looked for {looked_for}, or exactly one {patterns}); "
+            f"Found no model file in {model_dir} (looked for {looked_for}); "
             f"files seen: {[p.name for p in files] or 'none'}{self.missing_hint}"
         )
+
+    def is_model_file(self, path: Path) -> bool:
+        """Whether a file with a model suffix holds a model, for formats whose suffix other files share (.txt)."""
+        return True
 
     def load_model(self, model_dir: Path, env: Mapping[str, str] | None = None) -> Any:
         """The default ``model_fn``: find and load the model artifact under ``model_dir``."""

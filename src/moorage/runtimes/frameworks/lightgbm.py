@@ -29,9 +29,11 @@ class LightGBMFramework(Framework):
     """LightGBM Boosters (text files) and pickled LGBMClassifier/LGBMRegressor models."""
 
     name = "lightgbm"
-    MODEL_FILE = "model.txt"
-    _PICKLES = ("model.joblib", "model.pkl", "model.pickle")
-    _PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+    # model.txt, else the one LightGBM *.txt, else model.joblib/.pkl/.pickle, else the one pickle.
+    model_files = ("model.txt",)
+    model_suffixes = (".txt",)
+    fallback_suffixes = (".joblib", ".pkl", ".pickle")
+    missing_hint = "; a *.txt counts only if it is a LightGBM text model (its first line is 'tree')"
 
     def __init__(self) -> None:
         # A user model_fn bypasses load_model, so start from the process environment (the instance's own).
@@ -55,28 +57,8 @@ class LightGBMFramework(Framework):
             raise ModelLoadError(f"{path.name} holds a {type(model).__name__}, which has no predict method")
         return model
 
-    def find_model_file(self, model_dir: Path) -> Path:
-        """model.txt, else the one LightGBM *.txt, else model.joblib/.pkl/.pickle, else the one pickle."""
-        if (model_dir / self.MODEL_FILE).is_file():
-            return model_dir / self.MODEL_FILE
-        files = sorted(p for p in model_dir.glob("*") if p.is_file()) if model_dir.is_dir() else []
-        texts = [p for p in files if p.suffix == ".txt" and _is_text_model(p)]
-        pickles = [p for p in files if p.name in self._PICKLES] or [
-            p for p in files if p.suffix in self._PICKLE_SUFFIXES
-        ]
-        for candidates in (texts, pickles):
-            if len(candidates) == 1:
-                return candidates[0]
-            if candidates:
-                raise ModelLoadError(
-                    f"Found several model files in {model_dir}: {', '.join(p.name for p in candidates)}; "
-                    f"name the one to serve {self.MODEL_FILE} (or model{candidates[0].suffix})"
-                )
-        raise ModelLoadError(
-            f"Found no model file in {model_dir} (looked for {self.MODEL_FILE}, or exactly one LightGBM *.txt, "
-            f"or model.joblib/model.pkl/model.pickle, or exactly one *.joblib/*.pkl/*.pickle); "
-            f"files seen: {[p.name for p in files] or 'none'}"
-        )
+    def is_model_file(self, path: Path) -> bool:
+        return path.suffix != ".txt" or _is_text_model(path)
 
     # ------------------------------------------------------------------------------------------ requests
 

@@ -49,9 +49,10 @@ class XGBoostFramework(Framework):
     # SageMaker's XGBoost container reads a request without Content-Type as CSV and answers CSV.
     default_content_type = codecs.CSV
     default_accept = codecs.CSV
-    MODEL_FILE = "xgboost-model"
-    _NATIVE_SUFFIXES = (".json", ".ubj", ".bst", ".model")
-    _PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+    # xgboost-model, else one XGBoost-format file, else one pickle; model.* or xgboost-model.* wins a tie.
+    model_files = ("xgboost-model",)
+    model_suffixes = (".json", ".ubj", ".bst", ".model")
+    fallback_suffixes = (".joblib", ".pkl", ".pickle")
 
     def __init__(self) -> None:
         # A user model_fn bypasses load_model, so start from the process environment (the instance's own).
@@ -79,29 +80,6 @@ class XGBoostFramework(Framework):
             ) from exc
         _set_threads(model, self.threads)
         return model
-
-    def find_model_file(self, model_dir: Path) -> Path:
-        """xgboost-model, else one XGBoost-format file, else one pickle; model.* wins a tie."""
-        if (model_dir / self.MODEL_FILE).is_file():
-            return model_dir / self.MODEL_FILE
-        files = sorted(p for p in model_dir.glob("*") if p.is_file()) if model_dir.is_dir() else []
-        for suffixes in (self._NATIVE_SUFFIXES, self._PICKLE_SUFFIXES):
-            candidates = [p for p in files if p.suffix in suffixes]
-            if len(candidates) > 1:
-                # e.g. a feature list saved as features.json beside model.json
-                candidates = [p for p in candidates if p.stem in ("model", self.MODEL_FILE)] or candidates
-            if len(candidates) == 1:
-                return candidates[0]
-            if candidates:
-                raise ModelLoadError(
-                    f"Found several model files in {model_dir}: {', '.join(p.name for p in candidates)}; "
-                    f"name the one to serve {self.MODEL_FILE} (or model{candidates[0].suffix})"
-                )
-        raise ModelLoadError(
-            f"Found no model file in {model_dir} (looked for {self.MODEL_FILE}, or exactly one "
-            f"*.json/*.ubj/*.bst/*.model, or exactly one *.joblib/*.pkl/*.pickle); "
-            f"files seen: {[p.name for p in files] or 'none'}"
-        )
 
     # ------------------------------------------------------------------------------------------ requests
 
