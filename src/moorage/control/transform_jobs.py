@@ -29,11 +29,10 @@ from typing import Any
 from moorage.batch.invoke import BatchFailure
 from moorage.batch.local import LocalBackend, batch_launch
 from moorage.batch.progress import Progress
-from moorage.batch.ray_backend import RayBackend, launch_to_dict
+from moorage.batch.ray_backend import RayBackend
 from moorage.batch.spec import SpecError, TransformSpec
 from moorage.control.context import MODEL, Context
 from moorage.control.launch import launch_spec
-from moorage.control.models import model_data_url, primary_container
 from moorage.control.paging import list_query, page
 from moorage.control.resources import put_tags, save_changes
 from moorage.control.times import timestamp
@@ -214,14 +213,13 @@ class TransformJobs:
                                f"{getattr(exc, 'message', None) or exc}") from exc
         log_dir = self.ctx.settings.logs_dir / "transform-jobs" / name
         if body.get("Backend") == "ray":
-            url = model_data_url(primary_container(model_row.body))
             backend: LocalBackend | RayBackend = RayBackend(
-                spec, [launch_to_dict(batch_launch(launch, spec), url)], ray_address=body.get("RayAddress"),
+                spec, [batch_launch(launch, spec).to_dict()], ray_address=body.get("RayAddress"),
                 job_dir=job_dir, log_dir=log_dir, progress=progress)
         else:
             spool = job_dir / "spool"
             spool.mkdir(parents=True, exist_ok=True)
-            backend = LocalBackend(spec, [launch], socket_dir=self.ctx.routes.socket_dir, log_dir=log_dir,
+            backend = LocalBackend(spec, [launch], launcher=self.ctx.routes.launcher, log_dir=log_dir,
                                    spool_dir=spool, progress=progress)
         await backend.run()
 
