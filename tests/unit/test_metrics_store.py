@@ -230,24 +230,34 @@ def test_durations_and_statistics_parse() -> None:
 
 
 def test_runtime_builds_events_field_by_field() -> None:
-    """The runtime builds events positionally (hot path): every field must land where its name says."""
+    """The route builds events positionally (hot path): every field must land where its name says."""
     import time
 
     from invocation_support import header_block
-    from moorage.api.runtime import _event
-    from moorage.serving.router import EndpointRoute
+    from moorage.serving.router import EndpointRoute, Invocation, InvocationFailed
 
+    class Keep:
+        def __init__(self) -> None:
+            self.events: list[InvocationEvent] = []
+
+        def observe(self, event: InvocationEvent) -> None:
+            self.events.append(event)
+
+    route, kept = EndpointRoute("ep", []), Keep()
+    route.observers.append(kept)
     forwarded = header_block([(b"content-type", b"text/csv"), (b"accept", b"application/json"),
                               (b"x-amzn-sagemaker-inference-id", b"inf-1"),
                               (b"x-amzn-sagemaker-custom-attributes", b"a=1")])
     started = time.perf_counter()
-    built = _event(EndpointRoute("ep", []), forwarded, b"1,2", 123.0, started, "AllTraffic", "i-1", 503, 0.25, b"out",
-                   "application/json")
+    route.observe(b"1,2", forwarded, 123.0, started,
+                  Invocation("AllTraffic", "i-1", 503, "application/json", b"out", None, 0.25))
+    built = kept.events[-1]
     assert (built.endpoint, built.variant, built.instance_id, built.status) == ("ep", "AllTraffic", "i-1", 503)
     assert (built.arrived, built.model_seconds, built.request_body) == (123.0, 0.25, b"1,2")
     assert 0 <= built.total_seconds < 60
     assert (built.content_type, built.accept, built.inference_id, built.custom_attributes) == (
         "text/csv", "application/json", "inf-1", "a=1")
     assert (built.response_body, built.response_content_type) == (b"out", "application/json")
-    bare = _event(EndpointRoute("ep", []), b"", b"", 0.0, started, "v", "", 200, 0.0, b"", None)
+    route.observe(b"", b"", 0.0, started, InvocationFailed("no instance", 200, "v"))
+    bare = kept.events[-1]
     assert (bare.content_type, bare.accept, bare.inference_id, bare.custom_attributes) == (None, None, None, None)
