@@ -26,7 +26,7 @@ import pytest
 from moorage.control.paging import list_query, page
 from moorage.control.times import epoch, timestamp
 from moorage.errors import ValidationException
-from moorage.store.metadata import AlreadyExists, ListQuery, MetadataStore
+from moorage.store.metadata import AlreadyExists, DesiredVariant, ListQuery, MetadataStore
 
 # --------------------------------------------------------------------------------------------------
 # a throwaway PostgreSQL server
@@ -544,3 +544,25 @@ def eastern_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_epoch_reads_timestamps_without_offset_as_utc(eastern_time: None) -> None:
     assert epoch("2023-11-14T22:13:20") == 1700000000.0
     assert epoch(dt.datetime(2023, 11, 14, 22, 13, 20)) == 1700000000.0
+
+
+# --------------------------------------------------------------------------------------------------
+# desired state of endpoints
+# --------------------------------------------------------------------------------------------------
+def test_desired_state_is_kept_in_config_order_and_survives_reopening(
+        open_store: Callable[[], MetadataStore]) -> None:
+    store = open_store()
+    assert store.desired("ep") == []
+    store.replace_desired("ep", [DesiredVariant("green", 1.0, 1), DesiredVariant("blue", 3.0, 2, {"step": 1})])
+    store.replace_desired("other", [DesiredVariant("AllTraffic", 1.0, 1)])
+    assert store.update_desired("ep", "blue", weight=0.5)
+    assert store.update_desired("ep", "green", instance_count=4, state={"arms": [1, 2]})
+    assert not store.update_desired("ep", "nope", weight=1.0)  # no such variant: nothing written
+    expected = [DesiredVariant("green", 1.0, 4, {"arms": [1, 2]}), DesiredVariant("blue", 0.5, 2, {"step": 1})]
+    assert store.desired("ep") == expected
+    assert open_store().desired("ep") == expected  # another process (a restarted server) reads the same
+    store.replace_desired("ep", [DesiredVariant("blue", 1.0, 1)])  # a new config: its variants only
+    assert store.desired("ep") == [DesiredVariant("blue", 1.0, 1)]
+    store.delete_desired("ep")
+    assert store.desired("ep") == []
+    assert store.desired("other") == [DesiredVariant("AllTraffic", 1.0, 1)]
