@@ -101,6 +101,8 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier, transform_jobs: Tran
         return {"EndpointName": row.name, "EndpointArn": row.arn, "EndpointStatus": row.status,
                 "EndpointConfigName": row.body.get("EndpointConfigName"),
                 "FailureReason": row.body.get("FailureReason"),
+                # The last (or running) UpdateEndpoint: phase, green's share of the traffic, alarms, history.
+                "Update": row.body.get("UpdateHistory"),
                 "CreationTime": created.isoformat() if created else None, "Variants": variants}
 
     async def list_endpoints(request: Request, body: bytes) -> dict[str, Any]:

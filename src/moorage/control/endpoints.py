@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from moorage.capture import CaptureConfig, CaptureWriter
+from moorage.control.blue_green import BlueGreenUpdate, RolledBack, UpdateContext
 from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
+from moorage.control.deployment_config import DeploymentPlan
 from moorage.control.launch import launch_spec
 from moorage.control.models import primary_container
 from moorage.control.paging import list_query, page
@@ -28,14 +31,16 @@ from moorage.control.resources import put_tags, save_changes
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
 from moorage.serving.route_table import DeployError, VariantPlan
-from moorage.serving.snapshot import EndpointSnapshot
+from moorage.serving.router import EndpointRoute
+from moorage.serving.snapshot import EndpointSnapshot, snapshot_of
 from moorage.store.artifacts import ArtifactError
 from moorage.store.metadata import AlreadyExists, DesiredVariant, MetadataStore, Resource
 
 log = logging.getLogger("moorage.endpoints")
 
 CREATING, IN_SERVICE, UPDATING, DELETING, FAILED = "Creating", "InService", "Updating", "Deleting", "Failed"
-IN_PROGRESS = (CREATING, UPDATING, DELETING)
+ROLLING_BACK = "RollingBack"
+IN_PROGRESS = (CREATING, UPDATING, DELETING, ROLLING_BACK)
 
 
 def variant_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSnapshot | None) -> list[dict[str, Any]]:
@@ -50,6 +55,21 @@ def variant_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSna
         summary.update(CurrentWeight=live.current_weight if live else goal.weight, DesiredWeight=goal.weight,
                        CurrentInstanceCount=live.in_service if live else 0, DesiredInstanceCount=goal.instance_count)
         out.append(summary)
+    return out
+
+
+def pending_summary(stored: dict[str, Any], green: EndpointSnapshot | None) -> dict[str, Any]:
+    """DescribeEndpoint's PendingDeploymentSummary: as the update last recorded it, with the new
+    fleet's current weights and counts read live."""
+    out = dict(stored)
+    if green is not None and out.get("ProductionVariants"):
+        variants = []
+        for summary in out["ProductionVariants"]:
+            live = green.variants.get(summary["VariantName"])
+            if live is not None:
+                summary = dict(summary, CurrentWeight=live.current_weight, CurrentInstanceCount=live.in_service)
+            variants.append(summary)
+        out["ProductionVariants"] = variants
     return out
 
 
@@ -131,9 +151,11 @@ class Endpoints:
         return [DesiredVariant(v["VariantName"], float(v.get("InitialVariantWeight", 1.0)),
                                int(v.get("InitialInstanceCount", 1))) for v in config["ProductionVariants"]]
 
-    def _desired_for(self, name: str, config: dict[str, Any], *, keep_stored: bool) -> list[DesiredVariant]:
+    def _desired_for(self, name: str, config: dict[str, Any], *, keep_stored: bool,
+                     exclude: frozenset[str] = frozenset()) -> list[DesiredVariant]:
         """What the fleet of ``config`` should be: the config's initial values, or, with ``keep_stored``
-        (a restart, RetainAllVariantProperties), what the store says for each variant it knows."""
+        (a restart, RetainAllVariantProperties), what the store says for each variant it knows, but
+        for the properties in ``exclude`` (ExcludeRetainedVariantProperties: the config's)."""
         initial = self._initial_desired(config)
         if not keep_stored:
             return initial
@@ -145,7 +167,16 @@ class Endpoints:
                 if "DesiredWeight" in summary and "DesiredInstanceCount" in summary:
                     stored[summary["VariantName"]] = DesiredVariant(
                         summary["VariantName"], float(summary["DesiredWeight"]), int(summary["DesiredInstanceCount"]))
-        return [stored.get(d.variant, d) for d in initial]
+        out = []
+        for fresh in initial:
+            kept = stored.get(fresh.variant)
+            if kept is None:
+                out.append(fresh)
+                continue
+            out.append(DesiredVariant(
+                fresh.variant, fresh.weight if "DesiredWeight" in exclude else kept.weight,
+                fresh.instance_count if "DesiredInstanceCount" in exclude else kept.instance_count, kept.state))
+        return out
 
     @staticmethod
     def _variant_summaries(config: dict[str, Any], plans: list[VariantPlan], models: dict[str, Any]) -> list[dict]:
@@ -163,26 +194,40 @@ class Endpoints:
         return summaries
 
     # Lifecycle work ---------------------------------------------------------------------------------
-    async def _bring_up(self, name: str, config_name: str, *, recovering: bool = False,
-                        retain: bool = False) -> None:
-        """Deploy ``config_name`` for endpoint ``name`` and make it the serving fleet."""
+    def _build(self, name: str, plans: list[VariantPlan], capture: dict[str, Any] | None) -> EndpointRoute:
+        """A fleet for ``plans``, its instances not started yet, with data capture when configured."""
+        route = self.ctx.routes.build(name, plans)
+        if capture and self.capture is not None:
+            capture_config = CaptureConfig.parse(capture)
+            if capture_config.enabled:
+                route.observers.append(self.capture.observer(name, capture_config))
+        return route
+
+    def _capture_doc(self, row: Resource, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The DataCaptureConfig the fleet captures with: its config's, or the one an update kept
+        (RetainAllVariantProperties without DataCaptureConfig in ExcludeRetainedVariantProperties)."""
+        kept = row.body.get("CaptureConfigName")
+        if kept:
+            source = self.ctx.store.get(ENDPOINT_CONFIG, kept)
+            if source is not None:
+                return source.body.get("DataCaptureConfig")
+        return config.get("DataCaptureConfig")
+
+    def _models(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {v["ModelName"]: self.ctx.store.get("model", v["ModelName"]).body  # type: ignore[union-attr]
+                for v in config["ProductionVariants"]}
+
+    async def _bring_up(self, name: str, config_name: str, *, recovering: bool = False) -> None:
+        """Deploy ``config_name`` for a new or restarted endpoint ``name`` and make it the serving fleet."""
         row = self.ctx.store.get(ENDPOINT, name)
         if row is None or row.status == DELETING:
             return
-        old_route = self.ctx.routes.get(name)
-        updating = old_route is not None and not recovering
         try:
             config = self._config(config_name)
-            desired = self._desired_for(name, config, keep_stored=recovering or row.status == CREATING or retain)
+            desired = self._desired_for(name, config, keep_stored=True)
             plans = await self._plans(config, desired)
-            models = {v["ModelName"]: self.ctx.store.get("model", v["ModelName"]).body  # type: ignore[union-attr]
-                      for v in config["ProductionVariants"]}
-            route = self.ctx.routes.build(name, plans)
-            capture = config.get("DataCaptureConfig")
-            if capture and self.capture is not None:
-                capture_config = CaptureConfig.parse(capture)
-                if capture_config.enabled:
-                    route.observers.append(self.capture.observer(name, capture_config))
+            models = self._models(config)
+            route = self._build(name, plans, self._capture_doc(row, config))
             if recovering:
                 # Publish before the instances are up: invocations wait (bounded) for the first
                 # ready instance instead of failing while a restarted server brings them back.
@@ -193,13 +238,8 @@ class Endpoints:
             variant = f"variant {exc.variant}: " if isinstance(exc, DeployError) else ""
             if recovering:
                 self.ctx.routes.unpublish(name)
-            if updating:
-                log.warning("update of endpoint %s failed; the previous fleet keeps serving: %s", name, reason)
-                self._save(name, IN_SERVICE, FailureReason=f"Update failed, rolled back: {variant}{reason}",
-                           PendingEndpointConfigName=None)
-            else:
-                log.error("endpoint %s failed: %s%s", name, variant, reason)
-                self._save(name, FAILED, FailureReason=f"{variant}{reason}")
+            log.error("endpoint %s failed: %s%s", name, variant, reason)
+            self._save(name, FAILED, FailureReason=f"{variant}{reason}")
             return
         current = self.ctx.store.get(ENDPOINT, name)
         if current is None or current.status == DELETING:
@@ -207,8 +247,6 @@ class Endpoints:
                 self.ctx.routes.unpublish(name)
             await self.ctx.routes.retire(route)
             return
-        # The new fleet's desired state is the endpoint's from now on (an update that failed above
-        # left the old one in place, as it left the old fleet serving).
         self.ctx.store.replace_desired(name, desired)
         replaced = self.ctx.routes.publish(route)
         log.info("endpoint %s in service with config %s (%s)", name, config_name,
@@ -217,16 +255,92 @@ class Endpoints:
                    FailureReason=None, ProductionVariants=self._variant_summaries(config, plans, models),
                    DataCaptureConfig=self._capture_summary(config))
         if replaced is not None:
-            await self.ctx.routes.retire(replaced)  # blue/green: the old fleet drains after the switch
+            await self.ctx.routes.retire(replaced)
         if recovering:
             await self.converge(name, save=False)  # a change stored while the fleet was coming up
+
+    async def _update(self, name: str, config_name: str, plan: DeploymentPlan, desired: list[DesiredVariant],
+                      capture_config_name: str) -> None:
+        """UpdateEndpoint: a blue/green update of the serving fleet to ``config_name`` (``blue_green.py``)."""
+        row = self.ctx.store.get(ENDPOINT, name)
+        blue = self.ctx.routes.fleet(name)
+        if row is None or row.status == DELETING or blue is None:
+            return
+        config = self._config(config_name)
+        capture_source = self.ctx.store.get(ENDPOINT_CONFIG, capture_config_name)
+        capture = (capture_source.body if capture_source else config).get("DataCaptureConfig")
+        models = self._models(config)
+        goals = {d.variant: d for d in desired}
+
+        def pending_variants(snapshot: EndpointSnapshot, status: str, message: str) -> list[dict[str, Any]]:
+            out = []
+            for variant in config["ProductionVariants"]:
+                vname = variant["VariantName"]
+                live, goal = snapshot.variants.get(vname), goals[vname]
+                image = primary_container(models[variant["ModelName"]])["Image"]
+                out.append({"VariantName": vname, "InstanceType": variant.get("InstanceType"),
+                            "DeployedImages": [{"SpecifiedImage": image,
+                                                "ResolvedImage": f"moorage/{live.runtime if live else 'pending'}"}],
+                            "CurrentWeight": live.current_weight if live else 0.0, "DesiredWeight": goal.weight,
+                            "CurrentInstanceCount": live.in_service if live else 0,
+                            "DesiredInstanceCount": goal.instance_count,
+                            "VariantStatus": [{"Status": status, "StatusMessage": message, "StartTime": time.time()}]})
+            return out
+
+        update = BlueGreenUpdate(UpdateContext(
+            name=name, config_name=config_name, plan=plan,
+            save=lambda status, **changes: self._save(name, status, **changes),
+            alarm_state=self._alarm_state, publish=self.ctx.routes.publish, retire=self.ctx.routes.retire,
+            pending_variants=pending_variants, snapshot=snapshot_of), blue)
+        green: EndpointRoute | None = None
+        try:
+            plans = await self._plans(config, desired)
+            green = self._build(name, plans, capture)
+            update.record("Creating", "Creating the new fleet.", green, variant_status="Creating")
+            await self.ctx.routes.start(green, {p.name: p.instance_count for p in plans})
+        except (DeployError, ValidationException) as exc:
+            reason = exc.reason if isinstance(exc, DeployError) else exc.message
+            variant = f"variant {exc.variant}: " if isinstance(exc, DeployError) else ""
+            log.warning("update of endpoint %s failed; the previous fleet keeps serving: %s", name, reason)
+            update.record("Failed", f"The new fleet could not start: {variant}{reason}")
+            self._save(name, IN_SERVICE, FailureReason=f"Update failed, rolled back: {variant}{reason}",
+                       PendingEndpointConfigName=None, PendingDeploymentSummary=None)
+            return
+        except asyncio.CancelledError:
+            if green is not None:
+                await self.ctx.routes.retire(green)
+            raise
+        try:
+            await update.shift_traffic(green)
+        except RolledBack as exc:
+            update.record("RolledBack", str(exc))
+            self._save(name, IN_SERVICE, FailureReason=str(exc), PendingEndpointConfigName=None,
+                       PendingDeploymentSummary=None)
+            return
+        current = self.ctx.store.get(ENDPOINT, name)
+        if current is None or current.status == DELETING:
+            return  # the tear-down retires both fleets
+        self.ctx.store.replace_desired(name, desired)
+        update.finish(green)
+        update.record("Completed", "All traffic is on the new fleet; the old fleet is being stopped.")
+        self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingEndpointConfigName=None,
+                   PendingDeploymentSummary=None, FailureReason=None,
+                   ProductionVariants=self._variant_summaries(config, plans, models),
+                   DataCaptureConfig=self._capture_summary({"DataCaptureConfig": capture} if capture else {}),
+                   CaptureConfigName=capture_config_name if capture_config_name != config_name else None,
+                   LastDeploymentConfig=plan.document or current.body.get("LastDeploymentConfig"))
+        log.info("endpoint %s in service with config %s after a %s update", name, config_name, plan.routing)
+        await self.ctx.routes.retire(blue)
+
+    def _alarm_state(self, alarm: str) -> str | None:
+        return self.ctx.metrics.alarms.state(alarm) if self.ctx.metrics is not None else None
 
     async def converge(self, name: str, save: bool = True) -> None:
         """Bring the live fleet to the store's desired state: each variant's weight and instance count.
 
         Scaling keeps the instances that did start when some cannot (the reason goes to FailureReason).
         """
-        route = self.ctx.routes.get(name)
+        route = self.ctx.routes.fleet(name)
         if route is None:
             if save:
                 self._save(name, FAILED, FailureReason="The endpoint has no running fleet to update.")
@@ -278,12 +392,15 @@ class Endpoints:
         row = self.ctx.store.get(ENDPOINT, name)
         if row is None:
             raise self._not_found(name)
-        out = {k: v for k, v in row.body.items() if k != "PendingEndpointConfigName"}
+        out = {k: v for k, v in row.body.items() if k not in ("PendingEndpointConfigName", "PendingDeploymentSummary")}
         out.update(EndpointName=row.name, EndpointArn=row.arn, EndpointStatus=row.status,
                    CreationTime=timestamp(row.created_at), LastModifiedTime=timestamp(row.modified_at))
-        if row.status in (IN_SERVICE, UPDATING):
+        if row.status in (IN_SERVICE, UPDATING, ROLLING_BACK):
             out["ProductionVariants"] = variant_summaries(self.ctx.store, row, self.ctx.routes.snapshot(name))
-        if row.body.get("PendingEndpointConfigName"):
+        pending = row.body.get("PendingDeploymentSummary")
+        if pending:
+            out["PendingDeploymentSummary"] = pending_summary(pending, self.ctx.routes.pending_snapshot(name))
+        elif row.body.get("PendingEndpointConfigName"):
             out["PendingDeploymentSummary"] = {"EndpointConfigName": row.body["PendingEndpointConfigName"]}
         return out
 
@@ -314,10 +431,29 @@ class Endpoints:
     async def update_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
         name, config_name = req["EndpointName"], req["EndpointConfigName"]
         row = self._updatable(name)
-        self._config(config_name)
-        self._save(name, UPDATING, PendingEndpointConfigName=config_name)
+        config = self._config(config_name)
+        deployment = req.get("DeploymentConfig")
+        if deployment is None and req.get("RetainDeploymentConfig"):
+            deployment = row.body.get("LastDeploymentConfig")
+        plan = DeploymentPlan.parse(deployment)
         retain = bool(req.get("RetainAllVariantProperties"))
-        self._run(name, self._bring_up(name, config_name, retain=retain))
+        excluded = frozenset(item.get("VariantPropertyType", "")
+                             for item in req.get("ExcludeRetainedVariantProperties") or [])
+        if excluded and not retain:
+            raise ValidationException(
+                "ExcludeRetainedVariantProperties applies only when RetainAllVariantProperties is true.")
+        desired = self._desired_for(name, config, keep_stored=retain, exclude=excluded)
+        plan.check_capacity(sum(d.instance_count for d in desired))
+        for alarm in plan.alarms:
+            if self._alarm_state(alarm) is None:
+                raise ValidationException(
+                    f"DeploymentConfig.AutoRollbackConfiguration.Alarms: the alarm {alarm!r} does not exist.")
+        keep_capture = retain and "DataCaptureConfig" not in excluded
+        capture_config_name = (row.body.get("CaptureConfigName") or row.body.get("EndpointConfigName")
+                               if keep_capture else config_name)
+        self._save(name, UPDATING, PendingEndpointConfigName=config_name, PendingDeploymentSummary={
+            "EndpointConfigName": config_name, "StartTime": time.time()})
+        self._run(name, self._update(name, config_name, plan, desired, capture_config_name))
         return {"EndpointArn": row.arn}
 
     async def update_endpoint_weights_and_capacities(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -346,13 +482,15 @@ class Endpoints:
     def recover(self) -> int:
         """Bring back what the store says should be serving; returns how many endpoints it resumes."""
         resumed = 0
-        for row in self.ctx.store.statuses(ENDPOINT, [IN_SERVICE, CREATING, UPDATING, DELETING]):
+        for row in self.ctx.store.statuses(ENDPOINT, [IN_SERVICE, CREATING, UPDATING, DELETING, ROLLING_BACK]):
             if row.status == DELETING:
                 self._run(row.name, self._tear_down(row.name))
                 continue
             config_name = row.body.get("EndpointConfigName")
-            if row.status == UPDATING:
-                self._save(row.name, IN_SERVICE, PendingEndpointConfigName=None)
+            if row.status in (UPDATING, ROLLING_BACK):
+                # An update cut off by the stop: the row still names the old config, which comes back.
+                self._save(row.name, IN_SERVICE, PendingEndpointConfigName=None, PendingDeploymentSummary=None,
+                           FailureReason="Update rolled back: the server stopped before the update finished.")
             self._run(row.name, self._bring_up(row.name, config_name, recovering=row.status != CREATING))
             resumed += 1
         return resumed

@@ -134,8 +134,9 @@ class MetricsService:
         snapshots = self.routes.snapshots()
         for endpoint in snapshots:
             for variant in endpoint.variants.values():
-                if variant.in_service:
-                    in_service[(endpoint.name, variant.name)] = variant.in_service
+                if variant.in_service:  # summed: both fleets of an endpoint mid-update serve it
+                    key = (endpoint.name, variant.name)
+                    in_service[key] = in_service.get(key, 0) + variant.in_service
         instances = sampled_instances(snapshots) if self.sampler is not None and not final else []
         capture_sets = self._capture_sets(math.floor((now - self.period) / self.period) * self.period)
 

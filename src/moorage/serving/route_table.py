@@ -20,6 +20,7 @@ from moorage.serving.launchers.local import LocalLauncher
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, VariantRoute
 from moorage.serving.snapshot import EndpointSnapshot, snapshot_of
+from moorage.serving.traffic_shift import TrafficShift
 
 log = logging.getLogger("moorage.route_table")
 
@@ -49,21 +50,41 @@ class RouteTable:
         self.socket_dir = Path(tempfile.mkdtemp(prefix="moorage-"))
         # Endpoints and local transform jobs start their instances through this one launcher.
         self.launcher = LocalLauncher(self.socket_dir)
-        self._routes: dict[str, EndpointRoute] = {}
+        self._routes: dict[str, EndpointRoute | TrafficShift] = {}
         # Observers of every endpoint (metrics); per-endpoint ones (data capture) are added to a route
         # by whoever builds it.
         self.observers: list[InvocationObserver] = []
 
-    def get(self, endpoint: str) -> EndpointRoute | None:
+    def get(self, endpoint: str) -> EndpointRoute | TrafficShift | None:
+        """What the runtime door invokes: the endpoint's route, or the shift between its two fleets."""
         return self._routes.get(endpoint)
 
-    def snapshot(self, endpoint: str) -> EndpointSnapshot | None:
-        """What serves ``endpoint`` now, or None when nothing is published for it."""
+    def fleet(self, endpoint: str) -> EndpointRoute | None:
+        """The endpoint's fleet of record: its route, or the blue fleet while an update shifts traffic."""
         route = self._routes.get(endpoint)
-        return None if route is None else snapshot_of(route)
+        return route.blue if isinstance(route, TrafficShift) else route
+
+    def shift(self, endpoint: str) -> TrafficShift | None:
+        route = self._routes.get(endpoint)
+        return route if isinstance(route, TrafficShift) else None
+
+    def snapshot(self, endpoint: str) -> EndpointSnapshot | None:
+        """What serves ``endpoint`` as its fleet of record, or None when nothing is published for it."""
+        fleet = self.fleet(endpoint)
+        return None if fleet is None else snapshot_of(fleet)
+
+    def pending_snapshot(self, endpoint: str) -> EndpointSnapshot | None:
+        """The green fleet of an update in flight, or None."""
+        shift = self.shift(endpoint)
+        return None if shift is None else snapshot_of(shift.green)
 
     def snapshots(self) -> list[EndpointSnapshot]:
-        return [snapshot_of(route) for route in list(self._routes.values())]
+        """Every live fleet, both of an endpoint mid-update (they share its name)."""
+        out = []
+        for route in list(self._routes.values()):
+            fleets = (route.blue, route.green) if isinstance(route, TrafficShift) else (route,)
+            out.extend(snapshot_of(fleet) for fleet in fleets)
+        return out
 
     def build(self, endpoint: str, plans: list[VariantPlan]) -> EndpointRoute:
         variants = [
@@ -87,23 +108,26 @@ class RouteTable:
             reason = str(error) if isinstance(error, InstanceStartError) else f"{type(error).__name__}: {error}"
             raise DeployError(variant.name, reason)
 
-    def publish(self, route: EndpointRoute) -> EndpointRoute | None:
-        """Make ``route`` the one serving its endpoint; returns the route it replaced, if any."""
+    def publish(self, route: EndpointRoute | TrafficShift) -> EndpointRoute | TrafficShift | None:
+        """Make ``route`` the one serving its endpoint; returns what it replaced, if anything."""
         old = self._routes.get(route.name)
         self._routes[route.name] = route
         return old if old is not route else None
 
-    def unpublish(self, endpoint: str) -> EndpointRoute | None:
+    def unpublish(self, endpoint: str) -> EndpointRoute | TrafficShift | None:
         return self._routes.pop(endpoint, None)
 
-    async def retire(self, route: EndpointRoute, drain_timeout: float = 30.0) -> None:
-        await asyncio.gather(*(v.pool.close(drain_timeout) for v in route.variants.values()),
+    async def retire(self, route: EndpointRoute | TrafficShift, drain_timeout: float = 30.0) -> None:
+        """Drain and stop a fleet (both, for a shift) that no longer serves."""
+        fleets = (route.blue, route.green) if isinstance(route, TrafficShift) else (route,)
+        await asyncio.gather(*(v.pool.close(drain_timeout) for f in fleets for v in f.variants.values()),
                              return_exceptions=True)
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         routes = list(self._routes.values())
         self._routes.clear()
-        count = sum(len(v.pool.instances) for r in routes for v in r.variants.values())
+        count = sum(len(v.pool.instances) for r in routes
+                    for f in ((r.blue, r.green) if isinstance(r, TrafficShift) else (r,)) for v in f.variants.values())
         if count:
             log.info("stopping %d instance(s) of %d endpoint(s)", count, len(routes))
         await asyncio.gather(*(self.retire(r, drain_timeout) for r in routes), return_exceptions=True)

@@ -46,6 +46,7 @@ class Invocation:
     body: bytes
     custom_attributes: bytes | None
     model_seconds: float = 0.0  # the instance hop, as the router timed it (SageMaker's ModelLatency)
+    fleet: EndpointRoute | None = None  # set during a blue/green update: which fleet served (traffic_shift.py)
 
 
 class VariantRoute:

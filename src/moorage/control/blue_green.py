@@ -1,0 +1,133 @@
+"""A blue/green endpoint update as it runs: provision green, move traffic step by step, bake, finish or roll back.
+
+The endpoint's status shows where the update is, as DescribeEndpoint shows it on SageMaker:
+``Updating`` throughout (``EndpointConfigName`` still the old config) with a
+``PendingDeploymentSummary`` whose variants carry ``VariantStatus`` (``Creating``, then
+``ActivatingTraffic`` and ``Baking`` for each step); ``RollingBack`` while traffic returns to blue
+after an alarm or a timeout; ``InService`` at the end, on the new config with ``LastDeploymentConfig``
+after success, on the old one with a ``FailureReason`` after a rollback (the next successful update
+clears it). Every phase is also kept as the update's history (``UpdateHistory``), for
+``moorage rollout status``.
+
+Traffic moves through a ``TrafficShift`` in the route table (``serving/traffic_shift.py``): blue and
+green both serve during the update, and the last step hands the endpoint to green alone. A restart
+in the middle leaves the endpoint on its old config (the row still names it), as a rollback would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from moorage.control.deployment_config import DeploymentPlan, Step
+from moorage.serving.router import EndpointRoute
+from moorage.serving.snapshot import EndpointSnapshot
+from moorage.serving.traffic_shift import TrafficShift
+
+log = logging.getLogger("moorage.blue_green")
+
+ALARM_POLL_S = 0.5
+ALARM = "ALARM"
+KEEP_HISTORY = 200
+
+
+class RolledBack(Exception):
+    """The update ended with traffic back on blue; the message is the endpoint's FailureReason."""
+
+
+@dataclass
+class UpdateContext:
+    """What the update needs from the endpoint's owner (control/endpoints.py)."""
+
+    name: str
+    config_name: str
+    plan: DeploymentPlan
+    save: Callable[..., None]  # save(status, **body changes) on the endpoint's row
+    alarm_state: Callable[[str], str | None]
+    publish: Callable[[EndpointRoute | TrafficShift], EndpointRoute | TrafficShift | None]
+    retire: Callable[[EndpointRoute | TrafficShift], Awaitable[None]]
+    pending_variants: Callable[[EndpointSnapshot, str, str], list[dict[str, Any]]]
+    snapshot: Callable[[EndpointRoute], EndpointSnapshot]
+
+
+class BlueGreenUpdate:
+    def __init__(self, ctx: UpdateContext, blue: EndpointRoute):
+        self.ctx = ctx
+        self.blue = blue
+        self.started = time.time()
+        self.deadline = time.monotonic() + ctx.plan.max_execution_seconds
+        self.history: list[dict[str, Any]] = []
+        self.shift: TrafficShift | None = None
+
+    # What DescribeEndpoint and the history show -------------------------------------------------------
+    def record(self, phase: str, message: str, green: EndpointRoute | None = None, status: str | None = None,
+               variant_status: str | None = None, **changes: Any) -> None:
+        now = time.time()
+        share = self.shift.green_share if self.shift is not None else 0.0
+        self.history.append({"Time": now, "Phase": phase, "GreenShare": round(share, 4), "Message": message})
+        del self.history[:-KEEP_HISTORY]
+        log.info("update of endpoint %s: %s (green %.0f%%): %s", self.ctx.name, phase, share * 100, message)
+        summary = None
+        if green is not None and variant_status is not None:
+            summary = {"EndpointConfigName": self.ctx.config_name, "StartTime": self.started,
+                       "ProductionVariants": self.ctx.pending_variants(self.ctx.snapshot(green), variant_status,
+                                                                       message)}
+        update = {"EndpointConfigName": self.ctx.config_name, "StartTime": self.started, "Phase": phase,
+                  "GreenShare": share, "Alarms": list(self.ctx.plan.alarms), "History": list(self.history)}
+        if summary is not None:
+            changes["PendingDeploymentSummary"] = summary
+        self.ctx.save(status, UpdateHistory=update, **changes)
+
+    # Running ----------------------------------------------------------------------------------------
+    async def shift_traffic(self, green: EndpointRoute) -> None:
+        """Move traffic to ``green`` step by step; raises RolledBack (traffic on blue, green retired)."""
+        self.shift = TrafficShift(self.blue, green, 0.0)
+        self.ctx.publish(self.shift)
+        capacity = max(1, sum(v.pool.desired for v in green.variants.values()))
+        for step in self.ctx.plan.steps(capacity):
+            self.record("ActivatingTraffic", f"Shifting {step.share:.0%} of the traffic to the new fleet.", green,
+                        variant_status="ActivatingTraffic")
+            self.shift.green_share = step.share
+            await self._bake(green, step)
+
+    async def _bake(self, green: EndpointRoute, step: Step) -> None:
+        what = "final baking period" if step.final else "baking period"
+        self.record("Baking", f"Baking for {step.bake_seconds:g} seconds ({what}) with {step.share:.0%} of the "
+                    f"traffic on the new fleet.", green, variant_status="Baking")
+        until = time.monotonic() + step.bake_seconds
+        while True:
+            tripped = self._tripped()
+            if tripped:
+                await self.roll_back(green, f"alarm {tripped} went into ALARM during the {what} "
+                                            f"(new fleet at {step.share:.0%} of the traffic)")
+            if time.monotonic() > self.deadline:
+                await self.roll_back(green, f"MaximumExecutionTimeoutInSeconds "
+                                            f"({self.ctx.plan.max_execution_seconds:g} s) passed")
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(ALARM_POLL_S, left))
+
+    def _tripped(self) -> str | None:
+        for alarm in self.ctx.plan.alarms:
+            if self.ctx.alarm_state(alarm) == ALARM:
+                return alarm
+        return None
+
+    async def roll_back(self, green: EndpointRoute, why: str) -> None:
+        """All traffic back to blue, green drained and stopped; then RolledBack(why)."""
+        self.record("RollingBack", f"Rolling back: {why}.", green, status="RollingBack",
+                    variant_status="ActivatingTraffic")
+        if self.shift is not None:
+            self.shift.green_share = 0.0
+        self.ctx.publish(self.blue)
+        await self.ctx.retire(green)
+        raise RolledBack(f"Update rolled back: {why}.")
+
+    def finish(self, green: EndpointRoute) -> None:
+        """Green alone serves the endpoint (the caller then retires blue, once the status says so)."""
+        self.ctx.publish(green)

@@ -1,0 +1,280 @@
+"""Blue/green updates through boto3 under steady traffic: canary, linear, all at once with baking, a
+rollback on an alarm, a green fleet that cannot start; every steady request must succeed.
+
+The models answer which fleet they are ({"fleet": "blue"}), so the traffic split is what the
+callers saw, not what the server says it did.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from e2e_support import Deployer, MoorageServer, err_code, new_name, pack_model, variant, wait_until
+
+pytestmark = pytest.mark.e2e
+
+FLEET_MODEL = '''
+import json, os
+
+
+def model_fn(model_dir, context=None):
+    with open(os.path.join(model_dir, "fleet.txt")) as fh:
+        return fh.read().strip()
+
+
+def transform_fn(fleet, body, content_type, accept):
+    text = body.decode() if isinstance(body, bytes) else body
+    if "boom" in text and fleet.endswith("-fails-on-boom"):
+        raise RuntimeError("this fleet fails on boom")
+    return json.dumps({"fleet": fleet.split("-")[0]}), "application/json"
+'''
+BROKEN_MODEL = '''
+def model_fn(model_dir, context=None):
+    raise RuntimeError("the new model cannot load")
+'''
+ENV = {"MOORAGE_METRICS_PERIOD": "1"}
+
+
+class Traffic:
+    """One caller invoking the endpoint without pause; records which fleet answered, and failures."""
+
+    def __init__(self, srv: MoorageServer, endpoint: str) -> None:
+        self.rt = srv.rt()
+        self.endpoint = endpoint
+        self.answers: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                reply = self.rt.invoke_endpoint(EndpointName=self.endpoint, Body=b"1,2,3", ContentType="text/csv")
+                self.answers.append((time.time(), json.loads(reply["Body"].read())["fleet"]))
+            except Exception as exc:  # every steady request must succeed: keep what went wrong
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def fleets_between(self, start: float, end: float) -> Counter[str]:
+        return Counter(fleet for when, fleet in list(self.answers) if start <= when < end)
+
+
+@pytest.fixture
+def guarded(fresh_server: Callable[..., MoorageServer]) -> Iterator[MoorageServer]:
+    yield fresh_server(env=ENV)
+
+
+def _fleet_model(dep: Deployer, workdir: Path, fleet: str, source: str = FLEET_MODEL) -> str:
+    tarball = pack_model(workdir / fleet, None, inference_py=source, extra_files={"fleet.txt": fleet})
+    return dep.model(new_name(fleet.split("-")[0]), tarball.as_uri())
+
+
+def _blue_endpoint(dep: Deployer, workdir: Path, count: int = 1) -> str:
+    model = _fleet_model(dep, workdir, "blue")
+    config = dep.config(new_name("blue"), [variant("AllTraffic", model, count=count)])
+    endpoint = dep.endpoint(new_name("guarded"), config)
+    dep.wait_in_service(endpoint)
+    return endpoint
+
+
+def _green_config(dep: Deployer, workdir: Path, count: int, fleet: str = "green", source: str = FLEET_MODEL) -> str:
+    model = _fleet_model(dep, workdir, fleet, source)
+    return dep.config(new_name("green"), [variant("AllTraffic", model, count=count)])
+
+
+def _policy(routing: dict[str, Any], termination: int = 1, alarms: list[str] | None = None) -> dict[str, Any]:
+    routing = {"WaitIntervalInSeconds": 0, **routing}
+    config: dict[str, Any] = {"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing,
+                                                        "TerminationWaitInSeconds": termination,
+                                                        "MaximumExecutionTimeoutInSeconds": 600}}
+    if alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in alarms]}
+    return config
+
+
+def _history(srv: MoorageServer, endpoint: str) -> list[dict[str, Any]]:
+    return srv.native_endpoint(endpoint)["Update"]["History"]
+
+
+def _wait_done(dep: Deployer, endpoint: str, timeout: float = 180) -> dict[str, Any]:
+    return dep.wait_status(endpoint, {"InService", "Failed", "UpdateRollbackFailed"}, timeout=timeout)
+
+
+def test_canary_moves_a_share_then_everything_with_no_failed_request(guarded: MoorageServer, tmp_path: Path) -> None:
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    endpoint = _blue_endpoint(dep, tmp_path)
+    old_config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    green = _green_config(dep, tmp_path, count=2)
+    deployment = _policy({"Type": "CANARY", "CanarySize": {"Type": "INSTANCE_COUNT", "Value": 1},
+                          "WaitIntervalInSeconds": 4})
+    with Traffic(guarded, endpoint) as traffic:
+        wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=deployment)
+
+        def baking_canary() -> dict[str, Any] | None:
+            desc = sm.describe_endpoint(EndpointName=endpoint)
+            pending = desc.get("PendingDeploymentSummary") or {}
+            statuses = [s["Status"] for v in pending.get("ProductionVariants", []) for s in v["VariantStatus"]]
+            return desc if statuses == ["Baking"] else None
+
+        desc = wait_until(baking_canary, 120, interval=0.1, what="the canary's baking period")
+        # SageMaker's view mid-update: Updating, still the old config, the new one pending.
+        assert desc["EndpointStatus"] == "Updating" and desc["EndpointConfigName"] == old_config
+        assert desc["PendingDeploymentSummary"]["EndpointConfigName"] == green
+        assert desc["PendingDeploymentSummary"]["ProductionVariants"][0]["DesiredInstanceCount"] == 2
+        done = _wait_done(dep, endpoint)
+        finished = time.time()
+        wait_until(lambda: sum(traffic.fleets_between(finished, time.time() + 1).values()) >= 5, 30,
+                   what="requests after the update")
+    assert traffic.failures == []
+    assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == green
+    assert "FailureReason" not in done and "PendingDeploymentSummary" not in done
+    assert done["LastDeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "CANARY"
+
+    history = _history(guarded, endpoint)
+    steps = [(h["Phase"], h["GreenShare"]) for h in history]
+    assert steps == [("Creating", 0.0), ("ActivatingTraffic", 0.0), ("Baking", 0.5), ("ActivatingTraffic", 0.5),
+                     ("Baking", 1.0), ("Completed", 1.0)]
+    canary_start = next(h["Time"] for h in history if h["Phase"] == "Baking")
+    canary_end = next(h["Time"] for h in history[3:] if h["Phase"] == "ActivatingTraffic")
+    during = traffic.fleets_between(canary_start, canary_end)
+    assert during["blue"] > 0 and during["green"] > 0, during  # both fleets served the canary period
+    assert set(traffic.fleets_between(finished, time.time() + 1)) == {"green"}
+    assert set(traffic.fleets_between(0, history[0]["Time"])) == {"blue"}
+    dep.cleanup()
+
+
+def test_linear_steps_follow_capacity(guarded: MoorageServer, tmp_path: Path) -> None:
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    endpoint = _blue_endpoint(dep, tmp_path)
+    green = _green_config(dep, tmp_path, count=4)
+    deployment = _policy({"Type": "LINEAR", "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25},
+                          "WaitIntervalInSeconds": 1}, termination=0)
+    with Traffic(guarded, endpoint) as traffic:
+        wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=deployment)
+        done = _wait_done(dep, endpoint, timeout=240)
+    assert traffic.failures == []
+    assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == green
+    bakes = [h["GreenShare"] for h in _history(guarded, endpoint) if h["Phase"] == "Baking"]
+    assert bakes == [0.25, 0.5, 0.75, 1.0]  # 25% of 4 instances: one more instance's share each step
+    assert done["ProductionVariants"][0]["CurrentInstanceCount"] == 4
+    dep.cleanup()
+
+
+def test_alarm_during_baking_rolls_everything_back(guarded: MoorageServer, tmp_path: Path) -> None:
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    endpoint = _blue_endpoint(dep, tmp_path)
+    old_config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    green = _green_config(dep, tmp_path, count=1, fleet="green-fails-on-boom")
+    alarm = new_name("errors")
+    doc = {"Namespace": "AWS/SageMaker", "MetricName": "Invocation5XXErrors", "Statistic": "Sum", "Period": 1,
+           "Dimensions": [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
+           "EvaluationPeriods": 1, "Threshold": 0, "ComparisonOperator": "GreaterThanThreshold",
+           "TreatMissingData": "notBreaching"}
+    status, _, body = guarded.signed_request("PUT", f"/moorage/v1/alarms/{alarm}", json.dumps(doc).encode())
+    assert status == 200, body
+    deployment = _policy({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 120}, alarms=[alarm])
+    rt = guarded.rt()
+    with Traffic(guarded, endpoint) as traffic:
+        wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=deployment)
+        wait_until(lambda: _history(guarded, endpoint)[-1]["Phase"] == "Baking", 120, interval=0.1,
+                   what="the green fleet to bake")
+
+        def poke() -> bool:
+            # A request the green fleet fails (the steady traffic never does): Invocation5XXErrors > 0.
+            try:
+                rt.invoke_endpoint(EndpointName=endpoint, Body=b"boom", ContentType="text/csv")
+            except ClientError as exc:
+                assert err_code(exc) == "ModelError"
+            return sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] != "Updating"
+
+        wait_until(poke, 60, interval=0.3, what="the alarm to roll the update back")
+        done = _wait_done(dep, endpoint)
+        rolled_back = time.time()
+        wait_until(lambda: sum(traffic.fleets_between(rolled_back, time.time() + 1).values()) >= 5, 30,
+                   what="requests after the rollback")
+    assert traffic.failures == []
+    assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == old_config
+    assert alarm in done["FailureReason"] and "rolled back" in done["FailureReason"]
+    assert "PendingDeploymentSummary" not in done
+    phases = [h["Phase"] for h in _history(guarded, endpoint)]
+    assert phases[-2:] == ["RollingBack", "RolledBack"]
+    assert set(traffic.fleets_between(rolled_back, time.time() + 1)) == {"blue"}
+    assert traffic.fleets_between(0, rolled_back)["green"] > 0  # green did serve before the alarm
+    dep.cleanup()
+
+
+def test_a_green_fleet_that_cannot_start_leaves_blue_serving(guarded: MoorageServer, tmp_path: Path) -> None:
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    endpoint = _blue_endpoint(dep, tmp_path)
+    old_config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    broken = _green_config(dep, tmp_path, count=1, fleet="broken", source=BROKEN_MODEL)
+    deployment = _policy({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 1})
+    with Traffic(guarded, endpoint) as traffic:
+        wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=broken, DeploymentConfig=deployment)
+        wait_until(lambda: sm.describe_endpoint(EndpointName=endpoint).get("FailureReason"), 120, interval=0.2,
+                   what="the update to fail")
+        done = _wait_done(dep, endpoint)
+    assert traffic.failures == [] and set(fleet for _, fleet in traffic.answers) == {"blue"}
+    assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == old_config
+    assert "cannot load" in done["FailureReason"]
+
+    # The next successful update clears the reason.
+    green = _green_config(dep, tmp_path, count=1)
+    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green)
+    wait_until(lambda: sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"] == green, 120,
+               interval=0.2, what="the second update")
+    assert "FailureReason" not in _wait_done(dep, endpoint)
+    dep.cleanup()
+
+
+def test_bad_deployment_configs_change_nothing(guarded: MoorageServer, tmp_path: Path) -> None:
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    endpoint = _blue_endpoint(dep, tmp_path)
+    green = _green_config(dep, tmp_path, count=2)
+    before = sm.describe_endpoint(EndpointName=endpoint)
+    bad = {
+        "CanarySize": _policy({"Type": "CANARY", "CanarySize": {"Type": "INSTANCE_COUNT", "Value": 2}}),
+        "LinearStepSize": _policy({"Type": "LINEAR", "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 75}}),
+        "does not exist": _policy({"Type": "ALL_AT_ONCE"}, alarms=["no-such-alarm"]),
+        "CanarySize is required": _policy({"Type": "CANARY"}),
+    }
+    for words, deployment in bad.items():
+        with pytest.raises(ClientError) as caught:
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=deployment)
+        assert err_code(caught.value) == "ValidationException" and words in str(caught.value), words
+    after = sm.describe_endpoint(EndpointName=endpoint)
+    assert (after["EndpointStatus"], after["EndpointConfigName"]) == ("InService", before["EndpointConfigName"])
+
+    # One update at a time, as SageMaker refuses a second while the first is in flight.
+    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green,
+                       DeploymentConfig=_policy({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 5}))
+    with pytest.raises(ClientError) as caught:
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green)
+    assert err_code(caught.value) == "ValidationException"
+    assert _wait_done(dep, endpoint)["EndpointConfigName"] == green
+    dep.cleanup()
