@@ -278,3 +278,45 @@ def test_bad_deployment_configs_change_nothing(guarded: MoorageServer, tmp_path:
     assert err_code(caught.value) == "ValidationException"
     assert _wait_done(dep, endpoint)["EndpointConfigName"] == green
     dep.cleanup()
+
+
+def test_a_restart_mid_update_comes_back_on_the_old_config_and_a_finished_one_on_the_new(
+        guarded: MoorageServer, tmp_path: Path) -> None:
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    endpoint = _blue_endpoint(dep, tmp_path)
+    old_config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    green = _green_config(dep, tmp_path, count=2)
+    canary = _policy({"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 50},
+                      "WaitIntervalInSeconds": 600})
+    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=canary)
+    wait_until(lambda: _history(guarded, endpoint)[-1]["Phase"] == "Baking", 120, interval=0.1,
+               what="the canary to bake")
+
+    guarded.stop(timeout=30)  # mid-update: the row still names the old config
+    guarded.start(timeout=90)
+    sm = guarded.sm()
+    done = _wait_done(Deployer(guarded, sm), endpoint)
+    assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == old_config
+    assert "server stopped" in done["FailureReason"] and "PendingDeploymentSummary" not in done
+    rt = guarded.rt()
+    wait_until(lambda: json.loads(rt.invoke_endpoint(EndpointName=endpoint, Body=b"1", ContentType="text/csv")
+                                  ["Body"].read())["fleet"] == "blue", 60, what="blue to serve again")
+
+    # The same update, finished this time; the new config and its deployment config survive a restart.
+    quick = _policy({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}, termination=0)
+    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=quick)
+    wait_until(lambda: sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"] == green, 120,
+               interval=0.2, what="the update")
+    guarded.stop(timeout=30)
+    guarded.start(timeout=90)
+    sm = guarded.sm()
+    done = _wait_done(Deployer(guarded, sm), endpoint)
+    assert done["EndpointConfigName"] == green and "FailureReason" not in done
+    assert done["LastDeploymentConfig"] == quick
+    rt = guarded.rt()
+    wait_until(lambda: json.loads(rt.invoke_endpoint(EndpointName=endpoint, Body=b"1", ContentType="text/csv")
+                                  ["Body"].read())["fleet"] == "green", 60, what="green to serve after the restart")
+    wait_until(lambda: sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"][0]["CurrentInstanceCount"]
+               == 2, 60, what="both green instances back")
+    Deployer(guarded, sm).cleanup()
