@@ -8,6 +8,9 @@ callers saw, not what the server says it did.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -158,6 +161,15 @@ def test_canary_moves_a_share_then_everything_with_no_failed_request(guarded: Mo
     assert during["blue"] > 0 and during["green"] > 0, during  # both fleets served the canary period
     assert set(traffic.fleets_between(finished, time.time() + 1)) == {"green"}
     assert set(traffic.fleets_between(0, history[0]["Time"])) == {"blue"}
+
+    # The command line shows the same story.
+    env = {k: v for k, v in os.environ.items() if k not in ("MOORAGE_HOME", "AWS_PROFILE")}
+    shown = subprocess.run([sys.executable, "-m", "moorage", "rollout", "status", endpoint, "--home",
+                            str(guarded.home)], capture_output=True, timeout=120, env=env)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout.decode()
+    assert f"update to {green}: Completed, new fleet at 100% of the traffic" in out
+    assert all(phase in out for phase in ("Creating", "ActivatingTraffic", "Baking", "Completed"))
     dep.cleanup()
 
 
