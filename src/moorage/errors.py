@@ -82,3 +82,34 @@ class ResourceInUse(ApiError):
 class ScalingResourceNotFound(ApiError):
     code = "ResourceNotFoundException"
     status = 400
+
+
+# CloudWatch's own codes, from its query-protocol days (botocore's model maps each to its shape).
+class InvalidParameterValue(ApiError):
+    code = "InvalidParameterValue"
+    status = 400
+
+
+class InvalidParameterCombination(ApiError):
+    code = "InvalidParameterCombination"
+    status = 400
+
+
+class MissingParameter(ApiError):
+    code = "MissingParameter"
+    status = 400
+
+
+class InvalidNextToken(ApiError):
+    code = "InvalidNextToken"
+    status = 400
+
+
+class InvalidFormat(ApiError):
+    code = "InvalidFormat"
+    status = 400
+
+
+class LimitExceeded(ApiError):
+    code = "LimitExceeded"
+    status = 400

@@ -15,6 +15,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+JSON_10 = b"application/x-amz-json-1.0"
 JSON_11 = b"application/x-amz-json-1.1"
 JSON = b"application/json"
 
@@ -29,12 +30,15 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
 
 
 async def respond_error(send: Send, code: str, message: str, status: int, content_type: bytes = JSON_11,
-                        fields: dict[str, Any] | None = None) -> None:
+                        fields: dict[str, Any] | None = None,
+                        extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     payload: dict[str, Any] = {"__type": code, "message": message}
     if fields:
         payload.update(fields)
     headers = [(b"content-type", content_type), (b"x-amzn-errortype", code.encode()),
                (b"x-amzn-requestid", request_id())]
+    if extra_headers:
+        headers += extra_headers
     await respond(send, status, orjson.dumps(payload), headers)
 
 

@@ -1,8 +1,15 @@
-"""The SageMaker control-plane front door (AWS JSON 1.1 protocol, ``X-Amz-Target: SageMaker.Op``).
+"""The SageMaker control-plane front door (AWS JSON 1.1 protocol, ``X-Amz-Target: SageMaker.Op``), and
+the other AWS JSON services on the same port (Application Auto Scaling; CloudWatch in JSON 1.0).
 
 The API is data: botocore's service model names the operations, validates the requests and shapes
 the replies. This module only authenticates, looks up ``SageMaker.CreateModel`` -> a handler method
 named ``create_model`` on one of the control-plane objects, and renders results or errors.
+``JsonProtocolService.dispatch`` (validate, call the handler) is protocol-neutral: the query-protocol
+door (``api/query_protocol.py``) decodes its form and calls the same services.
+
+A service whose model says ``awsQueryCompatible`` (CloudWatch) renders errors as AWS does for it:
+``__type`` is the error's shape name and ``x-amzn-query-error: Code;Sender`` carries the query code,
+which botocore reports as the error code (``InvalidParameterValue``, not ``...Exception``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from botocore import xform_name
 from starlette.requests import ClientDisconnect
 
 from moorage.api.responses import (
+    JSON_10,
     JSON_11,
     BodyTooLarge,
     Receive,
@@ -63,6 +71,9 @@ class JsonProtocolService:
         self.shapes = ServiceShapes(service_name, unchecked_patterns=storage_url_shapes(service_name),
                                     extra_enum_values=EXTRA_ENUM_VALUES.get(service_name))
         self.target_prefix = target_prefix
+        metadata = self.shapes.service_model.metadata
+        self.content_type = JSON_10 if metadata.get("jsonVersion") == "1.0" else JSON_11
+        self.query_compatible = "awsQueryCompatible" in metadata
         self.handlers: dict[str, Any] = {}
         for operation in self.shapes.service_model.operation_names:
             method = xform_name(operation)
@@ -71,24 +82,45 @@ class JsonProtocolService:
                     self.handlers[operation] = getattr(obj, method)
                     break
 
-    async def call(self, operation: str, body: bytes) -> bytes:
+    def handler_for(self, operation: str) -> Any:
         if self.shapes.operation(operation) is None:
             raise UnknownOperation(f"Unknown operation {self.target_prefix}.{operation}")
         handler = self.handlers.get(operation)
         if handler is None:
             raise NotImplementedOperation(f"moorage does not implement {self.target_prefix}.{operation} yet.")
+        return handler
+
+    async def call(self, operation: str, body: bytes) -> bytes:
+        self.handler_for(operation)
         try:
             params = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as exc:
             raise SerializationException(f"Request body is not valid JSON: {exc}") from exc
         if not isinstance(params, dict):
             raise SerializationException("Request body must be a JSON object.")
+        result = await self.dispatch(operation, params)
+        return orjson.dumps(self.shapes.shape_output(operation, result))
+
+    async def dispatch(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Validate decoded parameters against the input shape and run the handler (any protocol)."""
+        handler = self.handler_for(operation)
         try:
             self.shapes.validate_input(operation, params)
         except RequestValidationError as exc:
             raise ValidationException(exc.message if hasattr(exc, "message") else str(exc)) from exc
         result = await handler(params)
-        return orjson.dumps(self.shapes.shape_output(operation, result or {}))
+        return result or {}
+
+    async def respond_error(self, send: Send, exc: ApiError) -> None:
+        if not self.query_compatible:
+            await respond_error(send, exc.code, exc.message, exc.status, self.content_type, exc.fields)
+            return
+        modelled = self.shapes.error_shape(exc.code)
+        name, code = (modelled.name, modelled.code) if modelled else (exc.code, exc.code)
+        status = modelled.status if modelled else exc.status
+        fault = "Sender" if (modelled.sender_fault if modelled else exc.status < 500) else "Receiver"
+        await respond_error(send, name, exc.message, status, self.content_type, exc.fields,
+                            [(b"x-amzn-query-error", f"{code};{fault}".encode())])
 
 
 class JsonFrontDoor:
@@ -126,10 +158,11 @@ class JsonFrontDoor:
         try:
             payload = await service.call(operation, body)
         except ApiError as exc:
-            await respond_error(send, exc.code, exc.message, exc.status, JSON_11, exc.fields)
+            await service.respond_error(send, exc)
             return
         except Exception as exc:
             log.exception("%s.%s failed", prefix, operation)
             await respond_error(send, "InternalFailure", f"Internal error: {type(exc).__name__}: {exc}", 500)
             return
-        await respond(send, 200, payload, [(b"content-type", JSON_11), (b"x-amzn-requestid", request_id())])
+        await respond(send, 200, payload, [(b"content-type", service.content_type),
+                                           (b"x-amzn-requestid", request_id())])

@@ -20,13 +20,14 @@ import binascii
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import botocore.model
 from botocore.loaders import Loader
 
-__all__ = ["RequestValidationError", "ServiceShapes", "compile_java_pattern"]
+__all__ = ["ErrorShape", "RequestValidationError", "ServiceShapes", "compile_java_pattern"]
 
 _Converter = Callable[[Any], Any]
 
@@ -114,6 +115,17 @@ def _translate_java(pattern: str) -> str:
         out.append(char)
         i += 1
     return "".join(out)
+
+
+@dataclass(frozen=True)
+class ErrorShape:
+    """One modelled error: its shape name (``__type`` in JSON), the code a query-protocol client
+    sees (the model's ``error.code``), the HTTP status, and whose fault it is."""
+
+    name: str
+    code: str
+    status: int
+    sender_fault: bool
 
 
 # -- compiled shapes -----------------------------------------------------------------------------
@@ -284,6 +296,7 @@ class ServiceShapes:
         self._nodes: dict[str, _Node] = {}
         self._inputs: dict[str, _Node | None] = {}
         self._outputs: dict[str, _Converter | None] = {}
+        self._errors: dict[str, ErrorShape] | None = None
 
     @classmethod
     def shared_loader(cls) -> Loader:
@@ -298,6 +311,23 @@ class ServiceShapes:
             return self.service_model.operation_model(name)
         except botocore.model.OperationNotFoundError:
             return None
+
+    def error_shape(self, code: str) -> ErrorShape | None:
+        """The modelled error a moorage error code stands for: by shape name first (``ValidationException``),
+        then by the model's error code (``InvalidParameterValue`` -> ``InvalidParameterValueException``)."""
+        if self._errors is None:
+            by_name: dict[str, ErrorShape] = {}
+            by_code: dict[str, ErrorShape] = {}
+            for name, spec in self._description.get("shapes", {}).items():
+                if not spec.get("exception"):
+                    continue
+                error = spec.get("error") or {}
+                shape = ErrorShape(name, error.get("code", name), int(error.get("httpStatusCode", 400)),
+                                   bool(error.get("senderFault", int(error.get("httpStatusCode", 400)) < 500)))
+                by_name[name] = shape
+                by_code.setdefault(shape.code, shape)
+            self._errors = {**by_code, **by_name}
+        return self._errors.get(code)
 
     def _require(self, name: str) -> botocore.model.OperationModel:
         op = self.operation(name)
