@@ -332,3 +332,76 @@ def test_a_restart_mid_update_comes_back_on_the_old_config_and_a_finished_one_on
     wait_until(lambda: sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"][0]["CurrentInstanceCount"]
                == 2, 60, what="both green instances back")
     Deployer(guarded, sm).cleanup()
+
+
+def _error_alarm(srv: MoorageServer, endpoint: str) -> str:
+    alarm = new_name("errors")
+    doc = {"Namespace": "AWS/SageMaker", "MetricName": "Invocation5XXErrors", "Statistic": "Sum", "Period": 1,
+           "Dimensions": [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
+           "EvaluationPeriods": 1, "Threshold": 0, "ComparisonOperator": "GreaterThanThreshold",
+           "TreatMissingData": "notBreaching"}
+    status, _, body = srv.signed_request("PUT", f"/moorage/v1/alarms/{alarm}", json.dumps(doc).encode())
+    assert status == 200, body
+    return alarm
+
+
+def _rolling(batch: int, wait: int, alarms: list[str] | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"RollingUpdatePolicy": {
+        "MaximumBatchSize": {"Type": "INSTANCE_COUNT", "Value": batch}, "WaitIntervalInSeconds": wait,
+        "MaximumExecutionTimeoutInSeconds": 600}}
+    if alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in alarms]}
+    return config
+
+
+def test_rolling_update_replaces_the_fleet_batch_by_batch(guarded: MoorageServer, tmp_path: Path) -> None:
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    endpoint = _blue_endpoint(dep, tmp_path, count=2)
+    green = _green_config(dep, tmp_path, count=2)
+    with Traffic(guarded, endpoint) as traffic:
+        wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=_rolling(1, 1))
+        done = _wait_done(dep, endpoint, timeout=240)
+    assert traffic.failures == []
+    assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == green
+    history = _history(guarded, endpoint)
+    assert [h["Phase"] for h in history] == ["Creating", "Creating", "ActivatingTraffic", "Baking", "Creating",
+                                             "ActivatingTraffic", "Baking", "Completed"]
+    assert [h["GreenShare"] for h in history if h["Phase"] == "Baking"] == [0.5, 1.0]  # one of two, then both
+    assert "RollingUpdatePolicy" in done["LastDeploymentConfig"]
+    dep.cleanup()
+
+
+def test_rolling_update_rolled_back_by_an_alarm_gets_its_old_capacity_back(guarded: MoorageServer,
+                                                                            tmp_path: Path) -> None:
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    endpoint = _blue_endpoint(dep, tmp_path, count=2)
+    old_config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    green = _green_config(dep, tmp_path, count=2, fleet="green-fails-on-boom")
+    alarm = _error_alarm(guarded, endpoint)
+    rt = guarded.rt()
+    with Traffic(guarded, endpoint) as traffic:
+        wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green,
+                           DeploymentConfig=_rolling(1, 120, alarms=[alarm]))
+        wait_until(lambda: _history(guarded, endpoint)[-1]["Phase"] == "Baking", 120, interval=0.1,
+                   what="the first batch to bake")
+
+        def poke() -> bool:
+            try:  # half the traffic is on the new batch now: some of these reach it and fail
+                rt.invoke_endpoint(EndpointName=endpoint, Body=b"boom", ContentType="text/csv")
+            except ClientError as exc:
+                assert err_code(exc) == "ModelError"
+            return sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] != "Updating"
+
+        wait_until(poke, 60, interval=0.2, what="the alarm to roll the update back")
+        done = _wait_done(dep, endpoint)
+    assert traffic.failures == []
+    assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == old_config
+    assert alarm in done["FailureReason"]
+    wait_until(lambda: sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"][0]["CurrentInstanceCount"]
+               == 2, 60, what="blue back at two instances")
+    assert len(guarded.instances(endpoint)) == 2
+    dep.cleanup()

@@ -9,6 +9,10 @@ after success, on the old one with a ``FailureReason`` after a rollback (the nex
 clears it). Every phase is also kept as the update's history (``UpdateHistory``), for
 ``moorage rollout status``.
 
+A rolling update (``roll``) is the same pair of fleets grown and shrunk in batches: green gains a
+batch of instances, traffic follows capacity, blue loses as many, and the batch bakes; a rollback
+first brings blue back to its size, then moves the traffic back.
+
 Traffic moves through a ``TrafficShift`` in the route table (``serving/traffic_shift.py``): blue and
 green both serve during the update, and the last step hands the endpoint to green alone. A restart
 in the middle leaves the endpoint on its old config (the row still names it), as a rollback would.
@@ -62,6 +66,7 @@ class BlueGreenUpdate:
         self.deadline = time.monotonic() + ctx.plan.max_execution_seconds
         self.history: list[dict[str, Any]] = []
         self.shift: TrafficShift | None = None
+        self.blue_counts: dict[str, int] | None = None  # a rolling update's blue sizes, to restore on rollback
 
     # What DescribeEndpoint and the history show -------------------------------------------------------
     def record(self, phase: str, message: str, green: EndpointRoute | None = None, status: str | None = None,
@@ -118,10 +123,46 @@ class BlueGreenUpdate:
                 return alarm
         return None
 
+    async def roll(self, green: EndpointRoute, goals: dict[str, int]) -> None:
+        """A rolling update: green (started empty) grows to ``goals`` a batch at a time while blue shrinks."""
+        plan = self.ctx.plan
+        assert plan.rolling_batch is not None
+        self.shift = TrafficShift(self.blue, green, 0.0)
+        self.ctx.publish(self.shift)
+        self.blue_counts = {v.name: v.pool.desired for v in self.blue.variants.values()}
+        total = sum(goals.values())
+        batch = plan.rolling_batch.instances(total)
+        while (active := _size(green)) < total:
+            count = min(batch, total - active)
+            self.record("Creating", f"Provisioning {count} instance(s) of the new fleet ({active} of {total} "
+                        f"in service).", green, variant_status="Creating")
+            try:
+                await _resize(green, _grown(_counts(green), goals, count))
+            except Exception as exc:  # an instance that cannot start ends the update
+                await self.roll_back(green, f"new instances could not start: {exc}")
+            # Traffic moves first, to what the fleets will be once the old batch is gone, so no request
+            # is sent to an instance that is about to drain.
+            remaining_blue = _shrunk(_counts(self.blue), count)
+            self.shift.green_share = _size(green) / (_size(green) + sum(remaining_blue.values()))
+            self.record("ActivatingTraffic", f"Traffic on {_size(green)} new instance(s); stopping {count} old "
+                        f"one(s).", green, variant_status="ActivatingTraffic")
+            await _resize(self.blue, remaining_blue)
+            await self._bake(green, Step(self.shift.green_share, plan.wait_seconds, final=_size(green) >= total))
+
     async def roll_back(self, green: EndpointRoute, why: str) -> None:
         """All traffic back to blue, green drained and stopped; then RolledBack(why)."""
         self.record("RollingBack", f"Rolling back: {why}.", green, status="RollingBack",
                     variant_status="ActivatingTraffic")
+        if self.blue_counts is not None:
+            # A rolling update stopped part of blue: bring it back (in batches) before traffic returns.
+            plan = self.ctx.plan
+            total = sum(self.blue_counts.values())
+            batch = plan.rollback_batch.instances(total) if plan.rollback_batch is not None else total
+            while (missing := total - _size(self.blue)) > 0:
+                await _resize(self.blue, _grown(_counts(self.blue), self.blue_counts, min(batch, missing)))
+                if self.shift is not None:  # traffic follows the capacity that is back
+                    self.shift.green_share = min(self.shift.green_share,
+                                                 _size(green) / (_size(green) + _size(self.blue)))
         if self.shift is not None:
             self.shift.green_share = 0.0
         self.ctx.publish(self.blue)
@@ -131,3 +172,39 @@ class BlueGreenUpdate:
     def finish(self, green: EndpointRoute) -> None:
         """Green alone serves the endpoint (the caller then retires blue, once the status says so)."""
         self.ctx.publish(green)
+
+
+# Sizing a fleet in a rolling update -----------------------------------------------------------------
+def _counts(fleet: EndpointRoute) -> dict[str, int]:
+    return {v.name: v.pool.desired for v in fleet.variants.values()}
+
+
+def _size(fleet: EndpointRoute) -> int:
+    return sum(_counts(fleet).values())
+
+
+def _grown(counts: dict[str, int], goals: dict[str, int], count: int) -> dict[str, int]:
+    """``count`` more instances, each to the variant furthest below its goal."""
+    out = dict(counts)
+    for _ in range(count):
+        name = max(goals, key=lambda n: goals[n] - out.get(n, 0))
+        if goals[name] - out.get(name, 0) <= 0:
+            break
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+def _shrunk(counts: dict[str, int], count: int) -> dict[str, int]:
+    """``count`` fewer instances, each from the variant that has the most."""
+    out = dict(counts)
+    for _ in range(count):
+        name = max(out, key=lambda n: out[n])
+        if out[name] == 0:
+            break
+        out[name] -= 1
+    return out
+
+
+async def _resize(fleet: EndpointRoute, counts: dict[str, int]) -> None:
+    await asyncio.gather(*(fleet.variants[name].pool.scale_to(count) for name, count in counts.items()
+                           if fleet.variants[name].pool.desired != count))

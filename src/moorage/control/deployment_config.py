@@ -7,9 +7,14 @@ each followed by a baking period while the named alarms watch; after the last st
 (``TerminationWaitInSeconds``) before blue is stopped. An update with no DeploymentConfig is the
 ALL_AT_ONCE case with no baking: the same machinery, not a second one.
 
+``RollingUpdatePolicy`` instead replaces the fleet batch by batch: each step provisions a batch of
+new instances, turns traffic on for them, stops as many old ones and bakes; a rollback brings the
+old capacity back (``RollbackMaximumBatchSize`` at a time, by default all at once) before traffic
+returns to it. Capacity never drops below the old fleet's.
+
 Limits are SageMaker's documented ones: a canary at most 50% of the green fleet, a linear step
-between 10% and 50% of it; what botocore's model already bounds (wait intervals, timeouts) is
-checked there before a handler runs.
+between 10% and 50% of it, a rolling batch between 5% and 50%; what botocore's model already bounds
+(wait intervals, timeouts) is checked there before a handler runs.
 """
 
 from __future__ import annotations
@@ -68,15 +73,34 @@ class DeploymentPlan:
     max_execution_seconds: float
     alarms: tuple[str, ...]
     document: dict[str, Any] | None  # the DeploymentConfig as given: LastDeploymentConfig after success
+    rolling_batch: CapacitySize | None = None  # RollingUpdatePolicy.MaximumBatchSize: a rolling update
+    rollback_batch: CapacitySize | None = None  # RollingUpdatePolicy.RollbackMaximumBatchSize
 
     @classmethod
     def parse(cls, doc: dict[str, Any] | None) -> DeploymentPlan:
         """A DeploymentConfig (or None: all at once, no baking); ValidationException names the field."""
         if not doc:
             return cls(ALL_AT_ONCE, 0.0, None, None, 0.0, DEFAULT_MAX_EXECUTION_S, (), None)
-        if doc.get("RollingUpdatePolicy") is not None:
-            raise ValidationException(
-                "DeploymentConfig.RollingUpdatePolicy is not supported by this server yet; use BlueGreenUpdatePolicy.")
+        alarms = []
+        for item in ((doc.get("AutoRollbackConfiguration") or {}).get("Alarms") or []):
+            name = item.get("AlarmName") if isinstance(item, dict) else None
+            if not name:
+                raise ValidationException("DeploymentConfig.AutoRollbackConfiguration.Alarms[].AlarmName is required.")
+            alarms.append(str(name))
+        rolling = doc.get("RollingUpdatePolicy")
+        if rolling is not None:
+            if doc.get("BlueGreenUpdatePolicy") is not None:
+                raise ValidationException(
+                    "DeploymentConfig: give BlueGreenUpdatePolicy or RollingUpdatePolicy, not both.")
+            where = "DeploymentConfig.RollingUpdatePolicy"
+            if not isinstance(rolling, dict) or rolling.get("MaximumBatchSize") is None:
+                raise ValidationException(f"{where}.MaximumBatchSize is required.")
+            batch = CapacitySize.parse(rolling["MaximumBatchSize"], f"{where}.MaximumBatchSize")
+            rollback = (CapacitySize.parse(rolling["RollbackMaximumBatchSize"], f"{where}.RollbackMaximumBatchSize")
+                        if rolling.get("RollbackMaximumBatchSize") is not None else None)
+            return cls("ROLLING", float(rolling.get("WaitIntervalInSeconds") or 0), None, None, 0.0,
+                       float(rolling.get("MaximumExecutionTimeoutInSeconds") or DEFAULT_MAX_EXECUTION_S),
+                       tuple(alarms), doc, batch, rollback)
         policy = doc.get("BlueGreenUpdatePolicy")
         if not isinstance(policy, dict):
             raise ValidationException("DeploymentConfig.BlueGreenUpdatePolicy is required.")
@@ -97,19 +121,21 @@ class DeploymentPlan:
             linear = CapacitySize.parse(routing["LinearStepSize"], f"{where}.LinearStepSize")
         elif kind != ALL_AT_ONCE:
             raise ValidationException(f"{where}.Type must be ALL_AT_ONCE, CANARY or LINEAR.")
-        alarms = []
-        for item in ((doc.get("AutoRollbackConfiguration") or {}).get("Alarms") or []):
-            name = item.get("AlarmName") if isinstance(item, dict) else None
-            if not name:
-                raise ValidationException("DeploymentConfig.AutoRollbackConfiguration.Alarms[].AlarmName is required.")
-            alarms.append(str(name))
         return cls(kind, float(routing.get("WaitIntervalInSeconds") or 0), canary, linear,
                    float(policy.get("TerminationWaitInSeconds") or 0),
                    float(policy.get("MaximumExecutionTimeoutInSeconds") or DEFAULT_MAX_EXECUTION_S),
                    tuple(alarms), doc)
 
     def check_capacity(self, capacity: int) -> None:
-        """SageMaker's bounds on the canary and the linear step, against the green fleet's size."""
+        """SageMaker's bounds on the canary, the linear step and the rolling batch, against the new fleet's size."""
+        if self.rolling_batch is not None:
+            batch = self.rolling_batch.instances(capacity)
+            percent = self.rolling_batch.value if self.rolling_batch.type == CAPACITY_PERCENT else None
+            if batch * 2 > capacity or batch * 20 < capacity or (percent is not None and not 5 <= percent <= 50):
+                raise ValidationException(
+                    f"DeploymentConfig.RollingUpdatePolicy.MaximumBatchSize ({self.rolling_batch.value} "
+                    f"{self.rolling_batch.type}) must be between 5% and 50% of the variant's capacity "
+                    f"({capacity} instance(s)).")
         where = "DeploymentConfig.BlueGreenUpdatePolicy.TrafficRoutingConfiguration"
         if self.canary is not None and (self.canary.instances(capacity) * 2 > capacity
                                         or (self.canary.type == CAPACITY_PERCENT and self.canary.value > 50)):

@@ -297,7 +297,8 @@ class Endpoints:
             plans = await self._plans(config, desired)
             green = self._build(name, plans, capture)
             update.record("Creating", "Creating the new fleet.", green, variant_status="Creating")
-            await self.ctx.routes.start(green, {p.name: p.instance_count for p in plans})
+            # A rolling update starts green empty and grows it a batch at a time.
+            await self.ctx.routes.start(green, {p.name: 0 if plan.rolling_batch else p.instance_count for p in plans})
         except (DeployError, ValidationException) as exc:
             reason = exc.reason if isinstance(exc, DeployError) else exc.message
             variant = f"variant {exc.variant}: " if isinstance(exc, DeployError) else ""
@@ -311,7 +312,10 @@ class Endpoints:
                 await self.ctx.routes.retire(green)
             raise
         try:
-            await update.shift_traffic(green)
+            if plan.rolling_batch is not None:
+                await update.roll(green, {p.name: p.instance_count for p in plans})
+            else:
+                await update.shift_traffic(green)
         except RolledBack as exc:
             update.record("RolledBack", str(exc))
             self._save(name, IN_SERVICE, FailureReason=str(exc), PendingEndpointConfigName=None,

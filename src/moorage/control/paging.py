@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from moorage.control.times import epoch
-from moorage.errors import ValidationException
+from moorage.errors import ApiError, ValidationException
 from moorage.store.metadata import ListQuery, Resource
 
 _SORT_COLUMNS = {"Name": "name", "CreationTime": "created_at", "Status": "status"}
@@ -47,3 +47,21 @@ def page(rows: list[Resource], query: ListQuery) -> tuple[list[Resource], str | 
         return rows, None
     token = base64.urlsafe_b64encode(orjson.dumps({"offset": query.offset + size})).decode()
     return rows[:size], token
+
+
+def offset_token(offset: int) -> str:
+    """A NextToken for the item at ``offset`` of a listing (CloudWatch's lists page this way)."""
+    return base64.urlsafe_b64encode(orjson.dumps({"offset": offset})).decode()
+
+
+def token_offset(token: str | None, error: type[ApiError] = ValidationException) -> int:
+    """The offset a NextToken from ``offset_token`` stands for (0 for none); ``error`` for a token not issued here."""
+    if not token:
+        return 0
+    try:
+        offset = int(orjson.loads(base64.urlsafe_b64decode(token.encode()))["offset"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise error("Invalid NextToken: not one this server issued.") from exc
+    if offset < 0:
+        raise error("Invalid NextToken: not one this server issued.")
+    return offset
