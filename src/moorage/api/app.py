@@ -1,6 +1,7 @@
 """The ``moorage serve`` ASGI application: every front door on one port, wired explicitly.
 
-``POST /`` -> AWS JSON protocol services by X-Amz-Target (SageMaker.*);
+``POST /`` -> AWS JSON protocol services by X-Amz-Target (SageMaker.*, CloudWatch in JSON 1.0), or, with a
+form body, the query protocol (CloudWatch for older botocore);
 ``/endpoints/{name}/invocations`` -> the runtime; ``/healthz`` -> liveness; ``/moorage/v1/...`` ->
 the native REST API. The runtime path is matched first and by prefix: it is the hot one.
 """
@@ -15,6 +16,7 @@ import orjson
 
 from moorage.api.monitoring_routes import monitoring_routes
 from moorage.api.native import build_native_app
+from moorage.api.query_protocol import QueryFrontDoor, is_query_request
 from moorage.api.responses import JSON, Receive, Scope, Send, respond, respond_error
 from moorage.api.runtime import RuntimeFrontDoor
 from moorage.api.sagemaker import JsonFrontDoor, JsonProtocolService
@@ -23,6 +25,7 @@ from moorage.autoscale.controller import ScalingController
 from moorage.autoscale.target_tracking import Rules
 from moorage.capture import CaptureWriter
 from moorage.config import Credentials, Settings
+from moorage.control.cloudwatch import CloudWatch
 from moorage.control.context import Context
 from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
@@ -67,7 +70,9 @@ class MoorageApp:
             Models(self.ctx), EndpointConfigs(self.ctx), self.endpoints, Tags(self.ctx), self.transform_jobs,
             Monitoring(self.ctx, self.monitoring)])
         autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
-        self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling])
+        cloudwatch = JsonProtocolService("cloudwatch", "GraniteServiceVersion20100801", [CloudWatch(self.ctx)])
+        self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling, cloudwatch])
+        self.query_door = QueryFrontDoor(self.verifier, [cloudwatch])
         self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id)
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
                                        monitoring_routes(self.ctx, self.monitoring))
@@ -80,7 +85,10 @@ class MoorageApp:
                 await self.runtime_door(scope, receive, send)
             elif path == "/":
                 if scope["method"] == "POST":
-                    await self.json_door(scope, receive, send)
+                    if is_query_request(scope):
+                        await self.query_door(scope, receive, send)
+                    else:
+                        await self.json_door(scope, receive, send)
                 else:
                     await respond(send, 200, orjson.dumps({"service": "moorage", "healthz": "/healthz"}),
                                   [(b"content-type", JSON)])

@@ -14,7 +14,9 @@ alarm's ``TreatMissingData`` says (CloudWatch's semantics):
 A state change is written to the alarm's row (``resources`` kind ``alarm``) and its history, logged,
 and acted on: each URL in the new state's actions (``AlarmActions``, ``OKActions``,
 ``InsufficientDataActions``) receives a JSON POST (the fields of CloudWatch's alarm notification)
-from a worker thread, with a bounded timeout and retries. Python code that needs the transitions
+from a worker thread, with a bounded timeout and retries. AWS ARNs (an SNS topic, an Auto Scaling
+policy) are accepted and kept, so an alarm written for AWS is taken unchanged, but nothing here
+can act on them: they are inert. Python code that needs the transitions
 has them from ``evaluate_all``.
 """
 
@@ -130,8 +132,8 @@ class AlarmDefinition:
         for key in _ACTIONS.values():
             urls = tuple(req.get(key) or ())
             for url in urls:
-                if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                    raise ValueError(f"{key}: {url!r} is not a webhook URL (http:// or https://)")
+                if not isinstance(url, str) or not url.startswith(("http://", "https://", "arn:")):
+                    raise ValueError(f"{key}: {url!r} is not a webhook URL (http:// or https://) or an ARN")
             actions[key] = urls
         namespace, metric_name = str(req["Namespace"]), str(req["MetricName"])
         if not namespace or not metric_name:
@@ -161,10 +163,12 @@ class AlarmDefinition:
         }
 
     def actions_for(self, state: str) -> tuple[str, ...]:
+        """The webhooks to call on entering ``state`` (ARNs are inert here)."""
         if not self.actions_enabled:
             return ()
-        return {OK: self.ok_actions, ALARM: self.alarm_actions,
-                INSUFFICIENT_DATA: self.insufficient_data_actions}[state]
+        actions = {OK: self.ok_actions, ALARM: self.alarm_actions,
+                   INSUFFICIENT_DATA: self.insufficient_data_actions}[state]
+        return tuple(a for a in actions if not a.startswith("arn:"))
 
 
 @dataclass(frozen=True)
@@ -300,12 +304,22 @@ class AlarmService:
         rows = self.store.list(ALARM_KIND, ListQuery(status=state, sort_by="name", descending=False))
         return [dict(r.body) for r in rows if not prefix or r.name.startswith(prefix)]
 
-    def history(self, name: str, limit: int = 100, item_type: str | None = None) -> list[dict[str, Any]]:
-        """Newest first, as DescribeAlarmHistory."""
-        stmt = select(alarm_history).where(alarm_history.c.alarm_name == name)
+    def history(self, name: str | None, limit: int = 100, item_type: str | None = None, *,
+                start: float | None = None, end: float | None = None, oldest_first: bool = False,
+                offset: int = 0) -> list[dict[str, Any]]:
+        """Newest first (unless ``oldest_first``), as DescribeAlarmHistory; every alarm's when ``name`` is None."""
+        stmt = select(alarm_history)
+        if name is not None:
+            stmt = stmt.where(alarm_history.c.alarm_name == name)
         if item_type:
             stmt = stmt.where(alarm_history.c.item_type == item_type)
-        stmt = stmt.order_by(alarm_history.c.timestamp.desc(), alarm_history.c.id.desc()).limit(max(1, limit))
+        if start is not None:
+            stmt = stmt.where(alarm_history.c.timestamp >= start)
+        if end is not None:
+            stmt = stmt.where(alarm_history.c.timestamp <= end)
+        order = (alarm_history.c.timestamp.asc(), alarm_history.c.id.asc()) if oldest_first else (
+            alarm_history.c.timestamp.desc(), alarm_history.c.id.desc())
+        stmt = stmt.order_by(*order).offset(max(0, offset)).limit(max(1, limit))
         with self.metrics.engine.connect() as conn:
             return [{"AlarmName": r.alarm_name, "Timestamp": iso(r.timestamp), "HistoryItemType": r.item_type,
                      "HistorySummary": r.summary, "HistoryData": orjson.dumps(r.data).decode()}
@@ -315,6 +329,14 @@ class AlarmService:
         with self.metrics.engine.begin() as conn:
             conn.execute(insert(alarm_history).values(alarm_name=name, timestamp=when, item_type=item_type,
                                                       summary=summary[:1024], data=data))
+
+    def set_actions_enabled(self, names: list[str], enabled: bool) -> None:
+        """EnableAlarmActions / DisableAlarmActions: names of no alarm are passed over, as in CloudWatch."""
+        with self._lock:
+            for name in names:
+                row = self.store.get(ALARM_KIND, name)
+                if row is not None and row.body.get("ActionsEnabled", True) != enabled:
+                    self.store.update(ALARM_KIND, name, body={**row.body, "ActionsEnabled": enabled}, touch=False)
 
     # -- state -------------------------------------------------------------------------------------
     def _transition(self, row: Resource, new_state: str, reason: str, data: dict[str, Any],
@@ -332,7 +354,7 @@ class AlarmService:
                                                            "stateReasonData": data}})
         return AlarmTransition(row.name, old_state, new_state, reason, now, AlarmDefinition.from_body(body))
 
-    async def set_alarm_state(self, name: str, state: str, reason: str) -> None:
+    async def set_alarm_state(self, name: str, state: str, reason: str, data: dict[str, Any] | None = None) -> None:
         """SetAlarmState: force a state (to test actions); the next evaluation sets it back if the data disagree."""
         if state not in STATES:
             raise ValidationException(f"StateValue must be one of {', '.join(STATES)}")
@@ -343,7 +365,7 @@ class AlarmService:
                 if row is None:
                     raise ResourceNotFound(f"Could not find alarm {name!r}.")
                 self._evaluated_end.pop(name, None)
-                return self._transition(row, state, reason, {"setBy": "SetAlarmState"}, time.time())
+                return self._transition(row, state, reason, data or {"setBy": "SetAlarmState"}, time.time())
 
         transition = await asyncio.to_thread(write)
         if transition is not None:

@@ -63,8 +63,8 @@ class MetricsService:
         return self.store.statistics(namespace, metric_name, dimensions, statistic, start, end, period)
 
     def list_metrics(self, namespace: str | None = None, metric_name: str | None = None,
-                     dimensions: Mapping[str, str] | None = None) -> list[MetricSeries]:
-        return self.store.list_metrics(namespace, metric_name, dimensions)
+                     dimensions: Mapping[str, str] | None = None, since: float | None = None) -> list[MetricSeries]:
+        return self.store.list_metrics(namespace, metric_name, dimensions, since)
 
     def put_metric(self, namespace: str, metric_name: str, dimensions: Mapping[str, str],
                    values: float | Sequence[float] | np.ndarray, timestamp: float | None = None,
@@ -73,6 +73,13 @@ class MetricsService:
         stats = self.store.put(namespace, metric_name, dimensions, values, timestamp, unit, counts)
         self.prometheus.add_business(namespace, metric_name, dimensions, stats.total, stats.sample_count)
         return stats
+
+    def put_statistic_sets(self, sets: Sequence[StatisticSet]) -> None:
+        """Store business metrics already made statistic sets, in one transaction (CloudWatch's PutMetricData:
+        all of a request or none of it). Blocking, like put_metric."""
+        self.store.write(sets)
+        for s in sets:
+            self.prometheus.add_business(s.namespace, s.metric_name, s.dimensions, s.total, s.sample_count)
 
     def watch_capture(self, counts: Callable[[], Mapping[tuple[str, str], Mapping[str, int]]]) -> None:
         """Publish data capture's per-variant counters (captured, written, dropped, failed) each period."""
