@@ -383,6 +383,9 @@ IMPLEMENTED = {
                   "CreateDataQualityJobDefinition", "AddTags"],
     "sagemaker-runtime": ["InvokeEndpoint"],
     "application-autoscaling": ["RegisterScalableTarget", "PutScalingPolicy"],
+    "cloudwatch": ["PutMetricData", "GetMetricStatistics", "GetMetricData", "ListMetrics", "PutMetricAlarm",
+                   "DescribeAlarms", "DescribeAlarmsForMetric", "DescribeAlarmHistory", "DeleteAlarms",
+                   "SetAlarmState", "EnableAlarmActions", "DisableAlarmActions"],
 }
 KNOWN_UNCHECKED = {"sagemaker": {"TagKey", "TagValue"}}
 
