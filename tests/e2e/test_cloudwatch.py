@@ -1,8 +1,9 @@
-"""CloudWatch through boto3, in both protocols it may speak, against a real `moorage serve`.
+"""CloudWatch through boto3, in each protocol it may speak, against a real `moorage serve`.
 
-Every test runs twice: with boto3's own ``cloudwatch`` client (AWS JSON 1.0 in this botocore) and
+Every test runs three times: with boto3's own ``cloudwatch`` client (AWS JSON 1.0 in this botocore),
 with a client built from the same service model listing only ``query`` (as older botocore releases
-speak it), so botocore's own query serializer and XML parser are the other side. One server with
+speak it), and with one listing only ``smithy-rpc-v2-cbor`` (the model's first choice, which other
+SDKs speak), so botocore's own serializers and parsers are the other side. One server with
 1-second metrics periods and one endpoint with traffic serve the module: business metrics, alarms
 on the endpoint's ``AWS/SageMaker`` metrics written as for SageMaker, GetMetricData with metric
 math on its ``ModelLatency``, paging, and the error codes of bad input.
@@ -75,24 +76,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
         srv.stop()
 
 
+JSON, QUERY, CBOR = "json", "query", "smithy-rpc-v2-cbor"
+
+
 @pytest.fixture(scope="module")
-def query_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data folder whose CloudWatch model lists only the query protocol (botocore searches it first)."""
-    root = tmp_path_factory.mktemp("query-models")
-    description = copy.deepcopy(Loader().load_service_model("cloudwatch", "service-2"))
-    description["metadata"]["protocol"] = "query"
-    description["metadata"]["protocols"] = ["query"]
-    folder = root / "cloudwatch" / description["metadata"]["apiVersion"]
-    folder.mkdir(parents=True)
-    (folder / "service-2.json").write_text(json.dumps(description))
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Data folders whose CloudWatch model lists only one protocol (botocore searches them first)."""
+    root = tmp_path_factory.mktemp("one-protocol-models")
+    for protocol in (QUERY, CBOR):
+        description = copy.deepcopy(Loader().load_service_model("cloudwatch", "service-2"))
+        description["metadata"]["protocol"] = protocol
+        description["metadata"]["protocols"] = [protocol]
+        folder = root / protocol / "cloudwatch" / description["metadata"]["apiVersion"]
+        folder.mkdir(parents=True)
+        (folder / "service-2.json").write_text(json.dumps(description))
     return root
 
 
 def cloudwatch_client(server: MoorageServer, protocol: str, models: Path, *, validate: bool = True,
                       secret: str | None = None) -> Any:
     core = botocore.session.Session()
-    if protocol == "query":
-        core.get_component("data_loader").search_paths.insert(0, str(models))
+    if protocol != JSON:
+        core.get_component("data_loader").search_paths.insert(0, str(models / protocol))
     config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5,
                                     read_timeout=60, parameter_validation=validate)
     client = boto3.session.Session(botocore_session=core).client(
@@ -102,14 +107,14 @@ def cloudwatch_client(server: MoorageServer, protocol: str, models: Path, *, val
     return client
 
 
-@pytest.fixture(scope="module", params=["json", "query"])
+@pytest.fixture(scope="module", params=[JSON, QUERY, CBOR])
 def protocol(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def cw(server: MoorageServer, protocol: str, query_models: Path) -> Any:
-    return cloudwatch_client(server, protocol, query_models)
+def cw(server: MoorageServer, protocol: str, models: Path) -> Any:
+    return cloudwatch_client(server, protocol, models)
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +153,9 @@ def test_each_client_speaks_its_protocol(cw: Any, protocol: str) -> None:
     reply = cw.list_metrics(Namespace="Nothing/Here")
     assert reply["Metrics"] == []
     answered = reply["ResponseMetadata"]["HTTPHeaders"]["content-type"]
-    if protocol == "json":
-        assert sent[0].startswith("application/x-amz-json-1.0") and answered == "application/x-amz-json-1.0"
-    else:
-        assert sent[0].startswith("application/x-www-form-urlencoded") and answered == "text/xml"
+    wire = {JSON: ("application/x-amz-json-1.0", "application/x-amz-json-1.0"),
+            QUERY: ("application/x-www-form-urlencoded", "text/xml"), CBOR: ("application/cbor", "application/cbor")}
+    assert sent[0].startswith(wire[protocol][0]) and answered == wire[protocol][1]
 
 
 def test_business_metrics_statistics_and_listing(cw: Any, protocol: str) -> None:
@@ -339,14 +343,18 @@ def expect(call: Any, code: str, *words: str, status: int = 400) -> ClientError:
 
 
 def test_bad_input_gets_cloudwatch_error_codes(cw: Any, server: MoorageServer, protocol: str,
-                                               query_models: Path) -> None:
-    loose = cloudwatch_client(server, protocol, query_models, validate=False)
+                                               models: Path) -> None:
     alarm = {"AlarmName": new_name("bad"), "Namespace": "Shop", "MetricName": "Orders", "Statistic": "Sum",
              "Period": 60, "EvaluationPeriods": 1, "Threshold": 1, "ComparisonOperator": "GreaterThanThreshold"}
-    expect(lambda: loose.put_metric_alarm(**{**alarm, "Period": "sixty"}), "ValidationError",
-           "'sixty' at 'period'", "Member must be of type integer")
-    expect(lambda: loose.put_metric_alarm(**{**alarm, "DatapointsToAlarm": "two", "EvaluationPeriods": 0}),
-           "ValidationError", "2 validation errors", "at 'datapointsToAlarm'", "at 'evaluationPeriods'")
+    if protocol != CBOR:  # botocore's CBOR serializer cannot put text where the model says integer
+        loose = cloudwatch_client(server, protocol, models, validate=False)
+        expect(lambda: loose.put_metric_alarm(**{**alarm, "Period": "sixty"}), "ValidationError",
+               "'sixty' at 'period'", "Member must be of type integer")
+        expect(lambda: loose.put_metric_alarm(**{**alarm, "DatapointsToAlarm": "two", "EvaluationPeriods": 0}),
+               "ValidationError", "2 validation errors", "at 'datapointsToAlarm'", "at 'evaluationPeriods'")
+        expect(lambda: loose.put_metric_data(Namespace="Shop", MetricData=[
+            {"MetricName": "Orders", "Value": 1, "StorageResolution": "high"}]),
+            "ValidationError", "'high' at 'metricData.1.member.storageResolution'")
     expect(lambda: cw.put_metric_alarm(**{**alarm, "ComparisonOperator": "Above"}), "ValidationError",
            "'Above' at 'comparisonOperator'", "enum value set")
     expect(lambda: cw.put_metric_alarm(**{**alarm, "ExtendedStatistic": "p99"}), "InvalidParameterCombination",
@@ -366,9 +374,6 @@ def test_bad_input_gets_cloudwatch_error_codes(cw: Any, server: MoorageServer, p
     expect(lambda: cw.put_metric_data(Namespace="Shop", MetricData=[
         {"MetricName": "Orders", "Value": 1, "Timestamp": dt.datetime.now(dt.UTC) - dt.timedelta(days=30)}]),
         "InvalidParameterValue", "MetricData.member.1.Timestamp")
-    expect(lambda: loose.put_metric_data(Namespace="Shop", MetricData=[
-        {"MetricName": "Orders", "Value": 1, "StorageResolution": "high"}]),
-        "ValidationError", "'high' at 'metricData.1.member.storageResolution'")
 
     window = {"Namespace": "Shop", "MetricName": "Orders", "StartTime": minute(-120), "EndTime": minute(0)}
     error = expect(lambda: cw.get_metric_statistics(Period=60, **window), "MissingParameter", "Statistics")
@@ -403,10 +408,10 @@ def test_bad_input_gets_cloudwatch_error_codes(cw: Any, server: MoorageServer, p
            status=501)
 
 
-def test_requests_must_be_signed(server: MoorageServer, protocol: str, query_models: Path) -> None:
-    forged = cloudwatch_client(server, protocol, query_models, secret="not-the-secret")
+def test_requests_must_be_signed(server: MoorageServer, protocol: str, models: Path) -> None:
+    forged = cloudwatch_client(server, protocol, models, secret="not-the-secret")
     expect(lambda: forged.list_metrics(), "InvalidSignatureException", status=403)
-    if protocol == "query":
+    if protocol == QUERY:
         status, headers, body = http_request("POST", server.url + "/", body=b"Action=ListMetrics&Version=2010-08-01",
                                              headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert status == 403 and headers["content-type"] == "text/xml" and body.startswith(b"<ErrorResponse")

@@ -1,7 +1,8 @@
 """The ``moorage serve`` ASGI application: every front door on one port, wired explicitly.
 
 ``POST /`` -> AWS JSON protocol services by X-Amz-Target (SageMaker.*, CloudWatch in JSON 1.0), or, with a
-form body, the query protocol (CloudWatch for older botocore);
+form body, the query protocol (CloudWatch for older botocore); ``/service/{prefix}/operation/{Op}`` -> the
+same services in Smithy RPC v2 CBOR;
 ``/endpoints/{name}/invocations`` -> the runtime; ``/healthz`` -> liveness; ``/moorage/v1/...`` ->
 the native REST API. The runtime path is matched first and by prefix: it is the hot one.
 """
@@ -18,6 +19,7 @@ from moorage.api.monitoring_routes import monitoring_routes
 from moorage.api.native import build_native_app
 from moorage.api.query_protocol import QueryFrontDoor, is_query_request
 from moorage.api.responses import JSON, Receive, Scope, Send, respond, respond_error
+from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
 from moorage.api.runtime import RuntimeFrontDoor
 from moorage.api.sagemaker import JsonFrontDoor, JsonProtocolService
 from moorage.api.sigv4 import SigV4Verifier
@@ -73,6 +75,7 @@ class MoorageApp:
         cloudwatch = JsonProtocolService("cloudwatch", "GraniteServiceVersion20100801", [CloudWatch(self.ctx)])
         self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling, cloudwatch])
         self.query_door = QueryFrontDoor(self.verifier, [cloudwatch])
+        self.cbor_door = RpcV2CborFrontDoor(self.verifier, [cloudwatch])
         self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id)
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
                                        monitoring_routes(self.ctx, self.monitoring))
@@ -97,6 +100,8 @@ class MoorageApp:
             elif path == "/metrics":
                 # Unauthenticated, as Prometheus scrapes: counts and latencies, no payloads.
                 await respond(send, 200, self.metrics.prometheus.render(), [(b"content-type", PROMETHEUS_TEXT)])
+            elif path.startswith("/service/"):
+                await self.cbor_door(scope, receive, send)
             elif path.startswith("/moorage/"):
                 await self.native(scope, receive, send)
             else:

@@ -326,12 +326,8 @@ class QueryFrontDoor:
             result = await service.dispatch(action, decode_form(operation.input_shape, pairs))
             payload = encode_result(operation, result, rid.decode())
         except ApiError as exc:
-            modelled = service.shapes.error_shape(exc.code)
-            if modelled is None:
-                await self._error(send, exc.code, exc.message, exc.status < 500, exc.status, namespace)
-            else:
-                await self._error(send, modelled.code, exc.message, modelled.sender_fault, modelled.status,
-                                  namespace)
+            _, code, status, sender_fault = service.error_parts(exc)
+            await self._error(send, code, exc.message, sender_fault, status, namespace)
             return
         except Exception as exc:
             log.exception("%s (query protocol) failed", action)

@@ -5,7 +5,8 @@ The API is data: botocore's service model names the operations, validates the re
 the replies. This module only authenticates, looks up ``SageMaker.CreateModel`` -> a handler method
 named ``create_model`` on one of the control-plane objects, and renders results or errors.
 ``JsonProtocolService.dispatch`` (validate, call the handler) is protocol-neutral: the query-protocol
-door (``api/query_protocol.py``) decodes its form and calls the same services.
+door (``api/query_protocol.py``) and the RPC v2 CBOR door (``api/rpcv2_cbor.py``) decode their bodies
+and call the same services.
 
 A service whose model says ``awsQueryCompatible`` (CloudWatch) renders errors as AWS does for it:
 ``__type`` is the error's shape name and ``x-amzn-query-error: Code;Sender`` carries the query code,
@@ -111,16 +112,27 @@ class JsonProtocolService:
         result = await handler(params)
         return result or {}
 
+    def error_parts(self, exc: ApiError) -> tuple[str, str, int, bool]:
+        """(shape name, query-protocol code, HTTP status, the sender's fault?) of an error, as this service's
+        model names it; an error the model does not list keeps moorage's code and status."""
+        modelled = self.shapes.error_shape(exc.code)
+        if modelled is None:
+            return exc.code, exc.code, exc.status, exc.status < 500
+        return modelled.name, modelled.code, modelled.status, modelled.sender_fault
+
+    def query_error_header(self, code: str, sender_fault: bool) -> list[tuple[bytes, bytes]]:
+        """``x-amzn-query-error: Code;Sender`` where the model is awsQueryCompatible: botocore reports that code."""
+        if not self.query_compatible:
+            return []
+        return [(b"x-amzn-query-error", f"{code};{'Sender' if sender_fault else 'Receiver'}".encode())]
+
     async def respond_error(self, send: Send, exc: ApiError) -> None:
         if not self.query_compatible:
             await respond_error(send, exc.code, exc.message, exc.status, self.content_type, exc.fields)
             return
-        modelled = self.shapes.error_shape(exc.code)
-        name, code = (modelled.name, modelled.code) if modelled else (exc.code, exc.code)
-        status = modelled.status if modelled else exc.status
-        fault = "Sender" if (modelled.sender_fault if modelled else exc.status < 500) else "Receiver"
+        name, code, status, sender_fault = self.error_parts(exc)
         await respond_error(send, name, exc.message, status, self.content_type, exc.fields,
-                            [(b"x-amzn-query-error", f"{code};{fault}".encode())])
+                            self.query_error_header(code, sender_fault))
 
 
 class JsonFrontDoor:

@@ -1,9 +1,10 @@
 """The CloudWatch API (``monitoring``) over moorage's metric store and alarms.
 
-boto3's ``cloudwatch`` client reaches it on the server's port in either protocol it may speak: AWS
-JSON 1.0 (``X-Amz-Target: GraniteServiceVersion20100801.PutMetricAlarm``, the JSON door) or the
-query protocol (``Action=PutMetricAlarm``, ``api/query_protocol.py``); both validate against
-botocore's model and call the handlers here, named after the operations. Errors are CloudWatch's
+boto3's ``cloudwatch`` client reaches it on the server's port in any protocol it may speak: AWS
+JSON 1.0 (``X-Amz-Target: GraniteServiceVersion20100801.PutMetricAlarm``, the JSON door), the
+query protocol (``Action=PutMetricAlarm``, ``api/query_protocol.py``) or Smithy RPC v2 CBOR
+(``api/rpcv2_cbor.py``); each validates against botocore's model and calls the handlers here,
+named after the operations. Errors are CloudWatch's
 own codes (``InvalidParameterValue``, ``MissingParameter``, ``InvalidParameterCombination``,
 ``InvalidNextToken``, ``ResourceNotFound``, ``ValidationError`` for what the model's constraints
 refuse).
