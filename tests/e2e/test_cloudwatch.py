@@ -136,9 +136,12 @@ def variant(endpoint: str) -> list[dict[str, str]]:
     return [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}]
 
 
-def minute(offset: int = 0) -> dt.datetime:
-    """The start of a whole minute ``offset`` minutes from the current one (UTC)."""
-    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+def minute(offset: int = 0, base: dt.datetime | None = None) -> dt.datetime:
+    """The start of the whole minute ``offset`` minutes from ``base``'s (default: now; UTC).
+
+    A test that compares timestamps takes one ``base`` first: the clock may pass a minute meanwhile.
+    """
+    now = (base or dt.datetime.now(dt.UTC)).replace(second=0, microsecond=0)
     return now + dt.timedelta(minutes=offset)
 
 
@@ -150,7 +153,10 @@ def test_each_client_speaks_its_protocol(cw: Any, protocol: str) -> None:
         sent.append(value.decode() if isinstance(value, bytes) else value)
 
     cw.meta.events.register("before-send.cloudwatch.ListMetrics", capture)
-    reply = cw.list_metrics(Namespace="Nothing/Here")
+    try:
+        reply = cw.list_metrics(Namespace="Nothing/Here")
+    finally:
+        cw.meta.events.unregister("before-send.cloudwatch.ListMetrics", capture)
     assert reply["Metrics"] == []
     answered = reply["ResponseMetadata"]["HTTPHeaders"]["content-type"]
     wire = {JSON: ("application/x-amz-json-1.0", "application/x-amz-json-1.0"),
@@ -161,7 +167,8 @@ def test_each_client_speaks_its_protocol(cw: Any, protocol: str) -> None:
 def test_business_metrics_statistics_and_listing(cw: Any, protocol: str) -> None:
     namespace = f"Shop/{new_name(protocol)}"
     north, south = [{"Name": "Store", "Value": "north"}], [{"Name": "Store", "Value": "south"}]
-    when = minute(-2) + dt.timedelta(seconds=15)
+    base = dt.datetime.now(dt.UTC)
+    when = minute(-2, base) + dt.timedelta(seconds=15)
     cw.put_metric_data(Namespace=namespace, MetricData=[
         {"MetricName": "Coupons", "Dimensions": north, "Timestamp": when, "Values": [1, 2, 3], "Counts": [1, 1, 2],
          "Unit": "Count"},
@@ -170,12 +177,12 @@ def test_business_metrics_statistics_and_listing(cw: Any, protocol: str) -> None
          "StatisticValues": {"SampleCount": 4, "Sum": 100, "Minimum": 10, "Maximum": 40}},
         {"MetricName": "Coupons", "Dimensions": south, "Timestamp": when, "Value": 7, "Unit": "Count"},
     ])
-    window = {"StartTime": minute(-10), "EndTime": minute(2), "Period": 60}
+    window = {"StartTime": minute(-10, base), "EndTime": minute(2, base), "Period": 60}
     stats = cw.get_metric_statistics(Namespace=namespace, MetricName="Coupons", Dimensions=north, **window,
                                      Statistics=["Sum", "SampleCount", "Minimum", "Maximum", "Average"])
     assert stats["Label"] == "Coupons"
     [point] = stats["Datapoints"]
-    assert point["Timestamp"] == minute(-2)
+    assert point["Timestamp"] == minute(-2, base)
     assert (point["Sum"], point["SampleCount"], point["Minimum"], point["Maximum"]) == (14, 5, 1, 5)
     assert point["Average"] == pytest.approx(2.8) and point["Unit"] == "Count"
     [extended] = cw.get_metric_statistics(Namespace=namespace, MetricName="Coupons", Dimensions=north, **window,
@@ -249,15 +256,16 @@ def test_get_metric_data_on_the_endpoint_model_latency(cw: Any, endpoint: str) -
 
 def test_get_metric_data_pages(cw: Any, protocol: str) -> None:
     namespace = f"Shop/{new_name(protocol)}"
+    base = dt.datetime.now(dt.UTC)
     cw.put_metric_data(Namespace=namespace, MetricData=[
-        {"MetricName": "Orders", "Timestamp": minute(-m) + dt.timedelta(seconds=1), "Value": float(m)}
+        {"MetricName": "Orders", "Timestamp": minute(-m, base) + dt.timedelta(seconds=1), "Value": float(m)}
         for m in (3, 2, 1)])
     query = {"Id": "orders", "MetricStat": {"Metric": {"Namespace": namespace, "MetricName": "Orders"},
                                             "Period": 60, "Stat": "Sum"}}
-    window = {"StartTime": minute(-10), "EndTime": minute(2), "MetricDataQueries": [query]}
+    window = {"StartTime": minute(-10, base), "EndTime": minute(2, base), "MetricDataQueries": [query]}
     first = cw.get_metric_data(MaxDatapoints=2, **window)
     [result] = first["MetricDataResults"]
-    assert result["Values"] == [1, 2] and result["Timestamps"] == [minute(-1), minute(-2)]  # newest first
+    assert result["Values"] == [1, 2] and result["Timestamps"] == [minute(-1, base), minute(-2, base)]  # newest
     assert result["StatusCode"] == "PartialData" and first["NextToken"]
     second = cw.get_metric_data(MaxDatapoints=2, NextToken=first["NextToken"], **window)
     [rest] = second["MetricDataResults"]
