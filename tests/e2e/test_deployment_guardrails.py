@@ -198,13 +198,7 @@ def test_alarm_during_baking_rolls_everything_back(guarded: MoorageServer, tmp_p
     endpoint = _blue_endpoint(dep, tmp_path)
     old_config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
     green = _green_config(dep, tmp_path, count=1, fleet="green-fails-on-boom")
-    alarm = new_name("errors")
-    doc = {"Namespace": "AWS/SageMaker", "MetricName": "Invocation5XXErrors", "Statistic": "Sum", "Period": 1,
-           "Dimensions": [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
-           "EvaluationPeriods": 1, "Threshold": 0, "ComparisonOperator": "GreaterThanThreshold",
-           "TreatMissingData": "notBreaching"}
-    status, _, body = guarded.signed_request("PUT", f"/moorage/v1/alarms/{alarm}", json.dumps(doc).encode())
-    assert status == 200, body
+    alarm = _error_alarm(guarded, endpoint)
     deployment = _policy({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 120}, alarms=[alarm])
     rt = guarded.rt()
     with Traffic(guarded, endpoint) as traffic:
@@ -335,13 +329,13 @@ def test_a_restart_mid_update_comes_back_on_the_old_config_and_a_finished_one_on
 
 
 def _error_alarm(srv: MoorageServer, endpoint: str) -> str:
+    """An alarm on SageMaker's error metric of the endpoint, made with boto3's CloudWatch client, as a
+    SageMaker user makes the alarms AutoRollbackConfiguration names."""
     alarm = new_name("errors")
-    doc = {"Namespace": "AWS/SageMaker", "MetricName": "Invocation5XXErrors", "Statistic": "Sum", "Period": 1,
-           "Dimensions": [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
-           "EvaluationPeriods": 1, "Threshold": 0, "ComparisonOperator": "GreaterThanThreshold",
-           "TreatMissingData": "notBreaching"}
-    status, _, body = srv.signed_request("PUT", f"/moorage/v1/alarms/{alarm}", json.dumps(doc).encode())
-    assert status == 200, body
+    srv.client("cloudwatch").put_metric_alarm(
+        AlarmName=alarm, Namespace="AWS/SageMaker", MetricName="Invocation5XXErrors", Statistic="Sum", Period=1,
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
+        EvaluationPeriods=1, Threshold=0, ComparisonOperator="GreaterThanThreshold", TreatMissingData="notBreaching")
     return alarm
 
 
