@@ -420,8 +420,21 @@ class BatchSettings(Section):
                                       "moorage:ray-address tag says.")
 
 
+@dataclass(frozen=True)
+class ShadowSettings(Section):
+    """How copies of production requests reach shadow variants (ShadowProductionVariants)."""
+
+    section: ClassVar[str] = "shadow"
+
+    queue_records: int = setting(1000, "MOORAGE_SHADOW_QUEUE_RECORDS", WHOLE,
+                                 "Copies waiting for one shadow variant, at most (more are dropped, and counted).",
+                                 minimum=1)
+    concurrency: int = setting(4, "MOORAGE_SHADOW_CONCURRENCY", WHOLE,
+                               "Copies in flight to one shadow variant at once, at most.", minimum=1)
+
+
 SECTIONS: tuple[type[Section], ...] = (ServerSettings, MetricsSettings, AutoscaleSettings, CaptureSettings,
-                                       MonitorSettings, InstanceSettings, BatchSettings)
+                                       MonitorSettings, InstanceSettings, BatchSettings, ShadowSettings)
 
 
 # -- the tree -------------------------------------------------------------------------------------------
@@ -446,6 +459,7 @@ class Settings:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     instances: InstanceSettings = field(default_factory=InstanceSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
     # "section.name" -> "default", "environment" or "flag --name"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -103,6 +103,11 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier, transform_jobs: Tran
                 "FailureReason": row.body.get("FailureReason"),
                 # The last (or running) UpdateEndpoint: phase, green's share of the traffic, alarms, history.
                 "Update": row.body.get("UpdateHistory"),
+                # ShadowProductionVariants: their instances and what their copies did beside production.
+                "ShadowVariants": [{"VariantName": v.name, "CurrentInstanceCount": v.in_service,
+                                    "Runtime": v.runtime, "Instances": [i.to_dict() for i in v.instances],
+                                    "Shadow": v.shadow_stats}
+                                   for v in (snapshot.variants.values() if snapshot is not None else ()) if v.shadow],
                 "CreationTime": created.isoformat() if created else None, "Variants": variants}
 
     async def list_endpoints(request: Request, body: bytes) -> dict[str, Any]:

@@ -20,13 +20,13 @@ class EndpointConfigs:
     async def create_endpoint_config(self, req: dict[str, Any]) -> dict[str, Any]:
         name = req["EndpointConfigName"]
         variants = [dict(v) for v in req["ProductionVariants"]]
-        if req.get("ShadowProductionVariants"):
-            raise ValidationException("Shadow variants (ShadowProductionVariants) are not supported yet.")
+        shadows = [dict(v) for v in req.get("ShadowProductionVariants") or []]
         seen: set[str] = set()
-        for variant in variants:
+        for variant in (*variants, *shadows):
             vname = variant["VariantName"]
             if vname in seen:
-                raise ValidationException(f"Duplicate VariantName '{vname}' in ProductionVariants.")
+                raise ValidationException(
+                    f"Duplicate VariantName '{vname}' in ProductionVariants and ShadowProductionVariants.")
             seen.add(vname)
             if not variant.get("ModelName"):
                 raise ValidationException(f"Variant '{vname}' needs a ModelName.")
@@ -45,6 +45,8 @@ class EndpointConfigs:
         arn = self.ctx.arn(ENDPOINT_CONFIG, name)
         body = {k: v for k, v in req.items() if k != "Tags"}
         body["ProductionVariants"] = variants
+        if shadows:
+            body["ShadowProductionVariants"] = shadows
         try:
             self.ctx.store.create(ENDPOINT_CONFIG, name, arn, body)
         except AlreadyExists as exc:

@@ -58,6 +58,21 @@ def variant_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSna
     return out
 
 
+def shadow_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSnapshot | None) -> list[dict[str, Any]]:
+    """DescribeEndpoint's ShadowProductionVariants: the config's weight and count, the live counts."""
+    config = store.get(ENDPOINT_CONFIG, row.body.get("EndpointConfigName", ""))
+    given = {v["VariantName"]: v for v in ((config.body if config else {}).get("ShadowProductionVariants") or [])}
+    out = []
+    for summary in row.body.get("ShadowProductionVariants") or []:
+        variant = given.get(summary["VariantName"], {})
+        live = snapshot.variants.get(summary["VariantName"]) if snapshot is not None else None
+        weight = float(variant.get("InitialVariantWeight", 1.0))
+        out.append(dict(summary, CurrentWeight=weight, DesiredWeight=weight,
+                        CurrentInstanceCount=live.in_service if live else 0,
+                        DesiredInstanceCount=int(variant.get("InitialInstanceCount", 1))))
+    return out
+
+
 def pending_summary(stored: dict[str, Any], green: EndpointSnapshot | None) -> dict[str, Any]:
     """DescribeEndpoint's PendingDeploymentSummary: as the update last recorded it, with the new
     fleet's current weights and counts read live."""
@@ -127,9 +142,12 @@ class Endpoints:
         save_changes(self.ctx.store, ENDPOINT, name, status, **changes)
 
     async def _plans(self, config: dict[str, Any], desired: list[DesiredVariant]) -> list[VariantPlan]:
+        """A plan per production variant (at its desired weight and count), then per shadow variant
+        (at its config's: a shadow's weight is its sampled share, not a store-owned setting)."""
         by_name = {d.variant: d for d in desired}
         plans = []
-        for variant in config["ProductionVariants"]:
+        shadows = config.get("ShadowProductionVariants") or []
+        for variant, shadow in [*((v, False) for v in config["ProductionVariants"]), *((v, True) for v in shadows)]:
             vname = variant["VariantName"]
             model_row = self.ctx.store.get("model", variant["ModelName"])
             if model_row is None:
@@ -140,9 +158,10 @@ class Endpoints:
                                            startup_timeout=float(timeout) if timeout else None)
             except ArtifactError as exc:
                 raise DeployError(vname, str(exc)) from exc
-            goal = by_name[vname]
-            plans.append(VariantPlan(name=vname, weight=goal.weight, instance_count=goal.instance_count,
-                                     launch=launch))
+            goal = by_name.get(vname) if not shadow else None
+            weight = goal.weight if goal else float(variant.get("InitialVariantWeight", 1.0))
+            count = goal.instance_count if goal else int(variant.get("InitialInstanceCount", 1))
+            plans.append(VariantPlan(name=vname, weight=weight, instance_count=count, launch=launch, shadow=shadow))
         return plans
 
     @staticmethod
@@ -179,12 +198,13 @@ class Endpoints:
         return out
 
     @staticmethod
-    def _variant_summaries(config: dict[str, Any], plans: list[VariantPlan], models: dict[str, Any]) -> list[dict]:
+    def _variant_summaries(config: dict[str, Any], plans: list[VariantPlan], models: dict[str, Any],
+                           key: str = "ProductionVariants") -> list[dict]:
         """What the row keeps of each variant: its images. Weights and counts are the desired state's
         and the live snapshot's, put together by Describe."""
         by_name = {p.name: p for p in plans}
         summaries = []
-        for variant in config["ProductionVariants"]:
+        for variant in config.get(key) or []:
             plan = by_name[variant["VariantName"]]
             image = primary_container(models[variant["ModelName"]])["Image"]
             summaries.append({
@@ -215,7 +235,7 @@ class Endpoints:
 
     def _models(self, config: dict[str, Any]) -> dict[str, Any]:
         return {v["ModelName"]: self.ctx.store.get("model", v["ModelName"]).body  # type: ignore[union-attr]
-                for v in config["ProductionVariants"]}
+                for v in (*config["ProductionVariants"], *(config.get("ShadowProductionVariants") or []))}
 
     async def _bring_up(self, name: str, config_name: str, *, recovering: bool = False) -> None:
         """Deploy ``config_name`` for a new or restarted endpoint ``name`` and make it the serving fleet."""
@@ -251,9 +271,12 @@ class Endpoints:
         replaced = self.ctx.routes.publish(route)
         log.info("endpoint %s in service with config %s (%s)", name, config_name,
                  ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
+        # A restart keeps the reason an update cut off by the stop left; a new endpoint has none.
+        reason = row.body.get("FailureReason") if recovering else None
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingEndpointConfigName=None,
-                   FailureReason=None, ProductionVariants=self._variant_summaries(config, plans, models),
-                   DataCaptureConfig=self._capture_summary(config))
+                   FailureReason=reason, ProductionVariants=self._variant_summaries(config, plans, models),
+                   ShadowProductionVariants=self._variant_summaries(config, plans, models, "ShadowProductionVariants")
+                   or None, DataCaptureConfig=self._capture_summary(config))
         if replaced is not None:
             await self.ctx.routes.retire(replaced)
         if recovering:
@@ -298,7 +321,8 @@ class Endpoints:
             green = self._build(name, plans, capture)
             update.record("Creating", "Creating the new fleet.", green, variant_status="Creating")
             # A rolling update starts green empty and grows it a batch at a time.
-            await self.ctx.routes.start(green, {p.name: 0 if plan.rolling_batch else p.instance_count for p in plans})
+            await self.ctx.routes.start(green, {p.name: 0 if plan.rolling_batch and not p.shadow else p.instance_count
+                                                for p in plans})
         except (DeployError, ValidationException) as exc:
             reason = exc.reason if isinstance(exc, DeployError) else exc.message
             variant = f"variant {exc.variant}: " if isinstance(exc, DeployError) else ""
@@ -313,7 +337,7 @@ class Endpoints:
             raise
         try:
             if plan.rolling_batch is not None:
-                await update.roll(green, {p.name: p.instance_count for p in plans})
+                await update.roll(green, {p.name: p.instance_count for p in plans if not p.shadow})
             else:
                 await update.shift_traffic(green)
         except RolledBack as exc:
@@ -330,6 +354,8 @@ class Endpoints:
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingEndpointConfigName=None,
                    PendingDeploymentSummary=None, FailureReason=None,
                    ProductionVariants=self._variant_summaries(config, plans, models),
+                   ShadowProductionVariants=self._variant_summaries(config, plans, models, "ShadowProductionVariants")
+                   or None,
                    DataCaptureConfig=self._capture_summary({"DataCaptureConfig": capture} if capture else {}),
                    CaptureConfigName=capture_config_name if capture_config_name != config_name else None,
                    LastDeploymentConfig=plan.document or current.body.get("LastDeploymentConfig"))
@@ -400,7 +426,10 @@ class Endpoints:
         out.update(EndpointName=row.name, EndpointArn=row.arn, EndpointStatus=row.status,
                    CreationTime=timestamp(row.created_at), LastModifiedTime=timestamp(row.modified_at))
         if row.status in (IN_SERVICE, UPDATING, ROLLING_BACK):
-            out["ProductionVariants"] = variant_summaries(self.ctx.store, row, self.ctx.routes.snapshot(name))
+            snapshot = self.ctx.routes.snapshot(name)
+            out["ProductionVariants"] = variant_summaries(self.ctx.store, row, snapshot)
+            if row.body.get("ShadowProductionVariants"):
+                out["ShadowProductionVariants"] = shadow_summaries(self.ctx.store, row, snapshot)
         pending = row.body.get("PendingDeploymentSummary")
         if pending:
             out["PendingDeploymentSummary"] = pending_summary(pending, self.ctx.routes.pending_snapshot(name))

@@ -19,8 +19,10 @@ from moorage.serving.launch_spec import LaunchSpec
 from moorage.serving.launchers.local import LocalLauncher
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, VariantRoute
+from moorage.serving.shadow import ShadowMirror
 from moorage.serving.snapshot import EndpointSnapshot, snapshot_of
 from moorage.serving.traffic_shift import TrafficShift
+from moorage.settings import ShadowSettings
 
 log = logging.getLogger("moorage.route_table")
 
@@ -31,6 +33,7 @@ class VariantPlan:
     weight: float
     instance_count: int
     launch: LaunchSpec
+    shadow: bool = False  # a ShadowProductionVariant: gets copies of production's requests, never callers
 
 
 class DeployError(Exception):
@@ -41,8 +44,10 @@ class DeployError(Exception):
 
 
 class RouteTable:
-    def __init__(self, logs_dir: Path, start_timeout: float = 120.0, invocation_timeout: float = 60.0):
+    def __init__(self, logs_dir: Path, start_timeout: float = 120.0, invocation_timeout: float = 60.0,
+                 shadow: ShadowSettings | None = None):
         self.logs_dir = logs_dir
+        self.shadow = shadow or ShadowSettings()
         self.start_timeout = start_timeout
         self.invocation_timeout = invocation_timeout
         # Unix socket paths are limited to ~108 bytes, so sockets live in a short /tmp directory
@@ -87,19 +92,26 @@ class RouteTable:
         return out
 
     def build(self, endpoint: str, plans: list[VariantPlan]) -> EndpointRoute:
-        variants = [
-            VariantRoute(plan.name, plan.weight,
-                         InstancePool(endpoint, plan.name, plan.launch, self.launcher,
-                                      self.logs_dir / endpoint / plan.name, self.start_timeout))
-            for plan in plans
-        ]
-        route = EndpointRoute(endpoint, variants, invocation_timeout=self.invocation_timeout)
+        def variant(plan: VariantPlan) -> VariantRoute:
+            return VariantRoute(plan.name, plan.weight,
+                                InstancePool(endpoint, plan.name, plan.launch, self.launcher,
+                                             self.logs_dir / endpoint / plan.name, self.start_timeout))
+
+        route = EndpointRoute(endpoint, [variant(p) for p in plans if not p.shadow],
+                              invocation_timeout=self.invocation_timeout)
         route.observers.extend(self.observers)
+        production_weight = sum(p.weight for p in plans if not p.shadow)
+        for plan in (p for p in plans if p.shadow):
+            shadow = route.shadows[plan.name] = variant(plan)
+            route.observers.append(ShadowMirror(
+                endpoint, shadow, plan.weight / production_weight if production_weight else 0.0,
+                frozenset(route.variants), notify=route.notify, queue_records=self.shadow.queue_records,
+                concurrency=self.shadow.concurrency, timeout=self.invocation_timeout))
         return route
 
     async def start(self, route: EndpointRoute, counts: dict[str, int]) -> None:
-        """Start every variant's instances; on any failure stop them all and raise DeployError."""
-        variants = list(route.variants.values())
+        """Start every variant's instances (shadows' too); on any failure stop them all and raise DeployError."""
+        variants = [*route.variants.values(), *route.shadows.values()]
         results = await asyncio.gather(*(v.pool.start(counts[v.name]) for v in variants), return_exceptions=True)
         failed = [(v, r) for v, r in zip(variants, results, strict=True) if isinstance(r, BaseException)]
         if failed:
@@ -107,6 +119,9 @@ class RouteTable:
             variant, error = failed[0]
             reason = str(error) if isinstance(error, InstanceStartError) else f"{type(error).__name__}: {error}"
             raise DeployError(variant.name, reason)
+        for observer in route.observers:
+            if isinstance(observer, ShadowMirror):
+                observer.start()
 
     def publish(self, route: EndpointRoute | TrafficShift) -> EndpointRoute | TrafficShift | None:
         """Make ``route`` the one serving its endpoint; returns what it replaced, if anything."""
@@ -120,14 +135,17 @@ class RouteTable:
     async def retire(self, route: EndpointRoute | TrafficShift, drain_timeout: float = 30.0) -> None:
         """Drain and stop a fleet (both, for a shift) that no longer serves."""
         fleets = (route.blue, route.green) if isinstance(route, TrafficShift) else (route,)
-        await asyncio.gather(*(v.pool.close(drain_timeout) for f in fleets for v in f.variants.values()),
-                             return_exceptions=True)
+        mirrors = [o for f in fleets for o in f.observers if isinstance(o, ShadowMirror)]
+        await asyncio.gather(*(m.close() for m in mirrors), return_exceptions=True)
+        await asyncio.gather(*(v.pool.close(drain_timeout) for f in fleets
+                               for v in (*f.variants.values(), *f.shadows.values())), return_exceptions=True)
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         routes = list(self._routes.values())
         self._routes.clear()
         count = sum(len(v.pool.instances) for r in routes
-                    for f in ((r.blue, r.green) if isinstance(r, TrafficShift) else (r,)) for v in f.variants.values())
+                    for f in ((r.blue, r.green) if isinstance(r, TrafficShift) else (r,))
+                    for v in (*f.variants.values(), *f.shadows.values()))
         if count:
             log.info("stopping %d instance(s) of %d endpoint(s)", count, len(routes))
         await asyncio.gather(*(self.retire(r, drain_timeout) for r in routes), return_exceptions=True)

@@ -69,6 +69,8 @@ class EndpointRoute:
         self.invocation_timeout = invocation_timeout
         self.acquire_timeout = acquire_timeout
         self.chooser: VariantChooser[VariantRoute] = chooser or WeightedChooser()
+        # ShadowProductionVariants: never chosen; their ShadowMirror observers send them copies.
+        self.shadows: dict[str, VariantRoute] = {}
         # Metrics and data capture; the front door skips building events while this is empty.
         self.observers: list[InvocationObserver] = []
         self.reweigh()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from moorage.serving.instance import InstanceState
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute
+from moorage.serving.shadow import ShadowMirror
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class VariantSnapshot:
     instance_type: str
     restarts: int
     instances: tuple[InstanceSnapshot, ...]
+    shadow: bool = False  # a ShadowProductionVariant
+    shadow_stats: dict[str, object] | None = None  # what its copies did beside production (ShadowStats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +57,13 @@ def instances_of(pool: InstancePool) -> tuple[InstanceSnapshot, ...]:
 
 
 def snapshot_of(route: EndpointRoute) -> EndpointSnapshot:
+    mirrors = {o.name: o for o in route.observers if isinstance(o, ShadowMirror)}
     variants = {}
-    for variant in route.variants.values():
+    for variant in (*route.variants.values(), *route.shadows.values()):
         pool = variant.pool
-        instances = instances_of(pool)
+        mirror = mirrors.get(variant.name) if variant.name in route.shadows else None
         variants[variant.name] = VariantSnapshot(
             variant.name, variant.current_weight, len(pool.ready), pool.desired, pool.launch.runtime,
-            pool.launch.instance_type, pool.restarts, instances)
+            pool.launch.instance_type, pool.restarts, instances_of(pool), shadow=variant.name in route.shadows,
+            shadow_stats=dict(mirror.stats.to_dict(), Backlog=mirror.backlog()) if mirror is not None else None)
     return EndpointSnapshot(route.name, id(route), variants)
