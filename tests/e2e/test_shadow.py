@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,4 +122,11 @@ def test_a_blocked_then_failing_shadow_never_holds_up_or_fails_production(
         return sum(p["Sum"] for p in points["Datapoints"])
 
     wait_until(lambda: shadow_invocations() == kept + 6, 60, what="the shadow's Invocations metric")
+
+    # The command line's report.
+    env = {k: v for k, v in os.environ.items() if k not in ("MOORAGE_HOME", "AWS_PROFILE")}
+    shown = subprocess.run([sys.executable, "-m", "moorage", "shadow", "report", endpoint, "--home", str(srv.home)],
+                           capture_output=True, timeout=120, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "Shadow" in shown.stdout.decode() and f"{kept / (kept + 2):.1%}" in shown.stdout.decode()
     dep.cleanup()

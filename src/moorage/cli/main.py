@@ -30,6 +30,7 @@ from moorage.cli.common import (
 from moorage.cli.metrics import metrics as metrics_command
 from moorage.cli.monitoring import monitor as monitor_commands
 from moorage.cli.rollout import rollout as rollout_commands
+from moorage.cli.shadow import shadow as shadow_commands
 from moorage.cli.transform import transform as transform_commands
 from moorage.config import DEFAULT_HOST, DEFAULT_PORT, Settings, SettingsError
 from moorage.connection import ClientError, Connection
@@ -333,6 +334,7 @@ cli.add_command(metrics_command)
 cli.add_command(alarms_command)
 cli.add_command(transform_commands)
 cli.add_command(rollout_commands)
+cli.add_command(shadow_commands)
 
 
 def main() -> None:
