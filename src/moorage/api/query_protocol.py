@@ -52,11 +52,16 @@ _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def is_query_request(scope: Scope) -> bool:
-    """A form-encoded body: the query protocol (the JSON protocols send ``application/x-amz-json-1.x``)."""
+    """A form-encoded body without ``X-Amz-Target``: the query protocol. The JSON protocols name their
+    operation in that header (and send ``application/x-amz-json-1.x``; a bare client's POST may
+    default to the form type, and still means the JSON door)."""
+    form = False
     for name, value in scope["headers"]:
+        if name == b"x-amz-target":
+            return False
         if name == b"content-type":
-            return value.split(b";", 1)[0].strip().lower() == FORM
-    return False
+            form = value.split(b";", 1)[0].strip().lower() == FORM
+    return form
 
 
 # -- the form ------------------------------------------------------------------------------------
