@@ -31,6 +31,7 @@ from moorage.control.cloudwatch import CloudWatch
 from moorage.control.context import Context
 from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
+from moorage.control.inference_experiments import InferenceExperiments
 from moorage.control.models import Models
 from moorage.control.monitoring import Monitoring
 from moorage.control.monitoring_scheduler import MonitoringScheduler
@@ -68,9 +69,10 @@ class MoorageApp:
                         scale_in_datapoints=settings.autoscale.scale_in_datapoints))
         self.transform_jobs = TransformJobs(self.ctx)
         self.monitoring = MonitoringScheduler(self.ctx)
+        self.experiments = InferenceExperiments(self.ctx, self.endpoints)
         sagemaker = JsonProtocolService("sagemaker", "SageMaker", [
             Models(self.ctx), EndpointConfigs(self.ctx), self.endpoints, Tags(self.ctx), self.transform_jobs,
-            Monitoring(self.ctx, self.monitoring)])
+            Monitoring(self.ctx, self.monitoring), self.experiments])
         autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
         cloudwatch = JsonProtocolService("cloudwatch", "GraniteServiceVersion20100801", [CloudWatch(self.ctx)])
         self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling, cloudwatch])
@@ -122,6 +124,7 @@ class MoorageApp:
                     if settled := self.transform_jobs.recover():
                         log.info("%d transform job(s) were cut off by the last stop; marked ended", settled)
                     self.monitoring.start()
+                    self.experiments.start()  # due schedules start, passed EndTimes end
                     self.autoscaler.start()
                 except Exception as exc:
                     log.exception("startup failed")
@@ -133,6 +136,7 @@ class MoorageApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.autoscaler.stop()
+                await self.experiments.stop()
                 await self.monitoring.stop()  # running executions go back to Pending, to run again on start
                 await self.endpoints.shutdown()
                 await self.transform_jobs.shutdown()
