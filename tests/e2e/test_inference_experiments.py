@@ -218,13 +218,26 @@ def test_a_shadow_test_runs_then_promotes_or_removes_its_shadow(
     assert [v["VariantName"] for v in final["ProductionVariants"]] == ["Shadow"]
     assert _answer(rt, endpoint) == ("green", "Shadow")
 
+    # An EndTime that passes ends the experiment (whatever state it has reached): the shadow is removed.
+    third = new_name("shadowtest")
+    sm.create_inference_experiment(**_experiment(third, endpoint, ("Shadow", green), ("Challenger", blue), 100,
+                                                 Schedule={"EndTime": dt.datetime.now(dt.UTC)
+                                                           + dt.timedelta(seconds=3)}))
+    expired = wait_until(lambda: (d := sm.describe_inference_experiment(Name=third))["Status"] == "Completed" and d,
+                         120, what="the EndTime to end the experiment")
+    assert "EndTime" in expired["StatusReason"]
+    assert "ShadowProductionVariants" not in sm.describe_endpoint(EndpointName=endpoint)
+    assert _answer(rt, endpoint) == ("green", "Shadow")
+
     # Listing: filters and pages.
-    first_page = sm.list_inference_experiments(MaxResults=1, SortBy="Name", SortOrder="Ascending")
-    second_page = sm.list_inference_experiments(MaxResults=1, SortBy="Name", SortOrder="Ascending",
+    first_page = sm.list_inference_experiments(MaxResults=2, SortBy="Name", SortOrder="Ascending")
+    second_page = sm.list_inference_experiments(MaxResults=2, SortBy="Name", SortOrder="Ascending",
                                                 NextToken=first_page["NextToken"])
     assert [e["Name"] for e in first_page["InferenceExperiments"] + second_page["InferenceExperiments"]] == sorted(
-        [name, second])
+        [name, second, third])
     assert "NextToken" not in second_page
-    completed = sm.list_inference_experiments(StatusEquals="Completed")["InferenceExperiments"]
-    assert [e["Name"] for e in completed] == [name]
+    completed = sm.list_inference_experiments(StatusEquals="Completed", SortBy="Name", SortOrder="Ascending")
+    assert [e["Name"] for e in completed["InferenceExperiments"]] == sorted([name, third])
+    assert sm.delete_inference_experiment(Name=third)["InferenceExperimentArn"].endswith(third)
+    _refused(lambda: sm.describe_inference_experiment(Name=third), "ResourceNotFound")
     dep.cleanup()
