@@ -73,6 +73,12 @@ class ResourceNotFound(ApiError):
     status = 400
 
 
+# An operation a resource's current status does not allow (an inference experiment's, for one).
+class ConflictException(ApiError):
+    code = "ConflictException"
+    status = 400
+
+
 class ResourceInUse(ApiError):
     code = "ResourceInUse"
     status = 400

@@ -32,7 +32,7 @@ from moorage.control.endpoints import IN_SERVICE, Endpoints
 from moorage.control.paging import list_query, page
 from moorage.control.resources import put_tags, save_changes
 from moorage.control.times import epoch, timestamp
-from moorage.errors import ApiError, ResourceInUse, ResourceNotFound, ValidationException
+from moorage.errors import ApiError, ConflictException, ResourceInUse, ResourceNotFound, ValidationException
 from moorage.store.metadata import AlreadyExists, Resource
 
 log = logging.getLogger("moorage.inference_experiments")
@@ -50,11 +50,6 @@ TICK_S = 1.0
 CONFIG_NAME_MAX = 63
 
 
-class ConflictException(ApiError):
-    """SageMaker's answer to an operation the experiment's current status does not allow."""
-
-    code = "ConflictException"
-    status = 400
 
 
 def _variant_config(variant: dict[str, Any], weight: float) -> dict[str, Any]:
