@@ -255,6 +255,17 @@ class Instance:
             self.log.line(reason)
             raise InstanceStartError(reason) from exc
         assert self.process.stdout is not None
+        if self.launch.background:
+            # SCHED_IDLE: the process runs only on CPU nobody else wants, and any normal task that
+            # wakes takes the core from it at once (a nice value only shares the core in proportion).
+            # Set before its server starts any thread or worker: they inherit the policy.
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(self.process.pid, os.SCHED_IDLE, os.sched_param(0))
+            # The instance leads its own session, and with the kernel's autogroup scheduling each
+            # session is a task group that competes as a whole: the policy above only ranks it within
+            # its group. The group's own nice (lowest) makes the whole group yield.
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{self.process.pid}/autogroup").write_text("19")
         self.log.line(f"started pid {self.process.pid}")
         self._pump = asyncio.ensure_future(self._drain_output(self.process, self.log))
 

@@ -34,6 +34,7 @@ class LaunchSpec:
     envs_dir: Path | None = None  # where those environments are cached (home/envs)
     startup_timeout: float | None = None  # overrides the pool's /ping deadline (MOORAGE_STARTUP_TIMEOUT)
     model_data_url: str | None = None  # the artifact's location: what another node unpacks
+    background: bool = False  # runs only on spare CPU (SCHED_IDLE): a shadow variant's instances (shadow.py)
     # The server's settings for instances (memory limits, code environments, log rotation).
     instances: InstanceSettings = field(default_factory=InstanceSettings)
 
@@ -54,6 +55,7 @@ class LaunchSpec:
                    requirements=Path(data["requirements"]) if data.get("requirements") else None,
                    envs_dir=Path(data["envs_dir"]) if data.get("envs_dir") else None,
                    startup_timeout=data.get("startup_timeout"), model_data_url=data.get("model_data_url"),
+                   background=bool(data.get("background")),
                    instances=InstanceSettings.from_plain(data.get("instances") or {}))
 
     def on_this_node(self, artifacts: Materializer) -> LaunchSpec:

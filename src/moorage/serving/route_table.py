@@ -7,6 +7,7 @@ the route of an endpoint name on every invocation (a dict lookup, no database).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -102,6 +103,9 @@ class RouteTable:
         route.observers.extend(self.observers)
         production_weight = sum(p.weight for p in plans if not p.shadow)
         for plan in (p for p in plans if p.shadow):
+            # A shadow's instances yield the CPU to production's: on a shared machine its copies must
+            # not slow the answers callers wait for.
+            plan = dataclasses.replace(plan, launch=dataclasses.replace(plan.launch, background=True))
             shadow = route.shadows[plan.name] = variant(plan)
             route.observers.append(ShadowMirror(
                 endpoint, shadow, plan.weight / production_weight if production_weight else 0.0,

@@ -6,7 +6,10 @@ only appends the event to a bounded queue (a copy that does not fit is dropped a
 queued without bound); a few worker tasks send the copies to the shadow variant's pool, compare each
 answer with production's (exactly, and number by number within a tolerance) and hand the shadow's
 own ``InvocationEvent`` to the route's observers, so metrics and data capture record the shadow
-under its variant name. A slow or failing shadow costs production nothing but those workers.
+under its variant name. A slow or failing shadow costs production nothing but those workers, and
+the shadow's instances run only on spare CPU (``LaunchSpec.background``: SCHED_IDLE), so on a
+machine whose cores production also needs, a shadow as busy as production yields to it at once
+(under full load it falls behind, and its copies are dropped and counted).
 
 The sampled share is SageMaker's: the shadow variant's weight over the production variants' (a
 shadow at 0.5 next to a production variant at 1.0 receives half the requests), at most all of them.
