@@ -18,10 +18,12 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -713,3 +715,44 @@ class H(BaseHTTPRequestHandler):
 
 HTTPServer(("127.0.0.1", int(os.environ["SAGEMAKER_BIND_TO_PORT"])), H).serve_forever()
 """
+
+
+# --------------------------------------------------------------------------------------------------
+# steady traffic during an update
+# --------------------------------------------------------------------------------------------------
+class SteadyTraffic:
+    """One caller invoking an endpoint without pause while a test changes it. Keeps (time, the answer's
+    ``field``) for each success and every failure: during an update none may fail."""
+
+    def __init__(self, srv: MoorageServer, endpoint: str, field: str, body: bytes = b"1,2,3") -> None:
+        self.rt = srv.rt()
+        self.endpoint = endpoint
+        self.field = field
+        self.body = body
+        self.answered: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def answers(self) -> list[str]:
+        return [answer for _, answer in list(self.answered)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                reply = self.rt.invoke_endpoint(EndpointName=self.endpoint, Body=self.body, ContentType="text/csv")
+                self.answered.append((time.time(), json.loads(reply["Body"].read())[self.field]))
+            except Exception as exc:  # every steady request must succeed: keep what went wrong
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> SteadyTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def between(self, start: float, end: float) -> Counter[str]:
+        return Counter(answer for when, answer in list(self.answered) if start <= when < end)

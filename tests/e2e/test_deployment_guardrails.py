@@ -11,9 +11,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from e2e_support import Deployer, MoorageServer, err_code, new_name, pack_model, variant, wait_until
+from e2e_support import Deployer, MoorageServer, SteadyTraffic, err_code, new_name, pack_model, variant, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -45,37 +43,6 @@ def model_fn(model_dir, context=None):
     raise RuntimeError("the new model cannot load")
 '''
 ENV = {"MOORAGE_METRICS_PERIOD": "1"}
-
-
-class Traffic:
-    """One caller invoking the endpoint without pause; records which fleet answered, and failures."""
-
-    def __init__(self, srv: MoorageServer, endpoint: str) -> None:
-        self.rt = srv.rt()
-        self.endpoint = endpoint
-        self.answers: list[tuple[float, str]] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                reply = self.rt.invoke_endpoint(EndpointName=self.endpoint, Body=b"1,2,3", ContentType="text/csv")
-                self.answers.append((time.time(), json.loads(reply["Body"].read())["fleet"]))
-            except Exception as exc:  # every steady request must succeed: keep what went wrong
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def fleets_between(self, start: float, end: float) -> Counter[str]:
-        return Counter(fleet for when, fleet in list(self.answers) if start <= when < end)
 
 
 @pytest.fixture
@@ -127,7 +94,7 @@ def test_canary_moves_a_share_then_everything_with_no_failed_request(guarded: Mo
     green = _green_config(dep, tmp_path, count=2)
     deployment = _policy({"Type": "CANARY", "CanarySize": {"Type": "INSTANCE_COUNT", "Value": 1},
                           "WaitIntervalInSeconds": 4})
-    with Traffic(guarded, endpoint) as traffic:
+    with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=deployment)
 
@@ -144,7 +111,7 @@ def test_canary_moves_a_share_then_everything_with_no_failed_request(guarded: Mo
         assert desc["PendingDeploymentSummary"]["ProductionVariants"][0]["DesiredInstanceCount"] == 2
         done = _wait_done(dep, endpoint)
         finished = time.time()
-        wait_until(lambda: sum(traffic.fleets_between(finished, time.time() + 1).values()) >= 5, 30,
+        wait_until(lambda: sum(traffic.between(finished, time.time() + 1).values()) >= 5, 30,
                    what="requests after the update")
     assert traffic.failures == []
     assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == green
@@ -157,10 +124,10 @@ def test_canary_moves_a_share_then_everything_with_no_failed_request(guarded: Mo
                      ("Baking", 1.0), ("Completed", 1.0)]
     canary_start = next(h["Time"] for h in history if h["Phase"] == "Baking")
     canary_end = next(h["Time"] for h in history[3:] if h["Phase"] == "ActivatingTraffic")
-    during = traffic.fleets_between(canary_start, canary_end)
+    during = traffic.between(canary_start, canary_end)
     assert during["blue"] > 0 and during["green"] > 0, during  # both fleets served the canary period
-    assert set(traffic.fleets_between(finished, time.time() + 1)) == {"green"}
-    assert set(traffic.fleets_between(0, history[0]["Time"])) == {"blue"}
+    assert set(traffic.between(finished, time.time() + 1)) == {"green"}
+    assert set(traffic.between(0, history[0]["Time"])) == {"blue"}
 
     # The command line shows the same story.
     env = {k: v for k, v in os.environ.items() if k not in ("MOORAGE_HOME", "AWS_PROFILE")}
@@ -180,7 +147,7 @@ def test_linear_steps_follow_capacity(guarded: MoorageServer, tmp_path: Path) ->
     green = _green_config(dep, tmp_path, count=4)
     deployment = _policy({"Type": "LINEAR", "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25},
                           "WaitIntervalInSeconds": 1}, termination=0)
-    with Traffic(guarded, endpoint) as traffic:
+    with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=deployment)
         done = _wait_done(dep, endpoint, timeout=240)
@@ -201,7 +168,7 @@ def test_alarm_during_baking_rolls_everything_back(guarded: MoorageServer, tmp_p
     alarm = _error_alarm(guarded, endpoint)
     deployment = _policy({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 120}, alarms=[alarm])
     rt = guarded.rt()
-    with Traffic(guarded, endpoint) as traffic:
+    with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=deployment)
         wait_until(lambda: _history(guarded, endpoint)[-1]["Phase"] == "Baking", 120, interval=0.1,
@@ -218,7 +185,7 @@ def test_alarm_during_baking_rolls_everything_back(guarded: MoorageServer, tmp_p
         wait_until(poke, 60, interval=0.3, what="the alarm to roll the update back")
         done = _wait_done(dep, endpoint)
         rolled_back = time.time()
-        wait_until(lambda: sum(traffic.fleets_between(rolled_back, time.time() + 1).values()) >= 5, 30,
+        wait_until(lambda: sum(traffic.between(rolled_back, time.time() + 1).values()) >= 5, 30,
                    what="requests after the rollback")
     assert traffic.failures == []
     assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == old_config
@@ -226,8 +193,8 @@ def test_alarm_during_baking_rolls_everything_back(guarded: MoorageServer, tmp_p
     assert "PendingDeploymentSummary" not in done
     phases = [h["Phase"] for h in _history(guarded, endpoint)]
     assert phases[-2:] == ["RollingBack", "RolledBack"]
-    assert set(traffic.fleets_between(rolled_back, time.time() + 1)) == {"blue"}
-    assert traffic.fleets_between(0, rolled_back)["green"] > 0  # green did serve before the alarm
+    assert set(traffic.between(rolled_back, time.time() + 1)) == {"blue"}
+    assert traffic.between(0, rolled_back)["green"] > 0  # green did serve before the alarm
     dep.cleanup()
 
 
@@ -238,13 +205,13 @@ def test_a_green_fleet_that_cannot_start_leaves_blue_serving(guarded: MoorageSer
     old_config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
     broken = _green_config(dep, tmp_path, count=1, fleet="broken", source=BROKEN_MODEL)
     deployment = _policy({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 1})
-    with Traffic(guarded, endpoint) as traffic:
+    with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=broken, DeploymentConfig=deployment)
         wait_until(lambda: sm.describe_endpoint(EndpointName=endpoint).get("FailureReason"), 120, interval=0.2,
                    what="the update to fail")
         done = _wait_done(dep, endpoint)
-    assert traffic.failures == [] and set(fleet for _, fleet in traffic.answers) == {"blue"}
+    assert traffic.failures == [] and set(traffic.answers) == {"blue"}
     assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == old_config
     assert "cannot load" in done["FailureReason"]
 
@@ -353,7 +320,7 @@ def test_rolling_update_replaces_the_fleet_batch_by_batch(guarded: MoorageServer
     sm = guarded.sm()
     endpoint = _blue_endpoint(dep, tmp_path, count=2)
     green = _green_config(dep, tmp_path, count=2)
-    with Traffic(guarded, endpoint) as traffic:
+    with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=_rolling(1, 1))
         done = _wait_done(dep, endpoint, timeout=240)
@@ -376,7 +343,7 @@ def test_rolling_update_rolled_back_by_an_alarm_gets_its_old_capacity_back(guard
     green = _green_config(dep, tmp_path, count=2, fleet="green-fails-on-boom")
     alarm = _error_alarm(guarded, endpoint)
     rt = guarded.rt()
-    with Traffic(guarded, endpoint) as traffic:
+    with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green,
                            DeploymentConfig=_rolling(1, 120, alarms=[alarm]))

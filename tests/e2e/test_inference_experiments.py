@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from e2e_support import (
     ROLE_ARN,
     Deployer,
     MoorageServer,
+    SteadyTraffic,
     err_code,
     err_message,
     new_name,
@@ -45,34 +45,6 @@ def model_fn(model_dir, context=None):
 def transform_fn(name, body, content_type, accept):
     return json.dumps({"model": name}), "application/json"
 '''
-
-
-class Traffic:
-    """One caller invoking the endpoint without pause; keeps the answers and every failure."""
-
-    def __init__(self, srv: MoorageServer, endpoint: str) -> None:
-        self.rt = srv.rt()
-        self.endpoint = endpoint
-        self.answers: list[str] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                reply = self.rt.invoke_endpoint(EndpointName=self.endpoint, Body=b"1,2", ContentType="text/csv")
-                self.answers.append(json.loads(reply["Body"].read())["model"])
-            except Exception as exc:  # every request must succeed: keep what went wrong
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 def _model(dep: Deployer, workdir: Path, name: str) -> str:
@@ -169,7 +141,7 @@ def test_a_shadow_test_runs_then_promotes_or_removes_its_shadow(
     assert [(e["Name"], e["Type"], e["Status"]) for e in listed] == [(name, "ShadowMode", "Running")]
 
     # Promote under steady traffic: the shadow's model becomes production, and no request fails.
-    with Traffic(srv, endpoint) as traffic:
+    with SteadyTraffic(srv, endpoint, "model", body=b"1,2") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.stop_inference_experiment(Name=name, ModelVariantActions={"AllTraffic": "Remove", "Shadow": "Promote"})
         done = wait_until(lambda: (d := sm.describe_inference_experiment(Name=name))["Status"] == "Completed" and d,
