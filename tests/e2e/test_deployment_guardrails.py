@@ -82,6 +82,21 @@ def _history(srv: MoorageServer, endpoint: str) -> list[dict[str, Any]]:
     return srv.native_endpoint(endpoint)["Update"]["History"]
 
 
+def _poke_until_rolled_back(srv: MoorageServer, endpoint: str) -> None:
+    """Send requests the green fleet fails (the steady traffic never does), so Invocation5XXErrors > 0
+    and the rollback alarm fires, until the update is no longer Updating."""
+    sm, rt = srv.sm(), srv.rt()
+
+    def poke() -> bool:
+        try:
+            rt.invoke_endpoint(EndpointName=endpoint, Body=b"boom", ContentType="text/csv")
+        except ClientError as exc:
+            assert err_code(exc) == "ModelError"
+        return sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] != "Updating"
+
+    wait_until(poke, 60, interval=0.2, what="the alarm to roll the update back")
+
+
 def _wait_done(dep: Deployer, endpoint: str, timeout: float = 180) -> dict[str, Any]:
     return dep.wait_status(endpoint, {"InService", "Failed", "UpdateRollbackFailed"}, timeout=timeout)
 
@@ -167,22 +182,13 @@ def test_alarm_during_baking_rolls_everything_back(guarded: MoorageServer, tmp_p
     green = _green_config(dep, tmp_path, count=1, fleet="green-fails-on-boom")
     alarm = _error_alarm(guarded, endpoint)
     deployment = _policy({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 120}, alarms=[alarm])
-    rt = guarded.rt()
     with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green, DeploymentConfig=deployment)
         wait_until(lambda: _history(guarded, endpoint)[-1]["Phase"] == "Baking", 120, interval=0.1,
                    what="the green fleet to bake")
 
-        def poke() -> bool:
-            # A request the green fleet fails (the steady traffic never does): Invocation5XXErrors > 0.
-            try:
-                rt.invoke_endpoint(EndpointName=endpoint, Body=b"boom", ContentType="text/csv")
-            except ClientError as exc:
-                assert err_code(exc) == "ModelError"
-            return sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] != "Updating"
-
-        wait_until(poke, 60, interval=0.3, what="the alarm to roll the update back")
+        _poke_until_rolled_back(guarded, endpoint)
         done = _wait_done(dep, endpoint)
         rolled_back = time.time()
         wait_until(lambda: sum(traffic.between(rolled_back, time.time() + 1).values()) >= 5, 30,
@@ -342,7 +348,6 @@ def test_rolling_update_rolled_back_by_an_alarm_gets_its_old_capacity_back(guard
     old_config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
     green = _green_config(dep, tmp_path, count=2, fleet="green-fails-on-boom")
     alarm = _error_alarm(guarded, endpoint)
-    rt = guarded.rt()
     with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
         wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
         sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=green,
@@ -350,14 +355,7 @@ def test_rolling_update_rolled_back_by_an_alarm_gets_its_old_capacity_back(guard
         wait_until(lambda: _history(guarded, endpoint)[-1]["Phase"] == "Baking", 120, interval=0.1,
                    what="the first batch to bake")
 
-        def poke() -> bool:
-            try:  # half the traffic is on the new batch now: some of these reach it and fail
-                rt.invoke_endpoint(EndpointName=endpoint, Body=b"boom", ContentType="text/csv")
-            except ClientError as exc:
-                assert err_code(exc) == "ModelError"
-            return sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] != "Updating"
-
-        wait_until(poke, 60, interval=0.2, what="the alarm to roll the update back")
+        _poke_until_rolled_back(guarded, endpoint)
         done = _wait_done(dep, endpoint)
     assert traffic.failures == []
     assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == old_config

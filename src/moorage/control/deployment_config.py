@@ -20,7 +20,6 @@ between 10% and 50% of it, a rolling batch between 5% and 50%; what botocore's m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +168,3 @@ class DeploymentPlan:
             steps.append(Step(1.0, self.termination_wait_seconds, final=True))
         return steps
 
-
-def capacity_of(counts: Sequence[int]) -> int:
-    return max(1, sum(counts))

@@ -273,8 +273,8 @@ class Endpoints:
                  ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
         # A restart keeps the reason an update cut off by the stop left; a new endpoint has none.
         reason = row.body.get("FailureReason") if recovering else None
-        self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingEndpointConfigName=None,
-                   FailureReason=reason, ProductionVariants=self._variant_summaries(config, plans, models),
+        self._save(name, IN_SERVICE, EndpointConfigName=config_name, FailureReason=reason,
+                   ProductionVariants=self._variant_summaries(config, plans, models),
                    ShadowProductionVariants=self._variant_summaries(config, plans, models, "ShadowProductionVariants")
                    or None, DataCaptureConfig=self._capture_summary(config))
         if replaced is not None:
@@ -329,7 +329,7 @@ class Endpoints:
             log.warning("update of endpoint %s failed; the previous fleet keeps serving: %s", name, reason)
             update.record("Failed", f"The new fleet could not start: {variant}{reason}")
             self._save(name, IN_SERVICE, FailureReason=f"Update failed, rolled back: {variant}{reason}",
-                       PendingEndpointConfigName=None, PendingDeploymentSummary=None)
+                       PendingDeploymentSummary=None)
             return
         except asyncio.CancelledError:
             if green is not None:
@@ -342,8 +342,7 @@ class Endpoints:
                 await update.shift_traffic(green)
         except RolledBack as exc:
             update.record("RolledBack", str(exc))
-            self._save(name, IN_SERVICE, FailureReason=str(exc), PendingEndpointConfigName=None,
-                       PendingDeploymentSummary=None)
+            self._save(name, IN_SERVICE, FailureReason=str(exc), PendingDeploymentSummary=None)
             return
         current = self.ctx.store.get(ENDPOINT, name)
         if current is None or current.status == DELETING:
@@ -351,8 +350,7 @@ class Endpoints:
         self.ctx.store.replace_desired(name, desired)
         update.finish(green)
         update.record("Completed", "All traffic is on the new fleet; the old fleet is being stopped.")
-        self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingEndpointConfigName=None,
-                   PendingDeploymentSummary=None, FailureReason=None,
+        self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingDeploymentSummary=None, FailureReason=None,
                    ProductionVariants=self._variant_summaries(config, plans, models),
                    ShadowProductionVariants=self._variant_summaries(config, plans, models, "ShadowProductionVariants")
                    or None,
@@ -433,8 +431,6 @@ class Endpoints:
         pending = row.body.get("PendingDeploymentSummary")
         if pending:
             out["PendingDeploymentSummary"] = pending_summary(pending, self.ctx.routes.pending_snapshot(name))
-        elif row.body.get("PendingEndpointConfigName"):
-            out["PendingDeploymentSummary"] = {"EndpointConfigName": row.body["PendingEndpointConfigName"]}
         return out
 
     async def list_endpoints(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -484,7 +480,7 @@ class Endpoints:
         keep_capture = retain and "DataCaptureConfig" not in excluded
         capture_config_name = (row.body.get("CaptureConfigName") or row.body.get("EndpointConfigName")
                                if keep_capture else config_name)
-        self._save(name, UPDATING, PendingEndpointConfigName=config_name, PendingDeploymentSummary={
+        self._save(name, UPDATING, PendingDeploymentSummary={
             "EndpointConfigName": config_name, "StartTime": time.time()})
         self._run(name, self._update(name, config_name, plan, desired, capture_config_name))
         return {"EndpointArn": row.arn}
@@ -522,6 +518,7 @@ class Endpoints:
             config_name = row.body.get("EndpointConfigName")
             if row.status in (UPDATING, ROLLING_BACK):
                 # An update cut off by the stop: the row still names the old config, which comes back.
+                # (PendingEndpointConfigName: what rows written before blue/green updates kept instead.)
                 self._save(row.name, IN_SERVICE, PendingEndpointConfigName=None, PendingDeploymentSummary=None,
                            FailureReason="Update rolled back: the server stopped before the update finished.")
             self._run(row.name, self._bring_up(row.name, config_name, recovering=row.status != CREATING))
