@@ -270,7 +270,7 @@ class MoorageServer:
     def instances(self, name: str, variant: str | None = None) -> list[dict[str, Any]]:
         doc = self.native_endpoint(name)
         out = []
-        for v in doc["Variants"]:
+        for v in (*doc["Variants"], *doc.get("ShadowVariants", [])):
             if variant is None or v["VariantName"] == variant:
                 out.extend(v["Instances"])
         return out
@@ -595,8 +595,9 @@ class Deployer:
         self.models.append(name)
         return name
 
-    def config(self, name: str, variants: list[dict[str, Any]]) -> str:
-        self.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=variants)
+    def config(self, name: str, variants: list[dict[str, Any]], *, shadows: list[dict[str, Any]] | None = None) -> str:
+        extra = {"ShadowProductionVariants": shadows} if shadows else {}
+        self.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=variants, **extra)
         self.configs.append(name)
         return name
 

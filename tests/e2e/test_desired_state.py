@@ -2,7 +2,8 @@
 
 Each kind of change (create, UpdateEndpointWeightsAndCapacities, UpdateEndpoint with and without
 RetainAllVariantProperties) is followed by a SIGTERM restart on the same home; DescribeEndpoint
-and the real traffic split must then be what they were before the restart.
+and the real traffic split must then be what they were before the restart. A shadow variant's
+weight and count are desired state too.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def _split(srv: MoorageServer, name: str, X: Any) -> Counter[str]:
                    for _ in range(CALLS))
 
 
+def _shadows(srv: MoorageServer, name: str) -> dict[str, tuple[float, float, int, int]]:
+    desc = srv.sm().describe_endpoint(EndpointName=name)
+    return {v["VariantName"]: (v["CurrentWeight"], v["DesiredWeight"], v["CurrentInstanceCount"],
+                               v["DesiredInstanceCount"]) for v in desc.get("ShadowProductionVariants", [])}
+
+
 def _settled(srv: MoorageServer, name: str, expected: dict[str, tuple[float, float, int, int]]) -> None:
     """Describe reaches ``expected`` (instances take a moment to pass /ping after a restart)."""
     wait_until(lambda: _variants(srv, name) == expected, 90, interval=0.5,
@@ -79,8 +86,20 @@ def test_every_kind_of_change_survives_a_restart(
     created = {"blue": (1.0, 1.0, 1, 1), "green": (1.0, 1.0, 1, 1)}
     _settled(srv, split, created)
 
+    # A production variant and a shadow; the shadow is told to copy half the requests, on two instances.
+    shadowed = dep.endpoint(new_name("ds-shadowed"), dep.config(
+        new_name("ds-config"), [variant("production", model)], shadows=[variant("shadow", model)]))
+    dep.wait_in_service(shadowed)
+    srv.sm().update_endpoint_weights_and_capacities(EndpointName=shadowed, DesiredWeightsAndCapacities=[
+        {"VariantName": "shadow", "DesiredWeight": 0.5, "DesiredInstanceCount": 2}])
+    told = {"shadow": (0.5, 0.5, 2, 2)}
+    wait_until(lambda: _shadows(srv, shadowed) == told, 90, interval=0.5, what="the shadow to scale to 2")
+    assert _variants(srv, shadowed) == {"production": (1.0, 1.0, 1, 1)}
+
     _restart(srv)  # after CreateEndpoint
     _settled(srv, split, created)
+    wait_until(lambda: _shadows(srv, shadowed) == told, 90, interval=0.5, what="the shadow back at 2 instances")
+    assert len(srv.instances(shadowed, "shadow")) == 2
     _settled(srv, single, {"AllTraffic": (0.5, 0.5, 2, 2)})
     assert set(_split(srv, split, X)) == {"blue", "green"}  # 1 in 2**39 to fail by chance
 

@@ -49,6 +49,8 @@ def variant_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSna
     summaries = {v["VariantName"]: v for v in row.body.get("ProductionVariants", [])}
     out = []
     for goal in store.desired(row.name):
+        if goal.shadow:
+            continue
         summary = {k: v for k, v in summaries.get(goal.variant, {"VariantName": goal.variant}).items()
                    if k not in ("CurrentWeight", "DesiredWeight", "CurrentInstanceCount", "DesiredInstanceCount")}
         live = snapshot.variants.get(goal.variant) if snapshot is not None else None
@@ -59,17 +61,21 @@ def variant_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSna
 
 
 def shadow_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSnapshot | None) -> list[dict[str, Any]]:
-    """DescribeEndpoint's ShadowProductionVariants: the config's weight and count, the live counts."""
+    """DescribeEndpoint's ShadowProductionVariants: the store's desired weight and count, the live
+    counts (a store written before shadows had desired state: the config's)."""
     config = store.get(ENDPOINT_CONFIG, row.body.get("EndpointConfigName", ""))
     given = {v["VariantName"]: v for v in ((config.body if config else {}).get("ShadowProductionVariants") or [])}
+    goals = {d.variant: d for d in store.desired(row.name) if d.shadow}
     out = []
     for summary in row.body.get("ShadowProductionVariants") or []:
-        variant = given.get(summary["VariantName"], {})
-        live = snapshot.variants.get(summary["VariantName"]) if snapshot is not None else None
-        weight = float(variant.get("InitialVariantWeight", 1.0))
-        out.append(dict(summary, CurrentWeight=weight, DesiredWeight=weight,
-                        CurrentInstanceCount=live.in_service if live else 0,
-                        DesiredInstanceCount=int(variant.get("InitialInstanceCount", 1))))
+        vname = summary["VariantName"]
+        variant = given.get(vname, {})
+        goal = goals.get(vname) or DesiredVariant(vname, float(variant.get("InitialVariantWeight", 1.0)),
+                                                  int(variant.get("InitialInstanceCount", 1)))
+        live = snapshot.variants.get(vname) if snapshot is not None else None
+        out.append(dict(summary, CurrentWeight=live.current_weight if live else goal.weight,
+                        DesiredWeight=goal.weight, CurrentInstanceCount=live.in_service if live else 0,
+                        DesiredInstanceCount=goal.instance_count))
     return out
 
 
@@ -142,8 +148,7 @@ class Endpoints:
         save_changes(self.ctx.store, ENDPOINT, name, status, **changes)
 
     async def _plans(self, config: dict[str, Any], desired: list[DesiredVariant]) -> list[VariantPlan]:
-        """A plan per production variant (at its desired weight and count), then per shadow variant
-        (at its config's: a shadow's weight is its sampled share, not a store-owned setting)."""
+        """A plan per production variant, then per shadow variant, each at its desired weight and count."""
         by_name = {d.variant: d for d in desired}
         plans = []
         shadows = config.get("ShadowProductionVariants") or []
@@ -158,7 +163,7 @@ class Endpoints:
                                            startup_timeout=float(timeout) if timeout else None)
             except ArtifactError as exc:
                 raise DeployError(vname, str(exc)) from exc
-            goal = by_name.get(vname) if not shadow else None
+            goal = by_name.get(vname)
             weight = goal.weight if goal else float(variant.get("InitialVariantWeight", 1.0))
             count = goal.instance_count if goal else int(variant.get("InitialInstanceCount", 1))
             plans.append(VariantPlan(name=vname, weight=weight, instance_count=count, launch=launch, shadow=shadow))
@@ -166,9 +171,11 @@ class Endpoints:
 
     @staticmethod
     def _initial_desired(config: dict[str, Any]) -> list[DesiredVariant]:
-        """A config's variants at their initial weights and counts."""
+        """A config's variants (production, then shadow) at their initial weights and counts."""
         return [DesiredVariant(v["VariantName"], float(v.get("InitialVariantWeight", 1.0)),
-                               int(v.get("InitialInstanceCount", 1))) for v in config["ProductionVariants"]]
+                               int(v.get("InitialInstanceCount", 1)), {"shadow": True} if shadow else {})
+                for key, shadow in (("ProductionVariants", False), ("ShadowProductionVariants", True))
+                for v in config.get(key) or []]
 
     def _desired_for(self, name: str, config: dict[str, Any], *, keep_stored: bool,
                      exclude: frozenset[str] = frozenset()) -> list[DesiredVariant]:
@@ -192,9 +199,13 @@ class Endpoints:
             if kept is None:
                 out.append(fresh)
                 continue
+            if kept.shadow != fresh.shadow:
+                out.append(fresh)  # a production variant of the old config is a shadow in this one, or back
+                continue
             out.append(DesiredVariant(
                 fresh.variant, fresh.weight if "DesiredWeight" in exclude else kept.weight,
-                fresh.instance_count if "DesiredInstanceCount" in exclude else kept.instance_count, kept.state))
+                fresh.instance_count if "DesiredInstanceCount" in exclude else kept.instance_count,
+                {**kept.state, **fresh.state}))
         return out
 
     @staticmethod
@@ -375,7 +386,7 @@ class Endpoints:
             return
         errors = []
         desired = {d.variant: d for d in self.ctx.store.desired(name)}
-        for variant in route.variants.values():
+        for variant in (*route.variants.values(), *route.shadows.values()):
             goal = desired.get(variant.name)
             if goal is None:
                 continue
@@ -385,7 +396,7 @@ class Endpoints:
                 except Exception as exc:
                     errors.append(f"variant {variant.name}: {exc}")
             variant.current_weight = goal.weight
-        route.reweigh()
+        self.ctx.routes.reweigh(route)
         if save:
             self._save(name, IN_SERVICE, FailureReason="; ".join(errors) or None)
 

@@ -141,7 +141,7 @@ class InferenceExperiments:
                                       f"one shadow variant; nothing else.")
 
     def _check_source(self, endpoint: str, shadow_mode: dict[str, Any]) -> None:
-        known = {d.variant for d in self.ctx.store.desired(endpoint)}
+        known = {d.variant for d in self.ctx.store.desired(endpoint) if not d.shadow}
         source = shadow_mode["SourceModelVariantName"]
         if source not in known:
             raise ValidationException(f"ShadowModeConfig.SourceModelVariantName: '{source}' is not a production "

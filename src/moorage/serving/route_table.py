@@ -113,6 +113,15 @@ class RouteTable:
                 concurrency=self.shadow.concurrency, timeout=self.invocation_timeout))
         return route
 
+    @staticmethod
+    def reweigh(route: EndpointRoute) -> None:
+        """The variants' ``current_weight`` changed: the chooser and the shadows' sampled shares follow."""
+        route.reweigh()
+        production_weight = sum(v.current_weight for v in route.variants.values())
+        for observer in route.observers:
+            if isinstance(observer, ShadowMirror):
+                observer.reshare(production_weight)
+
     async def start(self, route: EndpointRoute, counts: dict[str, int]) -> None:
         """Start every variant's instances (shadows' too); on any failure stop them all and raise DeployError."""
         variants = [*route.variants.values(), *route.shadows.values()]

@@ -98,6 +98,10 @@ class ShadowMirror:
     def name(self) -> str:
         return self.shadow.name
 
+    def reshare(self, production_weight: float) -> None:
+        """The shadow's or production's weights changed: its sampled share follows (SageMaker's ratio)."""
+        self.share = min(1.0, max(0.0, self.shadow.current_weight / production_weight if production_weight else 0.0))
+
     # The observer: on the event loop, after production's reply -------------------------------------
     def observe(self, event: InvocationEvent) -> None:
         if event.variant not in self.production or event.status >= 300:

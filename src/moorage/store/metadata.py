@@ -5,7 +5,8 @@ and monitoring schedules): each row keeps the fields the control plane filters a
 columns (name, status, times) and the rest as a JSON document. A new resource kind therefore needs
 no migration, and list operations filter in SQL rather than in Python.
 
-A second table holds each endpoint's desired state, one row per production variant: the weight
+A second table holds each endpoint's desired state, one row per variant (shadow variants marked in
+their state document): the weight
 and instance count the endpoint was last told to have (by its config, UpdateEndpointWeightsAndCapacities
 or the autoscaler), and a JSON document for what later strategies learn (a rollout's step, a
 routing policy's state). The store is its one owner: the control plane writes it first and the
@@ -95,12 +96,17 @@ class Resource:
 
 @dataclass(frozen=True)
 class DesiredVariant:
-    """What one production variant of an endpoint should be: the control plane's word, serving's goal."""
+    """What one variant of an endpoint should be: the control plane's word, serving's goal."""
 
     variant: str
     weight: float
     instance_count: int
     state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shadow(self) -> bool:
+        """A ShadowProductionVariant: its weight is the share of production's requests it gets copies of."""
+        return bool(self.state.get("shadow"))
 
 
 @dataclass
