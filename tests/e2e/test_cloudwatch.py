@@ -439,3 +439,43 @@ def test_unknown_actions_and_versions_are_refused(server: MoorageServer) -> None
     assert status == 400 and b"<Code>MissingAction</Code>" in body
     status, body = send("Action=ListMetrics&Version=2010-08-01")
     assert status == 200 and body.startswith(b"<ListMetricsResponse")
+
+
+def test_an_endpoint_publishes_at_its_metric_publish_frequency(server: MoorageServer,
+                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """MetricsConfig.MetricPublishFrequencyInSeconds: on a server that publishes every second, an
+    endpoint at 10 s has its datapoints only on 10-second boundaries, every request counted."""
+    deployer = Deployer(server)
+    tarball = pack_model(tmp_path_factory.mktemp("frequency-model"), None, inference_py=INFERENCE_PY)
+    sm, name = server.sm(), new_name("every-10s")
+    try:
+        deployer.model(name, tarball.as_uri())
+        config = {"EndpointConfigName": name, "ProductionVariants": [
+            {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
+             "InstanceType": "ml.m5.large"}]}
+        for bad in (0, 15, 600):
+            with pytest.raises(ClientError) as exc:
+                sm.create_endpoint_config(**config, MetricsConfig={"MetricPublishFrequencyInSeconds": bad})
+            assert err_code(exc.value) == "ValidationException"
+            assert "MetricPublishFrequencyInSeconds" in err_message(exc.value)
+        sm.create_endpoint_config(**config, MetricsConfig={"MetricPublishFrequencyInSeconds": 10})
+        deployer.configs.append(name)
+        assert sm.describe_endpoint_config(EndpointConfigName=name)["MetricsConfig"] == {
+            "MetricPublishFrequencyInSeconds": 10}
+        deployer.endpoint(name, name)
+        deployer.wait_in_service(name)
+        runtime, calls = server.rt(), 9
+        for _ in range(calls):  # spread over about 3 s: several seconds, had it published every second
+            runtime.invoke_endpoint(EndpointName=name, Body=json.dumps({"sleep": 0.3}), ContentType="application/json")
+        cw = server.client("cloudwatch")
+
+        def points() -> list[dict[str, Any]]:
+            return cw.get_metric_statistics(Namespace=SAGEMAKER, MetricName="Invocations", Dimensions=variant(name),
+                                            Period=1, Statistics=["Sum"], StartTime=minute(-10),
+                                            EndTime=minute(2))["Datapoints"]
+
+        wait_until(lambda: sum(p["Sum"] for p in points()) == calls, timeout=40,
+                   what="the endpoint's Invocations, published every 10 s")
+        assert all(p["Timestamp"].timestamp() % 10 == 0 for p in points()), points()
+    finally:
+        deployer.cleanup()

@@ -47,12 +47,15 @@ class MetricReader(Protocol):
     def statistics(self, namespace: str, metric_name: str, dimensions: dict[str, str], statistic: str,
                    start: float, end: float, period: int) -> Sequence[Datapoint]: ...
 
+    def publish_period(self, endpoint: str) -> int: ...
+
 
 @dataclass
 class _TargetState:
     history: History
     not_scaled: str | None = None  # the last "not scaled" reason recorded, to record each streak once
     busy: bool = False  # an activity is in progress
+    evaluated_through: float | None = None  # the start of the last period its policies looked at
 
 
 class ScalingController:
@@ -139,6 +142,13 @@ class ScalingController:
         if seen is None or seen[0] != snapshot.fleet:
             self._live_since[variant_id.endpoint] = seen = (snapshot.fleet, now)
         capacity = goal.instance_count
+        # An endpoint publishing less often than this loop runs (MetricPublishFrequencyInSeconds) is
+        # looked at once per period of its own, never twice on the same data.
+        period = math.lcm(self.period, self.reader.publish_period(variant_id.endpoint))
+        last = self._last_complete(now, period)
+        if state.evaluated_through == last:
+            return
+        state.evaluated_through = last
         policies = self.ctx.store.list(SCALING_POLICY, ListQuery(name_contains=target.name + "|", sort_by="created_at",
                                                                  descending=False))
         policies = [p for p in policies if p.body["ResourceId"] == target.body["ResourceId"]]
@@ -146,7 +156,7 @@ class ScalingController:
         proposals = []
         for policy in policies:
             view = _policy_view(policy)
-            values = self._values(policy, variant_id.endpoint, variant_id.variant, now, seen[1])
+            values = self._values(policy, variant_id.endpoint, variant_id.variant, last, period, seen[1])
             proposal = propose(view, values, capacity, state.history, now, self.rules)
             if proposal is not None and suspended.get(
                     "DynamicScalingOutSuspended" if proposal.direction == SCALE_OUT else "DynamicScalingInSuspended"):
@@ -165,12 +175,16 @@ class ScalingController:
         state.not_scaled = None
         await self._scale(target, state, variant_id.endpoint, variant_id.variant, decision, capacity, now)
 
-    def _values(self, policy: Resource, endpoint: str, variant: str, now: float, live_since: float) -> list[float]:
-        """The policy's metric, one value per period, oldest first, up to the last complete period."""
+    @staticmethod
+    def _last_complete(now: float, period: int) -> float:
+        """The start of the last period whose metrics are written (a quarter period's grace)."""
+        return math.floor((now - period / 4) / period) * period - period
+
+    def _values(self, policy: Resource, endpoint: str, variant: str, last: float, period: int,
+                live_since: float) -> list[float]:
+        """The policy's metric, one value per period, oldest first, up to the last complete one (``last``)."""
         config = policy.body["TargetTrackingScalingPolicyConfiguration"]
         wanted = max(self.rules.scale_out_datapoints, self.rules.scale_in_datapoints)
-        period = self.period
-        last = math.floor((now - period / 4) / period) * period - period  # start of the last complete period
         first = last - (wanted - 1) * period
         dimensions = {"EndpointName": endpoint, "VariantName": variant}
         predefined = config.get("PredefinedMetricSpecification")

@@ -10,6 +10,7 @@ from moorage.control.paging import list_query, page
 from moorage.control.resources import put_tags
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
+from moorage.metrics.service import PUBLISH_FREQUENCIES
 from moorage.store.metadata import AlreadyExists
 
 
@@ -40,6 +41,11 @@ class EndpointConfigs:
             weight = variant.setdefault("InitialVariantWeight", 1.0)
             if weight < 0:
                 raise ValidationException(f"Variant '{vname}' has a negative InitialVariantWeight.")
+        frequency = (req.get("MetricsConfig") or {}).get("MetricPublishFrequencyInSeconds")
+        if frequency is not None and frequency not in PUBLISH_FREQUENCIES:
+            raise ValidationException(
+                f"MetricsConfig.MetricPublishFrequencyInSeconds: {frequency} is not one of "
+                f"{', '.join(map(str, PUBLISH_FREQUENCIES))}.")
         if req.get("DataCaptureConfig"):
             CaptureConfig.parse(req["DataCaptureConfig"])  # raises ValidationException saying what is wrong
         arn = self.ctx.arn(ENDPOINT_CONFIG, name)

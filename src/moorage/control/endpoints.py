@@ -279,6 +279,7 @@ class Endpoints:
             await self.ctx.routes.retire(route)
             return
         self.ctx.store.replace_desired(name, desired)
+        self._publish_metrics(name, config)
         replaced = self.ctx.routes.publish(route)
         log.info("endpoint %s in service with config %s (%s)", name, config_name,
                  ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
@@ -359,6 +360,7 @@ class Endpoints:
         if current is None or current.status == DELETING:
             return  # the tear-down retires both fleets
         self.ctx.store.replace_desired(name, desired)
+        self._publish_metrics(name, config)
         update.finish(green)
         update.record("Completed", "All traffic is on the new fleet; the old fleet is being stopped.")
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingDeploymentSummary=None, FailureReason=None,
@@ -370,6 +372,12 @@ class Endpoints:
                    LastDeploymentConfig=plan.document or current.body.get("LastDeploymentConfig"))
         log.info("endpoint %s in service with config %s after a %s update", name, config_name, plan.routing)
         await self.ctx.routes.retire(blue)
+
+    def _publish_metrics(self, name: str, config: dict[str, Any] | None) -> None:
+        """The endpoint's metrics are published as often as its serving config says (MetricsConfig)."""
+        if self.ctx.metrics is not None:
+            frequency = ((config or {}).get("MetricsConfig") or {}).get("MetricPublishFrequencyInSeconds")
+            self.ctx.metrics.set_publish_period(name, int(frequency) if frequency else None)
 
     def _alarm_state(self, alarm: str) -> str | None:
         return self.ctx.metrics.alarms.state(alarm) if self.ctx.metrics is not None else None
@@ -407,6 +415,7 @@ class Endpoints:
             await self.ctx.routes.retire(route)
         self.ctx.store.delete_desired(name)
         self.ctx.store.delete(ENDPOINT, name)
+        self._publish_metrics(name, None)
 
     # API operations ---------------------------------------------------------------------------------
     async def create_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -118,9 +118,12 @@ class PrometheusExposition:
             for key in stale:
                 del self._totals[key]
 
-    def set_gauges(self, metric: str, values: Mapping[SeriesKey, float]) -> None:
+    def set_gauges(self, metric: str, values: Mapping[SeriesKey, float], live: set[str] | None = None) -> None:
+        """New readings of ``metric``; those of other instances stay while their id is in ``live``
+        (endpoints are sampled at their own periods), all are replaced when it is None."""
         with self._lock:
-            self._gauges[metric] = dict(values)
+            kept = {} if live is None else {k: v for k, v in self._gauges.get(metric, {}).items() if k[2] in live}
+            self._gauges[metric] = {**kept, **values}
 
     def add_business(self, namespace: str, metric_name: str, dimensions: Mapping[str, str], total: float,
                      count: float) -> None:

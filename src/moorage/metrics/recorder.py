@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,14 +110,19 @@ class InvocationRecorder:
         """Latency samples dropped since the start (the open window included)."""
         return self._dropped_before + sum(w.dropped for w in list(self.windows.values()))
 
-    def take(self, now: float | None = None) -> TakenWindow:
-        """Close the current period and start the next (on the event loop: no lock needed)."""
+    def take(self, now: float | None = None, endpoints: Collection[str] | None = None) -> TakenWindow:
+        """Close the current period of ``endpoints`` (default: all) and start their next; the other
+        endpoints' windows stay open (on the event loop: no lock needed)."""
         now = time.time() if now is None else now
-        taken = TakenWindow(self.window_start, now, self.windows)
-        self._dropped_before += taken.dropped
-        self.windows = {}
+        if endpoints is None:
+            taken, self.windows = self.windows, {}
+        else:
+            taken = {k: w for k, w in self.windows.items() if k[0] in endpoints}
+            self.windows = {k: w for k, w in self.windows.items() if k[0] not in endpoints}
+        window = TakenWindow(self.window_start, now, taken)
+        self._dropped_before += window.dropped
         self.window_start = now
-        return taken
+        return window
 
 
 def statistic_sets(window: TakenWindow, timestamp: float, instances_in_service: Mapping[tuple[str, str], int],

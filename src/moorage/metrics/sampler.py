@@ -8,7 +8,8 @@ microseconds) is published once per instance, from its start to its first passin
 An instance's figures cover its whole process tree (a server's own workers count).
 
 ``sampled_instances`` reads the serving snapshot (taken on the event loop); ``sample`` does the
-system calls and runs in a worker thread.
+system calls and runs in a worker thread. Each endpoint is sampled at the end of each of its metric
+periods (its ``MetricPublishFrequencyInSeconds``): CPU is the average since the previous sample.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class UtilizationSampler:
         self._setup_seconds: dict[SeriesKey, float] = {}
         self._machine_memory = machine_memory_bytes()
 
-    def sample(self, instances: list[InstanceInfo], timestamp: float) -> Sample:
+    def sample(self, instances: list[InstanceInfo], timestamp: float, live: set[str] | None = None) -> Sample:
+        """``instances``' figures since their previous sample; ``live`` (default: those sampled) are the
+        instance ids still running, whose state is kept for their next sample."""
         try:
             disk = float(psutil.disk_usage(str(self.disk_path)).percent)
         except OSError:
@@ -105,7 +108,7 @@ class UtilizationSampler:
                 self._setup_reported.add(info.instance_id)
                 setups[info.key] = info.setup_seconds
                 self._setup_seconds[info.key] = info.setup_seconds
-        live = {i.instance_id for i in instances}
+        live = {i.instance_id for i in instances} if live is None else live
         self._cpu_seen = {k: v for k, v in self._cpu_seen.items() if k in live}
         self._setup_reported &= live
         self._setup_seconds = {k: v for k, v in self._setup_seconds.items() if k[2] in live}

@@ -6,6 +6,11 @@ the window into the Prometheus totals, purges what is past retention, and then e
 alarms, so an alarm always sees the period that has just been written. ``stop`` writes the last,
 partial period (flush on shutdown).
 
+Each endpoint publishes at its own period: its config's ``MetricsConfig.MetricPublishFrequencyInSeconds``
+(10 to 300 s, so a rollback alarm with a 10 s period sees every period), else the server's. The
+ticker runs at the greatest common divisor of the periods in use, and each tick publishes the
+endpoints whose period has ended since they last published; the others' windows stay open.
+
 Other parts of the server use it through ``ctx.metrics``: ``statistics(...)`` (the autoscaler,
 CLI, API), ``put_metric(...)`` (business metrics), ``alarms`` (rollouts).
 """
@@ -24,7 +29,7 @@ import numpy as np
 from moorage.config import Settings
 from moorage.metrics.alarms import AlarmService
 from moorage.metrics.prometheus import PrometheusExposition
-from moorage.metrics.recorder import InvocationRecorder, statistic_sets
+from moorage.metrics.recorder import InvocationRecorder, TakenWindow, statistic_sets
 from moorage.metrics.sampler import UtilizationSampler, sampled_instances
 from moorage.metrics.store import Datapoint, MetricSeries, MetricStore, StatisticSet
 from moorage.metrics.vocabulary import CAPTURE_NAMESPACE, CAPTURE_OUTCOMES, COUNT, variant_dimensions
@@ -35,6 +40,8 @@ log = logging.getLogger("moorage.metrics")
 
 PURGE_EVERY_S = 600.0
 STOP_TIMEOUT_S = 30.0
+# MetricsConfig.MetricPublishFrequencyInSeconds: the values SageMaker accepts.
+PUBLISH_FREQUENCIES = (10, 30, 60, 120, 180, 240, 300)
 
 
 class MetricsService:
@@ -48,14 +55,59 @@ class MetricsService:
         self.sampler = UtilizationSampler(settings.home) if self.recording else None
         self.prometheus = PrometheusExposition(lambda: self.recorder.windows if self.recorder else {})
         self.prometheus.dropped_samples = lambda: self.recorder.dropped_total if self.recorder else 0
-        self.alarms = AlarmService(store, self.store, settings.region, settings.account_id, data_period=self.period)
+        # An alarm's period must be a multiple of the finest period an endpoint may publish at.
+        self.alarms = AlarmService(store, self.store, settings.region, settings.account_id,
+                                   data_period=math.gcd(self.period, min(PUBLISH_FREQUENCIES)))
         if self.recorder is not None:
             routes.observers.append(self.recorder)
         self._capture_counts: Callable[[], Mapping[tuple[str, str], Mapping[str, int]]] | None = None
         self._capture_seen: dict[tuple[str, str], dict[str, int]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopped = False
+        self._wake: asyncio.Event | None = None  # stop, or the set of periods changed
         self._last_purge = 0.0
+        self._publish_periods: dict[str, int] = {}  # endpoint -> its own period, where not the server's
+        self._published: dict[str, float] = {}  # endpoint -> the start of the period it is now recording
+        self._last_tick = time.time()
+
+    # -- publishing periods ------------------------------------------------------------------------
+    def publish_period(self, endpoint: str) -> int:
+        """How often ``endpoint``'s metrics are published, in seconds."""
+        return self._publish_periods.get(endpoint, self.period)
+
+    def set_publish_period(self, endpoint: str, seconds: int | None) -> None:
+        """``endpoint`` publishes every ``seconds`` from now on (None: at the server's period)."""
+        if seconds is None or int(seconds) == self.period:
+            changed = self._publish_periods.pop(endpoint, None) is not None
+        else:
+            changed = self._publish_periods.get(endpoint) != int(seconds)
+            self._publish_periods[endpoint] = int(seconds)
+        if changed and self._wake is not None:
+            self._wake.set()
+
+    @property
+    def tick_period(self) -> int:
+        return math.gcd(self.period, *self._publish_periods.values())
+
+    def _due(self, endpoints: set[str], now: float, final: bool) -> dict[str, float]:
+        """endpoint -> the timestamp of the period to publish now, for the endpoints whose period ended
+        since their last publication (all of them, with their current period, on the final flush)."""
+        due = {}
+        for endpoint in endpoints:
+            period = self.publish_period(endpoint)
+            current = math.floor(now / period) * period
+            if final:
+                due[endpoint] = current
+                continue
+            # An endpoint first seen records from the period the previous tick was in.
+            recording = self._published.setdefault(endpoint, math.floor(self._last_tick / period) * period)
+            if current > recording:
+                due[endpoint] = current - period
+                self._published[endpoint] = current
+        for gone in set(self._published) - endpoints:
+            del self._published[gone]
+        self._last_tick = now
+        return due
 
     # -- queries and business metrics --------------------------------------------------------------
     def statistics(self, namespace: str, metric_name: str, dimensions: dict[str, str], statistic: str,
@@ -86,12 +138,19 @@ class MetricsService:
         self._capture_counts = counts
         self.prometheus.capture_counts = counts
 
-    def _capture_sets(self, timestamp: float) -> list[StatisticSet]:
-        """This period's capture counts: the difference of the writer's running totals since the last tick."""
+    def _capture_endpoints(self) -> set[str]:
+        return {endpoint for endpoint, _ in self._capture_counts()} if self._capture_counts is not None else set()
+
+    def _capture_sets(self, due: Mapping[str, float]) -> list[StatisticSet]:
+        """The due endpoints' capture counts: the difference of the writer's running totals since their
+        last publication."""
         if self._capture_counts is None:
             return []
         sets = []
         for (endpoint, variant), counters in self._capture_counts().items():
+            timestamp = due.get(endpoint)
+            if timestamp is None:
+                continue
             seen = self._capture_seen.get((endpoint, variant), {})
             dims = variant_dimensions(endpoint, variant)
             for outcome, metric in CAPTURE_OUTCOMES.items():
@@ -103,13 +162,15 @@ class MetricsService:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        self._stopping = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(self._stopping))
+        self._stopped = False
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(self._wake))
 
     async def stop(self) -> None:
         """Stop the ticker (bounded), write the last partial period, let webhooks finish."""
-        if self._task is not None and self._stopping is not None:
-            self._stopping.set()
+        if self._task is not None and self._wake is not None:
+            self._stopped = True
+            self._wake.set()
             try:
                 await asyncio.wait_for(self._task, STOP_TIMEOUT_S)
             except (TimeoutError, asyncio.CancelledError):
@@ -121,43 +182,58 @@ class MetricsService:
             log.exception("writing the last metrics period failed")
         await self.alarms.close()
 
-    async def _run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
+    async def _run(self, wake: asyncio.Event) -> None:
+        while not self._stopped:
+            base = self.tick_period
             now = time.time()
             # Wake just after the boundary, so each window is one aligned period.
-            delay = self.period - (now % self.period) + min(0.05, self.period * 0.02)
+            delay = base - (now % base) + min(0.05, base * 0.02)
+            wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-                return
+                await asyncio.wait_for(wake.wait(), delay)
+                continue  # stopping, or the periods changed: look again
             try:
                 await self.tick()
             except Exception:
                 log.exception("metrics tick failed")
 
-    async def tick(self, final: bool = False) -> None:
-        now = time.time()
-        taken = self.recorder.take(now) if self.recorder is not None else None
-        in_service: dict[tuple[str, str], int] = {}
+    async def tick(self, final: bool = False, now: float | None = None) -> None:
+        now = time.time() if now is None else now
         snapshots = self.routes.snapshots()
+        endpoints = {e.name for e in snapshots} | self._capture_endpoints()
+        if self.recorder is not None:
+            endpoints |= {key[0] for key in self.recorder.windows}
+        due = self._due(endpoints, now, final)
+        taken = self.recorder.take(now, due) if self.recorder is not None else None
+        in_service: dict[tuple[str, str], int] = {}
         for endpoint in snapshots:
+            if endpoint.name not in due:
+                continue
             for variant in endpoint.variants.values():
                 if variant.in_service:  # summed: both fleets of an endpoint mid-update serve it
                     key = (endpoint.name, variant.name)
                     in_service[key] = in_service.get(key, 0) + variant.in_service
         instances = sampled_instances(snapshots) if self.sampler is not None and not final else []
-        capture_sets = self._capture_sets(math.floor((now - self.period) / self.period) * self.period)
+        live = {i.instance_id for i in instances}
+        capture_sets = self._capture_sets(due)
+        by_timestamp: dict[float, set[str]] = {}
+        for endpoint, timestamp in due.items():
+            by_timestamp.setdefault(timestamp, set()).add(endpoint)
 
         def work() -> None:
             sets: list[StatisticSet] = list(capture_sets)
+            for timestamp, names in by_timestamp.items():
+                if taken is not None:
+                    part = TakenWindow(taken.start, taken.end, {k: w for k, w in taken.series.items() if k[0] in names})
+                    serving = {k: n for k, n in in_service.items() if k[0] in names}
+                    sets += statistic_sets(part, timestamp, serving, list(serving))
+                if self.sampler is not None and not final:
+                    sample = self.sampler.sample([i for i in instances if i.endpoint in names], timestamp, live)
+                    sets += sample.sets
+                    for metric, values in sample.gauges.items():
+                        self.prometheus.set_gauges(metric, values, live)
             if taken is not None:
-                timestamp = math.floor(taken.start / self.period) * self.period
-                sets += statistic_sets(taken, timestamp, in_service, list(in_service))
                 self.prometheus.fold(taken)
-            if self.sampler is not None and not final:
-                sample = self.sampler.sample(instances, math.floor((now - self.period) / self.period) * self.period)
-                sets += sample.sets
-                for metric, values in sample.gauges.items():
-                    self.prometheus.set_gauges(metric, values)
             self.store.write(sets)
             if now - self._last_purge >= PURGE_EVERY_S:
                 self._last_purge = now
