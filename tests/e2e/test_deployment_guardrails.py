@@ -155,6 +155,57 @@ def test_canary_moves_a_share_then_everything_with_no_failed_request(guarded: Mo
     dep.cleanup()
 
 
+def test_capture_goes_on_through_an_update_saying_which_fleet_served(guarded: MoorageServer,
+                                                                     tmp_path: Path) -> None:
+    """SageMaker falls back to all-at-once for endpoints with data capture; moorage keeps the guardrails
+    and each record made while both fleets serve names the fleet (and its config) that served it."""
+    dep = Deployer(guarded)
+    sm = guarded.sm()
+    destination = tmp_path / "captured"
+    capture = {"EnableCapture": True, "InitialSamplingPercentage": 100, "DestinationS3Uri": str(destination),
+               "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]}
+    configs = {}
+    for fleet in ("blue", "green"):
+        model = _fleet_model(dep, tmp_path, fleet)
+        configs[fleet] = new_name(fleet)
+        sm.create_endpoint_config(EndpointConfigName=configs[fleet], DataCaptureConfig=capture,
+                                  ProductionVariants=[variant("AllTraffic", model, count=2)])
+        dep.configs.append(configs[fleet])
+    endpoint = dep.endpoint(new_name("captured"), configs["blue"])
+    dep.wait_in_service(endpoint)
+    deployment = _policy({"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 50},
+                          "WaitIntervalInSeconds": 3}, termination=0)
+    with SteadyTraffic(guarded, endpoint, "fleet") as traffic:
+        wait_until(lambda: len(traffic.answers) > 5, 30, what="traffic to flow")
+        sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=configs["green"], DeploymentConfig=deployment)
+        done = _wait_done(dep, endpoint)
+        finished = time.time()
+        wait_until(lambda: sum(traffic.between(finished, time.time() + 1).values()) >= 5, 30,
+                   what="requests after the update")
+    assert traffic.failures == []
+    assert done["EndpointStatus"] == "InService" and done["EndpointConfigName"] == configs["green"]
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for path in sorted(destination.rglob("*.jsonl"))
+                for line in path.read_text().splitlines()]
+
+    wait_until(lambda: len(records()) == len(traffic.answered), 30, what="every answered request captured")
+    noted: dict[str, int] = {"blue": 0, "green": 0}
+    plain = []
+    for record in records():
+        served = json.loads(record["captureData"]["endpointOutput"]["data"])["fleet"]
+        note = record["eventMetadata"].get("moorage")
+        if note is None:
+            plain.append(served)
+            continue
+        assert note == {"fleet": served, "endpointConfigName": configs[served]}, record
+        assert list(record["eventMetadata"])[-2:] == ["moorage", "inferenceTime"]
+        noted[served] += 1
+    assert noted["blue"] > 0 and noted["green"] > 0, noted  # the canary: both fleets, each named
+    assert "blue" in plain and "green" in plain  # before and after the update: SageMaker's records as they are
+    dep.cleanup()
+
+
 def test_linear_steps_follow_capacity(guarded: MoorageServer, tmp_path: Path) -> None:
     dep = Deployer(guarded)
     sm = guarded.sm()

@@ -14,6 +14,11 @@ files in ``shared/formats/sagemaker/data_capture/``), no spaces::
 that; the order eventId, inferenceId, customAttributes, inferenceTime follows SageMaker's documented
 record and its capture JSON schema. ``inferenceTime`` is the UTC second the request arrived.
 ``observedContentType`` is the Content-Type exactly as sent (parameters included), or null.
+
+moorage's one addition: while an UpdateEndpoint has two fleets serving (SageMaker falls back to
+all-at-once for endpoints with capture; moorage keeps its guardrails), each record says which one
+served it, just before ``inferenceTime``: ``"moorage":{"fleet":"green","endpointConfigName":"v2"}``.
+Outside updates the records are SageMaker's exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain, repeat
 from typing import Any
 
@@ -49,8 +55,15 @@ def stamp(second: int) -> bytes:
 _VERSION = EVENT_VERSION.encode("ascii")
 _DUMPS = orjson.dumps
 _DECODE = bytes.decode  # UTF-8, strict
-_AFTER_ID = b'",'
 _NO_TEMPLATE = (b"", None, b"")  # cached for (headers, response type) pairs no template fits
+
+
+@dataclass(frozen=True)
+class ServedBy:
+    """Which fleet of an endpoint mid-update served a record: "blue" (the old config) or "green"."""
+
+    fleet: str
+    endpoint_config_name: str
 
 
 class RecordEncoder:
@@ -63,8 +76,14 @@ class RecordEncoder:
     (inference id, custom attributes) or whose bodies must be base64 take the general path.
     """
 
-    def __init__(self, config: CaptureConfig):
+    def __init__(self, config: CaptureConfig, served_by: ServedBy | None = None):
         self.config = config
+        # The text between the event id and what follows it: the end of the id, then moorage's
+        # note of the fleet when there is one.
+        note = b"" if served_by is None else b',"moorage":' + _DUMPS(
+            {"fleet": served_by.fleet, "endpointConfigName": served_by.endpoint_config_name})
+        self._note = note
+        self._after_id = b'"' + note + b","
         # (mode, content type) -> (encoding, the side's text up to its data, the text after it)
         self._sides: dict[tuple[str, str | None], tuple[str, bytes, bytes]] = {}
         # a forwarded header block -> (content type, inference id, custom attributes)
@@ -142,9 +161,9 @@ class RecordEncoder:
             try:
                 if middle is not None:
                     return b"".join((head, _DUMPS(request_body.decode("utf-8")), middle,
-                                     _DUMPS(response_body.decode("utf-8")), tail, event_id, _AFTER_ID, stamp))
+                                     _DUMPS(response_body.decode("utf-8")), tail, event_id, self._after_id, stamp))
                 body = request_body if self.config.capture_input else response_body
-                return b"".join((head, _DUMPS(body.decode("utf-8")), tail, event_id, _AFTER_ID, stamp))
+                return b"".join((head, _DUMPS(body.decode("utf-8")), tail, event_id, self._after_id, stamp))
             except UnicodeDecodeError:
                 pass  # this record's body is not UTF-8 text: base64, by the general path
         return self._general_line(headers, request_body, response_content_type, response_body, event_id, stamp)
@@ -164,12 +183,12 @@ class RecordEncoder:
         try:
             if middle is not None:
                 pieces = zip(repeat(head), map(_DUMPS, map(_DECODE, request_bodies)), repeat(middle),
-                             map(_DUMPS, map(_DECODE, response_bodies)), repeat(tail), event_ids, repeat(_AFTER_ID),
-                             stamps)
+                             map(_DUMPS, map(_DECODE, response_bodies)), repeat(tail), event_ids,
+                             repeat(self._after_id), stamps)
             else:
                 bodies = request_bodies if self.config.capture_input else response_bodies
                 pieces = zip(repeat(head), map(_DUMPS, map(_DECODE, bodies)), repeat(tail), event_ids,
-                             repeat(_AFTER_ID), stamps)
+                             repeat(self._after_id), stamps)
             return b"".join(chain.from_iterable(pieces))
         except UnicodeDecodeError:
             return None  # some body is not UTF-8 text: those records are base64, one by one
@@ -189,7 +208,7 @@ class RecordEncoder:
             parts += (b',"inferenceId":', _DUMPS(inference_id))
         if custom_attributes is not None:
             parts += (b',"customAttributes":[', _DUMPS(custom_attributes), b"]")
-        parts += (b",", stamp)
+        parts += (self._note, b",", stamp)
         return b"".join(parts)
 
     def encode(self, event: InvocationEvent, event_id: str, time_text: str) -> bytes:

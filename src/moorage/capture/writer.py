@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from moorage.capture.config import CaptureConfig, Destination, WriterSettings
-from moorage.capture.records import RecordEncoder, stamp
+from moorage.capture.records import RecordEncoder, ServedBy, stamp
 from moorage.serving.invocation_events import InvocationEvent
 
 log = logging.getLogger("moorage.capture")
@@ -127,6 +127,10 @@ class CaptureObserver:
             counters = self._by_variant[event.variant] = self._writer.counters(self.endpoint, event.variant)
         self._writer.submit(self._queue, event, counters)
 
+    def serve_as(self, served_by: ServedBy | None) -> None:
+        """From the next record on, say which fleet served (None: SageMaker's records, no note)."""
+        self._queue = self._writer.relabel(self, served_by)
+
     def __repr__(self) -> str:
         return f"CaptureObserver({self.endpoint}, {self.config.sampling_percentage}% to {self.config.destination.uri})"
 
@@ -140,6 +144,7 @@ class _Source:
     endpoint: str
     destination: Destination
     observer: weakref.ref[CaptureObserver]  # dead once the route dropped it: then no record can follow
+    replaced: bool = False  # the observer queues elsewhere now (serve_as): no record can follow either
 
 
 @dataclass
@@ -251,6 +256,18 @@ class CaptureWriter:
                                                         weakref.ref(observer))
         return observer
 
+    def relabel(self, observer: CaptureObserver, served_by: ServedBy | None) -> deque[_Queued]:
+        """A new queue for ``observer``, whose records are encoded with ``served_by``'s note. The old
+        queue drains first (sources drain in the order they were added), so lines keep their order."""
+        for source in list(self._sources.values()):  # a copy: the writer thread deletes drained sources
+            if source.observer() is observer and not source.replaced:
+                source.replaced = True
+        queue: deque[_Queued] = deque()
+        self._sources[next(self._source_ids)] = _Source(queue, RecordEncoder(observer.config, served_by),
+                                                        observer.endpoint, observer.config.destination,
+                                                        weakref.ref(observer))
+        return queue
+
     def counters(self, endpoint: str, variant: str) -> CaptureCounters:
         key = (endpoint, variant)
         counters = self._counters.get(key)
@@ -348,7 +365,7 @@ class CaptureWriter:
         drained = drained_bytes = 0
         for number, source in list(self._sources.items()):
             # An observer already gone queued its last record before this drain: forget it after.
-            retired = source.observer() is None
+            retired = source.replaced or source.observer() is None
             queue = source.queue
             popleft = queue.popleft
             # What is queued now; what arrives meanwhile waits for the next flush. In runs of at most

@@ -56,6 +56,8 @@ class UpdateContext:
     retire: Callable[[EndpointRoute | TrafficShift], Awaitable[None]]
     pending_variants: Callable[[EndpointSnapshot, str, str], list[dict[str, Any]]]
     snapshot: Callable[[EndpointRoute], EndpointSnapshot]
+    # served_by(fleet, "blue" | "green" | None): data capture notes which fleet served while both do.
+    served_by: Callable[[EndpointRoute, str | None], None] = lambda fleet, which: None
 
 
 class BlueGreenUpdate:
@@ -90,14 +92,19 @@ class BlueGreenUpdate:
     # Running ----------------------------------------------------------------------------------------
     async def shift_traffic(self, green: EndpointRoute) -> None:
         """Move traffic to ``green`` step by step; raises RolledBack (traffic on blue, green retired)."""
-        self.shift = TrafficShift(self.blue, green, 0.0)
-        self.ctx.publish(self.shift)
+        self._both_serve(green)
         capacity = max(1, sum(v.pool.desired for v in green.variants.values()))
         for step in self.ctx.plan.steps(capacity):
             self.record("ActivatingTraffic", f"Shifting {step.share:.0%} of the traffic to the new fleet.", green,
                         variant_status="ActivatingTraffic")
             self.shift.green_share = step.share
             await self._bake(green, step)
+
+    def _both_serve(self, green: EndpointRoute) -> None:
+        self.ctx.served_by(self.blue, "blue")
+        self.ctx.served_by(green, "green")
+        self.shift = TrafficShift(self.blue, green, 0.0)
+        self.ctx.publish(self.shift)
 
     async def _bake(self, green: EndpointRoute, step: Step) -> None:
         what = "final baking period" if step.final else "baking period"
@@ -127,8 +134,7 @@ class BlueGreenUpdate:
         """A rolling update: green (started empty) grows to ``goals`` a batch at a time while blue shrinks."""
         plan = self.ctx.plan
         assert plan.rolling_batch is not None
-        self.shift = TrafficShift(self.blue, green, 0.0)
-        self.ctx.publish(self.shift)
+        self._both_serve(green)
         self.blue_counts = {v.name: v.pool.desired for v in self.blue.variants.values()}
         total = sum(goals.values())
         batch = plan.rolling_batch.instances(total)
@@ -166,12 +172,14 @@ class BlueGreenUpdate:
         if self.shift is not None:
             self.shift.green_share = 0.0
         self.ctx.publish(self.blue)
+        self.ctx.served_by(self.blue, None)
         await self.ctx.retire(green)
         raise RolledBack(f"Update rolled back: {why}.")
 
     def finish(self, green: EndpointRoute) -> None:
         """Green alone serves the endpoint (the caller then retires blue, once the status says so)."""
         self.ctx.publish(green)
+        self.ctx.served_by(green, None)
 
 
 # Sizing a fleet in a rolling update -----------------------------------------------------------------

@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from moorage.capture import CaptureConfig, CaptureWriter
+from moorage.capture import CaptureConfig, CaptureObserver, CaptureWriter, ServedBy
 from moorage.control.blue_green import BlueGreenUpdate, RolledBack, UpdateContext
 from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
 from moorage.control.deployment_config import DeploymentPlan
@@ -322,11 +322,18 @@ class Endpoints:
                             "VariantStatus": [{"Status": status, "StatusMessage": message, "StartTime": time.time()}]})
             return out
 
+        config_of = {"blue": row.body.get("EndpointConfigName", ""), "green": config_name}
+
+        def served_by(fleet: EndpointRoute, which: str | None) -> None:
+            for observer in fleet.observers:
+                if isinstance(observer, CaptureObserver):
+                    observer.serve_as(ServedBy(which, config_of[which]) if which else None)
+
         update = BlueGreenUpdate(UpdateContext(
             name=name, config_name=config_name, plan=plan,
             save=lambda status, **changes: self._save(name, status, **changes),
             alarm_state=self._alarm_state, publish=self.ctx.routes.publish, retire=self.ctx.routes.retire,
-            pending_variants=pending_variants, snapshot=snapshot_of), blue)
+            pending_variants=pending_variants, snapshot=snapshot_of, served_by=served_by), blue)
         green: EndpointRoute | None = None
         try:
             plans = await self._plans(config, desired)
