@@ -6,8 +6,10 @@
 Servers: (a) baseline raw ASGI app, (b) moorage (router + 1 instance, SigV4-signed requests),
 (c) KServe, (d) MLServer; (c) and (d) live in their own virtualenvs under bench/.envs/, made on
 first use. Every server process runs pinned to one core (default 0), wrk to another (default 1).
-Each server's answer is checked against a local predict before it is loaded. Results print as
-tables and go to bench/results/serving-<timestamp>.json. See bench/README.md.
+Each server's answer is checked against a local predict before it is loaded. Then moorage serves
+each model with a shadow variant at 100% (a fast one, and one that sleeps 200 ms) beside no
+shadow, in interleaved runs (shadow_overhead.py). Results print as tables and go to
+bench/results/serving-<timestamp>.json. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -382,6 +384,10 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--no-pin", action="store_true", help="do not pin (for machines with one core)")
     p.add_argument("--out", type=Path, default=None, help="JSON results path (default bench/results/...)")
     p.add_argument("--workdir", type=Path, default=None, help="keep models/logs here (default: temp dir)")
+    p.add_argument("--shadow-repeat", type=int, default=6,
+                   help="interleaved runs per shadow arm (moorage with no shadow, a fast and a 200 ms shadow at "
+                        "100%%; shadow_overhead.py); 0 leaves them out")
+    p.add_argument("--shadow-duration", type=float, default=3.0, help="seconds per shadow-arm run")
     args = p.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     bad = [s for s in args.servers if s not in SERVERS]
@@ -460,6 +466,14 @@ def main(argv: list[str] | None = None) -> int:
             info, outs = bench_server(server, models, args)
             servers_info[key] = info
             outcomes += outs
+        shadow_rows: list[dict] = []
+        if "b" in args.servers and args.shadow_repeat > 0:
+            from shadow_overhead import shadow_rows as measure_shadows  # imports this module: not at the top
+
+            log("shadow variants: moorage with no shadow, a fast one and a 200 ms one at 100%, interleaved")
+            shadow_rows = measure_shadows(models, workdir, argparse.Namespace(
+                **{**vars(args), "duration": args.shadow_duration, "repeat": args.shadow_repeat,
+                   "warmup": min(args.warmup, 2.0)}))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -478,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         if check:
             checks.append(check)
             report.append(_fmt_check(check))
+    if shadow_rows:
+        from shadow_overhead import shadow_table
+
+        lines, _ = shadow_table(shadow_rows)
+        report += ["", f"moorage with a shadow variant at 100% ({args.shadow_duration:g}s x {args.shadow_repeat} "
+                       f"interleaved runs per arm; each arm against the no-shadow run beside it)", *lines]
     print("\n" + "\n".join(report))
 
     out = args.out or BENCH / "results" / f"serving-{stamp}.json"
@@ -521,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             for o in outcomes
         ],
         "moorage_checks": checks,
+        "shadow": shadow_rows,
         "report": report,
     }
     out.write_text(json.dumps(payload, indent=2))

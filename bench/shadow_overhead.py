@@ -3,6 +3,9 @@
     .venv/bin/python bench/shadow_overhead.py                       # tabular + onnx, c=1 and c=32
     .venv/bin/python bench/shadow_overhead.py --models onnx --repeat 10 --duration 2
 
+``make bench`` (bench/serving.py) runs the same arms after its own tables (``--shadow-repeat``,
+``--shadow-duration``; 0 repeats to leave them out); this script runs them alone.
+
 One moorage server (pinned to one core, wrk on another) serves each model behind three endpoints:
 ``-off`` without a shadow, ``-fast`` with the same model as a shadow at 100 % (every request copied,
 the copies as quick as production), ``-slow`` with a shadow at 100 % that sleeps 200 ms per request
@@ -140,46 +143,45 @@ def parse_args(argv: list[str] | None = None):
     return split_common_args(p.parse_args(argv))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if (wrk := bench_start()) is None:
-        return 2
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+def shadow_rows(models: list[BenchModel], workdir: Path, args) -> list[dict]:
+    """Every model behind the three arms, interleaved runs per connection count: one row per arm.
+    ``args``: duration, warmup, repeat, concurrency, quiet_wait, server_cpu, client_cpu (serving.py's
+    names, so serving.py runs this for ``make bench`` too)."""
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="moorage-shadow-bench-") as tmp:
-        workdir = Path(tmp)
-        models = build(args.models, workdir / "models")
-        server = ShadowedMoorage(workdir / "server", cpu=args.server_cpu)
-        try:
-            server.prepare()
-            server.start(models)
-            for model in models:
-                requests = {arm: server.request_for(model, arm) for arm in ARMS}
+    server = ShadowedMoorage(workdir / "shadow-server", cpu=args.server_cpu)
+    try:
+        server.prepare()
+        server.start(models)
+        for model in models:
+            requests = {arm: server.request_for(model, arm) for arm in ARMS}
+            for arm in ARMS:
+                verify(server, model, requests[arm])
+            for conns in args.concurrency:
                 for arm in ARMS:
-                    verify(server, model, requests[arm])
-                for conns in args.concurrency:
-                    for arm in ARMS:
-                        if args.warmup > 0:
-                            run_wrk(server.base_url(model), requests[arm], conns, args.warmup, cpu=args.client_cpu)
-                    runs: dict[str, list[WrkResult]] = {arm: [] for arm in ARMS}
-                    for arm in order(args.repeat):
-                        runs[arm].append(measure(server, model, requests[arm], conns, args))
-                        run = runs[arm][-1]
-                        log(f"{model.name} c={conns} {arm:>4}: {run.rps:8.1f} req/s p50 {run.p50_ms:.3f} ms")
-                    for arm in ARMS:
-                        best = median(runs[arm])
-                        row = {"model": model.name, "connections": conns, "arm": arm, "rps": round(best.rps, 1),
-                               "p50_ms": round(best.p50_ms, 3), "p99_ms": round(best.p99_ms, 3),
-                               "errors": sum(r.error_count for r in runs[arm])}
-                        if arm != "off":
-                            row["vs_off"] = compare(runs, arm)
-                        rows.append(row)
-        finally:
-            server.stop()
-    print(f"\nshadow bench {stamp}: {args.duration:g}s x {args.repeat} interleaved runs per arm, "
-          f"wrk {wrk_version(wrk)} on core {args.client_cpu}, server on core {args.server_cpu}")
-    print(f"{'model':8} {'conc':>4} {'shadow':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'p50 vs off (90% CI)':>26} {'loss vs off (90% CI)':>26}")
+                    if args.warmup > 0:
+                        run_wrk(server.base_url(model), requests[arm], conns, args.warmup, cpu=args.client_cpu)
+                runs: dict[str, list[WrkResult]] = {arm: [] for arm in ARMS}
+                for arm in order(args.repeat):
+                    runs[arm].append(measure(server, model, requests[arm], conns, args))
+                    run = runs[arm][-1]
+                    log(f"{model.name} c={conns} {arm:>4}: {run.rps:8.1f} req/s p50 {run.p50_ms:.3f} ms")
+                for arm in ARMS:
+                    best = median(runs[arm])
+                    row = {"model": model.name, "connections": conns, "arm": arm, "rps": round(best.rps, 1),
+                           "p50_ms": round(best.p50_ms, 3), "p99_ms": round(best.p99_ms, 3),
+                           "errors": sum(r.error_count for r in runs[arm])}
+                    if arm != "off":
+                        row["vs_off"] = compare(runs, arm)
+                    rows.append(row)
+    finally:
+        server.stop()
+    return rows
+
+
+def shadow_table(rows: list[dict]) -> tuple[list[str], bool]:
+    """The rows as a table, and whether the target is met."""
+    lines = [f"{'model':8} {'conc':>4} {'shadow':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'p50 vs off (90% CI)':>26} {'loss vs off (90% CI)':>26}"]
     verdicts = []
     for row in rows:
         extra = row.get("vs_off")
@@ -192,16 +194,33 @@ def main(argv: list[str] | None = None) -> int:
                 ok = e["median"] <= P50_BUDGET_MS
                 verdicts.append(ok)
                 p50 += " PASS" if ok else " FAIL"
-        print(f"{row['model']:8} {row['connections']:>4} {row['arm']:>6} {row['rps']:>9.1f} {row['p50_ms']:>8.3f} "
-              f"{row['p99_ms']:>8.3f} {p50:>26} {loss:>26}" + (f"  ERRORS {row['errors']}" if row["errors"] else ""))
-    print(f"target: production's p50 at c=1 within +{P50_BUDGET_MS} ms of no shadow, for both shadows: "
-          + ("PASS" if verdicts and all(verdicts) else "FAIL"))
+        lines.append(f"{row['model']:8} {row['connections']:>4} {row['arm']:>6} {row['rps']:>9.1f} "
+                     f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} {p50:>26} {loss:>26}"
+                     + (f"  ERRORS {row['errors']}" if row["errors"] else ""))
+    passed = bool(verdicts) and all(verdicts)
+    lines.append(f"target: production's p50 at c=1 within +{P50_BUDGET_MS} ms of no shadow, for both shadows: "
+                 + ("PASS" if passed else "FAIL"))
+    return lines, passed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if (wrk := bench_start()) is None:
+        return 2
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="moorage-shadow-bench-") as tmp:
+        workdir = Path(tmp)
+        rows = shadow_rows(build(args.models, workdir / "models"), workdir, args)
+    print(f"\nshadow bench {stamp}: {args.duration:g}s x {args.repeat} interleaved runs per arm, "
+          f"wrk {wrk_version(wrk)} on core {args.client_cpu}, server on core {args.server_cpu}")
+    lines, passed = shadow_table(rows)
+    print("\n".join(lines))
     out = args.out or BENCH / "results" / f"shadow-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"host": host_info(), "args": {k: str(v) for k, v in vars(args).items()},
                                "rows": rows}, indent=1))
     print(f"results: {out}")
-    return 0 if verdicts and all(verdicts) else 1
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
