@@ -433,8 +433,25 @@ class ShadowSettings(Section):
                                "Copies in flight to one shadow variant at once, at most.", minimum=1)
 
 
+@dataclass(frozen=True)
+class ExperimentSettings(Section):
+    """Routing experiments: A/B tests and bandits (endpoint-config tags moorage:routing, ...)."""
+
+    section: ClassVar[str] = "experiments"
+
+    assignment_window: float = setting(7 * 86400.0, "MOORAGE_EXPERIMENTS_ASSIGNMENT_WINDOW", DURATION,
+                                       "How long the variant that served an InferenceId is kept for its reward.",
+                                       positive=True)
+    update_interval: float = setting(1.0, "MOORAGE_EXPERIMENTS_UPDATE_INTERVAL", DURATION,
+                                     "How often rewards become bandit weights and p-values.", positive=True)
+    queue_records: int = setting(100_000, "MOORAGE_EXPERIMENTS_QUEUE_RECORDS", WHOLE,
+                                 "Assignments waiting to be stored, at most (more are dropped, and counted).",
+                                 minimum=1)
+
+
 SECTIONS: tuple[type[Section], ...] = (ServerSettings, MetricsSettings, AutoscaleSettings, CaptureSettings,
-                                       MonitorSettings, InstanceSettings, BatchSettings, ShadowSettings)
+                                       MonitorSettings, InstanceSettings, BatchSettings, ShadowSettings,
+                                       ExperimentSettings)
 
 
 # -- the tree -------------------------------------------------------------------------------------------
@@ -460,6 +477,7 @@ class Settings:
     instances: InstanceSettings = field(default_factory=InstanceSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    experiments: ExperimentSettings = field(default_factory=ExperimentSettings)
     # "section.name" -> "default", "environment" or "flag --name"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from moorage.api.experiment_routes import experiment_routes
 from moorage.api.monitoring_routes import monitoring_routes
 from moorage.api.native import build_native_app
 from moorage.api.query_protocol import QueryFrontDoor, is_query_request
@@ -35,6 +36,7 @@ from moorage.control.inference_experiments import InferenceExperiments
 from moorage.control.models import Models
 from moorage.control.monitoring import Monitoring
 from moorage.control.monitoring_scheduler import MonitoringScheduler
+from moorage.control.routing_experiments import RoutingExperiments
 from moorage.control.scaling import Scaling
 from moorage.control.tags import Tags
 from moorage.control.transform_jobs import TransformJobs
@@ -62,7 +64,8 @@ class MoorageApp:
         self.metrics = self.ctx.metrics = MetricsService(settings, self.store, self.routes)
         self.capture = CaptureWriter(settings.capture)
         self.metrics.watch_capture(self.capture.stats_by_variant)
-        self.endpoints = Endpoints(self.ctx, capture=self.capture)
+        self.routing_experiments = RoutingExperiments(self.ctx)
+        self.endpoints = Endpoints(self.ctx, capture=self.capture, experiments=self.routing_experiments)
         self.autoscaler = ScalingController(
             self.ctx, self.endpoints, self.metrics, period=max(1, round(settings.metrics.period)),
             rules=Rules(scale_out_datapoints=settings.autoscale.scale_out_datapoints,
@@ -80,7 +83,8 @@ class MoorageApp:
         self.cbor_door = RpcV2CborFrontDoor(self.verifier, [cloudwatch])
         self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id)
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
-                                       monitoring_routes(self.ctx, self.monitoring))
+                                       [*monitoring_routes(self.ctx, self.monitoring),
+                                        *experiment_routes(self.routing_experiments)])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -125,6 +129,7 @@ class MoorageApp:
                         log.info("%d transform job(s) were cut off by the last stop; marked ended", settled)
                     self.monitoring.start()
                     self.experiments.start()  # due schedules start, passed EndTimes end
+                    self.routing_experiments.start()
                     self.autoscaler.start()
                 except Exception as exc:
                     log.exception("startup failed")
@@ -137,6 +142,7 @@ class MoorageApp:
             elif message["type"] == "lifespan.shutdown":
                 await self.autoscaler.stop()
                 await self.experiments.stop()
+                await self.routing_experiments.stop()
                 await self.monitoring.stop()  # running executions go back to Pending, to run again on start
                 await self.endpoints.shutdown()
                 await self.transform_jobs.shutdown()

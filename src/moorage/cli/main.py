@@ -27,6 +27,7 @@ from moorage.cli.common import (
     stdout_console,
     url_option,
 )
+from moorage.cli.experiment import experiment as experiment_commands
 from moorage.cli.metrics import metrics as metrics_command
 from moorage.cli.monitoring import monitor as monitor_commands
 from moorage.cli.rollout import rollout as rollout_commands
@@ -334,6 +335,7 @@ cli.add_command(metrics_command)
 cli.add_command(alarms_command)
 cli.add_command(transform_commands)
 cli.add_command(rollout_commands)
+cli.add_command(experiment_commands)
 cli.add_command(shadow_commands)
 
 

@@ -8,6 +8,7 @@ from moorage.capture import CaptureConfig
 from moorage.control.context import ENDPOINT_CONFIG, MODEL, Context
 from moorage.control.paging import list_query, page
 from moorage.control.resources import put_tags
+from moorage.control.routing_experiments import check_routing_tags
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
 from moorage.metrics.service import PUBLISH_FREQUENCIES
@@ -48,6 +49,7 @@ class EndpointConfigs:
                 f"{', '.join(map(str, PUBLISH_FREQUENCIES))}.")
         if req.get("DataCaptureConfig"):
             CaptureConfig.parse(req["DataCaptureConfig"])  # raises ValidationException saying what is wrong
+        check_routing_tags([(t["Key"], t.get("Value", "")) for t in req.get("Tags") or []], req)
         arn = self.ctx.arn(ENDPOINT_CONFIG, name)
         body = {k: v for k, v in req.items() if k != "Tags"}
         body["ProductionVariants"] = variants

@@ -28,8 +28,10 @@ from moorage.control.launch import launch_spec
 from moorage.control.models import primary_container
 from moorage.control.paging import list_query, page
 from moorage.control.resources import put_tags, save_changes
+from moorage.control.routing_experiments import RoutingExperiments
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
+from moorage.experiments.routing import RoutingPolicy
 from moorage.serving.route_table import DeployError, VariantPlan
 from moorage.serving.router import EndpointRoute
 from moorage.serving.snapshot import EndpointSnapshot, snapshot_of
@@ -95,9 +97,11 @@ def pending_summary(stored: dict[str, Any], green: EndpointSnapshot | None) -> d
 
 
 class Endpoints:
-    def __init__(self, ctx: Context, capture: CaptureWriter | None = None):
+    def __init__(self, ctx: Context, capture: CaptureWriter | None = None,
+                 experiments: RoutingExperiments | None = None):
         self.ctx = ctx
         self.capture = capture  # data capture's writer; endpoint configs with DataCaptureConfig feed it
+        self.experiments = experiments  # routing experiments: a config's tags choose its fleet's chooser
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # Helpers ----------------------------------------------------------------------------------------
@@ -183,9 +187,18 @@ class Endpoints:
         (a restart, RetainAllVariantProperties), what the store says for each variant it knows, but
         for the properties in ``exclude`` (ExcludeRetainedVariantProperties: the config's)."""
         initial = self._initial_desired(config)
-        if not keep_stored:
-            return initial
         stored = {d.variant: d for d in self.ctx.store.desired(name)}
+        if not keep_stored:
+            # What a variant learned (an experiment's rewards) stays with it while it serves the same model.
+            row = self.ctx.store.get(ENDPOINT, name)
+            old = self.ctx.store.get(ENDPOINT_CONFIG, row.body.get("EndpointConfigName", "")) if row else None
+            old_models = {v["VariantName"]: v["ModelName"] for v in (old.body["ProductionVariants"] if old else [])}
+            new_models = {v["VariantName"]: v["ModelName"] for v in config["ProductionVariants"]}
+            return [DesiredVariant(d.variant, d.weight, d.instance_count,
+                                   {**{k: v for k, v in stored[d.variant].state.items() if k != "shadow"}, **d.state})
+                    if d.variant in stored and not d.shadow and not stored[d.variant].shadow
+                    and old_models.get(d.variant) == new_models.get(d.variant) else d
+                    for d in initial]
         if not stored:
             # A store written before desired state had its own table: the summaries Describe showed.
             row = self.ctx.store.get(ENDPOINT, name)
@@ -225,14 +238,17 @@ class Endpoints:
         return summaries
 
     # Lifecycle work ---------------------------------------------------------------------------------
-    def _build(self, name: str, plans: list[VariantPlan], capture: dict[str, Any] | None) -> EndpointRoute:
-        """A fleet for ``plans``, its instances not started yet, with data capture when configured."""
+    def _build(self, name: str, plans: list[VariantPlan], capture: dict[str, Any] | None, config_name: str,
+               config: dict[str, Any]) -> tuple[EndpointRoute, RoutingPolicy | None]:
+        """A fleet for ``plans``, its instances not started yet, with the chooser its config's routing
+        tags ask for, and data capture when configured."""
         route = self.ctx.routes.build(name, plans)
+        policy = self.experiments.prepare(route, config_name, config) if self.experiments is not None else None
         if capture and self.capture is not None:
             capture_config = CaptureConfig.parse(capture)
             if capture_config.enabled:
                 route.observers.append(self.capture.observer(name, capture_config))
-        return route
+        return route, policy
 
     def _capture_doc(self, row: Resource, config: dict[str, Any]) -> dict[str, Any] | None:
         """The DataCaptureConfig the fleet captures with: its config's, or the one an update kept
@@ -258,11 +274,13 @@ class Endpoints:
             desired = self._desired_for(name, config, keep_stored=True)
             plans = await self._plans(config, desired)
             models = self._models(config)
-            route = self._build(name, plans, self._capture_doc(row, config))
+            route, policy = self._build(name, plans, self._capture_doc(row, config), config_name, config)
             if recovering:
                 # Publish before the instances are up: invocations wait (bounded) for the first
                 # ready instance instead of failing while a restarted server brings them back.
                 self.ctx.routes.publish(route)
+                if self.experiments is not None:
+                    self.experiments.serving(name, policy)
             await self.ctx.routes.start(route, {p.name: p.instance_count for p in plans})
         except (DeployError, ValidationException) as exc:
             reason = exc.reason if isinstance(exc, DeployError) else exc.message
@@ -281,11 +299,14 @@ class Endpoints:
         self.ctx.store.replace_desired(name, desired)
         self._publish_metrics(name, config)
         replaced = self.ctx.routes.publish(route)
+        if self.experiments is not None:
+            self.experiments.serving(name, policy)
         log.info("endpoint %s in service with config %s (%s)", name, config_name,
                  ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
         # A restart keeps the reason an update cut off by the stop left; a new endpoint has none.
         reason = row.body.get("FailureReason") if recovering else None
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, FailureReason=reason,
+                   ExperimentStartTime=row.body.get("ExperimentStartTime") or time.time(),
                    ProductionVariants=self._variant_summaries(config, plans, models),
                    ShadowProductionVariants=self._variant_summaries(config, plans, models, "ShadowProductionVariants")
                    or None, DataCaptureConfig=self._capture_summary(config))
@@ -337,7 +358,7 @@ class Endpoints:
         green: EndpointRoute | None = None
         try:
             plans = await self._plans(config, desired)
-            green = self._build(name, plans, capture)
+            green, policy = self._build(name, plans, capture, config_name, config)
             update.record("Creating", "Creating the new fleet.", green, variant_status="Creating")
             # A rolling update starts green empty and grows it a batch at a time.
             await self.ctx.routes.start(green, {p.name: 0 if plan.rolling_batch and not p.shadow else p.instance_count
@@ -369,6 +390,8 @@ class Endpoints:
         self.ctx.store.replace_desired(name, desired)
         self._publish_metrics(name, config)
         update.finish(green)
+        if self.experiments is not None:
+            self.experiments.serving(name, policy)
         update.record("Completed", "All traffic is on the new fleet; the old fleet is being stopped.")
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingDeploymentSummary=None, FailureReason=None,
                    ProductionVariants=self._variant_summaries(config, plans, models),
@@ -423,6 +446,8 @@ class Endpoints:
         self.ctx.store.delete_desired(name)
         self.ctx.store.delete(ENDPOINT, name)
         self._publish_metrics(name, None)
+        if self.experiments is not None:
+            await asyncio.to_thread(self.experiments.forget, name)
 
     # API operations ---------------------------------------------------------------------------------
     async def create_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from moorage.control.context import Context
+from moorage.control.context import ENDPOINT_CONFIG, Context
+from moorage.control.routing_experiments import check_routing_tags
 from moorage.errors import ValidationException
 
 
@@ -19,6 +20,12 @@ class Tags:
     async def add_tags(self, req: dict[str, Any]) -> dict[str, Any]:
         self._require(req["ResourceArn"])
         pairs = [(t["Key"], t.get("Value", "")) for t in req["Tags"]]
+        row = self.ctx.store.get_by_arn(req["ResourceArn"])
+        if row is not None and row.kind == ENDPOINT_CONFIG:
+            # Routing tags are read when a fleet of the config is built: refuse ones it could not use.
+            merged = dict(self.ctx.store.get_tags(req["ResourceArn"]))
+            merged.update(pairs)
+            check_routing_tags(list(merged.items()), row.body)
         self.ctx.store.put_tags(req["ResourceArn"], pairs)
         return {"Tags": [{"Key": k, "Value": v} for k, v in self.ctx.store.get_tags(req["ResourceArn"])]}
 

@@ -74,6 +74,18 @@ class Predictor:
         args["Body"] = self.serializer.serialize(data)
         return args
 
+    # -- experiments ---------------------------------------------------------------------------------
+    def send_feedback(self, inference_id: str, reward: float) -> dict[str, Any]:
+        """The reward for the invocation made with ``inference_id`` (predict(..., inference_id=...))."""
+        return self.sagemaker_session.send_feedback(self.endpoint_name, [(inference_id, reward)])
+
+    def send_feedback_batch(self, feedback: list[tuple[str, float]]) -> dict[str, Any]:
+        """Rewards for many invocations at once: (inference id, reward) pairs, up to 1,000."""
+        return self.sagemaker_session.send_feedback(self.endpoint_name, feedback)
+
+    def experiment_report(self) -> dict[str, Any]:
+        return self.sagemaker_session.experiment_report(self.endpoint_name)
+
     # -- the endpoint --------------------------------------------------------------------------------
     def describe_endpoint(self) -> dict[str, Any]:
         return self.sagemaker_session.describe_endpoint(self.endpoint_name)

@@ -183,6 +183,21 @@ class Session:
     def delete_alarm(self, name: str) -> None:
         self.connection.native("DELETE", f"/moorage/v1/alarms/{quote(name, safe='')}")
 
+    # -- experiments ---------------------------------------------------------------------------------
+    def send_feedback(self, endpoint_name: str, feedback: Sequence[tuple[str, float]]) -> dict[str, Any]:
+        """Rewards for earlier invocations, as (InferenceId, reward) pairs, up to 1,000 a call (a routing
+        experiment's rewards: its bandit learns from them, its report compares variants by them).
+        Answers ``{"Accepted": n, "Unknown": [ids], "Duplicate": [ids]}``."""
+        items = [{"InferenceId": str(i), "Reward": float(r)} for i, r in feedback]
+        return dict(self.connection.native("POST", f"/moorage/v1/endpoints/{quote(endpoint_name, safe='')}/feedback",
+                                           orjson.dumps({"Feedback": items})))
+
+    def experiment_report(self, endpoint_name: str) -> dict[str, Any]:
+        """The endpoint's routing experiment: per variant rewards and weights, each treatment against the
+        control with an always-valid p-value and a verdict."""
+        return dict(self.connection.native("GET",
+                                           f"/moorage/v1/endpoints/{quote(endpoint_name, safe='')}/experiment"))
+
     def __repr__(self) -> str:
         return f"Session(url={self.url!r}, region={self.region!r}, access_key_id={self.connection.access_key_id!r})"
 

@@ -1,9 +1,11 @@
 """How an endpoint picks the production variant of a request that names none (no TargetVariant).
 
-One strategy a module, each a ``VariantChooser``: today weighted random choice (SageMaker's
-``CurrentWeight``); rules on the request, sticky assignment, shadows and bandits come as siblings.
-The route owns the variants and their weights; the chooser only keeps what it needs to choose fast,
-rebuilt by ``update`` whenever weights change.
+One strategy a module, each a ``VariantChooser``: weighted random choice (``weighted.py``:
+SageMaker's ``CurrentWeight``), a weighted choice by a hash of a request attribute (``sticky.py``),
+rules on the request's attributes ahead of either (``rules.py``; ``attributes.py`` reads
+``CustomAttributes``). Bandits need no chooser of their own: the control plane recomputes the
+weights from the rewards off the request path. The route owns the variants and their weights; the
+chooser only keeps what it needs to choose fast, rebuilt by ``update`` whenever weights change.
 """
 
 from __future__ import annotations

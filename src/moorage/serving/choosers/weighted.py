@@ -37,3 +37,11 @@ class WeightedChooser(Generic[V]):
             raise NoVariantToChoose
         index = bisect.bisect_right(self._thresholds, random.random())
         return ordered[min(index, len(ordered) - 1)]
+
+    def pick(self, point: float) -> V:
+        """The variant whose share of [0, 1) holds ``point`` (sticky assignment picks by a hash)."""
+        ordered = self._ordered
+        if not ordered:
+            raise NoVariantToChoose
+        index = bisect.bisect_right(self._thresholds, point)
+        return ordered[min(index, len(ordered) - 1)]
