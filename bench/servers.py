@@ -341,23 +341,24 @@ class Moorage(Server):
         except Exception as exc:
             raise Unavailable(f"deploy failed: {type(exc).__name__}: {exc}"[:400]) from exc
 
+    # A routing policy (serving.py --routing thompson): the endpoint gets a second variant of the same
+    # model and its config the tag moorage:routing, so every request goes through that policy's choice.
+    routing: str | None = None
+
     def _deploy(self, client, model: BenchModel) -> None:
         name = self.endpoint(model)
         container = {"Image": model.runtime, "ModelDataUrl": model.tarball.resolve().as_uri()}
         if model.environment:
             container["Environment"] = dict(model.environment)
         client.create_model(ModelName=name, PrimaryContainer=container)
-        client.create_endpoint_config(
-            EndpointConfigName=name,
-            ProductionVariants=[
-                {
-                    "VariantName": "AllTraffic",
-                    "ModelName": name,
-                    "InitialInstanceCount": 1,
-                    "InstanceType": "ml.m5.large",
-                }
-            ],
-        )
+        variant = {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
+                   "InstanceType": "ml.m5.large"}
+        extra = {}
+        variants = [variant]
+        if self.routing:
+            variants.append({**variant, "VariantName": "Challenger"})
+            extra["Tags"] = [{"Key": "moorage:routing", "Value": self.routing}]
+        client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=variants, **extra)
         client.create_endpoint(EndpointName=name, EndpointConfigName=name)
         client.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 180})
 

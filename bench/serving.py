@@ -33,7 +33,7 @@ import psutil  # noqa: E402
 from hotspots import format_profile, profile_run  # noqa: E402
 from loadgen import HttpRequest, LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
 from models import BUILDERS, BenchModel, build  # noqa: E402
-from servers import SERVERS, Server, Unavailable, http_call  # noqa: E402
+from servers import SERVERS, Moorage, Server, Unavailable, http_call  # noqa: E402
 
 PEERS = ("c", "d")
 # moorage's targets against the floor (a)
@@ -388,6 +388,8 @@ def parse_args(argv: list[str] | None = None):
                    help="interleaved runs per shadow arm (moorage with no shadow, a fast and a 200 ms shadow at "
                         "100%%; shadow_overhead.py); 0 leaves them out")
     p.add_argument("--shadow-duration", type=float, default=3.0, help="seconds per shadow-arm run")
+    p.add_argument("--routing", default="", help="(b) with two variants of the model and this moorage:routing "
+                                                  "policy (thompson, ucb1, epsilon-greedy, weights)")
     args = p.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     bad = [s for s in args.servers if s not in SERVERS]
@@ -463,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         outcomes: list[Outcome] = []
         for key in args.servers:
             server = SERVERS[key](workdir / f"server-{key}", cpu=args.server_cpu)
+            if args.routing and isinstance(server, Moorage):
+                server.routing = args.routing
             info, outs = bench_server(server, models, args)
             servers_info[key] = info
             outcomes += outs
