@@ -391,7 +391,7 @@ def test_errors(setup: Setup) -> None:
     bad_cron = {**config, "ScheduleConfig": {"ScheduleExpression": "cron(0 * * * *)"}}
     no_endpoint = {**config, "MonitoringJobDefinition": job_definition("nope-" + name, setup.output, setup.baseline)}
     both = {**config, "MonitoringJobDefinitionName": "x", "MonitoringType": "DataQuality"}
-    other_type = {"MonitoringJobDefinitionName": "x", "MonitoringType": "ModelQuality"}
+    other_type = {"MonitoringJobDefinitionName": "x", "MonitoringType": "ModelBias"}
     for bad, words in ((bad_cron, "6 fields"), (no_endpoint, "Could not find endpoint"), (both, "exactly one"),
                        (other_type, "not supported")):
         with pytest.raises(ClientError) as refused:

@@ -12,9 +12,9 @@ import pytest
 from moorage.control.schedule_expressions import ScheduleExpression
 from moorage.errors import ValidationException
 from moorage.monitor.common.capture_reader import CaptureReader, capture_files, decode_rows
+from moorage.monitor.common.jobs import JobDefinition, window_of
 from moorage.monitor.common.report import render_report
 from moorage.monitor.common.time_offsets import parse_offset, parse_time_or_offset
-from moorage.monitor.data_quality.execution import JobDefinition, window_of
 
 FORMATS = Path(__file__).parents[1] / "data" / "sagemaker"
 UTC = dt.UTC

@@ -7,6 +7,10 @@
 - ``GET /moorage/v1/monitoring-executions/{name}``: an execution with its results (status, reason,
   window, where statistics.json, constraint_violations.json and report.html are, violated features).
 - ``GET /moorage/v1/monitoring-executions/{name}/report``: the report page itself (text/html).
+- ``POST /moorage/v1/endpoints/{name}/ground-truth`` ``{"GroundTruth": [{"InferenceId": "...", "Label": 1},
+  ...], "S3Uri": "..."}`` (up to 10,000 labels a call): writes them as SageMaker's ground-truth
+  records into the hour folder of now under ``S3Uri``, or, without it, under the
+  ``GroundTruthS3Input`` of the endpoint's model-quality job definition; answers where they went.
 
 ``{name}`` of an execution is its processing-job name (the last part of ``ProcessingJobArn``).
 Through the native API's signed seam like every native route (``moorage.api.signed``).
@@ -24,10 +28,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from moorage.api.signed import json_reply, signed_route
-from moorage.control.context import Context
-from moorage.control.monitoring_scheduler import EXECUTION, SCHEDULE, MonitoringScheduler
+from moorage.control.context import ENDPOINT, Context
+from moorage.control.monitoring_scheduler import (
+    EXECUTION,
+    MODEL_QUALITY_JOB_DEFINITION,
+    SCHEDULE,
+    MonitoringScheduler,
+)
 from moorage.control.times import timestamp
-from moorage.errors import ResourceNotFound, SerializationException
+from moorage.errors import ResourceNotFound, SerializationException, ValidationException
+from moorage.monitor.common.ground_truth import write_labels
 from moorage.store.locations import open_url
 from moorage.store.metadata import Resource
 
@@ -94,8 +104,57 @@ def monitoring_routes(ctx: Context, scheduler: MonitoringScheduler) -> list[Rout
             raise ResourceNotFound(f"The report {location} cannot be read: {exc}") from exc
         return Response(page, media_type="text/html; charset=utf-8")
 
+    async def ground_truth(request: Request, raw: bytes) -> dict[str, Any]:
+        endpoint = request.path_params["name"]
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise SerializationException(f"Request body is not valid JSON: {exc}") from exc
+        labels = _labels(document)
+        if ctx.store.get(ENDPOINT, endpoint) is None:
+            raise ResourceNotFound(f'Could not find endpoint "{ctx.arn(ENDPOINT, endpoint)}".')
+        uri = document.get("S3Uri") or _ground_truth_uri(ctx, endpoint)
+        location = await asyncio.to_thread(write_labels, uri, labels)
+        return {"Written": len(labels), "Location": location}
+
     return [
+        signed_route("/moorage/v1/endpoints/{name}/ground-truth", ground_truth, ["POST"]),
         signed_route("/moorage/v1/monitoring-schedules/{name}/executions", run_now, ["POST"]),
         signed_route("/moorage/v1/monitoring-executions/{name}", get_execution, ["GET"]),
         signed_route("/moorage/v1/monitoring-executions/{name}/report", get_report, ["GET"]),
     ]
+
+
+MAX_LABELS = 10_000
+
+
+def _labels(document: Any) -> list[tuple[str, Any]]:
+    """(InferenceId, Label) pairs of a ground-truth document; ValidationException names the bad item."""
+    items = document.get("GroundTruth") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ValidationException('The body must be {"GroundTruth": [{"InferenceId": "...", "Label": ...}, ...]}.')
+    if len(items) > MAX_LABELS:
+        raise ValidationException(f"GroundTruth: at most {MAX_LABELS} labels a call ({len(items)} given).")
+    out = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValidationException(f"GroundTruth[{index}]: must be an object with InferenceId and Label.")
+        inference_id, label = item.get("InferenceId"), item.get("Label")
+        if not isinstance(inference_id, str) or not inference_id:
+            raise ValidationException(f"GroundTruth[{index}].InferenceId: must be a non-empty string.")
+        if not isinstance(label, str | int | float | bool):
+            raise ValidationException(f"GroundTruth[{index}].Label: must be a string, a number or a boolean.")
+        out.append((inference_id, label))
+    return out
+
+
+def _ground_truth_uri(ctx: Context, endpoint: str) -> str:
+    """Where the endpoint's model-quality job reads its labels, when exactly one place is named."""
+    places = sorted({(r.body.get("ModelQualityJobInput") or {}).get("GroundTruthS3Input", {}).get("S3Uri")
+                     for r in ctx.store.list(MODEL_QUALITY_JOB_DEFINITION) if r.body.get("EndpointName") == endpoint}
+                    - {None})
+    if len(places) != 1:
+        found = f"its model-quality job definitions name {', '.join(places)}" if places else \
+            "no model-quality job definition of it names one"
+        raise ValidationException(f"Say where the labels of endpoint {endpoint} go (S3Uri): {found}.")
+    return places[0]

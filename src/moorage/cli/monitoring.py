@@ -1,4 +1,4 @@
-"""``moorage monitor ...``: data-quality monitoring from the command line.
+"""``moorage monitor ...``: data- and model-quality monitoring from the command line.
 
 ``baseline`` and ``check`` run the library (:mod:`moorage.monitor`) on this machine, no server
 needed. ``run SCHEDULE`` starts a monitoring execution on a running server now (SageMaker's
@@ -48,18 +48,55 @@ def monitor() -> None:
               help="Whether a CSV dataset's first line names the columns (without: _c0, _c1, ...). Default: "
               "detected; a first line of numbers above lines of numbers is data, anything else a header.")
 @click.option("--format", "fmt", type=_FORMATS, default=None, help="Dataset format (default: from the file name).")
-def baseline(dataset: str, output: str, header: bool | None, fmt: str | None) -> None:
-    """Profile a dataset and suggest constraints, as SageMaker's suggest_baseline does."""
+@click.option("--problem-type", type=click.Choice(["BinaryClassification", "MulticlassClassification", "Regression"]),
+              default=None, help="A model-quality baseline (the dataset holds predictions and labels); without it, "
+              "a data-quality baseline.")
+@click.option("--inference-attribute", default=None, help="Model quality: the column of the model's prediction.")
+@click.option("--probability-attribute", default=None, help="Model quality: the column of its probability.")
+@click.option("--ground-truth-attribute", default=None, help="Model quality: the column of the true label.")
+@click.option("--probability-threshold", type=float, default=None,
+              help="Binary model quality: the probability from which the prediction is positive (0.5).")
+def baseline(dataset: str, output: str, header: bool | None, fmt: str | None, problem_type: str | None,
+             inference_attribute: str | None, probability_attribute: str | None, ground_truth_attribute: str | None,
+             probability_threshold: float | None) -> None:
+    """Profile a dataset and suggest constraints, as SageMaker's suggest_baseline does (data quality, or model
+    quality with --problem-type)."""
     _require_extra()
     from moorage.monitor.common.datasets import DatasetError
     from moorage.monitor.data_quality.suggest import suggest_baseline
 
+    if problem_type is not None:
+        _model_quality_baseline(dataset, output, header, fmt, problem_type, inference_attribute,
+                                probability_attribute, ground_truth_attribute, probability_threshold)
+        return
     try:
         result = suggest_baseline(dataset, output, fmt, header)
     except DatasetError as exc:
         fail(str(exc))
     _print_features(result.statistics.body_dict, result.constraints.body_dict)
     click.echo(f"wrote {result.statistics.file_s3_uri} and {result.constraints.file_s3_uri}")
+
+
+def _model_quality_baseline(dataset: str, output: str, header: bool | None, fmt: str | None, problem_type: str,
+                            inference_attribute: str | None, probability_attribute: str | None,
+                            ground_truth_attribute: str | None, probability_threshold: float | None) -> None:
+    from moorage.monitor.common.datasets import DatasetError
+    from moorage.monitor.model_quality.suggest import suggest_baseline
+
+    if not ground_truth_attribute:
+        fail("a model-quality baseline needs --ground-truth-attribute (the column of the true label)")
+    try:
+        result = suggest_baseline(dataset, output, problem_type, ground_truth_attribute=ground_truth_attribute,
+                                  inference_attribute=inference_attribute, probability_attribute=probability_attribute,
+                                  probability_threshold=probability_threshold, fmt=fmt, header=header)
+    except (DatasetError, ValueError) as exc:
+        fail(str(exc))
+    section = next(iter(k for k in result.statistics if k.endswith("_metrics")))
+    for name, entry in result.statistics[section].items():
+        if isinstance(entry, dict) and isinstance(entry.get("value"), int | float):
+            click.echo(f"{name:40} {entry['value']:.4f}")
+    written = [result.statistics_uri, result.constraints_uri, *([result.cbpe_uri] if result.cbpe_uri else [])]
+    click.echo(f"wrote {', '.join(written)}")
 
 
 @monitor.command("check")

@@ -1,4 +1,4 @@
-"""Monitoring schedules, data-quality job definitions and monitoring executions (SageMaker's API).
+"""Monitoring schedules, data- and model-quality job definitions and monitoring executions (SageMaker's API).
 
 Schedule states: Pending (created or updated; the scheduler checks it) -> Scheduled (fires on its
 expression) | Failed (FailureReason says why it cannot run); Scheduled <-> Stopped by
@@ -21,7 +21,7 @@ import orjson
 from moorage.control.context import ENDPOINT, Context
 from moorage.control.monitoring_scheduler import (
     EXECUTION,
-    JOB_DEFINITION,
+    JOB_DEFINITION_KINDS,
     SCHEDULE,
     SCHEDULED,
     STOPPED,
@@ -31,7 +31,7 @@ from moorage.control.paging import list_query
 from moorage.control.resources import put_tags
 from moorage.control.times import epoch, timestamp
 from moorage.errors import ResourceInUse, ResourceNotFound, ValidationException
-from moorage.monitor.data_quality.execution import DATA_QUALITY, IN_PROGRESS, PENDING, JobDefinition
+from moorage.monitor.common.jobs import DATA_QUALITY, IN_PROGRESS, MODEL_QUALITY, PENDING, JobDefinition
 from moorage.store.metadata import AlreadyExists, ListQuery, Resource
 
 
@@ -66,10 +66,11 @@ class Monitoring:
             raise ResourceNotFound(f'Could not find monitoring schedule "{self.ctx.arn(SCHEDULE, name)}".')
         return row
 
-    def _definition_row(self, name: str) -> Resource:
-        row = self.ctx.store.get(JOB_DEFINITION, name)
+    def _definition_row(self, name: str, kind: str = DATA_QUALITY) -> Resource:
+        resource = JOB_DEFINITION_KINDS[kind]
+        row = self.ctx.store.get(resource, name)
         if row is None:
-            raise ResourceNotFound(f'Could not find job definition "{self.ctx.arn(JOB_DEFINITION, name)}".')
+            raise ResourceNotFound(f'Could not find job definition "{self.ctx.arn(resource, name)}".')
         return row
 
     def _checked_config(self, config: dict[str, Any]) -> tuple[JobDefinition, str | None]:
@@ -81,10 +82,14 @@ class Monitoring:
         kind = config.get("MonitoringType")
         if named and not kind:
             raise ValidationException("MonitoringType is required with MonitoringJobDefinitionName.")
-        if kind and kind != DATA_QUALITY:
-            raise ValidationException(f"MonitoringType {kind} is not supported by moorage yet; use DataQuality.")
+        if kind and kind not in JOB_DEFINITION_KINDS:
+            raise ValidationException(f"MonitoringType {kind} is not supported by moorage yet; use "
+                                      f"{' or '.join(JOB_DEFINITION_KINDS)}.")
+        if inline and kind not in (None, DATA_QUALITY):
+            raise ValidationException(f"An inline MonitoringJobDefinition is a data-quality job; a {kind} schedule "
+                                      f"names its job definition (MonitoringJobDefinitionName).")
         if named:
-            self._definition_row(named)
+            self._definition_row(named, kind or DATA_QUALITY)
         self.scheduler.expression({"MonitoringScheduleConfig": config})  # raises on a bad expression
         definition, _ = self.scheduler.job_definition({"MonitoringScheduleConfig": config})
         if self.ctx.store.get(ENDPOINT, definition.endpoint_name) is None:
@@ -115,7 +120,7 @@ class Monitoring:
         if self.ctx.store.get(SCHEDULE, name) is not None:
             raise ResourceInUse(f'Monitoring schedule "{arn}" already exists.')
         definition, named = self._checked_config(config)
-        body: dict[str, Any] = {"MonitoringScheduleConfig": config, "MonitoringType": DATA_QUALITY,
+        body: dict[str, Any] = {"MonitoringScheduleConfig": config, "MonitoringType": definition.monitoring_type,
                                 "EndpointName": definition.endpoint_name}
         if named:
             body["MonitoringJobDefinitionName"] = named
@@ -171,7 +176,8 @@ class Monitoring:
         config = req["MonitoringScheduleConfig"]
         definition, named = self._checked_config(config)
         body = {k: v for k, v in row.body.items() if k not in ("FailureReason", "MonitoringJobDefinitionName")}
-        body.update(MonitoringScheduleConfig=config, EndpointName=definition.endpoint_name)
+        body.update(MonitoringScheduleConfig=config, EndpointName=definition.endpoint_name,
+                    MonitoringType=definition.monitoring_type)
         if named:
             body["MonitoringJobDefinitionName"] = named
         # a stopped schedule stays stopped; any other goes back through Pending to its new expression
@@ -229,33 +235,36 @@ class Monitoring:
             out["NextToken"] = token
         return out
 
-    # -- data-quality job definitions ------------------------------------------------------------------------
-    async def create_data_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+    # -- job definitions, one resource kind per monitoring type -------------------------------------------------
+    def _create_definition(self, req: dict[str, Any], kind: str) -> dict[str, Any]:
         name = req["JobDefinitionName"]
-        arn = self.ctx.arn(JOB_DEFINITION, name)
+        resource = JOB_DEFINITION_KINDS[kind]
+        arn = self.ctx.arn(resource, name)
         body = {k: v for k, v in req.items() if k not in ("Tags", "JobDefinitionName")}
-        definition = JobDefinition.from_data_quality(body)  # raises ValidationException saying what is wrong
+        # raises ValidationException saying what is wrong
+        definition = (JobDefinition.from_model_quality(body) if kind == MODEL_QUALITY
+                      else JobDefinition.from_data_quality(body))
         if self.ctx.store.get(ENDPOINT, definition.endpoint_name) is None:
             raise ValidationException(
                 f'Could not find endpoint "{self.ctx.arn(ENDPOINT, definition.endpoint_name)}".')
         body["EndpointName"] = definition.endpoint_name
         try:
-            self.ctx.store.create(JOB_DEFINITION, name, arn, body)
+            self.ctx.store.create(resource, name, arn, body)
         except AlreadyExists as exc:
             raise ResourceInUse(f'Job definition "{arn}" already exists.') from exc
         put_tags(self.ctx, arn, req.get("Tags"))
         return {"JobDefinitionArn": arn}
 
-    async def describe_data_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
-        row = self._definition_row(req["JobDefinitionName"])
+    def _describe_definition(self, req: dict[str, Any], kind: str) -> dict[str, Any]:
+        row = self._definition_row(req["JobDefinitionName"], kind)
         body = {k: v for k, v in row.body.items() if k != "EndpointName"}
         return {**body, "JobDefinitionArn": row.arn, "JobDefinitionName": row.name,
                 "CreationTime": timestamp(row.created_at)}
 
-    async def list_data_quality_job_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
+    def _list_definitions(self, req: dict[str, Any], kind: str) -> dict[str, Any]:
         query = list_query(req)
         endpoint = req.get("EndpointName")
-        rows, token = _page(self.ctx.store.list(JOB_DEFINITION, _all(query)), query,
+        rows, token = _page(self.ctx.store.list(JOB_DEFINITION_KINDS[kind], _all(query)), query,
                             lambda r: endpoint is None or r.body.get("EndpointName") == endpoint)
         out: dict[str, Any] = {"JobDefinitionSummaries": [
             {"MonitoringJobDefinitionName": r.name, "MonitoringJobDefinitionArn": r.arn,
@@ -264,11 +273,37 @@ class Monitoring:
             out["NextToken"] = token
         return out
 
-    async def delete_data_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
-        row = self._definition_row(req["JobDefinitionName"])
-        users = [s.name for s in self.ctx.store.list(SCHEDULE) if s.body.get("MonitoringJobDefinitionName") == row.name]
+    def _delete_definition(self, req: dict[str, Any], kind: str) -> dict[str, Any]:
+        row = self._definition_row(req["JobDefinitionName"], kind)
+        users = [s.name for s in self.ctx.store.list(SCHEDULE)
+                 if s.body.get("MonitoringJobDefinitionName") == row.name
+                 and (s.body.get("MonitoringType") or DATA_QUALITY) == kind]
         if users:
             raise ResourceInUse(f'Job definition "{row.arn}" is used by monitoring schedule(s) {", ".join(users)}; '
                                 "delete them first.")
-        self.ctx.store.delete(JOB_DEFINITION, row.name)
+        self.ctx.store.delete(JOB_DEFINITION_KINDS[kind], row.name)
         return {}
+
+    async def create_data_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._create_definition(req, DATA_QUALITY)
+
+    async def describe_data_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._describe_definition(req, DATA_QUALITY)
+
+    async def list_data_quality_job_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._list_definitions(req, DATA_QUALITY)
+
+    async def delete_data_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._delete_definition(req, DATA_QUALITY)
+
+    async def create_model_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._create_definition(req, MODEL_QUALITY)
+
+    async def describe_model_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._describe_definition(req, MODEL_QUALITY)
+
+    async def list_model_quality_job_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._list_definitions(req, MODEL_QUALITY)
+
+    async def delete_model_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._delete_definition(req, MODEL_QUALITY)

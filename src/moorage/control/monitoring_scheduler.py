@@ -8,14 +8,16 @@ running when it stopped run again.
 
 One task ticks every ``MOORAGE_MONITOR_TICK_SECONDS`` (default 1 s; API calls wake it at once);
 at most ``MOORAGE_MONITOR_CONCURRENCY`` executions (default 2) run at a time, each in its own
-process (:mod:`moorage.monitor.data_quality.execution`). Execution metrics are written to the metrics store in a
-worker thread under SageMaker's namespace and dimensions, so alarms can watch them.
+process (:mod:`moorage.monitor.common.jobs`; each monitoring type has its own execution module).
+Execution metrics are written to the metrics store in a worker thread under SageMaker's namespace
+and dimensions, so alarms can watch them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -24,27 +26,34 @@ from typing import Any
 from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
 from moorage.control.schedule_expressions import ScheduleExpression
 from moorage.errors import ValidationException
-from moorage.monitor.data_quality.execution import (
+from moorage.monitor.common.jobs import (
     COMPLETED,
     DATA_QUALITY,
     FAILED,
     IN_PROGRESS,
+    MODEL_QUALITY,
     PENDING,
     WITH_VIOLATIONS,
-    ExecutionSpec,
     JobDefinition,
     run_in_subprocess,
     window_of,
 )
+from moorage.monitor.data_quality import execution as data_quality
+from moorage.monitor.model_quality import execution as model_quality
 from moorage.store.metadata import Resource
 
 log = logging.getLogger("moorage.monitor")
 
 SCHEDULE = "monitoring-schedule"
 JOB_DEFINITION = "data-quality-job-definition"
+MODEL_QUALITY_JOB_DEFINITION = "model-quality-job-definition"
+# Each monitoring type's job definitions are their own resource kind (and ARN type), as in SageMaker.
+JOB_DEFINITION_KINDS = {DATA_QUALITY: JOB_DEFINITION, MODEL_QUALITY: MODEL_QUALITY_JOB_DEFINITION}
 EXECUTION = "monitoring-execution"
 SCHEDULED, STOPPED = "Scheduled", "Stopped"
-METRICS_NAMESPACE = "aws/sagemaker/Endpoints/data-metrics"
+# Where each monitoring type's execution metrics go (SageMaker's namespaces).
+METRICS_NAMESPACES = {DATA_QUALITY: "aws/sagemaker/Endpoints/data-metrics",
+                      MODEL_QUALITY: "aws/sagemaker/Endpoints/model-metrics"}
 
 
 def utc(epoch: float) -> dt.datetime:
@@ -64,14 +73,18 @@ class MonitoringScheduler:
 
     # -- what schedules mean ---------------------------------------------------------------------------
     def job_definition(self, body: dict[str, Any]) -> tuple[JobDefinition, str | None]:
-        """A schedule's job definition (inline, or the named DataQualityJobDefinition) and that name."""
+        """A schedule's job definition (inline, or the named one of its MonitoringType) and that name."""
         config = body["MonitoringScheduleConfig"]
         name = config.get("MonitoringJobDefinitionName")
         if name:
-            row = self.ctx.store.get(JOB_DEFINITION, name)
+            kind = config.get("MonitoringType") or DATA_QUALITY
+            resource = JOB_DEFINITION_KINDS.get(kind)
+            row = self.ctx.store.get(resource, name) if resource else None
             if row is None:
                 raise ValidationException(
-                    f'Could not find job definition "{self.ctx.arn("data-quality-job-definition", name)}".')
+                    f'Could not find job definition "{self.ctx.arn(resource or JOB_DEFINITION, name)}".')
+            if kind == MODEL_QUALITY:
+                return JobDefinition.from_model_quality(row.body), name
             return JobDefinition.from_data_quality(row.body), name
         return JobDefinition.from_inline(config["MonitoringJobDefinition"]), None
 
@@ -186,7 +199,7 @@ class MonitoringScheduler:
         name = f"model-monitoring-{scheduled:%Y%m%d%H%M}-{uuid.uuid4().hex[:8]}"
         body: dict[str, Any] = {
             "MonitoringScheduleName": schedule_name, "ScheduledTime": scheduled.timestamp(),
-            "EndpointName": definition.endpoint_name, "MonitoringType": DATA_QUALITY,
+            "EndpointName": definition.endpoint_name, "MonitoringType": definition.monitoring_type,
             "WindowStart": window_start.timestamp(), "WindowEnd": window_end.timestamp(),
         }
         if definition_name:
@@ -255,14 +268,23 @@ class MonitoringScheduler:
         except ValidationException as exc:
             return {"Status": FAILED, "FailureReason": exc.message}
         excluded = [f.strip() for f in (definition.exclude_features or "").split(",") if f.strip()]
-        spec = ExecutionSpec(
-            execution_name=row.name, schedule_name=schedule.name, endpoint_name=definition.endpoint_name,
-            capture_uri=capture_uri, scheduled_time=body["ScheduledTime"], window_start=body["WindowStart"],
-            window_end=body["WindowEnd"], output_uri=definition.output_uri,
-            constraints_uri=definition.constraints_uri, statistics_uri=definition.statistics_uri,
-            preprocessor_uri=definition.preprocessor_uri, capture_sides=definition.capture_sides(),
-            exclude_features=excluded)
-        result = await run_in_subprocess(spec, definition.max_runtime)
+        common = dict(execution_name=row.name, schedule_name=schedule.name, endpoint_name=definition.endpoint_name,
+                      capture_uri=capture_uri, scheduled_time=body["ScheduledTime"], window_start=body["WindowStart"],
+                      window_end=body["WindowEnd"], output_uri=definition.output_uri,
+                      constraints_uri=definition.constraints_uri, preprocessor_uri=definition.preprocessor_uri)
+        if definition.monitoring_type == MODEL_QUALITY:
+            spec = model_quality.ExecutionSpec(
+                **common, problem_type=definition.problem_type or "",
+                ground_truth_uri=definition.ground_truth_uri or "",
+                inference_attribute=definition.inference_attribute,
+                probability_attribute=definition.probability_attribute,
+                probability_threshold=definition.probability_threshold)
+            runner = model_quality.RUNNER
+        else:
+            spec = data_quality.ExecutionSpec(**common, statistics_uri=definition.statistics_uri,
+                                              capture_sides=definition.capture_sides(), exclude_features=excluded)
+            runner = data_quality.RUNNER
+        result = await run_in_subprocess(runner, dataclasses.asdict(spec), row.name, definition.max_runtime)
         result["PublishMetrics"] = definition.publishes_metrics()
         return result
 
@@ -271,12 +293,14 @@ class MonitoringScheduler:
         if metrics is None or not row.body.get("PublishMetrics", True):
             return
         dimensions = {"Endpoint": row.body["EndpointName"], "MonitoringSchedule": row.body["MonitoringScheduleName"]}
+        namespace = METRICS_NAMESPACES.get(row.body.get("MonitoringType") or DATA_QUALITY,
+                                           METRICS_NAMESPACES[DATA_QUALITY])
         # stamped when the execution ended, so that an alarm over the latest periods sees them
         stamp = row.modified_at
 
         def write() -> None:
             for metric_name, value in values.items():
-                metrics.put_metric(METRICS_NAMESPACE, metric_name, dimensions, float(value), timestamp=stamp)
+                metrics.put_metric(namespace, metric_name, dimensions, float(value), timestamp=stamp)
 
         try:
             await asyncio.to_thread(write)

@@ -12,7 +12,10 @@ Layout, one folder per SageMaker monitor type beside the parts they share::
                        distributions kept in statistics.json, time offsets, the report page
       data_quality/    DataQuality: profile -> suggest -> verify (+ drift_tests), and execution
                        (one scheduled job over captured traffic, in a child process)
-      model_quality/   (to come) ModelQuality: predictions joined with ground truth -> metrics
+      model_quality/   ModelQuality: captured predictions merged with ground truth (common/ground_truth,
+                       common/attributes) -> metrics (statistics.json), constraints and violations in
+                       SageMaker's shape, a label-free estimate while labels are late (cbpe), the
+                       baseline (suggest) and the execution with its report
       model_bias/      (to come) ModelBias: bias metrics, as SageMaker Clarify writes them
       model_explainability/  (to come) feature attributions (SHAP) and their drift
 

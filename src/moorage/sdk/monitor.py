@@ -1,4 +1,4 @@
-"""``sagemaker.model_monitor``-like baselining: ``DefaultModelMonitor``, ``DatasetFormat``.
+"""``sagemaker.model_monitor``-like baselining: ``DefaultModelMonitor``, ``ModelQualityMonitor``, ``DatasetFormat``.
 
 Code written for SageMaker's SDK ports by changing imports::
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from moorage.monitor.common.formats import CONSTRAINTS_FILE, STATISTICS_FILE, Constraints, Statistics, join
 
-__all__ = ["BaselineJob", "Constraints", "DatasetFormat", "DefaultModelMonitor", "Statistics"]
+__all__ = ["BaselineJob", "Constraints", "DatasetFormat", "DefaultModelMonitor", "ModelQualityMonitor", "Statistics"]
 
 
 class DatasetFormat:
@@ -137,3 +137,46 @@ class DefaultModelMonitor:
         """The statistics and constraints a baseline (ours or SageMaker's) left in ``location``."""
         return (Statistics.from_file_path(join(location, STATISTICS_FILE)),
                 Constraints.from_file_path(join(location, CONSTRAINTS_FILE)))
+
+
+@dataclass
+class ModelQualityDocument:
+    """A model-quality statistics or constraints file (``.body_dict``), as the SDK's objects hold them."""
+
+    body_dict: dict[str, Any]
+    file_s3_uri: str | None = None
+
+
+class ModelQualityMonitor(DefaultModelMonitor):
+    """``sagemaker.model_monitor.ModelQualityMonitor``: a baseline of a validation set's predictions and labels."""
+
+    def suggest_baseline(self, baseline_dataset: str | Path, dataset_format: dict[str, Any] | None = None,
+                         problem_type: str | None = None, inference_attribute: str | None = None,
+                         probability_attribute: str | None = None, ground_truth_attribute: str | None = None,
+                         probability_threshold_attribute: float | None = None,
+                         post_analytics_processor_script: str | None = None, output_s3_uri: str | None = None,
+                         wait: bool = False, logs: bool = False, job_name: str | None = None,
+                         **ignored: Any) -> BaselineJob:
+        """Write ``statistics.json`` and ``constraints.json`` (and ``cbpe.json`` for a binary classifier
+        with probabilities) to ``output_s3_uri``; attributes name the dataset's columns."""
+        from moorage.monitor.model_quality.suggest import suggest_baseline
+
+        if post_analytics_processor_script:
+            raise NotImplementedError("postprocessor scripts are not supported for local baselines")
+        if not problem_type or not ground_truth_attribute:
+            raise ValueError("problem_type and ground_truth_attribute are required")
+        dataset = str(baseline_dataset)
+        if "://" in dataset and not dataset.startswith("file://"):
+            raise NotImplementedError(f"only local datasets (paths or file:// URIs) can be baselined here: {dataset}")
+        fmt, header = _reader_options(dataset_format)
+        name = job_name or f"{self.base_job_name}-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}"
+        output = output_s3_uri or tempfile.mkdtemp(prefix=f"{name}-")
+        result = suggest_baseline(dataset.removeprefix("file://"), output, problem_type,
+                                  ground_truth_attribute=ground_truth_attribute,
+                                  inference_attribute=inference_attribute, probability_attribute=probability_attribute,
+                                  probability_threshold=probability_threshold_attribute, fmt=fmt, header=header)
+        self._statistics = ModelQualityDocument(result.statistics, result.statistics_uri)  # type: ignore[assignment]
+        self._constraints = ModelQualityDocument(result.constraints, result.constraints_uri)  # type: ignore[assignment]
+        self.latest_baselining_job = BaselineJob(name, output)
+        self.latest_baselining_job_name = name
+        return self.latest_baselining_job

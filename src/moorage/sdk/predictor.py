@@ -74,6 +74,14 @@ class Predictor:
         args["Body"] = self.serializer.serialize(data)
         return args
 
+    # -- ground truth ---------------------------------------------------------------------------------
+    def send_ground_truth(self, inference_id: str, label: Any, s3_uri: str | None = None) -> dict[str, Any]:
+        """The true label of the invocation made with ``inference_id``, for the model-quality monitor."""
+        return self.sagemaker_session.send_ground_truth(self.endpoint_name, [(inference_id, label)], s3_uri)
+
+    def send_ground_truth_batch(self, labels: list[tuple[str, Any]], s3_uri: str | None = None) -> dict[str, Any]:
+        return self.sagemaker_session.send_ground_truth(self.endpoint_name, labels, s3_uri)
+
     # -- experiments ---------------------------------------------------------------------------------
     def send_feedback(self, inference_id: str, reward: float) -> dict[str, Any]:
         """The reward for the invocation made with ``inference_id`` (predict(..., inference_id=...))."""

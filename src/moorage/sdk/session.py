@@ -183,6 +183,18 @@ class Session:
     def delete_alarm(self, name: str) -> None:
         self.connection.native("DELETE", f"/moorage/v1/alarms/{quote(name, safe='')}")
 
+    # -- ground truth ---------------------------------------------------------------------------------
+    def send_ground_truth(self, endpoint_name: str, labels: Sequence[tuple[str, Any]],
+                          s3_uri: str | None = None) -> dict[str, Any]:
+        """Labels for earlier invocations, as (InferenceId, label) pairs (up to 10,000 a call), written as
+        SageMaker's ground-truth records under ``s3_uri`` (default: where the endpoint's model-quality
+        job definition reads them). Answers ``{"Written": n, "Location": file}``."""
+        document: dict[str, Any] = {"GroundTruth": [{"InferenceId": str(i), "Label": label} for i, label in labels]}
+        if s3_uri:
+            document["S3Uri"] = s3_uri
+        return dict(self.connection.native(
+            "POST", f"/moorage/v1/endpoints/{quote(endpoint_name, safe='')}/ground-truth", orjson.dumps(document)))
+
     # -- experiments ---------------------------------------------------------------------------------
     def send_feedback(self, endpoint_name: str, feedback: Sequence[tuple[str, float]]) -> dict[str, Any]:
         """Rewards for earlier invocations, as (InferenceId, reward) pairs, up to 1,000 a call (a routing

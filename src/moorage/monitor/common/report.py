@@ -24,7 +24,7 @@ from moorage.store.locations import filesystem
 BINS = 24
 TOP_CATEGORIES = 15
 
-_STYLE = """
+STYLE = """  # every monitoring page's look (model_quality/report.py too)
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#1d232a;max-width:1100px}
 h1{font-size:1.4rem;margin-bottom:.2rem} h2{font-size:1.1rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}
@@ -87,7 +87,6 @@ def plot_feature(name: str, baseline: dict[str, Any] | None, current: dict[str, 
         return None
 
     matplotlib.use("Agg")  # no display: the plots are files
-    import matplotlib.pyplot as plt
 
     figure = None
     numeric = NumericDistribution.from_feature(baseline), NumericDistribution.from_feature(current)
@@ -99,10 +98,7 @@ def plot_feature(name: str, baseline: dict[str, Any] | None, current: dict[str, 
             figure = _plot_categorical(name, categorical[0], categorical[1])
     if figure is None:
         return None
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return figure_png(figure)
 
 
 def _summary(feature: dict[str, Any] | None) -> str:
@@ -130,7 +126,7 @@ def render_report(*, statistics: dict[str, Any], baseline: dict[str, Any] | None
                else "<span class=ok>no violations</span>")
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>moorage monitoring: "
              f"{esc(str(meta.get('schedule', '')))} {esc(str(meta.get('window_end', '')))}</title>"
-             f"<style>{_STYLE}</style></head><body>",
+             f"<style>{STYLE}</style></head><body>",
              f"<h1>Data quality: {esc(str(meta.get('endpoint', '')))} / {esc(str(meta.get('schedule', '')))}</h1>",
              f"<p>{verdict}; drifted features: {esc(', '.join(drifted)) if drifted else 'none'}</p>",
              "<table>"]
@@ -169,7 +165,21 @@ def render_report(*, statistics: dict[str, Any], baseline: dict[str, Any] | None
 
 def write_report(location: str, name: str, **kwargs: Any) -> str:
     """Render and write the page to ``{location}/{name}``; returns where it is."""
-    page = render_report(**kwargs)
+    return write_page(location, name, render_report(**kwargs))
+
+
+def figure_png(figure: Any) -> str:
+    """A matplotlib figure as a base64 PNG (closed after)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_page(location: str, name: str, page: str) -> str:
+    """Write an HTML page to ``{location}/{name}`` (any fsspec location); returns where it is."""
     target = join(location, name)
     fs, path = filesystem(target)
     parent = path.rsplit("/", 1)[0]
