@@ -97,6 +97,7 @@ class Monitored:
         self.deployer.wait_in_service(name)
         self.rng = np.random.default_rng(seed)
         self.predictor = Predictor(name, sagemaker_session=Session(home=server.home))
+        self.captured = 0
 
     def baseline(self) -> Path:
         """A baseline from a validation set the same model scored (the CLI's and SDK's library)."""
@@ -136,10 +137,15 @@ class Monitored:
         twice = order[50:100]
         first = [(f"{self.mode}-{i}", self._wrong(truth[i])) for i in twice]
         labelled = [(f"{self.mode}-{i}", self._label(truth[i])) for i in order if i not in missing]
-        self.predictor.send_ground_truth_batch(first)
+        destination = self.ground_truth.as_uri()
+        self.predictor.send_ground_truth_batch(first, s3_uri=destination)
         for start in range(0, len(labelled), 300):
             time.sleep(0.01)  # label files are named by the millisecond: later calls sort later
-            self.predictor.send_ground_truth_batch(labelled[start:start + 300])
+            self.predictor.send_ground_truth_batch(labelled[start:start + 300], s3_uri=destination)
+        # Capture reaches its files within a flush interval: the execution must see every prediction.
+        wait_until(lambda: sum(len(f.read_bytes().splitlines()) for f in self.capture.rglob("*.jsonl"))
+                   >= self.captured + CALLS, 30, interval=0.2, what="every prediction captured")
+        self.captured += CALLS
         keep = np.array(sorted(set(range(CALLS)) - missing))
         return truth[keep], prediction[keep], None if probability is None else probability[keep]
 
@@ -214,7 +220,8 @@ def test_metrics_equal_scikit_learn_on_the_merged_pairs(server: MoorageServer, t
     execution = monitored.execution(monitored.schedule(baseline))
     assert execution["MonitoringExecutionStatus"] in ("Completed", "CompletedWithViolations"), execution
     merge = execution["Merge"]
-    assert (merge["captured"], merge["matched"], merge["missing_label"]) == (CALLS, CALLS - 50, 50)
+    assert (merge["Captured"], merge["Matched"], merge["MissingLabel"]) == (CALLS, CALLS - 50, 50)
+    assert execution["GroundTruth"]["Duplicates"] == 50  # the second label of each id sent twice won
     statistics = _statistics(execution)
     assert statistics["dataset"]["item_count"] == CALLS - 50
     if mode == "binary":
@@ -261,6 +268,9 @@ def test_concept_drift_violates_accuracy_and_fires_an_alarm(server: MoorageServe
                                     {"Name": "MonitoringSchedule", "Value": schedule}],
                         Period=10, EvaluationPeriods=1, Threshold=0.7, ComparisonOperator="LessThanThreshold",
                         TreatMissingData="ignore")
+    # With a job definition naming it, labels go where it reads them without being told.
+    written = monitored.predictor.send_ground_truth("not-a-served-id", 1)
+    assert written["Written"] == 1 and written["Location"].startswith(monitored.ground_truth.as_uri())
     execution = monitored.execution(schedule)
     assert execution["MonitoringExecutionStatus"] == "CompletedWithViolations", execution
     violations = json.loads(Path(execution["ConstraintViolationsUri"].removeprefix("file://")).read_text())

@@ -56,7 +56,8 @@ def execution_document(row: Resource) -> dict[str, Any]:
         "LastModifiedTime": _iso(row.modified_at), "WindowStart": _iso(body.get("WindowStart")),
         "WindowEnd": _iso(body.get("WindowEnd"))}
     for key in ("FailureReason", "OutputLocation", "StatisticsUri", "ConstraintViolationsUri", "ReportUri",
-                "Violations", "ViolatedFeatures", "Capture", "Seconds", "MonitoringJobDefinitionName"):
+                "Violations", "ViolatedFeatures", "Capture", "Seconds", "MonitoringJobDefinitionName",
+                "MonitoringType", "Merge", "GroundTruth", "Estimated", "ConceptDrift"):
         if body.get(key) is not None:
             doc[key] = body[key]
     return doc

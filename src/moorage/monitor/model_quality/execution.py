@@ -71,7 +71,7 @@ def run_spec(spec_doc: dict[str, Any]) -> dict[str, Any]:
 def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     """Run the execution here (in the child process); never raises: failures are a ``Failed`` result."""
     from moorage.monitor.common import formats
-    from moorage.monitor.common.capture_reader import CaptureReadError, capture_files, read_records
+    from moorage.monitor.common.capture_reader import CaptureReadError, CaptureScan, capture_files, read_records
     from moorage.monitor.common.ground_truth import ground_truth_files, merge, read_labels
     from moorage.monitor.model_quality.cbpe import CBPE, concept_drift_signal
     from moorage.monitor.model_quality.constraints import check_constraints, constraint_violations_document
@@ -108,7 +108,8 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     try:
         files = capture_files(spec.capture_uri, spec.endpoint_name, start, end)
         labels = read_labels(ground_truth_files(spec.ground_truth_uri, until, since=start))
-        merged = merge(read_records(files, start, end), labels, inference_attribute=spec.inference_attribute,
+        scan = CaptureScan(files=len(files))
+        merged = merge(read_records(files, start, end, scan), labels, inference_attribute=spec.inference_attribute,
                        probability_attribute=spec.probability_attribute,
                        probability_threshold=spec.probability_threshold, problem_type=spec.problem_type)
     except CaptureReadError as exc:
@@ -116,6 +117,7 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     except Exception as exc:
         return failed(f"Merging the captured predictions with the ground truth failed: {type(exc).__name__}: {exc}")
     result["Merge"] = merged.counts()
+    result["Capture"] = scan.as_dict()
     result["GroundTruth"] = labels.counts()
     if merged.captured == 0:
         return failed(f"Job inputs had no data: no captured predictions of endpoint {spec.endpoint_name} between "
