@@ -284,3 +284,23 @@ def test_concept_drift_violates_accuracy_and_fires_an_alarm(server: MoorageServe
     wait_until(lambda: cw.describe_alarms(AlarmNames=[alarm])["MetricAlarms"][0]["StateValue"] == "ALARM", 60,
                interval=0.5, what="the accuracy alarm")
     monitored.deployer.cleanup()
+
+
+def test_no_traffic_or_no_ground_truth_fail_saying_which(server: MoorageServer, tmp_path: Path) -> None:
+    monitored = Monitored(server, tmp_path, "binary", seed=5)
+    baseline = monitored.baseline()
+    quiet = monitored.execution(monitored.schedule(baseline))
+    assert quiet["MonitoringExecutionStatus"] == "Failed"
+    assert "no captured predictions" in quiet["FailureReason"]
+    rt = server.rt()
+    for i in range(20):
+        rt.invoke_endpoint(EndpointName=monitored.endpoint, Body=b"0.5", ContentType="text/csv",
+                           InferenceId=f"unlabelled-{i}")
+    wait_until(lambda: sum(len(f.read_bytes().splitlines()) for f in monitored.capture.rglob("*.jsonl")) >= 20,
+               30, interval=0.2, what="the predictions captured")
+    # Labels that name no captured prediction, and one that is not a label record at all, are counted.
+    monitored.predictor.send_ground_truth_batch([("someone-else", 1)], s3_uri=monitored.ground_truth.as_uri())
+    unlabelled = monitored.execution(monitored.schedule(baseline))
+    assert unlabelled["MonitoringExecutionStatus"] == "Failed"
+    assert "No ground truth for the 20 captured prediction(s)" in unlabelled["FailureReason"]
+    monitored.deployer.cleanup()

@@ -523,6 +523,8 @@ def merge(captured: Iterable[dict[str, Any]], labels: LabelScan | Mapping[str, A
             # every record's score, labelled or not: label-free estimates use the whole window
             try:
                 score = _number(score_of(_output(record)))
+                if not 0.0 <= score <= 1.0:  # not a probability: counted, never a failed execution
+                    raise AttributeExtractionError("out_of_range", f"the probability {score} is outside [0, 1]")
                 all_scores.append(score)
             except (AttributeExtractionError, TypeError, ValueError) as exc:
                 score_error = exc
