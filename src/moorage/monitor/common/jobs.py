@@ -176,6 +176,55 @@ def window_of(definition: JobDefinition, scheduled: dt.datetime, *, period: dt.t
     return window_start, window_end
 
 
+# -- what every execution's spec and result have -----------------------------------------------------
+def iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class ExecutionWindow:
+    """Which execution, of which endpoint, over which window, writing where: every type's spec starts so
+    (plain data, so that it crosses the process boundary)."""
+
+    execution_name: str
+    schedule_name: str
+    endpoint_name: str
+    capture_uri: str | None
+    scheduled_time: float
+    window_start: float
+    window_end: float
+    output_uri: str
+
+    def schedule_root(self) -> str:
+        return f"{self.output_uri.rstrip('/')}/{self.endpoint_name}/{self.schedule_name}"
+
+    def output_location(self) -> str:
+        """Where SageMaker puts an execution's files: ``{S3Uri}/{endpoint}/{schedule}/{yyyy}/{mm}/{dd}/{hh}``
+        (the scheduled time's UTC hour)."""
+        return f"{self.schedule_root()}/{dt.datetime.fromtimestamp(self.scheduled_time, tz=dt.UTC):%Y/%m/%d/%H}"
+
+
+class Outcome:
+    """The JSON-able result an execution builds as it goes, and hands back: ``failed(why)`` or ``done``."""
+
+    def __init__(self, spec: ExecutionWindow):
+        self.started = time.time()
+        self.location = spec.output_location()
+        self.doc: dict[str, Any] = {"Status": FAILED, "OutputLocation": self.location, "Metrics": {},
+                                    "WindowStart": iso(spec.window_start), "WindowEnd": iso(spec.window_end)}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.doc[key] = value
+
+    def failed(self, reason: str) -> dict[str, Any]:
+        self.doc.update(Status=FAILED, FailureReason=reason[:1024], Seconds=time.time() - self.started)
+        return self.doc
+
+    def done(self, violations: int) -> dict[str, Any]:
+        self.doc.update(Status=WITH_VIOLATIONS if violations else COMPLETED, Seconds=time.time() - self.started)
+        return self.doc
+
+
 # -- the child process ------------------------------------------------------------------------------
 def _child_main(runner: str, spec_doc: dict[str, Any], conn: Any) -> None:
     try:

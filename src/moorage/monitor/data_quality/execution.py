@@ -9,42 +9,23 @@ constraints to check) and moorage's ``report.html``. ``S3Uri`` may be ``s3://``,
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from moorage.monitor.common.jobs import COMPLETED, FAILED, REPORT_FILE, WITH_VIOLATIONS
+from moorage.monitor.common.jobs import REPORT_FILE, ExecutionWindow, Outcome, iso
 
 RUNNER = "moorage.monitor.data_quality.execution:run_spec"
 
 
 @dataclass
-class ExecutionSpec:
-    """Everything the child process needs; plain data so that it crosses the process boundary."""
+class ExecutionSpec(ExecutionWindow):
+    """Everything the child process needs for a data-quality execution."""
 
-    execution_name: str
-    schedule_name: str
-    endpoint_name: str
-    capture_uri: str | None
-    scheduled_time: float
-    window_start: float
-    window_end: float
-    output_uri: str
     constraints_uri: str | None = None
     statistics_uri: str | None = None
     preprocessor_uri: str | None = None
     capture_sides: list[str] = field(default_factory=lambda: ["endpointInput"])
     exclude_features: list[str] = field(default_factory=list)
-
-    def output_location(self) -> str:
-        hour = dt.datetime.fromtimestamp(self.scheduled_time, tz=dt.UTC)
-        return (f"{self.output_uri.rstrip('/')}/{self.endpoint_name}/{self.schedule_name}/"
-                f"{hour:%Y/%m/%d/%H}")
-
-
-# -- the child process ------------------------------------------------------------------------------
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _feature_names(statistics: dict[str, Any] | None, constraints: dict[str, Any] | None) -> list[str]:
@@ -62,15 +43,8 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     from moorage.monitor.data_quality.profile import profile_batches
     from moorage.monitor.data_quality.verify import evaluate
 
-    started = time.time()
-    location = spec.output_location()
-    result: dict[str, Any] = {"Status": FAILED, "OutputLocation": location, "Metrics": {},
-                              "WindowStart": _iso(spec.window_start), "WindowEnd": _iso(spec.window_end)}
-
-    def failed(reason: str) -> dict[str, Any]:
-        result.update(Status=FAILED, FailureReason=reason[:1024], Seconds=time.time() - started)
-        return result
-
+    result = Outcome(spec)
+    location, failed = result.location, result.failed
     if not spec.capture_uri:
         return failed(f"Endpoint {spec.endpoint_name} has no data capture configured (DataCaptureConfig "
                       "with EnableCapture): there is no captured data to analyse.")
@@ -107,8 +81,8 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     scan = reader.scan
     result["Capture"] = scan.as_dict()
     if scan.records == 0 or profile.item_count == 0:
-        detail = (f"no captured records of endpoint {spec.endpoint_name} between {_iso(spec.window_start)} and "
-                  f"{_iso(spec.window_end)} ({scan.files} capture file(s) in the window's hour folders under "
+        detail = (f"no captured records of endpoint {spec.endpoint_name} between {iso(spec.window_start)} and "
+                  f"{iso(spec.window_end)} ({scan.files} capture file(s) in the window's hour folders under "
                   f"{spec.capture_uri}")
         if scan.records:
             detail += f"; {scan.records} record(s) but none could be read as rows"
@@ -132,14 +106,13 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         result["ReportUri"] = write_report(
             location, REPORT_FILE, statistics=statistics, baseline=baseline_statistics, violations=violations,
             meta={"execution": spec.execution_name, "schedule": spec.schedule_name,
-                  "endpoint": spec.endpoint_name, "window_start": _iso(spec.window_start),
-                  "window_end": _iso(spec.window_end), "scheduled_time": _iso(spec.scheduled_time),
+                  "endpoint": spec.endpoint_name, "window_start": iso(spec.window_start),
+                  "window_end": iso(spec.window_end), "scheduled_time": iso(spec.scheduled_time),
                   "records": scan.records, "rows": scan.rows, "baseline_statistics": spec.statistics_uri,
                   "baseline_constraints": spec.constraints_uri})
     except Exception as exc:
         return failed(f"Writing the results to {location} failed: {type(exc).__name__}: {exc}")
-    result.update(Status=WITH_VIOLATIONS if violations else COMPLETED, Seconds=time.time() - started)
-    return result
+    return result.done(len(violations))
 
 
 def _non_null(feature: dict[str, Any]) -> float:

@@ -20,11 +20,10 @@ Runs in the execution's own process (``monitor/common/jobs.py``: ``run_in_subpro
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from moorage.monitor.common.jobs import COMPLETED, FAILED, REPORT_FILE, WITH_VIOLATIONS
+from moorage.monitor.common.jobs import REPORT_FILE, ExecutionWindow, Outcome, iso
 
 RUNNER = "moorage.monitor.model_quality.execution:run_spec"
 MERGE_FOLDER = "merge"
@@ -32,35 +31,16 @@ HISTORY = 48  # earlier executions of the schedule plotted in the report
 
 
 @dataclass
-class ExecutionSpec:
-    """Everything the child process needs; plain data so that it crosses the process boundary."""
+class ExecutionSpec(ExecutionWindow):
+    """Everything the child process needs for a model-quality execution."""
 
-    execution_name: str
-    schedule_name: str
-    endpoint_name: str
-    capture_uri: str | None
-    scheduled_time: float
-    window_start: float
-    window_end: float
-    output_uri: str
-    problem_type: str
-    ground_truth_uri: str
+    problem_type: str = ""
+    ground_truth_uri: str = ""
     constraints_uri: str | None = None
     preprocessor_uri: str | None = None
     inference_attribute: str | None = None
     probability_attribute: str | None = None
     probability_threshold: float | None = None
-
-    def output_location(self) -> str:
-        hour = dt.datetime.fromtimestamp(self.scheduled_time, tz=dt.UTC)
-        return f"{self.schedule_root()}/{hour:%Y/%m/%d/%H}"
-
-    def schedule_root(self) -> str:
-        return f"{self.output_uri.rstrip('/')}/{self.endpoint_name}/{self.schedule_name}"
-
-
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_spec(spec_doc: dict[str, Any]) -> dict[str, Any]:
@@ -79,15 +59,8 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     from moorage.monitor.model_quality.report import write_report
     from moorage.monitor.model_quality.suggest import CBPE_FILE
 
-    started = time.time()
-    location = spec.output_location()
-    result: dict[str, Any] = {"Status": FAILED, "OutputLocation": location, "Metrics": {},
-                              "WindowStart": _iso(spec.window_start), "WindowEnd": _iso(spec.window_end)}
-
-    def failed(reason: str) -> dict[str, Any]:
-        result.update(Status=FAILED, FailureReason=reason[:1024], Seconds=time.time() - started)
-        return result
-
+    result = Outcome(spec)
+    location, failed = result.location, result.failed
     if not spec.capture_uri:
         return failed(f"Endpoint {spec.endpoint_name} has no data capture configured (DataCaptureConfig "
                       "with EnableCapture): there are no captured predictions to evaluate.")
@@ -121,7 +94,7 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     result["GroundTruth"] = labels.counts()
     if merged.captured == 0:
         return failed(f"Job inputs had no data: no captured predictions of endpoint {spec.endpoint_name} between "
-                      f"{_iso(spec.window_start)} and {_iso(spec.window_end)} ({len(files)} capture file(s) in the "
+                      f"{iso(spec.window_start)} and {iso(spec.window_end)} ({len(files)} capture file(s) in the "
                       f"window's hour folders under {spec.capture_uri}).")
     if merged.matched == 0:
         return failed(f"No ground truth for the {merged.captured} captured prediction(s) of the window: none of "
@@ -158,13 +131,12 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
             history_root=spec.schedule_root(), history_limit=HISTORY, residuals=merged.residual_sample(),
             meta={"execution": spec.execution_name, "schedule": spec.schedule_name,
                   "endpoint": spec.endpoint_name, "problem type": spec.problem_type,
-                  "window_start": _iso(spec.window_start), "window_end": _iso(spec.window_end),
-                  "scheduled_time": _iso(spec.scheduled_time), "captured": merged.captured,
+                  "window_start": iso(spec.window_start), "window_end": iso(spec.window_end),
+                  "scheduled_time": iso(spec.scheduled_time), "captured": merged.captured,
                   "with ground truth": merged.matched, "ground truth": spec.ground_truth_uri,
                   "baseline_constraints": spec.constraints_uri})
     except ValueError as exc:
         return failed(f"The merged data cannot be evaluated as {spec.problem_type}: {exc}")
     except Exception as exc:
         return failed(f"Writing the results to {location} failed: {type(exc).__name__}: {exc}")
-    result.update(Status=WITH_VIOLATIONS if violations else COMPLETED, Seconds=time.time() - started)
-    return result
+    return result.done(len(violations))
