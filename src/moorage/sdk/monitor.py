@@ -108,14 +108,22 @@ class DefaultModelMonitor:
 
         if record_preprocessor_script or post_analytics_processor_script:
             raise NotImplementedError("preprocessor/postprocessor scripts are not supported for local baselines")
+        dataset, name, output = self._local_job(baseline_dataset, job_name, output_s3_uri)
+        fmt, header = _reader_options(dataset_format)
+        result = suggest_baseline(dataset, output, fmt, header)
+        self._statistics, self._constraints = result.statistics, result.constraints
+        return self._ran(name, output)
+
+    def _local_job(self, baseline_dataset: str | Path, job_name: str | None,
+                   output_s3_uri: str | None) -> tuple[str, str, str]:
+        """(dataset, job name, output) of a baseline run here; only local datasets can be."""
         dataset = str(baseline_dataset)
         if "://" in dataset and not dataset.startswith("file://"):
             raise NotImplementedError(f"only local datasets (paths or file:// URIs) can be baselined here: {dataset}")
-        fmt, header = _reader_options(dataset_format)
         name = job_name or f"{self.base_job_name}-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}"
-        output = output_s3_uri or tempfile.mkdtemp(prefix=f"{name}-")
-        result = suggest_baseline(dataset, output, fmt, header)
-        self._statistics, self._constraints = result.statistics, result.constraints
+        return dataset, name, output_s3_uri or tempfile.mkdtemp(prefix=f"{name}-")
+
+    def _ran(self, name: str, output: str) -> BaselineJob:
         self.latest_baselining_job = BaselineJob(name, output)
         self.latest_baselining_job_name = name
         return self.latest_baselining_job
@@ -165,18 +173,12 @@ class ModelQualityMonitor(DefaultModelMonitor):
             raise NotImplementedError("postprocessor scripts are not supported for local baselines")
         if not problem_type or not ground_truth_attribute:
             raise ValueError("problem_type and ground_truth_attribute are required")
-        dataset = str(baseline_dataset)
-        if "://" in dataset and not dataset.startswith("file://"):
-            raise NotImplementedError(f"only local datasets (paths or file:// URIs) can be baselined here: {dataset}")
+        dataset, name, output = self._local_job(baseline_dataset, job_name, output_s3_uri)
         fmt, header = _reader_options(dataset_format)
-        name = job_name or f"{self.base_job_name}-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}"
-        output = output_s3_uri or tempfile.mkdtemp(prefix=f"{name}-")
         result = suggest_baseline(dataset.removeprefix("file://"), output, problem_type,
                                   ground_truth_attribute=ground_truth_attribute,
                                   inference_attribute=inference_attribute, probability_attribute=probability_attribute,
                                   probability_threshold=probability_threshold_attribute, fmt=fmt, header=header)
         self._statistics = ModelQualityDocument(result.statistics, result.statistics_uri)  # type: ignore[assignment]
         self._constraints = ModelQualityDocument(result.constraints, result.constraints_uri)  # type: ignore[assignment]
-        self.latest_baselining_job = BaselineJob(name, output)
-        self.latest_baselining_job_name = name
-        return self.latest_baselining_job
+        return self._ran(name, output)
