@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,8 @@ def model_fn(model_dir, context=None):
 
 
 def transform_fn(name, body, content_type, accept):
-    return json.dumps({"variant": name}), "application/json"
+    # "label": what a classifier would predict; B predicts the class the ground truth says (1).
+    return json.dumps({"variant": name, "label": 1 if name == "B" else 0}), "application/json"
 '''
 ENV = {"MOORAGE_EXPERIMENTS_UPDATE_INTERVAL": "0.2s", "MOORAGE_METRICS_PERIOD": "1"}
 
@@ -195,7 +197,9 @@ def test_an_ab_test_reports_a_verdict_and_keeps_learning_across_an_update(experi
     assert comparison["Control"] == "A" and comparison["Treatment"] == "B"
     assert comparison["Verdict"] == "B better" and comparison["PValue"] < 0.05
     assert {v["VariantName"] for v in report["Variants"]} == {"A", "B"}
-    assert all(v["Invocations"] for v in report["Variants"])
+    # Invocations come from the metrics, published once a period.
+    wait_until(lambda: sum(v["Invocations"] or 0 for v in session.experiment_report(endpoint)["Variants"]) == 600,
+               30, interval=0.3, what="the invocations in the report")
     before = {v["VariantName"]: v["Rewards"] for v in report["Variants"]}
 
     # A third variant joins: it starts from the prior, A and B keep what they learned.
@@ -220,7 +224,11 @@ def test_bad_routing_tags_and_feedback_are_refused(experiments: MoorageServer, t
                         ({"moorage:routing:epsilom": "0.2"}, "moorage:routing:epsilom"),
                         ({"moorage:rule:1": "beta -> B"}, "moorage:rule:1"),
                         ({"moorage:rule:1": "beta=true -> Z"}, "moorage:rule:1"),
-                        ({"moorage:rule:first": "beta=true -> B"}, "moorage:rule:first")]:
+                        ({"moorage:rule:first": "beta=true -> B"}, "moorage:rule:first"),
+                        ({"moorage:routing:reward-source": "metrics:Shop"}, "moorage:routing:reward-source"),
+                        ({"moorage:routing:reward-source": "metric:Shop/Sales", "moorage:routing:reward": "continuous"},
+                         "moorage:routing:reward-source"),
+                        ({"moorage:routing:reward-attribute": "label"}, "moorage:routing:reward-attribute")]:
         name = new_name("bad-config")
         with pytest.raises(ClientError) as exc:
             _config(dep, models, tags, name=name)
@@ -261,4 +269,54 @@ def test_bad_routing_tags_and_feedback_are_refused(experiments: MoorageServer, t
     status, _, _ = experiments.signed_request("POST", "/moorage/v1/endpoints/no-such-endpoint/feedback",
                                               json.dumps({"Feedback": [{"InferenceId": "x", "Reward": 1}]}).encode())
     assert status == 404
+    dep.cleanup()
+
+
+def test_rewards_from_ground_truth_and_from_a_business_metric(experiments: MoorageServer, tmp_path: Path) -> None:
+    dep = Deployer(experiments)
+    models = _models(dep, tmp_path, ["A", "B"])
+    session = Session(home=experiments.home)
+    rt = experiments.rt()
+
+    # Ground truth: the label says 1 every time; B predicts 1, A predicts 0.
+    labelled = dep.endpoint(new_name("gt"), _config(dep, models, {
+        "moorage:routing": "thompson", "moorage:routing:reward-source": "ground-truth",
+        "moorage:routing:reward-attribute": "label"}))
+    dep.wait_in_service(labelled)
+    served = Counter(_invoke(rt, labelled, inference_id=f"gt-{i}") for i in range(200))
+    answer = session.send_ground_truth(labelled, [(f"gt-{i}", 1) for i in range(200)] + [("gt-unknown", 1)])
+    assert answer["Written"] == 201 and str(experiments.home / "ground-truth" / labelled) in answer["Location"]
+    assert answer["Rewards"]["Accepted"] == 200 and answer["Rewards"]["Unknown"] == ["gt-unknown"]
+    report = session.experiment_report(labelled)
+    by_variant = {v["VariantName"]: v for v in report["Variants"]}
+    assert {name: v["Rewards"] for name, v in by_variant.items()} == {"A": served["A"], "B": served["B"]}
+    assert by_variant["B"]["MeanReward"] == 1.0 and by_variant["A"]["MeanReward"] == 0.0
+    assert report["Routing"]["RewardSource"] == "ground-truth"
+    sm = experiments.sm()
+    wait_until(lambda: next(v["CurrentWeight"] for v in sm.describe_endpoint(EndpointName=labelled)[
+        "ProductionVariants"] if v["VariantName"] == "B") > 0.9, 30, interval=0.2, what="B's weight to rise")
+
+    # A business metric put with the variant's dimensions: a purchase (1) or none (0) per request.
+    tags = {"moorage:routing": "weights", "moorage:routing:reward-source": "metric:Shop/Purchase"}
+    bought = dep.endpoint(new_name("shop"), _config(dep, models, tags))
+    dep.wait_in_service(bought)
+    calls: Counter[str] = Counter()
+    for _ in range(60):
+        variant_name = _invoke(rt, bought)
+        value = 1.0 if variant_name == "B" else 0.0
+        calls[variant_name] += 1
+        session.put_metric("Purchase", value, {"EndpointName": bought, "VariantName": variant_name},
+                           namespace="Shop")
+
+    def rewards() -> dict[str, tuple[int, float | None]]:
+        doc = session.experiment_report(bought)
+        return {v["VariantName"]: (v["Rewards"], v["MeanReward"]) for v in doc["Variants"]}
+
+    wait_until(lambda: {k: n for k, (n, _) in rewards().items()} == dict(calls), 30, interval=0.3,
+               what="the metric's values credited as rewards")
+    assert rewards()["B"][1] == 1.0 and rewards()["A"][1] == 0.0
+    experiments.stop(timeout=30)
+    experiments.start(timeout=90)
+    time.sleep(1.5)  # a few ticks: nothing is read twice after a restart
+    assert {k: n for k, (n, _) in rewards().items()} == dict(calls)
     dep.cleanup()

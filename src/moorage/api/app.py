@@ -83,7 +83,7 @@ class MoorageApp:
         self.cbor_door = RpcV2CborFrontDoor(self.verifier, [cloudwatch])
         self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id)
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
-                                       [*monitoring_routes(self.ctx, self.monitoring),
+                                       [*monitoring_routes(self.ctx, self.monitoring, self.routing_experiments),
                                         *experiment_routes(self.routing_experiments)])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -10,7 +10,9 @@
 - ``POST /moorage/v1/endpoints/{name}/ground-truth`` ``{"GroundTruth": [{"InferenceId": "...", "Label": 1},
   ...], "S3Uri": "..."}`` (up to 10,000 labels a call): writes them as SageMaker's ground-truth
   records into the hour folder of now under ``S3Uri``, or, without it, under the
-  ``GroundTruthS3Input`` of the endpoint's model-quality job definition; answers where they went.
+  ``GroundTruthS3Input`` of the endpoint's model-quality job definition (with none, under the
+  server's home: ``ground-truth/{endpoint}``); answers where they went
+  (and, for a routing experiment rewarded by ground truth, the rewards credited).
 
 ``{name}`` of an execution is its processing-job name (the last part of ``ProcessingJobArn``).
 Through the native API's signed seam like every native route (``moorage.api.signed``).
@@ -35,6 +37,7 @@ from moorage.control.monitoring_scheduler import (
     SCHEDULE,
     MonitoringScheduler,
 )
+from moorage.control.routing_experiments import RoutingExperiments
 from moorage.control.times import timestamp
 from moorage.errors import ResourceNotFound, SerializationException, ValidationException
 from moorage.monitor.common.ground_truth import write_labels
@@ -63,7 +66,8 @@ def execution_document(row: Resource) -> dict[str, Any]:
     return doc
 
 
-def monitoring_routes(ctx: Context, scheduler: MonitoringScheduler) -> list[Route]:
+def monitoring_routes(ctx: Context, scheduler: MonitoringScheduler,
+                      experiments: RoutingExperiments | None = None) -> list[Route]:
     async def run_now(request: Request, raw: bytes) -> Response:
         name = request.path_params["name"]
         try:
@@ -116,7 +120,12 @@ def monitoring_routes(ctx: Context, scheduler: MonitoringScheduler) -> list[Rout
             raise ResourceNotFound(f'Could not find endpoint "{ctx.arn(ENDPOINT, endpoint)}".')
         uri = document.get("S3Uri") or _ground_truth_uri(ctx, endpoint)
         location = await asyncio.to_thread(write_labels, uri, labels)
-        return {"Written": len(labels), "Location": location}
+        out: dict[str, Any] = {"Written": len(labels), "Location": location}
+        # An experiment rewarded by ground truth learns from the same labels.
+        rewards = await experiments.credit_ground_truth(endpoint, labels) if experiments is not None else None
+        if rewards is not None:
+            out["Rewards"] = rewards
+        return out
 
     return [
         signed_route("/moorage/v1/endpoints/{name}/ground-truth", ground_truth, ["POST"]),
@@ -150,12 +159,12 @@ def _labels(document: Any) -> list[tuple[str, Any]]:
 
 
 def _ground_truth_uri(ctx: Context, endpoint: str) -> str:
-    """Where the endpoint's model-quality job reads its labels, when exactly one place is named."""
+    """Where the endpoint's model-quality job reads its labels, when exactly one place is named; with
+    none named, the server's own folder for them (``{home}/ground-truth/{endpoint}``)."""
     places = sorted({(r.body.get("ModelQualityJobInput") or {}).get("GroundTruthS3Input", {}).get("S3Uri")
                      for r in ctx.store.list(MODEL_QUALITY_JOB_DEFINITION) if r.body.get("EndpointName") == endpoint}
                     - {None})
-    if len(places) != 1:
-        found = f"its model-quality job definitions name {', '.join(places)}" if places else \
-            "no model-quality job definition of it names one"
-        raise ValidationException(f"Say where the labels of endpoint {endpoint} go (S3Uri): {found}.")
-    return places[0]
+    if len(places) > 1:
+        raise ValidationException(f"Say where the labels of endpoint {endpoint} go (S3Uri): its model-quality "
+                                  f"job definitions name {', '.join(places)}.")
+    return places[0] if places else str(ctx.settings.home / "ground-truth" / endpoint)

@@ -7,7 +7,10 @@ that config is built, ``prepare`` gives its route a chooser (rules ahead of a st
 choice) and, for an experiment, an ``AssignmentLog`` among its observers: each answered request
 that carries an ``InferenceId`` queues (endpoint, id, variant, time), and the ticker stores them
 (``store/assignments.py``) every ``update_interval``. ``feedback`` credits rewards to those rows and
-to each variant's reward statistics in its desired state, in one transaction.
+to each variant's reward statistics in its desired state, in one transaction. Rewards may instead
+come from ground truth (``credit_ground_truth``: labels sent for the endpoint's InferenceIds are
+compared with the answers its log kept) or from a business metric (read each tick since the last
+one read, a marker kept in the variant's state so a restart neither loses nor repeats any).
 
 The ticker then looks at every experiment whose rewards changed: each treatment's always-valid
 p-value against the control (the first variant) is lowered to its running minimum, which is only
@@ -40,15 +43,16 @@ from moorage.errors import ResourceNotFound, ValidationException
 from moorage.experiments import sequential
 from moorage.experiments.bandits import bandit_weights
 from moorage.experiments.rewards import BINARY, ArmStats
-from moorage.experiments.routing import RoutingPolicy, RoutingTagError, parse_routing_tags
+from moorage.experiments.routing import GROUND_TRUTH, RoutingPolicy, RoutingTagError, parse_routing_tags
 from moorage.metrics.vocabulary import INVOCATION_5XX, INVOCATION_NAMESPACE, INVOCATIONS, MODEL_LATENCY
+from moorage.monitor.common.attributes import extract, label_text
 from moorage.serving.choosers import VariantChooser
 from moorage.serving.choosers.rules import RuleChooser
 from moorage.serving.choosers.sticky import StickyChooser
 from moorage.serving.choosers.weighted import WeightedChooser
 from moorage.serving.invocation_events import InvocationEvent
 from moorage.serving.router import EndpointRoute, VariantRoute
-from moorage.store.assignments import AssignmentStore
+from moorage.store.assignments import ANSWER_BYTES, AssignmentStore
 from moorage.store.metadata import Resource
 
 log = logging.getLogger("moorage.experiments")
@@ -61,16 +65,20 @@ METHOD = ("mixture sequential probability ratio test (always-valid p-values and 
           "see moorage.experiments.sequential")
 _INFERENCE_ID = b"x-amzn-sagemaker-inference-id: "
 
-Assignment = tuple[str, str, str, float]  # endpoint, inference id, variant, served at
+# endpoint, inference id, variant, served at, answer and its content type (rewards from ground truth)
+Assignment = tuple[str, str, str, float, str | None, str | None]
+METRIC_GRACE_S = 1.0  # business-metric rewards are read up to this long ago: a put in flight lands first
 
 
 class AssignmentLog:
-    """An InvocationObserver of an experiment's fleet: queues who served each InferenceId."""
+    """An InvocationObserver of an experiment's fleet: queues who served each InferenceId (and, for
+    rewards from ground truth, what it answered)."""
 
-    __slots__ = ("owner",)
+    __slots__ = ("keep_answers", "owner")
 
-    def __init__(self, owner: RoutingExperiments):
+    def __init__(self, owner: RoutingExperiments, keep_answers: bool = False):
         self.owner = owner
+        self.keep_answers = keep_answers
 
     def observe(self, event: InvocationEvent) -> None:
         if event.status >= 300 or _INFERENCE_ID not in event.forwarded_headers:
@@ -82,7 +90,9 @@ class AssignmentLog:
         if len(owner.pending) >= owner.queue_records:
             owner.dropped += 1
             return
-        owner.pending.append((event.endpoint, inference_id, event.variant, event.arrived))
+        answer = (event.response_body[:ANSWER_BYTES].decode("utf-8", "replace"), event.response_content_type) \
+            if self.keep_answers else (None, None)
+        owner.pending.append((event.endpoint, inference_id, event.variant, event.arrived, *answer))
 
 
 def policy_of(ctx: Context, config_name: str, config: Mapping[str, Any]) -> RoutingPolicy:
@@ -113,7 +123,6 @@ class RoutingExperiments:
         self.assignments = AssignmentStore(ctx.store.engine)
         self.pending: deque[Assignment] = deque()
         self.dropped = 0
-        self.log = AssignmentLog(self)
         self.policies: dict[str, RoutingPolicy] = {}  # endpoint -> the policy of the fleet serving it
         self._looked: dict[str, dict[str, int]] = {}  # endpoint -> variant -> rewards at the last look
         self._locks: dict[str, threading.Lock] = {}
@@ -132,7 +141,7 @@ class RoutingExperiments:
         route.chooser = chooser
         route.reweigh()
         if policy.tagged:
-            route.observers.append(self.log)
+            route.observers.append(AssignmentLog(self, keep_answers=policy.reward_source == GROUND_TRUTH))
         return policy
 
     def serving(self, endpoint: str, policy: RoutingPolicy | None) -> None:
@@ -197,6 +206,70 @@ class RoutingExperiments:
         result = await asyncio.to_thread(credit)
         return {"Accepted": result.accepted, "Unknown": result.unknown, "Duplicate": result.duplicate}
 
+    async def credit_ground_truth(self, endpoint: str, labels: list[tuple[str, Any]]) -> dict[str, Any] | None:
+        """Rewards from labels of an experiment rewarded by ground truth (None for any other endpoint):
+        each label against the answer kept for its InferenceId."""
+        row = self.ctx.store.get(ENDPOINT, endpoint)
+        if row is None:
+            return None
+        policy = self._policy(row)
+        if not policy.tagged or policy.reward_source != GROUND_TRUTH:
+            return None
+        await self.flush()
+        now = time.time()
+        answers = await asyncio.to_thread(self.assignments.answers, endpoint, [i for i, _ in labels],
+                                          not_before=now - self.window)
+        rewards, unscored = [], []
+        for inference_id, label in labels:
+            answer = answers.get(inference_id)
+            reward = _ground_truth_reward(answer, label, policy) if answer is not None else None
+            if reward is None:
+                unscored.append(inference_id)
+            else:
+                rewards.append((inference_id, reward))
+
+        def credit() -> Any:
+            with self._lock(endpoint):
+                return self.assignments.credit(endpoint, rewards, not_before=now - self.window, now=now,
+                                               merge=_merge_rewards)
+
+        result = await asyncio.to_thread(credit) if rewards else None
+        return {"Accepted": result.accepted if result else 0, "Unknown": unscored,
+                "Duplicate": result.duplicate if result else []}
+
+    async def _collect_metric_rewards(self, endpoint: str, policy: RoutingPolicy, now: float) -> None:
+        """A business metric's new values, per variant, into its reward statistics."""
+        metrics, source = self.ctx.metrics, policy.reward_metric
+        if metrics is None or source is None:
+            return
+        namespace, name = source
+        row = self.ctx.store.get(ENDPOINT, endpoint)
+        since = float((row.body if row else {}).get("ExperimentStartTime") or now)
+        until = now - METRIC_GRACE_S
+
+        def collect() -> None:
+            with self._lock(endpoint):
+                for goal in self.ctx.store.desired(endpoint):
+                    if goal.shadow:
+                        continue
+                    start = float(goal.state.get("metric_through") or since)
+                    if until <= start:
+                        continue
+                    dims = {"EndpointName": endpoint, "VariantName": goal.variant}
+                    span = math.ceil(until - start)
+                    counts = metrics.statistics(namespace, name, dims, "SampleCount", start, until, span)
+                    sums = metrics.statistics(namespace, name, dims, "Sum", start, until, span)
+                    n = int(sum(p.value for p in counts))
+                    total = float(sum(p.value for p in sums))
+                    state = dict(goal.state, metric_through=until)
+                    if n:
+                        # Binary rewards (each value 0 or 1): the sum of squares is the sum.
+                        state["rewards"] = ArmStats.from_dict(state.get("rewards")).merge(
+                            ArmStats(n, total, total)).to_dict()
+                    self.ctx.store.update_desired(endpoint, goal.variant, state=state)
+
+        await asyncio.to_thread(collect)
+
     # The ticker -------------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -222,6 +295,8 @@ class RoutingExperiments:
         await self.flush()
         for endpoint, policy in list(self.policies.items()):
             try:
+                if policy.reward_metric is not None:
+                    await self._collect_metric_rewards(endpoint, policy, now)
                 await self._look(endpoint, policy)
             except Exception:
                 log.exception("updating the experiment of %s failed", endpoint)
@@ -321,7 +396,8 @@ class RoutingExperiments:
                     "NeededPerVariant": result.needed_per_variant})
         return {"EndpointName": endpoint, "EndpointConfigName": row.body.get("EndpointConfigName"),
                 "Since": since, "Alpha": ALPHA, "Method": METHOD,
-                "Routing": {"Policy": policy.policy, "Reward": policy.reward, "Epsilon": policy.epsilon,
+                "Routing": {"Policy": policy.policy, "Reward": policy.reward, "RewardSource": policy.reward_source,
+                            "Epsilon": policy.epsilon,
                             "MinWeight": policy.min_weight, "Sticky": policy.sticky,
                             "Rules": [f"{r.key}={r.value} -> {r.variant}" for r in policy.rules],
                             "Experiment": policy.tagged},
@@ -339,6 +415,25 @@ class RoutingExperiments:
         points = metrics.statistics(INVOCATION_NAMESPACE, metric, {"EndpointName": endpoint, "VariantName": variant},
                                     statistic, start, start + span, span)
         return points[0].value if points else None
+
+
+def _ground_truth_reward(answer: tuple[str, str | None], label: Any, policy: RoutingPolicy) -> float | None:
+    """1 when the answer's prediction equals the label, else 0 (continuous: minus the absolute error);
+    None when the prediction cannot be read from the answer."""
+    text, content_type = answer
+    try:
+        prediction = extract({"observedContentType": content_type, "data": text}, policy.reward_attribute)
+    except ValueError:
+        return None
+    if policy.reward == BINARY:
+        try:
+            return 1.0 if float(prediction) == float(label) else 0.0
+        except (TypeError, ValueError):
+            return 1.0 if label_text(prediction).strip() == label_text(label).strip() else 0.0
+    try:
+        return -abs(float(prediction) - float(label))
+    except (TypeError, ValueError):
+        return None
 
 
 def _merge_rewards(state: dict[str, Any], rewards: list[float]) -> dict[str, Any]:

@@ -7,6 +7,12 @@ they are; these keys are the contract (values are strings):
   ``ucb1`` or ``thompson`` (the weights then follow the rewards: ``bandits.py``);
   ``moorage:routing:epsilon`` (default 0.1), ``moorage:routing:reward`` (``binary`` or ``continuous``,
   default ``binary``), ``moorage:routing:min-weight`` (the exploration floor per variant, 0.01);
+  ``moorage:routing:reward-source``: where rewards come from: ``feedback`` (the feedback API, the
+  default), ``ground-truth`` (labels sent for the endpoint's InferenceIds: reward 1 when the
+  prediction, read with ``moorage:routing:reward-attribute`` as a monitor's InferenceAttribute,
+  equals the label, else 0; for continuous rewards minus the absolute error), or
+  ``metric:Namespace/MetricName`` (a business metric put with the EndpointName and VariantName
+  dimensions; binary rewards, each value 0 or 1);
 - ``moorage:sticky``: a key of the request's ``CustomAttributes`` (``user``): requests that carry it
   get the variant its value hashes to, stable for the life of the config, in proportion to the weights;
 - ``moorage:rule:N`` (N = 1, 2, ...): ``key=value -> VariantName``; the first rule (by N) whose pair is
@@ -29,9 +35,12 @@ ROUTING = "moorage:routing"
 EPSILON = "moorage:routing:epsilon"
 REWARD = "moorage:routing:reward"
 MIN_WEIGHT = "moorage:routing:min-weight"
+REWARD_SOURCE = "moorage:routing:reward-source"
+REWARD_ATTRIBUTE = "moorage:routing:reward-attribute"
+FEEDBACK, GROUND_TRUTH, METRIC = "feedback", "ground-truth", "metric:"
 STICKY = "moorage:sticky"
 RULE = "moorage:rule:"
-_ROUTING_KEYS = (ROUTING, EPSILON, REWARD, MIN_WEIGHT)
+_ROUTING_KEYS = (ROUTING, EPSILON, REWARD, MIN_WEIGHT, REWARD_SOURCE, REWARD_ATTRIBUTE)
 
 
 class RoutingTagError(ValueError):
@@ -60,6 +69,16 @@ class RoutingPolicy:
     sticky: str | None = None
     rules: tuple[Rule, ...] = ()
     tagged: bool = False  # some routing tag was given: the endpoint is an experiment
+    reward_source: str = FEEDBACK  # feedback, ground-truth, or metric:Namespace/MetricName
+    reward_attribute: str | None = None  # ground truth: where the prediction is in the answer
+
+    @property
+    def reward_metric(self) -> tuple[str, str] | None:
+        """(namespace, metric name) of a metric:Namespace/MetricName reward source."""
+        if not self.reward_source.startswith(METRIC):
+            return None
+        namespace, _, name = self.reward_source[len(METRIC):].rpartition("/")
+        return namespace, name
 
     @property
     def bandit(self) -> bool:
@@ -102,6 +121,18 @@ def parse_routing_tags(tags: Iterable[tuple[str, str]], variants: Sequence[str])
         raise RoutingTagError(REWARD, f"{reward!r} is not one of {', '.join(REWARD_KINDS)}.")
     epsilon = _number(EPSILON, given[EPSILON], 0.0, 1.0) if EPSILON in given else 0.1
     min_weight = _number(MIN_WEIGHT, given[MIN_WEIGHT], 0.0, 1.0, high_open=True) if MIN_WEIGHT in given else 0.01
+    source = given.get(REWARD_SOURCE, FEEDBACK).strip()
+    if source not in (FEEDBACK, GROUND_TRUTH):
+        namespace, _, name = source[len(METRIC):].rpartition("/") if source.startswith(METRIC) else ("", "", "")
+        if not namespace or not name:
+            raise RoutingTagError(REWARD_SOURCE, f"{source!r} is not feedback, ground-truth or "
+                                                 f"metric:Namespace/MetricName.")
+        if reward != BINARY:
+            raise RoutingTagError(REWARD_SOURCE, "a metric's values are rewards of a binary experiment "
+                                                 "(moorage:routing:reward binary): each value 0 or 1.")
+    attribute = given.get(REWARD_ATTRIBUTE)
+    if attribute is not None and source != GROUND_TRUTH:
+        raise RoutingTagError(REWARD_ATTRIBUTE, "applies to moorage:routing:reward-source ground-truth only.")
     sticky = given.get(STICKY)
     if sticky is not None and (not sticky.strip() or any(c in sticky for c in "=;,")):
         raise RoutingTagError(STICKY, f"{sticky!r} is not a CustomAttributes key.")
@@ -116,4 +147,5 @@ def parse_routing_tags(tags: Iterable[tuple[str, str]], variants: Sequence[str])
     tagged = any(k in given for k in _ROUTING_KEYS) or sticky is not None or bool(numbered)
     return RoutingPolicy(policy=policy, epsilon=epsilon, reward=reward, min_weight=min_weight,
                          sticky=sticky.strip() if sticky else None,
-                         rules=tuple(rule for _, rule in sorted(numbered, key=lambda item: item[0])), tagged=tagged)
+                         rules=tuple(rule for _, rule in sorted(numbered, key=lambda item: item[0])), tagged=tagged,
+                         reward_source=source, reward_attribute=attribute.strip() if attribute else None)

@@ -9,6 +9,8 @@ same transaction, so a restart resumes from exactly what was credited. Rows olde
 window the server keeps (seven days by default) are purged; a reward for one is unknown.
 
 The first assignment of an id wins: a caller that reuses an InferenceId cannot move its reward.
+Where rewards come from ground truth, the row also keeps the answer (its first 4 KB and content
+type), so a label that arrives later can be compared with the prediction.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, Float, MetaData, String, Table, and_, bindparam, delete, func, select, update
+from sqlalchemy import Column, Float, MetaData, String, Table, Text, and_, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -34,7 +36,10 @@ assignments = Table(
     Column("served_at", Float, nullable=False, index=True),
     Column("reward", Float, nullable=True),
     Column("rewarded_at", Float, nullable=True),
+    Column("answer", Text, nullable=True),  # kept for rewards from ground truth only
+    Column("answer_type", String(256), nullable=True),
 )
+ANSWER_BYTES = 4096
 
 _CHUNK = 500  # ids per IN (...) query: well under SQLite's bound-parameter limit
 
@@ -59,13 +64,30 @@ class AssignmentStore:
             return postgresql.insert(assignments).on_conflict_do_nothing()
         return sqlite.insert(assignments).on_conflict_do_nothing()
 
-    def record(self, rows: Sequence[tuple[str, str, str, float]]) -> None:
-        """Keep (endpoint, inference id, variant, served at) rows; an id already kept stays as it was."""
+    def record(self, rows: Sequence[tuple[str, str, str, float, str | None, str | None]]) -> None:
+        """Keep (endpoint, inference id, variant, served at, answer, answer's content type) rows; an id
+        already kept stays as it was."""
         if not rows:
             return
         with self.engine.begin() as conn:
             conn.execute(self._insert_ignoring_known(conn),
-                         [{"endpoint": e, "inference_id": i, "variant": v, "served_at": t} for e, i, v, t in rows])
+                         [{"endpoint": e, "inference_id": i, "variant": v, "served_at": t, "answer": a,
+                           "answer_type": c} for e, i, v, t, a, c in rows])
+
+    def answers(self, endpoint: str, ids: Sequence[str], *, not_before: float) -> dict[str, tuple[str, str | None]]:
+        """inference id -> (answer, content type) of the kept rows that have one."""
+        out: dict[str, tuple[str, str | None]] = {}
+        unique = list(dict.fromkeys(ids))
+        with self.engine.connect() as conn:
+            for start in range(0, len(unique), _CHUNK):
+                for row in conn.execute(select(assignments.c.inference_id, assignments.c.answer,
+                                               assignments.c.answer_type)
+                                        .where(and_(assignments.c.endpoint == endpoint,
+                                                    assignments.c.inference_id.in_(unique[start:start + _CHUNK]),
+                                                    assignments.c.served_at >= not_before,
+                                                    assignments.c.answer.is_not(None)))):
+                    out[row.inference_id] = (row.answer, row.answer_type)
+        return out
 
     def credit(self, endpoint: str, rewards: Sequence[tuple[str, float]], *, not_before: float, now: float,
                merge: Callable[[dict[str, Any], list[float]], dict[str, Any]]) -> Credit:
