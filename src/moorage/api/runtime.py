@@ -25,6 +25,7 @@ from moorage.api.responses import (
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.control.context import ENDPOINT
 from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError
+from moorage.serving.chain import UnknownContainer
 from moorage.serving.route_table import RouteTable
 from moorage.serving.router import InvocationFailed, UnknownVariant
 from moorage.store.metadata import MetadataStore
@@ -42,6 +43,7 @@ _FORWARDED = {
     b"x-amzn-sagemaker-custom-attributes": b"x-amzn-sagemaker-custom-attributes",
     b"x-amzn-sagemaker-inference-id": b"x-amzn-sagemaker-inference-id",
     b"x-amzn-sagemaker-target-model": b"x-amzn-sagemaker-target-model",
+    b"x-amzn-sagemaker-target-container-hostname": b"x-amzn-sagemaker-target-container-hostname",
 }
 
 
@@ -96,6 +98,9 @@ class RuntimeFrontDoor:
                                 f"Invalid target variant '{target_variant}' for endpoint '{name}': "
                                 f"it has variants {', '.join(route.variants)}."), JSON)
             return
+        except UnknownContainer as exc:
+            await respond_api_error(send, RuntimeValidationError(f"Endpoint {name}: {exc}."), JSON)
+            return
         except InvocationFailed as exc:
             await respond_api_error(send, ModelError(str(exc), OriginalStatusCode=exc.status,
                                                      OriginalMessage=str(exc)), JSON)
@@ -130,7 +135,9 @@ class RuntimeFrontDoor:
         kind = "client" if invocation.status < 500 else "server"
         original = invocation.body.decode("utf-8", "replace")
         log_path = self.routes.logs_dir / name / invocation.variant / f"{invocation.instance_id}.log"
-        message = (f'Received {kind} error ({invocation.status}) from {invocation.variant} with message '
+        source = (f"container {invocation.container} of {invocation.variant}" if invocation.container
+                  else invocation.variant)
+        message = (f'Received {kind} error ({invocation.status}) from {source} with message '
                    f'"{original}". See {log_path} for more information.')
         await respond_api_error(send, ModelError(message, OriginalStatusCode=invocation.status,
                                                  OriginalMessage=original, LogStreamArn=str(log_path)), JSON)

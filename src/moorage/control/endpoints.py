@@ -24,8 +24,8 @@ from moorage.capture import CaptureConfig, CaptureObserver, CaptureWriter, Serve
 from moorage.control.blue_green import BlueGreenUpdate, RolledBack, UpdateContext
 from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
 from moorage.control.deployment_config import DeploymentPlan
-from moorage.control.launch import launch_spec
-from moorage.control.models import primary_container
+from moorage.control.launch import launch_specs
+from moorage.control.models import containers_of
 from moorage.control.paging import list_query, page
 from moorage.control.resources import put_tags, save_changes
 from moorage.control.routing_experiments import RoutingExperiments
@@ -163,14 +163,15 @@ class Endpoints:
                 raise DeployError(vname, f'Could not find model "{self.ctx.arn("model", variant["ModelName"])}".')
             try:
                 timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
-                launch = await launch_spec(self.ctx, model_row.body, variant.get("InstanceType", "ml.m5.large"),
-                                           startup_timeout=float(timeout) if timeout else None)
+                launches = await launch_specs(self.ctx, model_row.body, variant.get("InstanceType", "ml.m5.large"),
+                                              startup_timeout=float(timeout) if timeout else None)
             except ArtifactError as exc:
                 raise DeployError(vname, str(exc)) from exc
             goal = by_name.get(vname)
             weight = goal.weight if goal else float(variant.get("InitialVariantWeight", 1.0))
             count = goal.instance_count if goal else int(variant.get("InitialInstanceCount", 1))
-            plans.append(VariantPlan(name=vname, weight=weight, instance_count=count, launch=launch, shadow=shadow))
+            plans.append(VariantPlan(name=vname, weight=weight, instance_count=count, launches=tuple(launches),
+                                     shadow=shadow))
         return plans
 
     @staticmethod
@@ -230,10 +231,11 @@ class Endpoints:
         summaries = []
         for variant in config.get(key) or []:
             plan = by_name[variant["VariantName"]]
-            image = primary_container(models[variant["ModelName"]])["Image"]
+            containers = containers_of(models[variant["ModelName"]])
             summaries.append({
                 "VariantName": plan.name,
-                "DeployedImages": [{"SpecifiedImage": image, "ResolvedImage": f"moorage/{plan.launch.runtime}"}],
+                "DeployedImages": [{"SpecifiedImage": c["Image"], "ResolvedImage": f"moorage/{launch.runtime}"}
+                                   for c, launch in zip(containers, plan.launches, strict=True)],
             })
         return summaries
 
@@ -333,10 +335,11 @@ class Endpoints:
             for variant in config["ProductionVariants"]:
                 vname = variant["VariantName"]
                 live, goal = snapshot.variants.get(vname), goals[vname]
-                image = primary_container(models[variant["ModelName"]])["Image"]
+                images = [c["Image"] for c in containers_of(models[variant["ModelName"]])]
                 out.append({"VariantName": vname, "InstanceType": variant.get("InstanceType"),
                             "DeployedImages": [{"SpecifiedImage": image,
-                                                "ResolvedImage": f"moorage/{live.runtime if live else 'pending'}"}],
+                                                "ResolvedImage": f"moorage/{live.runtime if live else 'pending'}"}
+                                               for image in images],
                             "CurrentWeight": live.current_weight if live else 0.0, "DesiredWeight": goal.weight,
                             "CurrentInstanceCount": live.in_service if live else 0,
                             "DesiredInstanceCount": goal.instance_count,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ from moorage.control.context import Context
 from moorage.control.models import (
     BYO,
     SERVE_FILE,
+    container_hostnames,
+    containers_of,
+    execution_mode,
     model_data_url,
-    primary_container,
     serve_command_from_env,
     serve_executable,
     startup_timeout_from_env,
@@ -31,14 +34,27 @@ def _is_archive_url(value: str) -> bool:
     return "://" in value or value.endswith((".tar.gz", ".tgz", ".tar"))
 
 
-async def launch_spec(ctx: Context, model: dict[str, Any], instance_type: str,
+async def launch_specs(ctx: Context, model: dict[str, Any], instance_type: str,
+                       startup_timeout: float | None = None) -> list[LaunchSpec]:
+    """A LaunchSpec per container of the model, in order (one, or a serial inference pipeline's)."""
+    containers = containers_of(model)
+    if len(containers) == 1:
+        return [await launch_spec(ctx, containers[0], instance_type, startup_timeout)]
+    direct = execution_mode(model) == "Direct"
+    specs = []
+    for container, hostname in zip(containers, container_hostnames(model), strict=True):
+        spec = await launch_spec(ctx, container, instance_type, startup_timeout)
+        specs.append(dataclasses.replace(spec, container_hostname=hostname, direct=direct))
+    return specs
+
+
+async def launch_spec(ctx: Context, container: dict[str, Any], instance_type: str,
                       startup_timeout: float | None = None) -> LaunchSpec:
-    """Fetch and unpack the model's artifacts (off the event loop) and build its LaunchSpec.
+    """Fetch and unpack one container's artifacts (off the event loop) and build its LaunchSpec.
 
     ``startup_timeout`` is the variant's /ping deadline (SageMaker's
     ContainerStartupHealthCheckTimeoutInSeconds); the container's MOORAGE_STARTUP_TIMEOUT wins over it.
     """
-    container = primary_container(model)
     url = model_data_url(container)
     if url:
         model_dir = await asyncio.to_thread(ctx.artifacts.materialize, url)

@@ -62,13 +62,32 @@ def startup_timeout_from_env(env: Mapping[str, Any]) -> float | None:
     return seconds
 
 
-def primary_container(body: dict[str, Any]) -> dict[str, Any]:
+MAX_PIPELINE = 15  # containers in a serial inference pipeline, as SageMaker allows
+EXECUTION_MODES = ("Serial", "Direct")
+
+
+def containers_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's containers in order: its PrimaryContainer, or its Containers (a pipeline)."""
     if body.get("PrimaryContainer"):
-        return body["PrimaryContainer"]
-    containers = body.get("Containers") or []
-    if len(containers) == 1:
-        return containers[0]
-    raise ValidationException("A model needs a PrimaryContainer (or exactly one entry in Containers).")
+        return [body["PrimaryContainer"]]
+    containers = list(body.get("Containers") or [])
+    if not containers:
+        raise ValidationException("A model needs a PrimaryContainer or Containers.")
+    return containers
+
+
+def primary_container(body: dict[str, Any]) -> dict[str, Any]:
+    """The first container: the model's face (its image in DescribeEndpoint)."""
+    return containers_of(body)[0]
+
+
+def container_hostnames(body: dict[str, Any]) -> list[str]:
+    """Each container's ContainerHostname; where none is given, SageMaker's default by position."""
+    return [c.get("ContainerHostname") or f"container-{n}" for n, c in enumerate(containers_of(body), 1)]
+
+
+def execution_mode(body: dict[str, Any]) -> str:
+    return (body.get("InferenceExecutionConfig") or {}).get("Mode") or "Serial"
 
 
 def model_data_url(container: dict[str, Any]) -> str | None:
@@ -87,10 +106,40 @@ class Models:
         containers = req.get("Containers") or []
         if req.get("PrimaryContainer") and containers:
             raise ValidationException("Specify either PrimaryContainer or Containers, not both.")
-        if len(containers) > 1:
-            raise ValidationException(
-                "Serial inference pipelines (more than one entry in Containers) are not supported yet.")
-        container = primary_container(req)
+        if len(containers) > MAX_PIPELINE:
+            raise ValidationException(f"Containers: an inference pipeline has at most {MAX_PIPELINE} containers "
+                                      f"({len(containers)} given).")
+        mode = execution_mode(req)
+        if mode not in EXECUTION_MODES:
+            raise ValidationException(f"InferenceExecutionConfig.Mode: {mode!r} is not Serial or Direct.")
+        given = [c.get("ContainerHostname") for c in containers]
+        if len(containers) > 1 and any(given) and not all(given):
+            raise ValidationException("ContainerHostname: give it for every container of the pipeline, or for none.")
+        hostnames = container_hostnames(req)
+        if len(set(hostnames)) != len(hostnames):
+            raise ValidationException(f"ContainerHostname: each container needs its own ({', '.join(hostnames)}).")
+        for position, container in enumerate(containers_of(req)):
+            where = f"Containers[{position}]: " if len(containers) > 1 else ""
+            if len(containers) > 1 and container.get("Mode") == "MultiModel":
+                raise ValidationException(f"{where}a container of a pipeline cannot be MultiModel.")
+            await self._check_container(container, where)
+        arn = self.ctx.arn(MODEL, name)
+        body = {k: v for k, v in req.items() if k != "Tags"}
+        try:
+            self.ctx.store.create(MODEL, name, arn, body)
+        except AlreadyExists as exc:
+            raise ValidationException(f'Cannot create already existing model "{arn}".') from exc
+        put_tags(self.ctx, arn, req.get("Tags"))
+        return {"ModelArn": arn}
+
+    async def _check_container(self, container: dict[str, Any], where: str) -> None:
+        """ValidationException (prefixed with ``where``) unless the container can run here."""
+        try:
+            await self._check_one(container)
+        except ValidationException as exc:
+            raise ValidationException(where + exc.message) from exc
+
+    async def _check_one(self, container: dict[str, Any]) -> None:
         if container.get("Mode") == "MultiModel":
             raise ValidationException("Multi-model endpoints (Mode MultiModel) are not supported yet.")
         if not container.get("Image"):
@@ -124,14 +173,6 @@ class Models:
                 describe(url)
             except ArtifactError as exc:
                 raise ValidationException(str(exc)) from exc
-        arn = self.ctx.arn(MODEL, name)
-        body = {k: v for k, v in req.items() if k != "Tags"}
-        try:
-            self.ctx.store.create(MODEL, name, arn, body)
-        except AlreadyExists as exc:
-            raise ValidationException(f'Cannot create already existing model "{arn}".') from exc
-        put_tags(self.ctx, arn, req.get("Tags"))
-        return {"ModelArn": arn}
 
     async def _require_serve(self, container: dict[str, Any], reason: str) -> None:
         """Raise ValidationException(reason + what is missing) unless the model data has an executable `serve`."""

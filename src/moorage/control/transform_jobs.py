@@ -32,7 +32,7 @@ from moorage.batch.progress import Progress
 from moorage.batch.ray_backend import RayBackend
 from moorage.batch.spec import SpecError, TransformSpec
 from moorage.control.context import MODEL, Context
-from moorage.control.launch import launch_spec
+from moorage.control.launch import launch_specs
 from moorage.control.paging import list_query, page
 from moorage.control.resources import put_tags, save_changes
 from moorage.control.times import timestamp
@@ -207,19 +207,19 @@ class TransformJobs:
         if model_row is None:
             raise BatchFailure(f'Could not find model "{self.ctx.arn(MODEL, body["ModelName"])}".')
         try:
-            launch = await launch_spec(self.ctx, model_row.body, spec.instance_type)
+            launches = await launch_specs(self.ctx, model_row.body, spec.instance_type)
         except (ArtifactError, ValidationException) as exc:
             raise BatchFailure(f"Could not prepare the model {body['ModelName']}: "
                                f"{getattr(exc, 'message', None) or exc}") from exc
         log_dir = self.ctx.settings.logs_dir / "transform-jobs" / name
         if body.get("Backend") == "ray":
             backend: LocalBackend | RayBackend = RayBackend(
-                spec, [batch_launch(launch, spec).to_dict()], ray_address=body.get("RayAddress"),
+                spec, [batch_launch(launch, spec).to_dict() for launch in launches], ray_address=body.get("RayAddress"),
                 job_dir=job_dir, log_dir=log_dir, progress=progress)
         else:
             spool = job_dir / "spool"
             spool.mkdir(parents=True, exist_ok=True)
-            backend = LocalBackend(spec, [launch], launcher=self.ctx.routes.launcher, log_dir=log_dir,
+            backend = LocalBackend(spec, launches, launcher=self.ctx.routes.launcher, log_dir=log_dir,
                                    spool_dir=spool, progress=progress)
         await backend.run()
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from moorage.metrics.store import StatisticSet
 from moorage.metrics.vocabulary import (
+    CONTAINER_LATENCY,
     COUNT,
     DROPPED_SAMPLES,
     INVOCATION_4XX,
@@ -35,6 +36,7 @@ from moorage.metrics.vocabulary import (
     MODEL_LATENCY,
     OVERHEAD_LATENCY,
     SELF_NAMESPACE,
+    container_dimensions,
     instance_dimensions,
     variant_dimensions,
 )
@@ -48,7 +50,7 @@ SeriesKey = tuple[str, str, str]  # (endpoint, variant, instance id; "" when no 
 class Window:
     """One period's raw observations of one (endpoint, variant, instance)."""
 
-    __slots__ = ("client_errors", "dropped", "model", "server_errors", "total")
+    __slots__ = ("client_errors", "containers", "dropped", "model", "server_errors", "total")
 
     def __init__(self) -> None:
         self.client_errors = 0
@@ -56,6 +58,7 @@ class Window:
         self.dropped = 0  # requests whose latencies did not fit in the arrays
         self.model = array("d")  # seconds
         self.total = array("d")  # seconds
+        self.containers: dict[str, array] | None = None  # a pipeline's: container -> seconds
 
     @property
     def count(self) -> int:
@@ -97,6 +100,12 @@ class InvocationRecorder:
         if len(model) < self.max_samples:
             model.append(event.model_seconds)
             window.total.append(event.total_seconds)
+            if event.container_seconds is not None:
+                containers = window.containers
+                if containers is None:
+                    containers = window.containers = {}
+                for name, seconds in event.container_seconds:
+                    containers.setdefault(name, array("d")).append(seconds)
         else:
             window.dropped += 1
         if event.status >= 400:
@@ -167,6 +176,13 @@ def statistic_sets(window: TakenWindow, timestamp: float, instances_in_service: 
         if count:
             per_instance.minimum = per_instance.maximum = 1.0 / serving
         out.append(per_instance)
+        containers: dict[str, list[np.ndarray]] = {}
+        for _, win in members:
+            for name, seconds in (win.containers or {}).items():
+                containers.setdefault(name, []).append(np.frombuffer(seconds, dtype=np.float64) * 1e6)
+        for name, parts in containers.items():
+            out.append(StatisticSet.of_samples(ns, CONTAINER_LATENCY, container_dimensions(endpoint, variant, name),
+                                               timestamp, MICROSECONDS, np.concatenate(parts)))
         if models:
             out.append(StatisticSet.of_samples(ns, MODEL_LATENCY, vdims, timestamp, MICROSECONDS,
                                                np.concatenate(models)))

@@ -31,6 +31,8 @@ INSTANCE_ID = "InstanceId"
 INVOCATIONS = "Invocations"
 INVOCATIONS_PER_INSTANCE = "InvocationsPerInstance"
 MODEL_LATENCY = "ModelLatency"
+CONTAINER_LATENCY = "ContainerLatency"  # each container of a serial inference pipeline, microseconds
+CONTAINER_NAME = "ContainerName"
 OVERHEAD_LATENCY = "OverheadLatency"
 INVOCATION_4XX = "Invocation4XXErrors"
 INVOCATION_5XX = "Invocation5XXErrors"
@@ -78,6 +80,10 @@ def dimensions_of(key: str) -> dict[str, str]:
 
 def variant_dimensions(endpoint: str, variant: str) -> dict[str, str]:
     return {ENDPOINT_NAME: endpoint, VARIANT_NAME: variant}
+
+
+def container_dimensions(endpoint: str, variant: str, container: str) -> dict[str, str]:
+    return {ENDPOINT_NAME: endpoint, VARIANT_NAME: variant, CONTAINER_NAME: container}
 
 
 def instance_dimensions(endpoint: str, variant: str, instance_id: str) -> dict[str, str]:

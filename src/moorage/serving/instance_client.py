@@ -29,6 +29,10 @@ class InstanceResponse:
     content_type: str
     body: bytes
     custom_attributes: bytes | None = None
+    # A serial inference pipeline's answer: the container that gave it (ContainerHostname) and how
+    # long each container took, in order (ContainerLatency).
+    container: str | None = None
+    container_seconds: tuple[tuple[str, float], ...] | None = None
 
 
 class _Connection(asyncio.Protocol):

@@ -30,6 +30,8 @@ class InvocationEvent:
     forwarded_headers: bytes
     response_body: bytes
     response_content_type: str | None
+    # A serial pipeline's time in each container, in order (ContainerLatency); None for one container.
+    container_seconds: tuple[tuple[str, float], ...] | None = None
     _observed: dict[bytes, str] | None = None
 
     def _header(self, name: bytes) -> str | None:

@@ -35,6 +35,10 @@ class LaunchSpec:
     startup_timeout: float | None = None  # overrides the pool's /ping deadline (MOORAGE_STARTUP_TIMEOUT)
     model_data_url: str | None = None  # the artifact's location: what another node unpacks
     background: bool = False  # runs only on spare CPU (SCHED_IDLE): a shadow variant's instances (shadow.py)
+    # A container of a serial inference pipeline: its ContainerHostname, and whether the pipeline is
+    # invoked one container at a time (InferenceExecutionConfig.Mode Direct) rather than in order.
+    container_hostname: str | None = None
+    direct: bool = False
     # The server's settings for instances (memory limits, code environments, log rotation).
     instances: InstanceSettings = field(default_factory=InstanceSettings)
 
@@ -55,7 +59,8 @@ class LaunchSpec:
                    requirements=Path(data["requirements"]) if data.get("requirements") else None,
                    envs_dir=Path(data["envs_dir"]) if data.get("envs_dir") else None,
                    startup_timeout=data.get("startup_timeout"), model_data_url=data.get("model_data_url"),
-                   background=bool(data.get("background")),
+                   background=bool(data.get("background")), container_hostname=data.get("container_hostname"),
+                   direct=bool(data.get("direct")),
                    instances=InstanceSettings.from_plain(data.get("instances") or {}))
 
     def on_this_node(self, artifacts: Materializer) -> LaunchSpec:

@@ -33,8 +33,13 @@ class VariantPlan:
     name: str
     weight: float
     instance_count: int
-    launch: LaunchSpec
+    launches: tuple[LaunchSpec, ...]  # one per container: several for a serial inference pipeline
     shadow: bool = False  # a ShadowProductionVariant: gets copies of production's requests, never callers
+
+    @property
+    def launch(self) -> LaunchSpec:
+        """The first container's (the variant's runtime and instance type)."""
+        return self.launches[0]
 
 
 class DeployError(Exception):
@@ -95,7 +100,7 @@ class RouteTable:
     def build(self, endpoint: str, plans: list[VariantPlan]) -> EndpointRoute:
         def variant(plan: VariantPlan) -> VariantRoute:
             return VariantRoute(plan.name, plan.weight,
-                                InstancePool(endpoint, plan.name, plan.launch, self.launcher,
+                                InstancePool(endpoint, plan.name, plan.launches, self.launcher,
                                              self.logs_dir / endpoint / plan.name, self.start_timeout))
 
         route = EndpointRoute(endpoint, [variant(p) for p in plans if not p.shadow],
@@ -105,7 +110,8 @@ class RouteTable:
         for plan in (p for p in plans if p.shadow):
             # A shadow's instances yield the CPU to production's: on a shared machine its copies must
             # not slow the answers callers wait for.
-            plan = dataclasses.replace(plan, launch=dataclasses.replace(plan.launch, background=True))
+            plan = dataclasses.replace(plan, launches=tuple(dataclasses.replace(launch, background=True)
+                                                            for launch in plan.launches))
             shadow = route.shadows[plan.name] = variant(plan)
             route.observers.append(ShadowMirror(
                 endpoint, shadow, plan.weight / production_weight if production_weight else 0.0,

@@ -47,6 +47,9 @@ class Invocation:
     custom_attributes: bytes | None
     model_seconds: float = 0.0  # the instance hop, as the router timed it (SageMaker's ModelLatency)
     fleet: EndpointRoute | None = None  # set during a blue/green update: which fleet served (traffic_shift.py)
+    # A pipeline's: the container that answered (a failing one's name for ModelError), each one's time.
+    container: str | None = None
+    container_seconds: tuple[tuple[str, float], ...] | None = None
 
 
 class VariantRoute:
@@ -117,8 +120,11 @@ class EndpointRoute:
                 f"Instance {instance.id} of variant {variant.name} failed while serving the request ({exc}); "
                 f"the instance is being replaced. See its log at {instance.log_path}.", 502, variant.name,
                 instance.id, time.perf_counter() - started) from exc
-        return Invocation(variant.name, instance.id, response.status, response.content_type, response.body,
-                          response.custom_attributes, time.perf_counter() - started)
+        invocation = Invocation(variant.name, instance.id, response.status, response.content_type, response.body,
+                                response.custom_attributes, time.perf_counter() - started)
+        if response.container is not None:
+            invocation.container, invocation.container_seconds = response.container, response.container_seconds
+        return invocation
 
     def observe(self, body: bytes, forwarded_headers: bytes, arrived: float, started: float,
                 outcome: Invocation | InvocationFailed) -> None:
@@ -129,6 +135,8 @@ class EndpointRoute:
             event = InvocationEvent(self.name, outcome.variant, outcome.instance_id, outcome.status, arrived,
                                     outcome.model_seconds, time.perf_counter() - started, body, forwarded_headers,
                                     outcome.body, outcome.content_type)
+            if outcome.container_seconds is not None:
+                event.container_seconds = outcome.container_seconds
         else:
             event = InvocationEvent(self.name, outcome.variant, outcome.instance_id, outcome.status, arrived,
                                     outcome.model_seconds, time.perf_counter() - started, body, forwarded_headers,
