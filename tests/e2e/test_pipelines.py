@@ -19,8 +19,8 @@ from botocore.exceptions import ClientError
 from e2e_support import ROLE_ARN, Deployer, MoorageServer, err_code, err_message, new_name, variant, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "inference_pipeline"))
-from deploy import containers  # noqa: E402
-from pipeline import Pipeline, build  # noqa: E402
+from deploy import containers
+from pipeline import Pipeline, build
 
 pytestmark = pytest.mark.e2e
 
