@@ -31,7 +31,7 @@ import os
 import statistics
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +98,8 @@ class TargetModelError(ApiError):
 
 def _invalid(target: str, constraint: str) -> TargetModelError:
     # Escaped, so a control character in the key cannot break the error's text or a log line.
-    shown = target[:200].encode("unicode_escape").decode("ascii") + ("..." if len(target) > 200 else "")
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in target[:200])
+    shown += "..." if len(target) > 200 else ""
     return TargetModelError(f"1 validation error detected: Value '{shown}' at 'targetModel' failed to satisfy "
                             f"constraint: {constraint}", target=target)
 
@@ -232,7 +233,8 @@ class LoadedModel:
     def to_dict(self, in_flight: int = 0) -> dict[str, Any]:
         return {"TargetModel": self.target, "InstanceId": self.instance.id, "Pid": self.instance.pid,
                 "SizeBytes": self.size_bytes, "LoadedAt": self.loaded_at, "LastUsed": self.last_used,
-                "Hits": self.hits, "Invocations": self.invocations, "InFlight": in_flight}
+                "Hits": self.hits, "Invocations": self.invocations, "InFlight": in_flight,
+                "Alive": _alive(self.instance)}
 
 
 @dataclass
@@ -416,7 +418,7 @@ class ModelHost:
     # ------------------------------------------------------------------------------------------- loading
 
     def _start_load(self, key: str) -> asyncio.Task[LoadedModel]:
-        task = asyncio.ensure_future(self._load(key))
+        task = asyncio.create_task(self._load(key))
         self._loading[key] = task
 
         def done(finished: asyncio.Task[LoadedModel]) -> None:
@@ -576,8 +578,8 @@ class ModelHost:
             del self._models[key]
         self._spawn(self._stop(model))
 
-    def _spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
