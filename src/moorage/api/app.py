@@ -58,8 +58,9 @@ class MoorageApp:
         settings.home.mkdir(parents=True, exist_ok=True)
         assert settings.database_url is not None
         self.store = MetadataStore(settings.database_url)
-        self.routes = RouteTable(settings.logs_dir, shadow=settings.shadow)
-        self.ctx = Context(settings, self.store, ArtifactStore(settings.models_dir), self.routes)
+        artifacts = ArtifactStore(settings.models_dir)
+        self.routes = RouteTable(settings.logs_dir, shadow=settings.shadow, materialize=artifacts.materialize)
+        self.ctx = Context(settings, self.store, artifacts, self.routes)
         # Before any route is built: the recorder joins routes.observers, which every route gets.
         self.metrics = self.ctx.metrics = MetricsService(settings, self.store, self.routes)
         self.capture = CaptureWriter(settings.capture)

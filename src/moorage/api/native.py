@@ -121,6 +121,15 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier, transform_jobs: Tran
             raise ResourceNotFound(f"Endpoint {name} not found.")
         return state
 
+    async def get_models(request: Request, body: bytes) -> dict[str, Any]:
+        """A multi-model endpoint's hosts: what each has loaded, its size, last use and hits."""
+        name = request.path_params["name"]
+        if ctx.store.get(ENDPOINT, name) is None:
+            raise ResourceNotFound(f"Endpoint {name} not found.")
+        return {"EndpointName": name, "Variants": [
+            {"VariantName": variant, "Hosts": cache.snapshot()}
+            for endpoint, variant, cache in ctx.routes.model_caches() if endpoint == name]}
+
     async def put_artifact(request: Request, declared_sha256: str) -> dict[str, Any]:
         key = request.path_params["key"]
         if (problem := artifact_key_problem(key)) is not None:
@@ -164,6 +173,7 @@ def build_native_app(ctx: Context, verifier: SigV4Verifier, transform_jobs: Tran
     return native_app(verifier, [
         signed_route("/moorage/v1/endpoints", list_endpoints, ["GET"]),
         signed_route("/moorage/v1/endpoints/{name}", get_endpoint, ["GET"]),
+        signed_route("/moorage/v1/endpoints/{name}/models", get_models, ["GET"]),
         signed_streaming_route("/moorage/v1/artifacts/{key:path}", put_artifact, ["PUT"]),
         *metrics_routes(ctx),
         *transform_job_routes(ctx, transform_jobs),

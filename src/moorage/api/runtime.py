@@ -26,6 +26,7 @@ from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.control.context import ENDPOINT
 from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError
 from moorage.serving.chain import UnknownContainer
+from moorage.serving.model_cache import TargetModelError
 from moorage.serving.route_table import RouteTable
 from moorage.serving.router import InvocationFailed, UnknownVariant
 from moorage.store.metadata import MetadataStore
@@ -100,6 +101,9 @@ class RuntimeFrontDoor:
             return
         except UnknownContainer as exc:
             await respond_api_error(send, RuntimeValidationError(f"Endpoint {name}: {exc}."), JSON)
+            return
+        except TargetModelError as exc:  # a multi-model endpoint's TargetModel that cannot be served
+            await respond_api_error(send, exc, JSON)
             return
         except InvocationFailed as exc:
             await respond_api_error(send, ModelError(str(exc), OriginalStatusCode=exc.status,

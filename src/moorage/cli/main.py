@@ -29,6 +29,7 @@ from moorage.cli.common import (
 )
 from moorage.cli.experiment import experiment as experiment_commands
 from moorage.cli.metrics import metrics as metrics_command
+from moorage.cli.models import models as models_command
 from moorage.cli.monitoring import monitor as monitor_commands
 from moorage.cli.rollout import rollout as rollout_commands
 from moorage.cli.shadow import shadow as shadow_commands
@@ -336,6 +337,7 @@ cli.add_command(alarms_command)
 cli.add_command(transform_commands)
 cli.add_command(rollout_commands)
 cli.add_command(experiment_commands)
+cli.add_command(models_command)
 cli.add_command(shadow_commands)
 
 

@@ -56,7 +56,8 @@ async def launch_spec(ctx: Context, container: dict[str, Any], instance_type: st
     ContainerStartupHealthCheckTimeoutInSeconds); the container's MOORAGE_STARTUP_TIMEOUT wins over it.
     """
     url = model_data_url(container)
-    if url:
+    multi_model = container.get("Mode") == "MultiModel"
+    if url and not multi_model:
         model_dir = await asyncio.to_thread(ctx.artifacts.materialize, url)
     else:
         model_dir = ctx.settings.models_dir / "empty"
@@ -89,10 +90,11 @@ async def launch_spec(ctx: Context, container: dict[str, Any], instance_type: st
             env["SAGEMAKER_SUBMIT_DIRECTORY"] = str(code_dir)
     env["SM_MODEL_DIR"] = str(model_dir)
     requirements = await asyncio.to_thread(_requirements_file, Path(model_dir), env)
+    caching = (container.get("MultiModelConfig") or {}).get("ModelCacheSetting", "Enabled") != "Disabled"
     return LaunchSpec(runtime=runtime, model_dir=Path(model_dir), environment=env, instance_type=instance_type,
                       command=command or (), requirements=requirements, envs_dir=ctx.settings.home / "envs",
                       startup_timeout=startup_timeout, model_data_url=url or None,
-                      instances=ctx.settings.instances)
+                      instances=ctx.settings.instances, multi_model=multi_model, model_caching=caching)
 
 
 def _requirements_file(model_dir: Path, env: dict[str, str]) -> Path | None:

@@ -17,6 +17,7 @@ from moorage.control.times import timestamp
 from moorage.errors import ValidationException
 from moorage.runtimes.frameworks import FRAMEWORK_CLASSES
 from moorage.runtimes.registry import UnsupportedImage, missing_packages, resolve_image, supported_images
+from moorage.serving.model_cache import budget_for
 from moorage.store.artifacts import ArtifactError, describe
 from moorage.store.metadata import AlreadyExists
 
@@ -140,8 +141,9 @@ class Models:
             raise ValidationException(where + exc.message) from exc
 
     async def _check_one(self, container: dict[str, Any]) -> None:
-        if container.get("Mode") == "MultiModel":
-            raise ValidationException("Multi-model endpoints (Mode MultiModel) are not supported yet.")
+        multi_model = container.get("Mode") == "MultiModel"
+        if multi_model:
+            self._check_multi_model(container)
         if not container.get("Image"):
             raise ValidationException("The container needs an Image (for example 'sklearn' or a SageMaker "
                                       "framework image URI).")
@@ -168,11 +170,32 @@ class Models:
                 if missing:
                     raise ValidationException(missing)
         url = model_data_url(container)
-        if url:
+        if url and not multi_model:
             try:
                 describe(url)
             except ArtifactError as exc:
                 raise ValidationException(str(exc)) from exc
+
+    @staticmethod
+    def _check_multi_model(container: dict[str, Any]) -> None:
+        """A MultiModel container: a prefix of archives, one of moorage's runtimes, a usable cache setting."""
+        url = model_data_url(container)
+        if not url:
+            raise ValidationException("A MultiModel container needs a ModelDataUrl: the prefix its archives are under.")
+        local = url.removeprefix("file://") if url.startswith("file://") or "://" not in url else None
+        if local is not None and not Path(local).is_dir():
+            raise ValidationException(f"ModelDataUrl {url}: a MultiModel container's ModelDataUrl is a folder "
+                                      f"(prefix) of model archives, and this is not one.")
+        env = container.get("Environment") or {}
+        if serve_command_from_env(env) is not None:
+            raise ValidationException("A MultiModel container runs one of moorage's runtimes, not a server of its own.")
+        try:
+            budget_for("ml.m5.large", env)
+        except ValueError as exc:
+            raise ValidationException(f"Invalid container Environment: {exc}.") from exc
+        setting = (container.get("MultiModelConfig") or {}).get("ModelCacheSetting", "Enabled")
+        if setting not in ("Enabled", "Disabled"):
+            raise ValidationException(f"MultiModelConfig.ModelCacheSetting: {setting!r} is not Enabled or Disabled.")
 
     async def _require_serve(self, container: dict[str, Any], reason: str) -> None:
         """Raise ValidationException(reason + what is missing) unless the model data has an executable `serve`."""

@@ -38,6 +38,7 @@ from moorage.metrics.vocabulary import (
     SELF_NAMESPACE,
     container_dimensions,
     instance_dimensions,
+    target_model_dimensions,
     variant_dimensions,
 )
 from moorage.serving.invocation_events import InvocationEvent
@@ -50,7 +51,7 @@ SeriesKey = tuple[str, str, str]  # (endpoint, variant, instance id; "" when no 
 class Window:
     """One period's raw observations of one (endpoint, variant, instance)."""
 
-    __slots__ = ("client_errors", "containers", "dropped", "model", "server_errors", "total")
+    __slots__ = ("client_errors", "containers", "dropped", "model", "server_errors", "targets", "total")
 
     def __init__(self) -> None:
         self.client_errors = 0
@@ -59,6 +60,7 @@ class Window:
         self.model = array("d")  # seconds
         self.total = array("d")  # seconds
         self.containers: dict[str, array] | None = None  # a pipeline's: container -> seconds
+        self.targets: dict[str, array] | None = None  # a multi-model endpoint's: TargetModel -> seconds
 
     @property
     def count(self) -> int:
@@ -106,6 +108,11 @@ class InvocationRecorder:
                     containers = window.containers = {}
                 for name, seconds in event.container_seconds:
                     containers.setdefault(name, array("d")).append(seconds)
+            if event.target_model is not None:
+                targets = window.targets
+                if targets is None:
+                    targets = window.targets = {}
+                targets.setdefault(event.target_model, array("d")).append(event.model_seconds)
         else:
             window.dropped += 1
         if event.status >= 400:
@@ -183,6 +190,15 @@ def statistic_sets(window: TakenWindow, timestamp: float, instances_in_service: 
         for name, parts in containers.items():
             out.append(StatisticSet.of_samples(ns, CONTAINER_LATENCY, container_dimensions(endpoint, variant, name),
                                                timestamp, MICROSECONDS, np.concatenate(parts)))
+        targets: dict[str, list[np.ndarray]] = {}
+        for _, win in members:
+            for name, seconds in (win.targets or {}).items():
+                targets.setdefault(name, []).append(np.frombuffer(seconds, dtype=np.float64) * 1e6)
+        for name, parts in targets.items():
+            tdims = target_model_dimensions(endpoint, variant, name)
+            latencies = np.concatenate(parts)
+            out.append(StatisticSet.of_counts(ns, INVOCATIONS, tdims, timestamp, latencies.size, latencies.size))
+            out.append(StatisticSet.of_samples(ns, MODEL_LATENCY, tdims, timestamp, MICROSECONDS, latencies))
         if models:
             out.append(StatisticSet.of_samples(ns, MODEL_LATENCY, vdims, timestamp, MICROSECONDS,
                                                np.concatenate(models)))

@@ -32,7 +32,15 @@ from moorage.metrics.prometheus import PrometheusExposition
 from moorage.metrics.recorder import InvocationRecorder, TakenWindow, statistic_sets
 from moorage.metrics.sampler import UtilizationSampler, sampled_instances
 from moorage.metrics.store import Datapoint, MetricSeries, MetricStore, StatisticSet
-from moorage.metrics.vocabulary import CAPTURE_NAMESPACE, CAPTURE_OUTCOMES, COUNT, variant_dimensions
+from moorage.metrics.vocabulary import (
+    CAPTURE_NAMESPACE,
+    CAPTURE_OUTCOMES,
+    COUNT,
+    INVOCATION_NAMESPACE,
+    instance_dimensions,
+    variant_dimensions,
+)
+from moorage.serving.model_cache import ModelMetricSample
 from moorage.serving.route_table import RouteTable
 from moorage.store.metadata import MetadataStore
 
@@ -216,12 +224,14 @@ class MetricsService:
         instances = sampled_instances(snapshots) if self.sampler is not None and not final else []
         live = {i.instance_id for i in instances}
         capture_sets = self._capture_sets(due)
+        cache_samples = [(endpoint, variant, sample) for endpoint, variant, cache in self.routes.model_caches()
+                         if endpoint in due for sample in cache.drain_metrics()]
         by_timestamp: dict[float, set[str]] = {}
         for endpoint, timestamp in due.items():
             by_timestamp.setdefault(timestamp, set()).add(endpoint)
 
         def work() -> None:
-            sets: list[StatisticSet] = list(capture_sets)
+            sets: list[StatisticSet] = list(capture_sets) + model_cache_sets(cache_samples, due)
             for timestamp, names in by_timestamp.items():
                 if taken is not None:
                     part = TakenWindow(taken.start, taken.end, {k: w for k, w in taken.series.items() if k[0] in names})
@@ -244,3 +254,22 @@ class MetricsService:
         await asyncio.to_thread(work)
         if not final:
             await self.alarms.evaluate_all(now)
+
+
+def model_cache_sets(samples: Sequence[tuple[str, str, ModelMetricSample]],
+                     due: Mapping[str, float]) -> list[StatisticSet]:
+    """Multi-model endpoints' cache metrics (ModelLoadingTime, ModelCacheHit, LoadedModelCount, ...),
+    per host (InstanceId) and per variant, stamped with their endpoint's period."""
+    grouped: dict[tuple[str, str, str, str, str], list[float]] = {}
+    for endpoint, variant, sample in samples:
+        grouped.setdefault((endpoint, variant, sample.host_id, sample.name, sample.unit), []).append(sample.value)
+    sets: list[StatisticSet] = []
+    by_variant: dict[tuple[str, str, str, str], list[float]] = {}
+    for (endpoint, variant, host, name, unit), values in grouped.items():
+        sets.append(StatisticSet.of_samples(INVOCATION_NAMESPACE, name, instance_dimensions(endpoint, variant, host),
+                                            due[endpoint], unit, np.asarray(values)))
+        by_variant.setdefault((endpoint, variant, name, unit), []).extend(values)
+    for (endpoint, variant, name, unit), values in by_variant.items():
+        sets.append(StatisticSet.of_samples(INVOCATION_NAMESPACE, name, variant_dimensions(endpoint, variant),
+                                            due[endpoint], unit, np.asarray(values)))
+    return sets

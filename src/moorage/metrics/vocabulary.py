@@ -33,6 +33,7 @@ INVOCATIONS_PER_INSTANCE = "InvocationsPerInstance"
 MODEL_LATENCY = "ModelLatency"
 CONTAINER_LATENCY = "ContainerLatency"  # each container of a serial inference pipeline, microseconds
 CONTAINER_NAME = "ContainerName"
+TARGET_MODEL = "TargetModel"  # moorage's: a multi-model endpoint's invocations and latency per model
 OVERHEAD_LATENCY = "OverheadLatency"
 INVOCATION_4XX = "Invocation4XXErrors"
 INVOCATION_5XX = "Invocation5XXErrors"
@@ -80,6 +81,10 @@ def dimensions_of(key: str) -> dict[str, str]:
 
 def variant_dimensions(endpoint: str, variant: str) -> dict[str, str]:
     return {ENDPOINT_NAME: endpoint, VARIANT_NAME: variant}
+
+
+def target_model_dimensions(endpoint: str, variant: str, target: str) -> dict[str, str]:
+    return {ENDPOINT_NAME: endpoint, VARIANT_NAME: variant, TARGET_MODEL: target}
 
 
 def container_dimensions(endpoint: str, variant: str, container: str) -> dict[str, str]:

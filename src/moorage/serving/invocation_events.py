@@ -32,6 +32,7 @@ class InvocationEvent:
     response_content_type: str | None
     # A serial pipeline's time in each container, in order (ContainerLatency); None for one container.
     container_seconds: tuple[tuple[str, float], ...] | None = None
+    target_model: str | None = None  # a multi-model endpoint's TargetModel
     _observed: dict[bytes, str] | None = None
 
     def _header(self, name: bytes) -> str | None:
@@ -55,6 +56,19 @@ class InvocationEvent:
     @property
     def custom_attributes(self) -> str | None:
         return self._header(b"x-amzn-sagemaker-custom-attributes")
+
+
+_TARGET_MODEL = b"x-amzn-sagemaker-target-model: "
+
+
+def target_model(block: bytes) -> str | None:
+    """The TargetModel a forwarded header block names, or None."""
+    start = block.find(_TARGET_MODEL)
+    if start < 0:
+        return None
+    start += len(_TARGET_MODEL)
+    end = block.find(b"\r\n", start)
+    return block[start:end if end >= 0 else None].decode("latin-1")
 
 
 def parse_header_block(block: bytes) -> dict[bytes, str]:

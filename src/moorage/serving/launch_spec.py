@@ -39,6 +39,10 @@ class LaunchSpec:
     # invoked one container at a time (InferenceExecutionConfig.Mode Direct) rather than in order.
     container_hostname: str | None = None
     direct: bool = False
+    # Mode MultiModel: model_data_url is a prefix of archives, one loaded per TargetModel
+    # (multi_model_pool.py); MultiModelConfig.ModelCacheSetting Disabled turns model_caching off.
+    multi_model: bool = False
+    model_caching: bool = True
     # The server's settings for instances (memory limits, code environments, log rotation).
     instances: InstanceSettings = field(default_factory=InstanceSettings)
 
@@ -60,7 +64,8 @@ class LaunchSpec:
                    envs_dir=Path(data["envs_dir"]) if data.get("envs_dir") else None,
                    startup_timeout=data.get("startup_timeout"), model_data_url=data.get("model_data_url"),
                    background=bool(data.get("background")), container_hostname=data.get("container_hostname"),
-                   direct=bool(data.get("direct")),
+                   direct=bool(data.get("direct")), multi_model=bool(data.get("multi_model")),
+                   model_caching=bool(data.get("model_caching", True)),
                    instances=InstanceSettings.from_plain(data.get("instances") or {}))
 
     def on_this_node(self, artifacts: Materializer) -> LaunchSpec:

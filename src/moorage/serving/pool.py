@@ -36,6 +36,7 @@ class NoCapacity(Exception):
 
 
 class InstancePool:
+    multi_model = False  # see multi_model_pool.py
     def __init__(self, endpoint: str, variant: str, launch: LaunchSpec | Sequence[LaunchSpec], launcher: Launcher,
                  log_dir: Path, start_timeout: float = 120.0, on_change: Callable[[], None] | None = None):
         self.endpoint = endpoint

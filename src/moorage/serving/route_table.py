@@ -18,6 +18,8 @@ from moorage.serving.instance import InstanceStartError
 from moorage.serving.invocation_events import InvocationObserver
 from moorage.serving.launch_spec import LaunchSpec
 from moorage.serving.launchers.local import LocalLauncher
+from moorage.serving.model_cache import ModelCache
+from moorage.serving.multi_model_pool import Materialize, MultiModelPool
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, VariantRoute
 from moorage.serving.shadow import ShadowMirror
@@ -51,8 +53,10 @@ class DeployError(Exception):
 
 class RouteTable:
     def __init__(self, logs_dir: Path, start_timeout: float = 120.0, invocation_timeout: float = 60.0,
-                 shadow: ShadowSettings | None = None):
+                 shadow: ShadowSettings | None = None, materialize: Materialize | None = None):
         self.logs_dir = logs_dir
+        # Fetches and unpacks an archive by URL: a multi-model variant's models, as they are asked for.
+        self.materialize = materialize
         self.shadow = shadow or ShadowSettings()
         self.start_timeout = start_timeout
         self.invocation_timeout = invocation_timeout
@@ -97,11 +101,28 @@ class RouteTable:
             out.extend(snapshot_of(fleet) for fleet in fleets)
         return out
 
+    def model_caches(self) -> list[tuple[str, str, ModelCache]]:
+        """(endpoint, variant, its model cache) of every multi-model variant serving now."""
+        out = []
+        for route in list(self._routes.values()):
+            for fleet in ((route.blue, route.green) if isinstance(route, TrafficShift) else (route,)):
+                for variant in fleet.variants.values():
+                    cache = getattr(variant.pool, "cache", None)
+                    if cache is not None:
+                        out.append((route.name, variant.name, cache))
+        return out
+
     def build(self, endpoint: str, plans: list[VariantPlan]) -> EndpointRoute:
         def variant(plan: VariantPlan) -> VariantRoute:
+            log_dir = self.logs_dir / endpoint / plan.name
+            if plan.launch.multi_model:
+                if self.materialize is None:
+                    raise DeployError(plan.name, "this server cannot fetch models: no artifact store")
+                return VariantRoute(plan.name, plan.weight, MultiModelPool(
+                    endpoint, plan.name, plan.launch, self.launcher, log_dir, self.materialize, self.start_timeout))
             return VariantRoute(plan.name, plan.weight,
-                                InstancePool(endpoint, plan.name, plan.launches, self.launcher,
-                                             self.logs_dir / endpoint / plan.name, self.start_timeout))
+                                InstancePool(endpoint, plan.name, plan.launches, self.launcher, log_dir,
+                                             self.start_timeout))
 
         route = EndpointRoute(endpoint, [variant(p) for p in plans if not p.shadow],
                               invocation_timeout=self.invocation_timeout)

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from moorage.serving.choosers import NoVariantToChoose, VariantChooser
 from moorage.serving.choosers.weighted import WeightedChooser
 from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout
-from moorage.serving.invocation_events import InvocationEvent, InvocationObserver
-from moorage.serving.pool import InstancePool, NoCapacity
+from moorage.serving.invocation_events import InvocationEvent, InvocationObserver, target_model
+from moorage.serving.model_cache import TargetModelError
+from moorage.serving.multi_model_pool import MultiModelPool
+from moorage.serving.pool import InstancePool, Member, NoCapacity
 
 log = logging.getLogger("moorage.router")
 
@@ -50,6 +52,7 @@ class Invocation:
     # A pipeline's: the container that answered (a failing one's name for ModelError), each one's time.
     container: str | None = None
     container_seconds: tuple[tuple[str, float], ...] | None = None
+    target_model: str | None = None  # a multi-model endpoint's TargetModel
 
 
 class VariantRoute:
@@ -58,7 +61,7 @@ class VariantRoute:
 
     __slots__ = ("current_weight", "name", "pool")
 
-    def __init__(self, name: str, weight: float, pool: InstancePool):
+    def __init__(self, name: str, weight: float, pool: InstancePool | MultiModelPool):
         self.name = name
         self.current_weight = weight
         self.pool = pool
@@ -103,10 +106,16 @@ class EndpointRoute:
 
     async def invoke(self, body: bytes, headers: bytes, target_variant: str | None = None) -> Invocation:
         variant = self.choose(target_variant, headers)
+        pool = variant.pool
+        if pool.multi_model:
+            return await self._invoke_target_model(variant, body, headers)
         try:
-            instance = variant.pool.pick() or await variant.pool.acquire(self.acquire_timeout)
+            instance = pool.pick() or await pool.acquire(self.acquire_timeout)
         except NoCapacity as exc:
             raise InvocationFailed(str(exc), 503, variant.name) from exc
+        return await self._call(variant, instance, body, headers)
+
+    async def _call(self, variant: VariantRoute, instance: Member, body: bytes, headers: bytes) -> Invocation:
         started = time.perf_counter()
         try:
             response = await instance.invoke(body, headers, self.invocation_timeout)
@@ -126,6 +135,24 @@ class EndpointRoute:
             invocation.container, invocation.container_seconds = response.container, response.container_seconds
         return invocation
 
+    async def _invoke_target_model(self, variant: VariantRoute, body: bytes, headers: bytes) -> Invocation:
+        """A multi-model variant: the request's TargetModel, loaded where the pool says."""
+        target = target_model(headers)
+        if target is None:
+            raise TargetModelError(f"Endpoint {self.name} serves a multi-model variant ({variant.name}): name the "
+                                   f"model to invoke with TargetModel.")
+        cache = variant.pool.cache  # type: ignore[union-attr]
+        if cache is None:
+            raise InvocationFailed(f"variant {variant.name} of endpoint {self.name} has no instance in service", 503,
+                                   variant.name)
+        host, instance, _ = await cache.acquire(target)
+        try:
+            invocation = await self._call(variant, instance, body, headers)
+        finally:
+            host.release(target)
+        invocation.target_model = target
+        return invocation
+
     def observe(self, body: bytes, forwarded_headers: bytes, arrived: float, started: float,
                 outcome: Invocation | InvocationFailed) -> None:
         """After the reply: the invocation's event to every observer. Callers check ``observers`` first,
@@ -137,6 +164,8 @@ class EndpointRoute:
                                     outcome.body, outcome.content_type)
             if outcome.container_seconds is not None:
                 event.container_seconds = outcome.container_seconds
+            if outcome.target_model is not None:
+                event.target_model = outcome.target_model
         else:
             event = InvocationEvent(self.name, outcome.variant, outcome.instance_id, outcome.status, arrived,
                                     outcome.model_seconds, time.perf_counter() - started, body, forwarded_headers,
