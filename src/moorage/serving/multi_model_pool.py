@@ -24,6 +24,7 @@ from moorage.serving.instance import Instance
 from moorage.serving.launch_spec import LaunchSpec
 from moorage.serving.launchers import Launcher
 from moorage.serving.model_cache import ModelCache, ModelHost, budget_for, resolve_target
+from moorage.serving.pool import NoCapacity
 
 Materialize = Callable[[str], Path]
 
@@ -60,6 +61,14 @@ class MultiModelPool:
     @property
     def instances(self) -> list[Instance]:
         return [model.instance for host in self.hosts for model in host.loaded()]
+
+    def pick(self) -> None:
+        """No instance serves a request that names no model: the router asks ``cache`` by TargetModel."""
+        return None
+
+    async def acquire(self, timeout: float) -> Instance:
+        raise NoCapacity(f"variant {self.variant} of endpoint {self.endpoint} is multi-model: a request names its "
+                         f"model with TargetModel")
 
     # Sizing ---------------------------------------------------------------------------------------
     def _host(self) -> ModelHost:
