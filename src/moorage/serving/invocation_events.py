@@ -58,17 +58,20 @@ class InvocationEvent:
         return self._header(b"x-amzn-sagemaker-custom-attributes")
 
 
-_TARGET_MODEL = b"x-amzn-sagemaker-target-model: "
+def header_value(block: bytes, name: bytes) -> str | None:
+    """One header of a forwarded header block (``name``: lower-case), without parsing the rest."""
+    marker = name + b": "
+    start = block.find(marker)
+    if start < 0:
+        return None
+    start += len(marker)
+    end = block.find(b"\r\n", start)
+    return block[start:end if end >= 0 else None].decode("latin-1")
 
 
 def target_model(block: bytes) -> str | None:
     """The TargetModel a forwarded header block names, or None."""
-    start = block.find(_TARGET_MODEL)
-    if start < 0:
-        return None
-    start += len(_TARGET_MODEL)
-    end = block.find(b"\r\n", start)
-    return block[start:end if end >= 0 else None].decode("latin-1")
+    return header_value(block, b"x-amzn-sagemaker-target-model")
 
 
 def parse_header_block(block: bytes) -> dict[bytes, str]:

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import re
 
-_HEADER = b"x-amzn-sagemaker-custom-attributes: "
+from moorage.serving.invocation_events import header_value
+
 _SEPARATORS = re.compile(r"[;,]")
 
 
 def custom_attributes(forwarded_headers: bytes) -> str | None:
-    """The CustomAttributes header in a forwarded header block (``name: value\\r\\n`` lines), or None."""
-    start = forwarded_headers.find(_HEADER)
-    if start < 0:
-        return None
-    start += len(_HEADER)
-    end = forwarded_headers.find(b"\r\n", start)
-    return forwarded_headers[start:end if end >= 0 else None].decode("latin-1")
+    """The CustomAttributes header in a forwarded header block, or None."""
+    return header_value(forwarded_headers, b"x-amzn-sagemaker-custom-attributes")
 
 
 def attribute_pairs(text: str | None) -> dict[str, str]:
