@@ -391,9 +391,9 @@ def test_errors(setup: Setup) -> None:
     bad_cron = {**config, "ScheduleConfig": {"ScheduleExpression": "cron(0 * * * *)"}}
     no_endpoint = {**config, "MonitoringJobDefinition": job_definition("nope-" + name, setup.output, setup.baseline)}
     both = {**config, "MonitoringJobDefinitionName": "x", "MonitoringType": "DataQuality"}
-    other_type = {"MonitoringJobDefinitionName": "x", "MonitoringType": "ModelBias"}
+    inline_bias = {**config, "MonitoringType": "ModelBias"}
     for bad, words in ((bad_cron, "6 fields"), (no_endpoint, "Could not find endpoint"), (both, "exactly one"),
-                       (other_type, "not supported")):
+                       (inline_bias, "data-quality job")):
         with pytest.raises(ClientError) as refused:
             sm.create_monitoring_schedule(MonitoringScheduleName=new_name("bad"), MonitoringScheduleConfig=bad)
         assert err_code(refused.value) == "ValidationException" and words in str(refused.value)

@@ -20,6 +20,7 @@ import orjson
 
 from moorage.control.context import ENDPOINT, Context
 from moorage.control.monitoring_scheduler import (
+    DEFINITION_PARSERS,
     EXECUTION,
     JOB_DEFINITION_KINDS,
     SCHEDULE,
@@ -31,7 +32,15 @@ from moorage.control.paging import list_query
 from moorage.control.resources import put_tags
 from moorage.control.times import epoch, timestamp
 from moorage.errors import ResourceInUse, ResourceNotFound, ValidationException
-from moorage.monitor.common.jobs import DATA_QUALITY, IN_PROGRESS, MODEL_QUALITY, PENDING, JobDefinition
+from moorage.monitor.common.jobs import (
+    DATA_QUALITY,
+    IN_PROGRESS,
+    MODEL_BIAS,
+    MODEL_EXPLAINABILITY,
+    MODEL_QUALITY,
+    PENDING,
+    JobDefinition,
+)
 from moorage.store.metadata import AlreadyExists, ListQuery, Resource
 
 
@@ -241,9 +250,7 @@ class Monitoring:
         resource = JOB_DEFINITION_KINDS[kind]
         arn = self.ctx.arn(resource, name)
         body = {k: v for k, v in req.items() if k not in ("Tags", "JobDefinitionName")}
-        # raises ValidationException saying what is wrong
-        definition = (JobDefinition.from_model_quality(body) if kind == MODEL_QUALITY
-                      else JobDefinition.from_data_quality(body))
+        definition = DEFINITION_PARSERS[kind](body)  # raises ValidationException saying what is wrong
         if self.ctx.store.get(ENDPOINT, definition.endpoint_name) is None:
             raise ValidationException(
                 f'Could not find endpoint "{self.ctx.arn(ENDPOINT, definition.endpoint_name)}".')
@@ -307,3 +314,27 @@ class Monitoring:
 
     async def delete_model_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
         return self._delete_definition(req, MODEL_QUALITY)
+
+    async def create_model_bias_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._create_definition(req, MODEL_BIAS)
+
+    async def describe_model_bias_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._describe_definition(req, MODEL_BIAS)
+
+    async def list_model_bias_job_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._list_definitions(req, MODEL_BIAS)
+
+    async def delete_model_bias_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._delete_definition(req, MODEL_BIAS)
+
+    async def create_model_explainability_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._create_definition(req, MODEL_EXPLAINABILITY)
+
+    async def describe_model_explainability_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._describe_definition(req, MODEL_EXPLAINABILITY)
+
+    async def list_model_explainability_job_definitions(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._list_definitions(req, MODEL_EXPLAINABILITY)
+
+    async def delete_model_explainability_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._delete_definition(req, MODEL_EXPLAINABILITY)

@@ -31,6 +31,8 @@ from moorage.monitor.common.jobs import (
     DATA_QUALITY,
     FAILED,
     IN_PROGRESS,
+    MODEL_BIAS,
+    MODEL_EXPLAINABILITY,
     MODEL_QUALITY,
     PENDING,
     WITH_VIOLATIONS,
@@ -48,12 +50,19 @@ SCHEDULE = "monitoring-schedule"
 JOB_DEFINITION = "data-quality-job-definition"
 MODEL_QUALITY_JOB_DEFINITION = "model-quality-job-definition"
 # Each monitoring type's job definitions are their own resource kind (and ARN type), as in SageMaker.
-JOB_DEFINITION_KINDS = {DATA_QUALITY: JOB_DEFINITION, MODEL_QUALITY: MODEL_QUALITY_JOB_DEFINITION}
+JOB_DEFINITION_KINDS = {DATA_QUALITY: JOB_DEFINITION, MODEL_QUALITY: MODEL_QUALITY_JOB_DEFINITION,
+                        MODEL_BIAS: "model-bias-job-definition",
+                        MODEL_EXPLAINABILITY: "model-explainability-job-definition"}
+DEFINITION_PARSERS = {DATA_QUALITY: JobDefinition.from_data_quality, MODEL_QUALITY: JobDefinition.from_model_quality,
+                      MODEL_BIAS: JobDefinition.from_model_bias,
+                      MODEL_EXPLAINABILITY: JobDefinition.from_model_explainability}
 EXECUTION = "monitoring-execution"
 SCHEDULED, STOPPED = "Scheduled", "Stopped"
 # Where each monitoring type's execution metrics go (SageMaker's namespaces).
 METRICS_NAMESPACES = {DATA_QUALITY: "aws/sagemaker/Endpoints/data-metrics",
-                      MODEL_QUALITY: "aws/sagemaker/Endpoints/model-metrics"}
+                      MODEL_QUALITY: "aws/sagemaker/Endpoints/model-metrics",
+                      MODEL_BIAS: "aws/sagemaker/Endpoints/bias-metrics",
+                      MODEL_EXPLAINABILITY: "aws/sagemaker/Endpoints/explainability-metrics"}
 
 
 def utc(epoch: float) -> dt.datetime:
@@ -83,9 +92,7 @@ class MonitoringScheduler:
             if row is None:
                 raise ValidationException(
                     f'Could not find job definition "{self.ctx.arn(resource or JOB_DEFINITION, name)}".')
-            if kind == MODEL_QUALITY:
-                return JobDefinition.from_model_quality(row.body), name
-            return JobDefinition.from_data_quality(row.body), name
+            return DEFINITION_PARSERS[kind](row.body), name
         return JobDefinition.from_inline(config["MonitoringJobDefinition"]), None
 
     @staticmethod

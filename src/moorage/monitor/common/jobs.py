@@ -32,7 +32,8 @@ from moorage.monitor.common.time_offsets import parse_offset, parse_time_or_offs
 COMPLETED, WITH_VIOLATIONS, FAILED, STOPPED = "Completed", "CompletedWithViolations", "Failed", "Stopped"
 PENDING, IN_PROGRESS = "Pending", "InProgress"
 DATA_QUALITY, MODEL_QUALITY = "DataQuality", "ModelQuality"
-MONITORING_TYPES = (DATA_QUALITY, MODEL_QUALITY)
+MODEL_BIAS, MODEL_EXPLAINABILITY = "ModelBias", "ModelExplainability"
+MONITORING_TYPES = (DATA_QUALITY, MODEL_QUALITY, MODEL_BIAS, MODEL_EXPLAINABILITY)
 PROBLEM_TYPES = ("BinaryClassification", "MulticlassClassification", "Regression")
 REPORT_FILE = "report.html"
 DEFAULT_WINDOW = dt.timedelta(hours=1)
@@ -60,6 +61,9 @@ class JobDefinition:
     inference_attribute: str | None = None
     probability_attribute: str | None = None
     probability_threshold: float | None = None
+    # ModelBias / ModelExplainability: Clarify's analysis configuration, and where the features are.
+    config_uri: str | None = None
+    features_attribute: str | None = None
 
     @classmethod
     def from_inline(cls, definition: dict[str, Any]) -> JobDefinition:
@@ -105,6 +109,43 @@ class JobDefinition:
         built.inference_attribute = endpoint_input.get("InferenceAttribute")
         built.probability_attribute = endpoint_input.get("ProbabilityAttribute")
         built.probability_threshold = float(threshold) if threshold is not None else None
+        return built
+
+    @classmethod
+    def from_model_bias(cls, definition: dict[str, Any]) -> JobDefinition:
+        return cls._from_clarify(definition, "ModelBias", MODEL_BIAS, ground_truth_required=True)
+
+    @classmethod
+    def from_model_explainability(cls, definition: dict[str, Any]) -> JobDefinition:
+        return cls._from_clarify(definition, "ModelExplainability", MODEL_EXPLAINABILITY, ground_truth_required=False)
+
+    @classmethod
+    def _from_clarify(cls, definition: dict[str, Any], prefix: str, kind: str, *,
+                      ground_truth_required: bool) -> JobDefinition:
+        """A bias or explainability job: Clarify's analysis configuration at the app's ConfigUri."""
+        app = definition.get(f"{prefix}AppSpecification") or {}
+        job_input = definition.get(f"{prefix}JobInput") or {}
+        built = cls._build(job_input, definition.get(f"{prefix}BaselineConfig"),
+                           definition.get(f"{prefix}JobOutputConfig"), app, app.get("Environment") or {},
+                           definition.get("StoppingCondition"))
+        if not app.get("ConfigUri"):
+            raise ValidationException(f"{prefix}AppSpecification.ConfigUri: where Clarify's analysis configuration "
+                                      f"(analysis_config.json) is, is required.")
+        ground_truth = (job_input.get("GroundTruthS3Input") or {}).get("S3Uri")
+        if ground_truth_required and not ground_truth:
+            raise ValidationException(f"{prefix}JobInput.GroundTruthS3Input.S3Uri: where the ground-truth labels are "
+                                      f"is required.")
+        endpoint_input = job_input["EndpointInput"]
+        threshold = endpoint_input.get("ProbabilityThresholdAttribute")
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise ValidationException("EndpointInput.ProbabilityThresholdAttribute: must be between 0 and 1.")
+        built.monitoring_type = kind
+        built.config_uri = app["ConfigUri"]
+        built.ground_truth_uri = ground_truth
+        built.inference_attribute = endpoint_input.get("InferenceAttribute")
+        built.probability_attribute = endpoint_input.get("ProbabilityAttribute")
+        built.probability_threshold = float(threshold) if threshold is not None else None
+        built.features_attribute = endpoint_input.get("FeaturesAttribute")
         return built
 
     @classmethod
