@@ -381,6 +381,9 @@ class MonitorSettings(Section):
     tick_seconds: float = setting(1.0, "MOORAGE_MONITOR_TICK_SECONDS", DURATION,
                                   "How often the scheduler looks for due schedules (API calls wake it at once).",
                                   positive=True)
+    explainer_start_timeout: float = setting(120.0, "MOORAGE_MONITOR_EXPLAINER_START_TIMEOUT", DURATION,
+                                             "How long the model instance an explainability execution starts may take "
+                                             "to answer /ping.", positive=True)
 
 
 @dataclass(frozen=True)

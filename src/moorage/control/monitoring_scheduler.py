@@ -23,7 +23,8 @@ import logging
 import uuid
 from typing import Any
 
-from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
+from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, MODEL, Context
+from moorage.control.launch import launch_specs
 from moorage.control.schedule_expressions import ScheduleExpression
 from moorage.errors import ValidationException
 from moorage.monitor.common.jobs import (
@@ -41,7 +42,12 @@ from moorage.monitor.common.jobs import (
     window_of,
 )
 from moorage.monitor.data_quality import execution as data_quality
+from moorage.monitor.model_bias import execution as model_bias
+from moorage.monitor.model_explainability import execution as model_explainability
 from moorage.monitor.model_quality import execution as model_quality
+from moorage.serving.instance import Instance, InstanceStartError
+from moorage.serving.pool import Member
+from moorage.store.artifacts import ArtifactError
 from moorage.store.metadata import Resource
 
 log = logging.getLogger("moorage.monitor")
@@ -279,21 +285,61 @@ class MonitoringScheduler:
                       capture_uri=capture_uri, scheduled_time=body["ScheduledTime"], window_start=body["WindowStart"],
                       window_end=body["WindowEnd"], output_uri=definition.output_uri,
                       constraints_uri=definition.constraints_uri, preprocessor_uri=definition.preprocessor_uri)
+        answers = dict(inference_attribute=definition.inference_attribute,
+                       probability_attribute=definition.probability_attribute,
+                       probability_threshold=definition.probability_threshold)
+        explainer: Member | None = None
         if definition.monitoring_type == MODEL_QUALITY:
-            spec = model_quality.ExecutionSpec(
-                **common, problem_type=definition.problem_type or "",
-                ground_truth_uri=definition.ground_truth_uri or "",
-                inference_attribute=definition.inference_attribute,
-                probability_attribute=definition.probability_attribute,
-                probability_threshold=definition.probability_threshold)
+            spec: Any = model_quality.ExecutionSpec(**common, problem_type=definition.problem_type or "",
+                                                    ground_truth_uri=definition.ground_truth_uri or "", **answers)
             runner = model_quality.RUNNER
+        elif definition.monitoring_type == MODEL_BIAS:
+            spec = model_bias.ExecutionSpec(**common, config_uri=definition.config_uri or "",
+                                            ground_truth_uri=definition.ground_truth_uri or "",
+                                            features_attribute=definition.features_attribute, **answers)
+            runner = model_bias.RUNNER
+        elif definition.monitoring_type == MODEL_EXPLAINABILITY:
+            try:
+                explainer = await self._explainer(definition.endpoint_name, row.name)
+            except (ValidationException, ArtifactError, InstanceStartError) as exc:
+                return {"Status": FAILED, "FailureReason": f"The model to explain could not start: "
+                                                           f"{getattr(exc, 'message', None) or exc}"}
+            address = {"socket": explainer.socket_path} if explainer.port is None else {"port": explainer.port}
+            spec = model_explainability.ExecutionSpec(**common, config_uri=definition.config_uri or "",
+                                                      features_attribute=definition.features_attribute,
+                                                      model_address=address, **answers)
+            runner = model_explainability.RUNNER
         else:
             spec = data_quality.ExecutionSpec(**common, statistics_uri=definition.statistics_uri,
                                               capture_sides=definition.capture_sides(), exclude_features=excluded)
             runner = data_quality.RUNNER
-        result = await run_in_subprocess(runner, dataclasses.asdict(spec), row.name, definition.max_runtime)
+        try:
+            result = await run_in_subprocess(runner, dataclasses.asdict(spec), row.name, definition.max_runtime)
+        finally:
+            if explainer is not None:
+                await explainer.stop(drain_timeout=0, term_timeout=10)
         result["PublishMetrics"] = definition.publishes_metrics()
         return result
+
+    async def _explainer(self, endpoint: str, execution: str) -> Instance:
+        """An instance of the endpoint's model for this execution alone (Clarify's shadow endpoint): explaining
+        calls the model thousands of times, never through the instances that serve callers."""
+        row = self.ctx.store.get(ENDPOINT, endpoint)
+        config = self.ctx.store.get(ENDPOINT_CONFIG, (row.body if row else {}).get("EndpointConfigName", ""))
+        if row is None or config is None:
+            raise ValidationException(f"Endpoint {endpoint} has no endpoint config to explain.")
+        variant = config.body["ProductionVariants"][0]
+        model = self.ctx.store.get(MODEL, variant["ModelName"])
+        if model is None:
+            raise ValidationException(f"The model {variant['ModelName']} of endpoint {endpoint} is gone.")
+        launches = await launch_specs(self.ctx, model.body, variant.get("InstanceType", "ml.m5.large"))
+        if len(launches) > 1:
+            raise ValidationException("Explaining a serial inference pipeline is not supported: explain its "
+                                      "model's container on an endpoint of its own.")
+        member = self.ctx.routes.launcher.member(launches, self.ctx.settings.logs_dir / "monitoring" / execution)
+        assert isinstance(member, Instance)
+        await member.start(self.ctx.settings.monitor.explainer_start_timeout)
+        return member
 
     async def _emit(self, row: Resource, values: dict[str, float]) -> None:
         metrics = self.ctx.metrics

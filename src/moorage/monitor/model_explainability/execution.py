@@ -1,0 +1,110 @@
+"""One feature-attribution-drift execution: captured inputs of a window -> global SHAP values, drift.
+
+The window's captured inputs (named by the analysis configuration's ``headers``) are explained with
+Clarify's SHAP settings from the job's ``ConfigUri`` (its ``baseline`` rows, ``num_samples``,
+``agg_method``) by calling the endpoint's model on an instance of its own that the scheduler started
+for this execution (``common/model_client.py``; Clarify's shadow endpoint). ``analysis.json`` goes
+where SageMaker puts an execution's files; with a baseline (``ConstraintsResource``: a baseline
+job's ``analysis.json``), the NDCG of the current ranking weighted by the baseline's attributions
+is checked against the threshold, and each feature's attribution goes to CloudWatch.
+
+Runs in the execution's own process (``monitor/common/jobs.py``: ``run_in_subprocess(RUNNER, ...)``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from moorage.monitor.common.jobs import ExecutionWindow, Outcome, iso
+
+RUNNER = "moorage.monitor.model_explainability.execution:run_spec"
+ANALYSIS_FILE = "analysis.json"
+MAX_ROWS = 2000  # captured rows explained per execution (a sample beyond it: KernelSHAP calls the model a lot)
+
+
+@dataclass
+class ExecutionSpec(ExecutionWindow):
+    """Everything the child process needs for a feature-attribution execution."""
+
+    config_uri: str = ""
+    constraints_uri: str | None = None
+    preprocessor_uri: str | None = None
+    inference_attribute: str | None = None
+    probability_attribute: str | None = None
+    probability_threshold: float | None = None
+    features_attribute: str | None = None
+    model_address: dict[str, Any] = field(default_factory=dict)  # the instance explained: socket or port
+
+
+def run_spec(spec_doc: dict[str, Any]) -> dict[str, Any]:
+    """The child process's entry (``RUNNER``): the spec as plain data in, the result out."""
+    return run_execution(ExecutionSpec(**spec_doc))
+
+
+def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
+    """Run the execution here (in the child process); never raises: failures are a ``Failed`` result."""
+    import numpy as np
+
+    from moorage.monitor.common import formats
+    from moorage.monitor.common.capture_reader import CaptureReadError, CaptureScan, capture_files, read_records
+    from moorage.monitor.common.features import input_rows
+    from moorage.monitor.common.model_client import ModelCallError, ModelClient
+    from moorage.monitor.model_explainability.attributions import (
+        explainability_analysis,
+        global_shap,
+        load_shap_config,
+    )
+    from moorage.monitor.model_explainability.drift import check_attribution_drift, metric_values
+
+    result = Outcome(spec)
+    location, failed = result.location, result.failed
+    if not spec.capture_uri:
+        return failed(f"Endpoint {spec.endpoint_name} has no data capture configured (DataCaptureConfig "
+                      "with EnableCapture): there are no captured inputs to explain.")
+    try:
+        config = load_shap_config(formats.load_json(spec.config_uri))
+    except ValueError as exc:
+        return failed(f"The analysis configuration {spec.config_uri} cannot be used: {exc}")
+    except Exception as exc:
+        return failed(f"Could not read the analysis configuration {spec.config_uri}: {type(exc).__name__}: {exc}")
+    try:
+        baseline = formats.load_json(spec.constraints_uri) if spec.constraints_uri else None
+    except Exception as exc:
+        return failed(f"Could not read the baseline {spec.constraints_uri}: {type(exc).__name__}: {exc}")
+    start = dt.datetime.fromtimestamp(spec.window_start, tz=dt.UTC)
+    end = dt.datetime.fromtimestamp(spec.window_end, tz=dt.UTC)
+    try:
+        files = capture_files(spec.capture_uri, spec.endpoint_name, start, end)
+        scan = CaptureScan(files=len(files))
+        rows = input_rows(read_records(files, start, end, scan), spec.features_attribute)
+    except CaptureReadError as exc:
+        return failed(str(exc))
+    except ValueError as exc:
+        return failed(f"The captured inputs cannot be read as feature rows: {exc}")
+    result["Capture"] = scan.as_dict()
+    if len(rows) == 0:
+        return failed(f"Job inputs had no data: no captured inputs of endpoint {spec.endpoint_name} between "
+                      f"{iso(spec.window_start)} and {iso(spec.window_end)}.")
+    if len(rows) > MAX_ROWS:
+        rows = rows[np.random.default_rng(0).choice(len(rows), MAX_ROWS, replace=False)]
+    client = ModelClient(spec.model_address, spec.probability_attribute or spec.inference_attribute)
+    try:
+        values = global_shap(config, rows, client.predict)
+        analysis = explainability_analysis(config, values)
+    except (ModelCallError, ValueError, RuntimeError) as exc:
+        return failed(f"Explaining the model failed: {exc}")
+    try:
+        result["AnalysisUri"] = formats.save_json(analysis, formats.join(location, ANALYSIS_FILE))
+        violations: list[dict[str, Any]] = []
+        if baseline is not None:
+            violations = check_attribution_drift(analysis, baseline)
+            result["ConstraintViolationsUri"] = formats.save_json(
+                {"version": "1.0", "violations": violations}, formats.join(location, formats.VIOLATIONS_FILE))
+        result["Metrics"] = metric_values(analysis)
+        result["Violations"] = len(violations)
+        result["Explained"] = {"Rows": int(len(rows)), "ModelCalls": client.calls}
+    except Exception as exc:
+        return failed(f"Writing the results to {location} failed: {type(exc).__name__}: {exc}")
+    return result.done(len(violations))
