@@ -52,8 +52,8 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     from moorage.monitor.common.features import input_rows
     from moorage.monitor.common.model_client import ModelCallError, ModelClient
     from moorage.monitor.model_explainability.attributions import (
+        compute_attributions,
         explainability_analysis,
-        global_shap,
         load_shap_config,
     )
     from moorage.monitor.model_explainability.drift import check_attribution_drift, metric_values
@@ -65,6 +65,8 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
                       "with EnableCapture): there are no captured inputs to explain.")
     try:
         config = load_shap_config(formats.load_json(spec.config_uri))
+        if config.baseline is None and config.baseline_uri:
+            config = config.with_baseline(_csv_rows(config.baseline_uri))
     except ValueError as exc:
         return failed(f"The analysis configuration {spec.config_uri} cannot be used: {exc}")
     except Exception as exc:
@@ -91,8 +93,9 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         rows = rows[np.random.default_rng(0).choice(len(rows), MAX_ROWS, replace=False)]
     client = ModelClient(spec.model_address, spec.probability_attribute or spec.inference_attribute)
     try:
-        values = global_shap(config, rows, client.predict)
-        analysis = explainability_analysis(config, values)
+        attributions = compute_attributions(config, rows, client.predict)
+        analysis = explainability_analysis(config, attributions.global_values,
+                                           expected_value=attributions.expected_value)
     except (ModelCallError, ValueError, RuntimeError) as exc:
         return failed(f"Explaining the model failed: {exc}")
     try:
@@ -104,7 +107,19 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
                 {"version": "1.0", "violations": violations}, formats.join(location, formats.VIOLATIONS_FILE))
         result["Metrics"] = metric_values(analysis)
         result["Violations"] = len(violations)
-        result["Explained"] = {"Rows": int(len(rows)), "ModelCalls": client.calls}
+        result["Explained"] = {"Rows": len(rows), "ModelCalls": client.calls, "Method": attributions.method}
     except Exception as exc:
         return failed(f"Writing the results to {location} failed: {type(exc).__name__}: {exc}")
     return result.done(len(violations))
+
+
+def _csv_rows(uri: str) -> list[list[float]]:
+    """A baseline given by URI (Clarify's ``baseline`` as an S3 URI): CSV rows of features, no header."""
+    import csv
+    import io
+
+    from moorage.store.locations import open_url
+
+    with open_url(uri) as handle:
+        text = handle.read().decode("utf-8")
+    return [[float(v) for v in row] for row in csv.reader(io.StringIO(text)) if row]
