@@ -60,7 +60,7 @@ def execution_document(row: Resource) -> dict[str, Any]:
         "WindowEnd": _iso(body.get("WindowEnd"))}
     for key in ("FailureReason", "OutputLocation", "StatisticsUri", "ConstraintViolationsUri", "ReportUri",
                 "Violations", "ViolatedFeatures", "Capture", "Seconds", "MonitoringJobDefinitionName",
-                "MonitoringType", "Merge", "GroundTruth", "Estimated", "ConceptDrift"):
+                "MonitoringType", "Merge", "GroundTruth", "Estimated", "ConceptDrift", "AnalysisUri", "Explained"):
         if body.get(key) is not None:
             doc[key] = body[key]
     return doc

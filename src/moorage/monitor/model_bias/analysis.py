@@ -378,7 +378,12 @@ def _select(series: pd.Series, kind: ColumnKind, values: list[Any] | None, field
     if kind == "continuous":
         if not values:
             raise ValueError(f"{field}: a continuous column needs a threshold")
-        numbers = pd.to_numeric(series)
+        try:
+            numbers = pd.to_numeric(series)
+        except (TypeError, ValueError):
+            raise ValueError(f"{field}: a continuous column needs numbers, and this one holds other values") from None
+        if numbers.count() == 0:
+            raise ValueError(f"{field}: the column has no values to compare with the threshold")
         intervals = _intervals(numbers if data_for_max is None else data_for_max, values)
         flags = np.zeros(len(series), dtype=bool)
         for interval in intervals:

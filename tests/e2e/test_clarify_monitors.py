@@ -1,0 +1,177 @@
+"""Bias drift and feature-attribution drift through boto3 against a real server: Clarify's analysis
+configuration at the job's ConfigUri, real capture, ground truth through the SDK, baselines made by
+the library; a group whose outcomes flip mid-stream raises a bias violation, and a model whose
+reliance moves from one feature to another raises an attribution-drift violation (the model is
+explained on an instance of its own, through the container contract).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from e2e_support import ROLE_ARN, Deployer, MoorageServer, new_name, pack_model, variant, wait_until
+from moorage.monitor.model_explainability.attributions import (
+    compute_attributions,
+    explainability_analysis,
+    load_shap_config,
+)
+from moorage.sdk import Predictor, Session  # noqa: F401 - the bias test sends ground truth
+
+pytestmark = pytest.mark.e2e
+
+# p = sigmoid(a * x0 + b * x1), the weights from the model's weights.json: one CSV line a row.
+MODEL = '''
+import json, math, os
+
+
+def model_fn(model_dir, context=None):
+    with open(os.path.join(model_dir, "weights.json")) as fh:
+        return json.load(fh)
+
+
+def transform_fn(w, body, content_type, accept):
+    text = body.decode() if isinstance(body, bytes) else body
+    out = []
+    for line in text.strip().splitlines():
+        x = [float(v) for v in line.split(",")]
+        out.append(f"{1 / (1 + math.exp(-(w[0] * x[0] + w[1] * x[1] + w[2] * x[2]))):.6f}")
+    return "\\n".join(out) + "\\n", "text/csv"
+'''
+HEADERS = ["label", "x0", "x1", "x2"]
+
+
+def _probability(weights: list[float], rows: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-(rows @ np.asarray(weights))))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
+    """This module's own server (named `server` so a failure shows its log)."""
+    srv = MoorageServer(tmp_path_factory.mktemp("clarify-home"),
+                        env={"MOORAGE_METRICS_PERIOD": "1", "MOORAGE_MONITOR_TICK_SECONDS": "0.2"})
+    srv.start(timeout=90)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+class Captured:
+    """An endpoint with capture and a model of given weights."""
+
+    def __init__(self, server: MoorageServer, root: Path, weights: list[float]):
+        self.server, self.root = server, root
+        self.sm = server.sm()
+        self.deployer = Deployer(server, self.sm)
+        self.capture, self.output = root / "capture", root / "monitoring"
+        self.endpoint = new_name("clarify")
+        self.deployer.endpoint(self.endpoint, self.config(weights))
+        self.deployer.wait_in_service(self.endpoint)
+        self.sent = 0
+
+    def config(self, weights: list[float]) -> str:
+        name = new_name("clarify-model")
+        tarball = pack_model(self.root / name, None, inference_py=MODEL,
+                             extra_files={"weights.json": json.dumps(weights)})
+        self.deployer.model(name, tarball.as_uri())
+        self.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant("AllTraffic", name)],
+                                       DataCaptureConfig={"EnableCapture": True, "InitialSamplingPercentage": 100,
+                                                          "DestinationS3Uri": self.capture.as_uri(),
+                                                          "CaptureOptions": [{"CaptureMode": "Input"},
+                                                                             {"CaptureMode": "Output"}]})
+        self.deployer.configs.append(name)
+        return name
+
+    def send(self, rows: np.ndarray, prefix: str) -> list[float]:
+        rt = self.server.rt()
+        out = []
+        for i, row in enumerate(rows):
+            reply = rt.invoke_endpoint(EndpointName=self.endpoint, ContentType="text/csv", InferenceId=f"{prefix}-{i}",
+                                       Body=",".join(f"{v:.6f}" for v in row).encode())
+            out.append(float(reply["Body"].read()))
+        self.sent += len(rows)
+        wait_until(lambda: sum(len(f.read_bytes().splitlines()) for f in self.capture.rglob("*.jsonl")) >= self.sent,
+                   30, interval=0.2, what="every request captured")
+        return out
+
+    def schedule(self, kind: str, definition: dict[str, Any]) -> str:
+        name = new_name(f"{kind.lower()}-def")
+        getattr(self.sm, f"create_{'model_bias' if kind == 'ModelBias' else 'model_explainability'}_job_definition")(
+            JobDefinitionName=name, RoleArn=ROLE_ARN,
+            JobResources={"ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1}},
+            **definition)
+        schedule = new_name(kind.lower())
+        self.sm.create_monitoring_schedule(MonitoringScheduleName=schedule, MonitoringScheduleConfig={
+            "MonitoringJobDefinitionName": name, "MonitoringType": kind,
+            "ScheduleConfig": {"ScheduleExpression": "NOW", "DataAnalysisStartTime": "-PT1H",
+                               "DataAnalysisEndTime": "-PT0H"}})
+        return schedule
+
+    def execution(self, schedule: str) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            found = self.sm.list_monitoring_executions(MonitoringScheduleName=schedule)["MonitoringExecutionSummaries"]
+            if found and found[0]["MonitoringExecutionStatus"] in ("Completed", "CompletedWithViolations", "Failed"):
+                return found[0]
+            return None
+
+        summary = wait_until(done, 180, interval=0.5, what=f"the execution of {schedule}")
+        status, _, body = self.server.signed_request(
+            "GET", f"/moorage/v1/monitoring-executions/{summary['ProcessingJobArn'].rsplit('/', 1)[-1]}")
+        assert status == 200, body
+        return json.loads(body)
+
+
+def _output(endpoint: str, output: Path) -> dict[str, Any]:
+    return {"MonitoringOutputs": [{"S3Output": {"S3Uri": output.as_uri(), "LocalPath": "/opt/ml/processing/output"}}]}
+
+
+def test_attribution_drift_when_the_models_reliance_moves(server: MoorageServer, tmp_path: Path) -> None:
+    before, after = [3.0, 0.2, 0.0], [0.2, 3.0, 0.0]
+    captured = Captured(server, tmp_path, before)
+    config = {"dataset_type": "text/csv", "headers": HEADERS, "label": "label",
+              "methods": {"shap": {"baseline": [[0.0, 0.0, 0.0]], "num_samples": 40, "agg_method": "mean_abs",
+                                   "use_logit": False}}}
+    config_path = tmp_path / "analysis_config.json"
+    config_path.write_text(json.dumps(config))
+    rng = np.random.default_rng(3)
+    # The baseline: the first model explained on a validation set (what a baseline job writes).
+    shap_config = load_shap_config(config)
+    validation = rng.normal(size=(200, 3))
+    explained = compute_attributions(shap_config, validation, lambda rows: _probability(before, rows))
+    baseline = explainability_analysis(shap_config, explained.global_values, expected_value=explained.expected_value)
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "analysis.json").write_text(json.dumps(baseline))
+    assert baseline["explanations"]["kernel_shap"]["label0"]["global_shap_values"]["x0"] > \
+        baseline["explanations"]["kernel_shap"]["label0"]["global_shap_values"]["x1"]
+
+    # The endpoint moves to a model that relies on x1 instead; its traffic is explained.
+    captured.sm.update_endpoint(EndpointName=captured.endpoint, EndpointConfigName=captured.config(after))
+    wait_until(lambda: captured.sm.describe_endpoint(EndpointName=captured.endpoint)["EndpointStatus"] == "InService"
+               and "PendingDeploymentSummary" not in captured.sm.describe_endpoint(EndpointName=captured.endpoint),
+               120, interval=0.5, what="the update")
+    rows = rng.normal(size=(60, 3))
+    answers = captured.send(rows, "explain")
+    assert answers == pytest.approx(list(_probability(after, rows)), abs=1e-5)
+    schedule = captured.schedule("ModelExplainability", {
+        "ModelExplainabilityAppSpecification": {"ImageUri": "moorage/clarify", "ConfigUri": config_path.as_uri()},
+        "ModelExplainabilityJobInput": {"EndpointInput": {"EndpointName": captured.endpoint,
+                                                          "LocalPath": "/opt/ml/processing/input"}},
+        "ModelExplainabilityJobOutputConfig": _output(captured.endpoint, captured.output),
+        "ModelExplainabilityBaselineConfig": {"ConstraintsResource": {
+            "S3Uri": (tmp_path / "baseline" / "analysis.json").as_uri()}}})
+    execution = captured.execution(schedule)
+    assert execution["MonitoringExecutionStatus"] == "CompletedWithViolations", execution
+    violations = json.loads(Path(execution["ConstraintViolationsUri"].removeprefix("file://")).read_text())
+    (violation,) = violations["violations"]
+    assert "exceeds threshold 0.9" in violation["description"]
+    analysis = json.loads(Path(execution["AnalysisUri"].removeprefix("file://")).read_text())
+    current = analysis["explanations"]["kernel_shap"]["label0"]["global_shap_values"]
+    assert current["x1"] > current["x0"] and not math.isnan(current["x2"])
+    captured.deployer.cleanup()
