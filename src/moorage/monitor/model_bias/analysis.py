@@ -19,7 +19,7 @@ Which rows are the facet, and which labels are positive, follows Clarify's ``bia
   pandas dtype is ``category`` or more than one value is configured; otherwise continuous for
   floats, and for integers (or text that reads as integers) when at least 5% of the non-missing
   values are distinct; categorical for everything else (booleans, other text). So a 0/1 column is
-  categorical in a large data set but continuous in one of fewer than 40 rows, exactly as in
+  categorical in a large data set but continuous in one of 40 rows or fewer, exactly as in
   Clarify; ``column_types`` pins a column's kind when that is not wanted.
 - Categorical: the rows equal to one of the configured values (values of another type are
   converted to the column's: ``[1]`` selects ``"1"``); with no ``value_or_threshold`` a facet is
@@ -264,7 +264,7 @@ def bias_analysis(
     if post_names and predicted is None:
         raise ValueError("post-training bias metrics need the model's predictions (predicted)")
 
-    label_name, label_series = _column(frame, cfg.label, "label")
+    label_name, label_series = _column(frame, cfg.label, "label", cfg.headers)
     label_kind = _kind(label_series, list(cfg.label_values_or_threshold), _pin(pins, cfg.label, label_name))
     label_values = _threshold_values(cfg.label_values_or_threshold, label_kind, "label_values_or_threshold")
     label_selection = _select(label_series, label_kind, label_values, "label")
@@ -278,7 +278,7 @@ def bias_analysis(
 
     group = None
     if cfg.group_variable is not None:
-        _, group_series = _column(frame, cfg.group_variable, "group_variable")
+        _, group_series = _column(frame, cfg.group_variable, "group_variable", cfg.headers)
         group = group_series.to_numpy()
 
     sections: dict[str, dict[str, Any]] = {}
@@ -288,7 +288,7 @@ def bias_analysis(
                                  "label_value_or_threshold": label_selection.text}
     for position, facet in enumerate(cfg.facets):
         field = f"facet[{position}]"
-        facet_name, facet_series = _column(frame, facet.name_or_index, f"{field}.name_or_index")
+        facet_name, facet_series = _column(frame, facet.name_or_index, f"{field}.name_or_index", cfg.headers)
         features, features_error = _features(frame, {facet_name, label_name})
         for selection in _facet_selections(facet, facet_series, _pin(pins, facet.name_or_index, facet_name), field):
             inputs = MetricInputs(facet=selection.flags, label=label_selection.flags, predicted=predicted_flags,
@@ -324,9 +324,13 @@ def _frame(data: pd.DataFrame | Mapping[str, Any], headers: tuple[str, ...] | No
     return frame
 
 
-def _column(frame: pd.DataFrame, ref: str | int, field: str) -> tuple[Any, pd.Series]:
+def _column(frame: pd.DataFrame, ref: str | int, field: str,
+            headers: tuple[str, ...] | None = None) -> tuple[Any, pd.Series]:
     if ref in frame.columns:
         return ref, frame[ref]
+    # an index counts in the configuration's headers, which name the data's columns
+    if isinstance(ref, int) and headers is not None and ref < len(headers) and headers[ref] in frame.columns:
+        return headers[ref], frame[headers[ref]]
     if isinstance(ref, int) and 0 <= ref < frame.shape[1]:
         return frame.columns[ref], frame.iloc[:, ref]
     raise ValueError(f"{field}: column {ref!r} is not in the data (columns: {', '.join(map(str, frame.columns))})")
