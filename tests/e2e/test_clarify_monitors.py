@@ -22,7 +22,7 @@ from moorage.monitor.model_explainability.attributions import (
     explainability_analysis,
     load_shap_config,
 )
-from moorage.sdk import Predictor, Session  # noqa: F401 - the bias test sends ground truth
+from moorage.sdk import Predictor, Session
 
 pytestmark = pytest.mark.e2e
 
@@ -174,4 +174,62 @@ def test_attribution_drift_when_the_models_reliance_moves(server: MoorageServer,
     analysis = json.loads(Path(execution["AnalysisUri"].removeprefix("file://")).read_text())
     current = analysis["explanations"]["kernel_shap"]["label0"]["global_shap_values"]
     assert current["x1"] > current["x0"] and not math.isnan(current["x2"])
+    captured.deployer.cleanup()
+
+
+def test_bias_drift_when_one_groups_outcomes_flip(server: MoorageServer, tmp_path: Path) -> None:
+    from moorage.monitor.model_bias.analysis import bias_analysis
+
+    weights = [0.0, 2.0, 0.5]  # the model ignores the group (column 0)
+    captured = Captured(server, tmp_path, weights)
+    config = {"dataset_type": "text/csv", "headers": ["label", "group", "x1", "x2"], "label": "label",
+              "label_values_or_threshold": [1], "facet": [{"name_or_index": "group", "value_or_threshold": [1]}],
+              "probability_threshold": 0.5, "methods": {"post_training_bias": {"methods": "all"}}}
+    config_path = tmp_path / "bias_config.json"
+    config_path.write_text(json.dumps(config))
+    rng = np.random.default_rng(5)
+
+    def rows(n: int) -> np.ndarray:
+        return np.column_stack([rng.integers(0, 2, n), rng.normal(size=n), rng.normal(size=n)]).astype(float)
+
+    # The baseline: labels drawn from the model's own probabilities, in both groups alike.
+    validation = rows(600)
+    probability = _probability(weights, validation)
+    import pandas as pd
+
+    frame = pd.DataFrame(validation, columns=["group", "x1", "x2"]).astype({"group": int})
+    frame["label"] = (rng.random(600) < probability).astype(int)
+    baseline = bias_analysis(config, frame, probability, predicted_probability=True)
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "analysis.json").write_text(json.dumps(baseline))
+
+    # Live traffic whose labels, for group 1 only, are the opposite of what the model predicts.
+    live = rows(400)
+    scores = np.asarray(captured.send(live, "bias"))
+    truth = (rng.random(400) < scores).astype(int)
+    truth = np.where(live[:, 0] == 1, 1 - truth, truth)
+    predictor = Predictor(captured.endpoint, sagemaker_session=Session(home=server.home))
+    ground_truth = tmp_path / "ground-truth"
+    predictor.send_ground_truth_batch([(f"bias-{i}", int(y)) for i, y in enumerate(truth)],
+                                      s3_uri=ground_truth.as_uri())
+    schedule = captured.schedule("ModelBias", {
+        "ModelBiasAppSpecification": {"ImageUri": "moorage/clarify", "ConfigUri": config_path.as_uri()},
+        "ModelBiasJobInput": {"EndpointInput": {"EndpointName": captured.endpoint,
+                                                "LocalPath": "/opt/ml/processing/input",
+                                                "ProbabilityAttribute": "0", "ProbabilityThresholdAttribute": 0.5},
+                              "GroundTruthS3Input": {"S3Uri": ground_truth.as_uri()}},
+        "ModelBiasJobOutputConfig": _output(captured.endpoint, captured.output),
+        "ModelBiasBaselineConfig": {"ConstraintsResource": {
+            "S3Uri": (tmp_path / "baseline" / "analysis.json").as_uri()}}})
+    execution = captured.execution(schedule)
+    assert execution["MonitoringExecutionStatus"] == "CompletedWithViolations", execution
+    assert execution["Merge"]["Matched"] == 400
+    violations = json.loads(Path(execution["ConstraintViolationsUri"].removeprefix("file://")).read_text())
+    flagged = {v["metric_name"] for v in violations["violations"]}
+    assert flagged & {"AD", "RD", "DAR", "DRR", "DCA", "DCR", "SD", "TE"}, violations
+    analysis = json.loads(Path(execution["AnalysisUri"].removeprefix("file://")).read_text())
+    assert analysis["post_training_bias_metrics"]["facets"]["group"]
+    cw = server.client("cloudwatch")
+    wait_until(lambda: cw.list_metrics(Namespace="aws/sagemaker/Endpoints/bias-metrics")["Metrics"], 30,
+               interval=0.3, what="the bias metrics in CloudWatch")
     captured.deployer.cleanup()

@@ -2,7 +2,8 @@
 
 A bias or explainability job reads each record's captured input as its feature row: the CSV row
 (or, with ``FeaturesAttribute``, the list at that JSON path) in the order of the configuration's
-``headers`` less its ``label``. For bias, the rows of the merged records (those with a label) are
+``headers`` less its ``label``; a column of whole numbers is read as integers, as the facet and
+label values of a configuration name them. For bias, the rows of the merged records (those with a label) are
 joined with their label and the model's prediction (its probability where the job reads one).
 """
 
@@ -69,7 +70,23 @@ def features_of(merged: Any, config: Mapping[str, Any], features_attribute: str 
         raise ValueError(f"the captured rows have {len(rows[0])} features but the analysis configuration's headers "
                          f"name {len(names)} ({', '.join(names)})")
     frame = pd.DataFrame(rows, columns=names or None)
+    for column in frame.columns:
+        # CSV fields arrive as text: numbers where the whole column is numeric, as the data set had them.
+        numeric = pd.to_numeric(frame[column], errors="coerce")
+        frame[column] = _integral(numeric) if numeric.notna().all() else frame[column]
     label = config.get("label")
-    frame[str(label) if label is not None else "label"] = list(merged.labels)
+    headers = [str(h) for h in config.get("headers") or []]
+    if isinstance(label, int) and 0 <= label < len(headers):
+        label = headers[label]  # the label by position: the column keeps its header's name
+    frame[str(label) if label is not None else "label"] = list(_integral(np.asarray(merged.labels)))
     predicted = merged.probabilities if merged.probabilities is not None else merged.predictions
     return frame, np.asarray(predicted)
+
+
+def _integral(values: Any) -> Any:
+    """Whole numbers read as floats ("1.0", "1.000000") as integers: the configuration's facet and label
+    values (``[1]``) name them so, and Clarify matches them by value."""
+    array = np.asarray(values)
+    if array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+        return array.astype(np.int64)
+    return values

@@ -48,7 +48,13 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     from moorage.monitor.common.capture_reader import CaptureReadError, CaptureScan, capture_files, read_records
     from moorage.monitor.common.features import features_of
     from moorage.monitor.common.ground_truth import ground_truth_files, merge, read_labels
-    from moorage.monitor.model_bias.analysis import bias_analysis, check_bias_drift, load_analysis_config, metric_values
+    from moorage.monitor.model_bias.analysis import (
+        bias_analysis,
+        check_bias_drift,
+        load_analysis_config,
+        metric_values,
+        violations_document,
+    )
 
     result = Outcome(spec)
     location, failed = result.location, result.failed
@@ -92,13 +98,14 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         return failed(f"No ground truth for the {merged.captured} captured prediction(s) of the window under "
                       f"{spec.ground_truth_uri}.")
     try:
-        analysis = bias_analysis(config, frame, predicted)
+        analysis = bias_analysis(config, frame, predicted, predicted_probability=merged.probabilities is not None,
+                                 probability_threshold=spec.probability_threshold)
         result["AnalysisUri"] = formats.save_json(analysis, formats.join(location, ANALYSIS_FILE))
         violations: list[dict[str, Any]] = []
         if baseline is not None:
             violations = check_bias_drift(analysis, baseline)
             result["ConstraintViolationsUri"] = formats.save_json(
-                {"version": "1.0", "violations": violations}, formats.join(location, formats.VIOLATIONS_FILE))
+                violations_document(violations), formats.join(location, formats.VIOLATIONS_FILE))
         result["Metrics"] = metric_values(analysis)
         result["Violations"] = len(violations)
         result["ViolatedFeatures"] = sorted({str(v.get("metric_name")) for v in violations})

@@ -56,7 +56,7 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         explainability_analysis,
         load_shap_config,
     )
-    from moorage.monitor.model_explainability.drift import check_attribution_drift, metric_values
+    from moorage.monitor.model_explainability.drift import check_attribution_drift, metric_values, violations_document
 
     result = Outcome(spec)
     location, failed = result.location, result.failed
@@ -104,7 +104,7 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         if baseline is not None:
             violations = check_attribution_drift(analysis, baseline)
             result["ConstraintViolationsUri"] = formats.save_json(
-                {"version": "1.0", "violations": violations}, formats.join(location, formats.VIOLATIONS_FILE))
+                violations_document(violations), formats.join(location, formats.VIOLATIONS_FILE))
         result["Metrics"] = metric_values(analysis)
         result["Violations"] = len(violations)
         result["Explained"] = {"Rows": len(rows), "ModelCalls": client.calls, "Method": attributions.method}
