@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +131,14 @@ class Captured:
         return json.loads(body)
 
 
+def _cli(*args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("MOORAGE_HOME", "AWS_PROFILE")}
+    done = subprocess.run([sys.executable, "-m", "moorage", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _output(endpoint: str, output: Path) -> dict[str, Any]:
     return {"MonitoringOutputs": [{"S3Output": {"S3Uri": output.as_uri(), "LocalPath": "/opt/ml/processing/output"}}]}
 
@@ -141,13 +152,21 @@ def test_attribution_drift_when_the_models_reliance_moves(server: MoorageServer,
     config_path = tmp_path / "analysis_config.json"
     config_path.write_text(json.dumps(config))
     rng = np.random.default_rng(3)
-    # The baseline: the first model explained on a validation set (what a baseline job writes).
-    shap_config = load_shap_config(config)
+    # The baseline: the first model, through its endpoint, explained on a validation set (the command line's
+    # baseline job), checked against the library on the same rows with the model computed here.
     validation = rng.normal(size=(200, 3))
-    explained = compute_attributions(shap_config, validation, lambda rows: _probability(before, rows))
-    baseline = explainability_analysis(shap_config, explained.global_values, expected_value=explained.expected_value)
-    (tmp_path / "baseline").mkdir()
-    (tmp_path / "baseline" / "analysis.json").write_text(json.dumps(baseline))
+    dataset = tmp_path / "validation.csv"
+    dataset.write_text("\n".join(",".join(f"{v:.6f}" for v in [0.0, *row]) for row in validation) + "\n")
+    _cli("monitor", "baseline", "--kind", "explainability", "--config", str(config_path), "--dataset", str(dataset),
+         "--no-header", "--output", str(tmp_path / "baseline"), "--endpoint", captured.endpoint, "--home",
+         str(server.home))
+    baseline = json.loads((tmp_path / "baseline" / "analysis.json").read_text())
+    shap_config = load_shap_config(config)
+    explained = compute_attributions(shap_config, np.round(validation, 6), lambda rows: _probability(before, rows))
+    local = explainability_analysis(shap_config, explained.global_values)
+    for feature, value in local["explanations"]["kernel_shap"]["label0"]["global_shap_values"].items():
+        assert baseline["explanations"]["kernel_shap"]["label0"]["global_shap_values"][feature] == \
+            pytest.approx(value, abs=1e-4)
     assert baseline["explanations"]["kernel_shap"]["label0"]["global_shap_values"]["x0"] > \
         baseline["explanations"]["kernel_shap"]["label0"]["global_shap_values"]["x1"]
 
@@ -184,7 +203,8 @@ def test_bias_drift_when_one_groups_outcomes_flip(server: MoorageServer, tmp_pat
     captured = Captured(server, tmp_path, weights)
     config = {"dataset_type": "text/csv", "headers": ["label", "group", "x1", "x2"], "label": "label",
               "label_values_or_threshold": [1], "facet": [{"name_or_index": "group", "value_or_threshold": [1]}],
-              "probability_threshold": 0.5, "methods": {"post_training_bias": {"methods": "all"}}}
+              "probability_threshold": 0.5, "methods": {"pre_training_bias": {"methods": "all"},
+                                                        "post_training_bias": {"methods": "all"}}}
     config_path = tmp_path / "bias_config.json"
     config_path.write_text(json.dumps(config))
     rng = np.random.default_rng(5)
@@ -199,9 +219,21 @@ def test_bias_drift_when_one_groups_outcomes_flip(server: MoorageServer, tmp_pat
 
     frame = pd.DataFrame(validation, columns=["group", "x1", "x2"]).astype({"group": int})
     frame["label"] = (rng.random(600) < probability).astype(int)
-    baseline = bias_analysis(config, frame, probability, predicted_probability=True)
-    (tmp_path / "baseline").mkdir()
-    (tmp_path / "baseline" / "analysis.json").write_text(json.dumps(baseline))
+    frame["predicted"] = (probability > 0.5).astype(int)
+    dataset = tmp_path / "validation.csv"
+    frame[["label", "group", "x1", "x2", "predicted"]].to_csv(dataset, index=False)
+    # The baseline job from the command line: pre- and post-training metrics of the validation set.
+    _cli("monitor", "baseline", "--kind", "bias", "--config", str(config_path), "--dataset", str(dataset),
+         "--header", "--predicted-column", "predicted", "--output", str(tmp_path / "baseline"))
+    baseline = json.loads((tmp_path / "baseline" / "analysis.json").read_text())
+    expected = bias_analysis(config, frame.drop(columns="predicted"), frame["predicted"].to_numpy())
+    def values(analysis: dict[str, Any]) -> dict[str, Any]:
+        return {m["name"]: m["value"] if m["value"] is not None else m.get("error")
+                for m in analysis["post_training_bias_metrics"]["facets"]["group"][0]["metrics"]}
+
+    assert set(values(baseline)) == set(values(expected)) and "pre_training_bias_metrics" in baseline
+    for name, value in values(expected).items():
+        assert values(baseline)[name] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-9)), name
 
     # Live traffic whose labels, for group 1 only, are the opposite of what the model predicts.
     live = rows(400)

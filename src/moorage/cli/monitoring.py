@@ -56,15 +56,28 @@ def monitor() -> None:
 @click.option("--ground-truth-attribute", default=None, help="Model quality: the column of the true label.")
 @click.option("--probability-threshold", type=float, default=None,
               help="Binary model quality: the probability from which the prediction is positive (0.5).")
+@click.option("--kind", type=click.Choice(["bias", "explainability"]), default=None,
+              help="A Clarify baseline (analysis.json) for a bias-drift or attribution-drift schedule.")
+@click.option("--config", "config_path", default=None, help="Bias/explainability: Clarify's analysis_config.json.")
+@click.option("--predicted-column", default=None, help="Bias: the dataset's column of the model's predictions.")
+@click.option("--endpoint", default=None,
+              help="Bias/explainability: the endpoint whose model predicts the dataset's rows (CSV in, a score out).")
+@home_option
+@url_option
 def baseline(dataset: str, output: str, header: bool | None, fmt: str | None, problem_type: str | None,
              inference_attribute: str | None, probability_attribute: str | None, ground_truth_attribute: str | None,
-             probability_threshold: float | None) -> None:
-    """Profile a dataset and suggest constraints, as SageMaker's suggest_baseline does (data quality, or model
-    quality with --problem-type)."""
+             probability_threshold: float | None, kind: str | None, config_path: str | None,
+             predicted_column: str | None, endpoint: str | None, home: Path | None, url: str | None) -> None:
+    """Profile a dataset and suggest constraints, as SageMaker's suggest_baseline does (data quality, model
+    quality with --problem-type, bias or explainability with --kind)."""
     _require_extra()
     from moorage.monitor.common.datasets import DatasetError
     from moorage.monitor.data_quality.suggest import suggest_baseline
 
+    if kind is not None:
+        _clarify_baseline(kind, dataset, output, header, fmt, config_path, predicted_column, endpoint,
+                          probability_attribute or inference_attribute, home, url)
+        return
     if problem_type is not None:
         _model_quality_baseline(dataset, output, header, fmt, problem_type, inference_attribute,
                                 probability_attribute, ground_truth_attribute, probability_threshold)
@@ -75,6 +88,62 @@ def baseline(dataset: str, output: str, header: bool | None, fmt: str | None, pr
         fail(str(exc))
     _print_features(result.statistics.body_dict, result.constraints.body_dict)
     click.echo(f"wrote {result.statistics.file_s3_uri} and {result.constraints.file_s3_uri}")
+
+
+def _clarify_baseline(kind: str, dataset: str, output: str, header: bool | None, fmt: str | None,
+                      config_path: str | None, predicted_column: str | None, endpoint: str | None,
+                      attribute: str | None, home: Path | None, url: str | None) -> None:
+    from moorage.monitor.common.datasets import DatasetError
+
+    if not config_path:
+        fail(f"a {kind} baseline needs --config (Clarify's analysis_config.json)")
+    config = json.loads(Path(config_path).read_text())
+    predict = _endpoint_predictor(endpoint, attribute, home, url) if endpoint else None
+    try:
+        if kind == "bias":
+            from moorage.monitor.model_bias.suggest import suggest_baseline as bias_baseline
+
+            if predicted_column is None and predict is None:
+                fail("a bias baseline needs the model's predictions: --predicted-column or --endpoint")
+            written = bias_baseline(dataset, config, output, predicted_column=predicted_column, predict=predict,
+                                    fmt=fmt, header=header)
+        else:
+            from moorage.monitor.model_explainability.suggest import suggest_baseline as shap_baseline
+
+            if predict is None:
+                fail("an explainability baseline calls the model: give --endpoint")
+            written = shap_baseline(dataset, config, output, predict, fmt=fmt, header=header)
+    except (DatasetError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    click.echo(f"wrote {written}")
+
+
+def _endpoint_predictor(endpoint: str, attribute: str | None, home: Path | None, url: str | None) -> Any:
+    """Rows -> one number a row, from the endpoint (CSV in, batches of 500 rows)."""
+    import io
+
+    import numpy as np
+
+    from moorage.cli.common import make_session
+    from moorage.monitor.common.attributes import extract
+
+    runtime = make_session(home, url).sagemaker_runtime_client
+
+    def predict(rows: Any) -> Any:
+        out: list[float] = []
+        matrix = np.asarray(rows, dtype=float)
+        for start in range(0, len(matrix), 500):
+            buffer = io.StringIO()
+            np.savetxt(buffer, matrix[start:start + 500], delimiter=",", fmt="%.17g")
+            reply = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Accept="text/csv",
+                                            Body=buffer.getvalue().encode())
+            content_type = reply.get("ContentType", "text/csv")
+            lines = [line for line in reply["Body"].read().decode().splitlines() if line.strip()]
+            out.extend(float(extract({"observedContentType": content_type, "data": line}, attribute))
+                       for line in lines)
+        return np.asarray(out)
+
+    return predict
 
 
 def _model_quality_baseline(dataset: str, output: str, header: bool | None, fmt: str | None, problem_type: str,

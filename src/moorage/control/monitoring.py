@@ -12,6 +12,7 @@ model lists for these operations.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 from typing import Any
@@ -245,12 +246,14 @@ class Monitoring:
         return out
 
     # -- job definitions, one resource kind per monitoring type -------------------------------------------------
-    def _create_definition(self, req: dict[str, Any], kind: str) -> dict[str, Any]:
+    async def _create_definition(self, req: dict[str, Any], kind: str) -> dict[str, Any]:
         name = req["JobDefinitionName"]
         resource = JOB_DEFINITION_KINDS[kind]
         arn = self.ctx.arn(resource, name)
         body = {k: v for k, v in req.items() if k not in ("Tags", "JobDefinitionName")}
         definition = DEFINITION_PARSERS[kind](body)  # raises ValidationException saying what is wrong
+        if definition.config_uri:
+            await asyncio.to_thread(_check_analysis_config, kind, definition.config_uri)
         if self.ctx.store.get(ENDPOINT, definition.endpoint_name) is None:
             raise ValidationException(
                 f'Could not find endpoint "{self.ctx.arn(ENDPOINT, definition.endpoint_name)}".')
@@ -292,7 +295,7 @@ class Monitoring:
         return {}
 
     async def create_data_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._create_definition(req, DATA_QUALITY)
+        return await self._create_definition(req, DATA_QUALITY)
 
     async def describe_data_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
         return self._describe_definition(req, DATA_QUALITY)
@@ -304,7 +307,7 @@ class Monitoring:
         return self._delete_definition(req, DATA_QUALITY)
 
     async def create_model_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._create_definition(req, MODEL_QUALITY)
+        return await self._create_definition(req, MODEL_QUALITY)
 
     async def describe_model_quality_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
         return self._describe_definition(req, MODEL_QUALITY)
@@ -316,7 +319,7 @@ class Monitoring:
         return self._delete_definition(req, MODEL_QUALITY)
 
     async def create_model_bias_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._create_definition(req, MODEL_BIAS)
+        return await self._create_definition(req, MODEL_BIAS)
 
     async def describe_model_bias_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
         return self._describe_definition(req, MODEL_BIAS)
@@ -328,7 +331,7 @@ class Monitoring:
         return self._delete_definition(req, MODEL_BIAS)
 
     async def create_model_explainability_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._create_definition(req, MODEL_EXPLAINABILITY)
+        return await self._create_definition(req, MODEL_EXPLAINABILITY)
 
     async def describe_model_explainability_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
         return self._describe_definition(req, MODEL_EXPLAINABILITY)
@@ -338,3 +341,24 @@ class Monitoring:
 
     async def delete_model_explainability_job_definition(self, req: dict[str, Any]) -> dict[str, Any]:
         return self._delete_definition(req, MODEL_EXPLAINABILITY)
+
+
+def _check_analysis_config(kind: str, uri: str) -> None:
+    """Clarify's analysis configuration at ``uri`` can drive this kind of job (ValidationException if not)."""
+    from moorage.monitor.common.formats import load_json
+
+    try:
+        document = load_json(uri)
+    except Exception as exc:
+        raise ValidationException(f"ConfigUri {uri}: cannot read the analysis configuration: {exc}") from exc
+    try:
+        if kind == MODEL_BIAS:
+            from moorage.monitor.model_bias.analysis import load_analysis_config
+
+            load_analysis_config(document)
+        else:
+            from moorage.monitor.model_explainability.attributions import load_shap_config
+
+            load_shap_config(document)
+    except ValueError as exc:
+        raise ValidationException(f"ConfigUri {uri}: {exc}") from exc

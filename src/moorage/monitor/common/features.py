@@ -10,12 +10,42 @@ joined with their label and the model's prediction (its probability where the jo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from moorage.monitor.common.attributes import extract
 from moorage.monitor.common.capture_reader import decode_rows
+from moorage.monitor.common.datasets import Dataset, DatasetError
+
+
+def read_dataset(dataset: str | Path, config: Mapping[str, Any], fmt: str | None = None,
+                 header: bool | None = None) -> Any:
+    """The data set as a DataFrame whose columns are the configuration's headers (a CSV without a header
+    is named by them, in order)."""
+    import pyarrow as pa
+
+    batches = list(Dataset.open(dataset, fmt, header))
+    if not batches:
+        raise DatasetError(f"The dataset {dataset} has no rows.")
+    frame = pa.Table.from_batches(batches).to_pandas()
+    headers = [str(h) for h in config.get("headers") or []]
+    if headers and list(frame.columns) != headers and len(frame.columns) == len(headers):
+        frame.columns = headers
+    return numeric_columns(frame)
+
+
+def numeric_columns(frame: Any) -> Any:
+    """Columns read as text that are all numbers become numbers (whole numbers integers), as a data set
+    read with its types has them."""
+    import pandas as pd
+
+    for column in frame.columns:
+        numeric = pd.to_numeric(frame[column], errors="coerce")
+        if numeric.notna().all():
+            frame[column] = _integral(numeric)
+    return frame
 
 
 def feature_names(config: Mapping[str, Any]) -> list[str]:
@@ -69,11 +99,8 @@ def features_of(merged: Any, config: Mapping[str, Any], features_attribute: str 
     if rows and names and len(rows[0]) != len(names):
         raise ValueError(f"the captured rows have {len(rows[0])} features but the analysis configuration's headers "
                          f"name {len(names)} ({', '.join(names)})")
-    frame = pd.DataFrame(rows, columns=names or None)
-    for column in frame.columns:
-        # CSV fields arrive as text: numbers where the whole column is numeric, as the data set had them.
-        numeric = pd.to_numeric(frame[column], errors="coerce")
-        frame[column] = _integral(numeric) if numeric.notna().all() else frame[column]
+    # CSV fields arrive as text: numbers where the whole column is numeric, as the data set had them.
+    frame = numeric_columns(pd.DataFrame(rows, columns=names or None))
     label = config.get("label")
     headers = [str(h) for h in config.get("headers") or []]
     if isinstance(label, int) and 0 <= label < len(headers):
