@@ -18,14 +18,26 @@ from typing import Any
 
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError
 
-from e2e_support import ROLE_ARN, Deployer, MoorageServer, new_name, pack_model, variant, wait_until
+from e2e_support import (
+    ROLE_ARN,
+    Deployer,
+    MoorageServer,
+    err_code,
+    err_message,
+    new_name,
+    pack_model,
+    variant,
+    wait_until,
+)
 from moorage.monitor.model_explainability.attributions import (
     compute_attributions,
     explainability_analysis,
     load_shap_config,
 )
 from moorage.sdk import Predictor, Session
+from moorage.sdk.monitor import ModelExplainabilityMonitor
 
 pytestmark = pytest.mark.e2e
 
@@ -161,6 +173,12 @@ def test_attribution_drift_when_the_models_reliance_moves(server: MoorageServer,
          "--no-header", "--output", str(tmp_path / "baseline"), "--endpoint", captured.endpoint, "--home",
          str(server.home))
     baseline = json.loads((tmp_path / "baseline" / "analysis.json").read_text())
+    # The SDK's ModelExplainabilityMonitor makes the same baseline.
+    monitor = ModelExplainabilityMonitor(role=ROLE_ARN, sagemaker_session=Session(home=server.home))
+    monitor.suggest_baseline(str(dataset), config_path, captured.endpoint, str(tmp_path / "sdk-baseline"),
+                             dataset_format={"csv": {"header": False}})
+    sdk_values = monitor.latest_analysis()["explanations"]["kernel_shap"]["label0"]["global_shap_values"]
+    assert sdk_values == pytest.approx(baseline["explanations"]["kernel_shap"]["label0"]["global_shap_values"])
     shap_config = load_shap_config(config)
     explained = compute_attributions(shap_config, np.round(validation, 6), lambda rows: _probability(before, rows))
     local = explainability_analysis(shap_config, explained.global_values)
@@ -236,6 +254,19 @@ def test_bias_drift_when_one_groups_outcomes_flip(server: MoorageServer, tmp_pat
         assert values(baseline)[name] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-9)), name
 
     # Live traffic whose labels, for group 1 only, are the opposite of what the model predicts.
+    # An analysis configuration that cannot work is refused at creation, naming the field.
+    broken = tmp_path / "broken_config.json"
+    broken.write_text(json.dumps({**config, "facet": [{"name_or_index": "group", "value_or_threshold": "one"}]}))
+    with pytest.raises(ClientError) as refused:
+        captured.sm.create_model_bias_job_definition(
+            JobDefinitionName=new_name("bad-bias"), RoleArn=ROLE_ARN,
+            JobResources={"ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1}},
+            ModelBiasAppSpecification={"ImageUri": "moorage/clarify", "ConfigUri": broken.as_uri()},
+            ModelBiasJobInput={"EndpointInput": {"EndpointName": captured.endpoint, "LocalPath": "/opt/ml/input"},
+                               "GroundTruthS3Input": {"S3Uri": (tmp_path / "gt").as_uri()}},
+            ModelBiasJobOutputConfig=_output(captured.endpoint, captured.output))
+    assert err_code(refused.value) == "ValidationException" and "value_or_threshold" in err_message(refused.value)
+
     live = rows(400)
     scores = np.asarray(captured.send(live, "bias"))
     truth = (rng.random(400) < scores).astype(int)

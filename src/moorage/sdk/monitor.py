@@ -17,6 +17,7 @@ settings are accepted for compatibility and ignored by a local run.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from moorage.monitor.common.formats import CONSTRAINTS_FILE, STATISTICS_FILE, Constraints, Statistics, join
+from moorage.sdk.session import Session
 
-__all__ = ["BaselineJob", "Constraints", "DatasetFormat", "DefaultModelMonitor", "ModelQualityMonitor", "Statistics"]
+__all__ = ["BaselineJob", "Constraints", "DatasetFormat", "DefaultModelMonitor", "ModelBiasMonitor",
+           "ModelExplainabilityMonitor", "ModelQualityMonitor", "Statistics"]
 
 
 class DatasetFormat:
@@ -181,4 +184,84 @@ class ModelQualityMonitor(DefaultModelMonitor):
                                   probability_threshold=probability_threshold_attribute, fmt=fmt, header=header)
         self._statistics = ModelQualityDocument(result.statistics, result.statistics_uri)  # type: ignore[assignment]
         self._constraints = ModelQualityDocument(result.constraints, result.constraints_uri)  # type: ignore[assignment]
+        return self._ran(name, output)
+
+
+class _ClarifyMonitor(DefaultModelMonitor):
+    """A Clarify baseline run here: Clarify's analysis configuration (a dict or a path to
+    analysis_config.json) and a local data set; the model's predictions from a column of it or from
+    an endpoint (``endpoint_name``, called through this session's server)."""
+
+    kind = ""
+
+    def _config(self, analysis_config: dict[str, Any] | str | Path) -> dict[str, Any]:
+        if isinstance(analysis_config, dict):
+            return analysis_config
+        return dict(json.loads(Path(analysis_config).read_text()))
+
+    def _predict(self, endpoint_name: str, attribute: str | None = None) -> Any:
+        import io
+
+        import numpy as np
+
+        from moorage.monitor.common.attributes import extract
+
+        runtime = (self.sagemaker_session or Session()).sagemaker_runtime_client
+
+        def predict(rows: Any) -> Any:
+            out: list[float] = []
+            matrix = np.asarray(rows, dtype=float)
+            for start in range(0, len(matrix), 500):
+                buffer = io.StringIO()
+                np.savetxt(buffer, matrix[start:start + 500], delimiter=",", fmt="%.17g")
+                reply = runtime.invoke_endpoint(EndpointName=endpoint_name, ContentType="text/csv",
+                                                Accept="text/csv", Body=buffer.getvalue().encode())
+                content_type = reply.get("ContentType", "text/csv")
+                out.extend(float(extract({"observedContentType": content_type, "data": line}, attribute))
+                           for line in reply["Body"].read().decode().splitlines() if line.strip())
+            return np.asarray(out)
+
+        return predict
+
+    def latest_analysis(self) -> dict[str, Any]:
+        """The latest baseline's ``analysis.json``."""
+        if self.latest_baselining_job is None:
+            raise ValueError("no baselining job has run yet: call suggest_baseline first")
+        return dict(json.loads(Path(join(self.latest_baselining_job.outputs, "analysis.json")).read_text()))
+
+
+class ModelBiasMonitor(_ClarifyMonitor):
+    """``sagemaker.model_monitor.ModelBiasMonitor``'s baseline: Clarify's pre- and post-training bias metrics."""
+
+    def suggest_baseline(self, baseline_dataset: str | Path, analysis_config: dict[str, Any] | str | Path,
+                         output_s3_uri: str | None = None, *, predicted_column: str | None = None,
+                         endpoint_name: str | None = None, probability_attribute: str | None = None,
+                         dataset_format: dict[str, Any] | None = None, job_name: str | None = None,
+                         **ignored: Any) -> BaselineJob:
+        from moorage.monitor.model_bias.suggest import suggest_baseline
+
+        dataset, name, output = self._local_job(baseline_dataset, job_name, output_s3_uri)
+        if predicted_column is None and endpoint_name is None:
+            raise ValueError("the model's predictions are needed: predicted_column or endpoint_name")
+        fmt, header = _reader_options(dataset_format)
+        suggest_baseline(dataset.removeprefix("file://"), self._config(analysis_config), output,
+                         predicted_column=predicted_column,
+                         predict=self._predict(endpoint_name, probability_attribute) if endpoint_name else None,
+                         fmt=fmt, header=header)
+        return self._ran(name, output)
+
+
+class ModelExplainabilityMonitor(_ClarifyMonitor):
+    """``sagemaker.model_monitor.ModelExplainabilityMonitor``'s baseline: global SHAP values (Clarify's)."""
+
+    def suggest_baseline(self, baseline_dataset: str | Path, analysis_config: dict[str, Any] | str | Path,
+                         endpoint_name: str, output_s3_uri: str | None = None, *,
+                         probability_attribute: str | None = None, dataset_format: dict[str, Any] | None = None,
+                         job_name: str | None = None, **ignored: Any) -> BaselineJob:
+        from moorage.monitor.model_explainability.suggest import suggest_baseline
+
+        dataset, name, output = self._local_job(baseline_dataset, job_name, output_s3_uri)
+        fmt, header = _reader_options(dataset_format)
+        suggest_baseline(dataset.removeprefix("file://"), self._config(analysis_config), output,
+                         self._predict(endpoint_name, probability_attribute), fmt=fmt, header=header)
         return self._ran(name, output)
