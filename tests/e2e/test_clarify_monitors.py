@@ -211,6 +211,8 @@ def test_attribution_drift_when_the_models_reliance_moves(server: MoorageServer,
     analysis = json.loads(Path(execution["AnalysisUri"].removeprefix("file://")).read_text())
     current = analysis["explanations"]["kernel_shap"]["label0"]["global_shap_values"]
     assert current["x1"] > current["x0"] and not math.isnan(current["x2"])
+    page = Path(execution["ReportUri"].removeprefix("file://")).read_text()
+    assert "Baseline and current attributions" in page and "NDCG" in page
     captured.deployer.cleanup()
 
 

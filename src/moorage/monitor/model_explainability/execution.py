@@ -17,7 +17,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from moorage.monitor.common.jobs import ExecutionWindow, Outcome, iso
+from moorage.monitor.common.jobs import REPORT_FILE, ExecutionWindow, Outcome, iso
 
 RUNNER = "moorage.monitor.model_explainability.execution:run_spec"
 ANALYSIS_FILE = "analysis.json"
@@ -56,7 +56,13 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         explainability_analysis,
         load_shap_config,
     )
-    from moorage.monitor.model_explainability.drift import check_attribution_drift, metric_values, violations_document
+    from moorage.monitor.model_explainability.drift import (
+        check_attribution_drift,
+        drift_scores,
+        metric_values,
+        violations_document,
+    )
+    from moorage.monitor.model_explainability.report import write_report
 
     result = Outcome(spec)
     location, failed = result.location, result.failed
@@ -108,6 +114,14 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         result["Metrics"] = metric_values(analysis)
         result["Violations"] = len(violations)
         result["Explained"] = {"Rows": len(rows), "ModelCalls": client.calls, "Method": attributions.method}
+        scores = drift_scores(analysis, baseline) if baseline is not None else {}
+        result["ReportUri"] = write_report(
+            location, REPORT_FILE, analysis=analysis, baseline=baseline, violations=violations,
+            ndcg=min(scores.values()) if scores else None,
+            meta={"execution": spec.execution_name, "schedule": spec.schedule_name, "endpoint": spec.endpoint_name,
+                  "window_start": iso(spec.window_start), "window_end": iso(spec.window_end),
+                  "rows explained": len(rows), "method": attributions.method,
+                  "baseline": spec.constraints_uri or "none"})
     except Exception as exc:
         return failed(f"Writing the results to {location} failed: {type(exc).__name__}: {exc}")
     return result.done(len(violations))
