@@ -16,8 +16,8 @@ Layout, one folder per SageMaker monitor type beside the parts they share::
                        common/attributes) -> metrics (statistics.json), constraints and violations in
                        SageMaker's shape, a label-free estimate while labels are late (cbpe), the
                        baseline (suggest) and the execution with its report
-      model_bias/      (to come) ModelBias: bias metrics, as SageMaker Clarify writes them
-      model_explainability/  (to come) feature attributions (SHAP) and their drift
+      model_bias/      ModelBias: Clarify's bias metrics, analysis.json, drift checks, baselines
+      model_explainability/  ModelExplainability: SHAP attributions, NDCG drift, baselines, report
 
 A new type is a sibling of ``data_quality/`` with the same three steps where they apply (Deequ's
 split: **profile** the data into mergeable metrics, **suggest** a baseline's constraints from
