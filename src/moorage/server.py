@@ -27,9 +27,15 @@ def serve(settings: Settings) -> None:
 
     logging.basicConfig(level=settings.server.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # The home holds every container Environment (the database) and fragments of payloads (logs,
+    # captures): only its owner reads it. New files are the owner's alone; old ones are made so.
+    os.umask(0o077)
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.home, 0o700)
+    _lock_home(settings)  # held (the descriptor stays open) until the process exits
     creds, generated = admin_credentials(settings)
     app = MoorageApp(settings, [creds])
+    _private_database(settings)
     (settings.home / SERVER_FILE).write_bytes(
         orjson.dumps({"url": settings.url, "pid": os.getpid(), "region": settings.region}))
     print(f"moorage serving on {settings.url} (home {settings.home})", flush=True)
@@ -45,6 +51,39 @@ def serve(settings: Settings) -> None:
                             proxy_headers=False, server_header=False)
     _uvicorn_server_class()(config).run()
     logging.getLogger("moorage.server").info("stopped")
+
+
+LOCK_FILE = "server.lock"
+
+
+def _lock_home(settings: Settings) -> int:
+    """One server per home: a second would bring back the same endpoints and fight over the same files.
+    An advisory lock on a file of the home; the OS drops it when the process ends, even by kill -9."""
+    import fcntl
+
+    path = settings.home / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        print(f"error: another moorage server (pid {holder}) is serving home {settings.home}; stop it first or "
+              f"give this one another home (--home or MOORAGE_HOME).", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _private_database(settings: Settings) -> None:
+    """A SQLite database made by an older version, or by hand, becomes the owner's alone too."""
+    url = settings.database_url or ""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.chmod(path + suffix, 0o600)
 
 
 def _uvicorn_server_class() -> type:

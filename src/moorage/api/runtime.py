@@ -33,8 +33,12 @@ from moorage.store.metadata import MetadataStore
 
 log = logging.getLogger("moorage.runtime")
 
-# InvokeEndpoint's documented payload limit.
+# InvokeEndpoint's documented payload limit, and its limits on two headers.
 MAX_PAYLOAD = 6 * 1024 * 1024
+MAX_CUSTOM_ATTRIBUTES = 1024
+MAX_INFERENCE_ID = 64
+_LIMITED = {b"x-amzn-sagemaker-custom-attributes": ("CustomAttributes", MAX_CUSTOM_ATTRIBUTES),
+            b"x-amzn-sagemaker-inference-id": ("InferenceId", MAX_INFERENCE_ID)}
 _PREFIX = len("/endpoints/")
 _SUFFIX = len("/invocations")
 # Request headers passed through to the container, as SageMaker passes them.
@@ -68,6 +72,12 @@ class RuntimeFrontDoor:
         for key, value in scope["headers"]:
             header = _FORWARDED.get(key)
             if header is not None:
+                limit = _LIMITED.get(key)
+                if limit is not None and len(value) > limit[1]:
+                    await respond_api_error(send, RuntimeValidationError(
+                        f"1 validation error detected: Value at '{limit[0][0].lower() + limit[0][1:]}' failed to "
+                        f"satisfy constraint: Member must have length less than or equal to {limit[1]}"), JSON)
+                    return
                 forwarded.append(b"%s: %s\r\n" % (header, value))
             elif key == b"x-amzn-sagemaker-target-variant":
                 target_variant = value.decode("latin-1")

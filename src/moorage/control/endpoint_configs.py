@@ -39,8 +39,10 @@ class EndpointConfigs:
                 raise ValidationException("Serverless variants (ServerlessConfig) are not supported yet.")
             if not variant.get("InitialInstanceCount"):
                 raise ValidationException(f"Variant '{vname}' needs an InitialInstanceCount of at least 1.")
-            weight = variant.setdefault("InitialVariantWeight", 1.0)
-            if weight < 0:
+            if variant.get("InitialVariantWeight") is None:  # absent, or null in a hand-written request
+                variant["InitialVariantWeight"] = 1.0
+            weight = variant["InitialVariantWeight"]
+            if not isinstance(weight, int | float) or weight < 0:
                 raise ValidationException(f"Variant '{vname}' has a negative InitialVariantWeight.")
         frequency = (req.get("MetricsConfig") or {}).get("MetricPublishFrequencyInSeconds")
         if frequency is not None and frequency not in PUBLISH_FREQUENCIES:

@@ -292,6 +292,13 @@ class Endpoints:
             log.error("endpoint %s failed: %s%s", name, variant, reason)
             self._save(name, FAILED, FailureReason=f"{variant}{reason}")
             return
+        except Exception as exc:  # a bug or a bad value nobody checked: the endpoint fails, saying why
+            if recovering:
+                self.ctx.routes.unpublish(name)
+            log.exception("endpoint %s failed to come up", name)
+            self._save(name, FAILED, FailureReason=f"The endpoint could not be brought up: {type(exc).__name__}: "
+                                                   f"{exc}"[:1024])
+            return
         current = self.ctx.store.get(ENDPOINT, name)
         if current is None or current.status == DELETING:
             if recovering:

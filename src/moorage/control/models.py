@@ -19,6 +19,7 @@ from moorage.runtimes.frameworks import FRAMEWORK_CLASSES
 from moorage.runtimes.registry import UnsupportedImage, missing_packages, resolve_image, supported_images
 from moorage.serving.model_cache import budget_for
 from moorage.store.artifacts import ArtifactError, describe
+from moorage.store.locations import StorageError, check_location
 from moorage.store.metadata import AlreadyExists
 
 BYO = "byo"
@@ -141,6 +142,12 @@ class Models:
             raise ValidationException(where + exc.message) from exc
 
     async def _check_one(self, container: dict[str, Any]) -> None:
+        url = model_data_url(container)
+        if url:
+            try:
+                check_location(url, "ModelDataUrl")
+            except StorageError as exc:
+                raise ValidationException(str(exc)) from exc
         multi_model = container.get("Mode") == "MultiModel"
         if multi_model:
             self._check_multi_model(container)
@@ -169,7 +176,6 @@ class Models:
                 missing = missing_packages(spec)
                 if missing:
                     raise ValidationException(missing)
-        url = model_data_url(container)
         if url and not multi_model:
             try:
                 describe(url)

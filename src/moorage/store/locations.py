@@ -26,6 +26,21 @@ class StorageError(Exception):
     """A location that cannot be reached or read; the message says which and why."""
 
 
+# What a user may name as a location: a path, file:// or s3:// (fsspec knows many more, but an
+# ftp://, zip:// or data: URL in a model or a job is a mistake, not a feature, and some of them
+# fail deep inside fsspec with internal messages).
+USER_SCHEMES = ("", "file", "s3")
+
+
+def check_location(url: str, what: str = "location") -> None:
+    """StorageError unless ``url`` is a location a user may name (``what`` says which field it was)."""
+    if "\x00" in url:
+        raise StorageError(f"{what} {url!r} contains a NUL character.")
+    scheme = urlsplit(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
+    if scheme not in USER_SCHEMES:
+        raise StorageError(f"{what} {url}: the {scheme}: scheme is not supported; use a path, file:// or s3://.")
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for ``url`` and the path inside it."""
     if url.startswith("s3://"):

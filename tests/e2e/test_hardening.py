@@ -1,0 +1,128 @@
+"""Hardening (issue 19), the defects fixed so far, each with the test that failed before:
+the home is its owner's alone, one server per home, client mistakes are ValidationExceptions
+rather than 500s, a bring-up that fails unexpectedly ends Failed with the reason, and
+InvokeEndpoint's limits on CustomAttributes and InferenceId are enforced.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from e2e_support import (
+    REGION,
+    Deployer,
+    MoorageServer,
+    ServerError,
+    err_code,
+    err_message,
+    file_url,
+    http_request,
+    new_name,
+    pack_model,
+    variant,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_home_is_private_and_served_by_one_server(fresh_server: Callable[..., MoorageServer],
+                                                       artifacts: Path, classifier: Any) -> None:
+    srv = fresh_server()
+    dep = Deployer(srv)
+    clf, _ = classifier
+    name = dep.deploy("private", file_url(pack_model(artifacts / "private", clf)))
+    assert _mode(srv.home) == 0o700
+    assert _mode(srv.home / "moorage.db") == 0o600
+    logs = [p for p in srv.home.rglob("*.log") if p.name != "server.log"]  # server.log is the test's own file
+    assert logs and all(_mode(p) == 0o600 for p in logs), [(p, oct(_mode(p))) for p in logs]
+
+    second = MoorageServer(srv.home)
+    with pytest.raises(ServerError):
+        second.start(timeout=30)
+    assert "another moorage server" in second.log_tail()
+    assert srv.rt().invoke_endpoint(EndpointName=name, Body=b"1,2,3,4", ContentType="text/csv")  # still serving
+    dep.cleanup()
+
+
+def test_client_mistakes_are_validation_errors(server: MoorageServer, artifacts: Path, classifier: Any) -> None:
+    sm = server.sm()
+    for url in ("s3://bucket/model\x00.tar.gz", "ftp://host/model.tar.gz", "zip://model.tar.gz",
+                "hdfs://namenode/model.tar.gz", "data:,abc"):
+        with pytest.raises(ClientError) as refused:
+            sm.create_model(ModelName=new_name("bad-url"), ExecutionRoleArn="arn:aws:iam::000000000000:role/x",
+                            PrimaryContainer={"Image": "sklearn", "ModelDataUrl": url})
+        assert err_code(refused.value) == "ValidationException", (url, refused.value)
+        assert "ModelDataUrl" in err_message(refused.value)
+
+    # InitialVariantWeight: null, as a hand-written JSON request can send it.
+    clf, _ = classifier
+    dep = Deployer(server)
+    model = dep.model(new_name("null-weight"), file_url(pack_model(artifacts / "null-weight", clf)))
+    config = new_name("null-weight")
+    document = {"EndpointConfigName": config, "ProductionVariants": [
+        {"VariantName": "AllTraffic", "ModelName": model, "InitialInstanceCount": 1,
+         "InstanceType": "ml.m5.large", "InitialVariantWeight": None}]}
+    status, _, body = _json_door(server, "CreateEndpointConfig", document)
+    assert status in (200, 400), body
+    if status == 200:
+        dep.configs.append(config)
+        described = sm.describe_endpoint_config(EndpointConfigName=config)
+        assert described["ProductionVariants"][0]["InitialVariantWeight"] == 1.0
+    else:
+        assert json.loads(body)["__type"].endswith("ValidationException")
+    dep.cleanup()
+
+
+def _json_door(server: MoorageServer, operation: str, document: dict[str, Any]) -> tuple[int, Any, bytes]:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    body = json.dumps(document).encode()
+    request = AWSRequest(method="POST", url=server.url + "/", data=body, headers={
+        "X-Amz-Target": f"SageMaker.{operation}", "Content-Type": "application/x-amz-json-1.1"})
+    SigV4Auth(Credentials(server.access_key_id, server.secret_access_key), "sagemaker", REGION).add_auth(request)
+    return http_request("POST", server.url + "/", body=body, headers=dict(request.headers.items()))
+
+
+def test_a_bring_up_with_a_nul_in_the_environment_never_stays_creating(server: MoorageServer, artifacts: Path,
+                                                        classifier: Any) -> None:
+    clf, _ = classifier
+    dep = Deployer(server)
+    model = dep.model(new_name("nul-env"), file_url(pack_model(artifacts / "nul-env", clf)),
+                      env={"SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code\x00x"})
+    config = dep.config(new_name("nul-env"), [variant("AllTraffic", model)])
+    endpoint = dep.endpoint(new_name("nul-env"), config)
+    desc = wait_until(lambda: (d := server.sm().describe_endpoint(EndpointName=endpoint))["EndpointStatus"]
+                      != "Creating" and d, 60, interval=0.3, what="the endpoint to leave Creating")
+    # The probe's trigger: it must never stay Creating (here the NUL does not reach a system call).
+    assert desc["EndpointStatus"] == "InService" or (desc["EndpointStatus"] == "Failed" and desc["FailureReason"])
+    dep.cleanup()
+
+
+def test_invoke_endpoint_header_limits(server: MoorageServer, artifacts: Path, classifier: Any) -> None:
+    clf, _ = classifier
+    dep = Deployer(server)
+    name = dep.deploy("limits", file_url(pack_model(artifacts / "limits", clf)))
+    loose = server.rt(validate=False)
+    for extra, field in (({"CustomAttributes": "a" * 1025}, "customAttributes"), ({"InferenceId": "i" * 65},
+                                                                                   "inferenceId")):
+        with pytest.raises(ClientError) as refused:
+            loose.invoke_endpoint(EndpointName=name, Body=b"1,2,3,4", ContentType="text/csv", **extra)
+        assert err_code(refused.value) == "ValidationError" and field in err_message(refused.value)
+    answer = loose.invoke_endpoint(EndpointName=name, Body=b"1,2,3,4", ContentType="text/csv",
+                                   CustomAttributes="a" * 1024, InferenceId="i" * 64)
+    assert answer["Body"].read()
+    dep.cleanup()
