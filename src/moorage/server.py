@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -33,6 +34,8 @@ def serve(settings: Settings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(settings.home, 0o700)
     _lock_home(settings)  # held (the descriptor stays open) until the process exits
+    # Bound before anything says "serving": a busy port is the first and only thing reported.
+    listener = _bind(settings)
     creds, generated = admin_credentials(settings)
     app = MoorageApp(settings, [creds])
     _private_database(settings)
@@ -44,12 +47,15 @@ def serve(settings: Settings) -> None:
               f"(AWS_SHARED_CREDENTIALS_FILE={settings.credentials_path})", flush=True)
     else:
         print(f"admin key id {creds.access_key_id}; credentials file {settings.credentials_path}", flush=True)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {settings.host} over plain HTTP: anyone who can reach this port sees requests "
+              f"and answers unencrypted; keep it on a trusted network", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                             lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=15,
                             timeout_keep_alive=75,
                             # No proxy in front by default; its middleware would run on every request.
                             proxy_headers=False, server_header=False)
-    _uvicorn_server_class()(config).run()
+    _uvicorn_server_class()(config).run(sockets=[listener])
     logging.getLogger("moorage.server").info("stopped")
 
 
@@ -74,6 +80,22 @@ def _lock_home(settings: Settings) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def _bind(settings: Settings) -> socket.socket:
+    """The listening socket on the server's host and port; a clear error (exit 1) when it cannot be had."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((settings.host, settings.port))
+    except OSError as exc:
+        listener.close()
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; another process "
+              f"may be using the port (--port or MOORAGE_PORT to choose another)", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    listener.set_inheritable(True)
+    return listener
 
 
 def _private_database(settings: Settings) -> None:

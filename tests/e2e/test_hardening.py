@@ -7,7 +7,9 @@ InvokeEndpoint's limits on CustomAttributes and InferenceId are enforced.
 from __future__ import annotations
 
 import json
+import socket
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,3 +128,26 @@ def test_invoke_endpoint_header_limits(server: MoorageServer, artifacts: Path, c
                                    CustomAttributes="a" * 1024, InferenceId="i" * 64)
     assert answer["Body"].read()
     dep.cleanup()
+
+
+def test_a_busy_port_is_reported_before_anything_else(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        srv = MoorageServer(tmp_path / "home", port=taken.getsockname()[1])
+        with pytest.raises(ServerError):
+            srv.start(timeout=30)
+        log = srv.log_tail()
+    assert "cannot listen on 127.0.0.1" in log and "moorage serving on" not in log
+
+
+def test_websocket_upgrades_are_refused_quietly(server: MoorageServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(b"GET /moorage/v1/endpoints HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        answer = conn.recv(200)
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    status, _, body = http_request("GET", server.url + "/moorage/v1/no-such-route")
+    assert status == 404 and json.loads(body)["__type"] == "UnknownOperationException"
+    time.sleep(0.2)
+    assert "ERROR" not in server.log_tail(lines=30)

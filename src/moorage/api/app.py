@@ -115,6 +115,9 @@ class MoorageApp:
                 await respond_error(send, "UnknownOperationException", f"No route for {path}.", 404, JSON)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+        elif kind == "websocket":
+            # No route speaks WebSocket: refuse the upgrade (403) quietly, not as an application error.
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
