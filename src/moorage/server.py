@@ -92,7 +92,7 @@ def _bind(settings: Settings) -> socket.socket:
     except OSError as exc:
         listener.close()
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; another process "
-              f"may be using the port (--port or MOORAGE_PORT to choose another)", file=sys.stderr, flush=True)
+              f"may be using the port (--port to choose another)", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     listener.set_inheritable(True)
     return listener

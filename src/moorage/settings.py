@@ -408,6 +408,9 @@ class InstanceSettings(Section):
                                  minimum=1)
     log_backups: int = setting(3, "MOORAGE_LOG_BACKUPS", WHOLE,
                                "Rotated instance logs kept (a model's Environment may set its own).", minimum=0)
+    max_per_variant: int = setting(64, "MOORAGE_MAX_INSTANCES_PER_VARIANT", WHOLE,
+                                   "Instances one variant may be given (InitialInstanceCount, DesiredInstanceCount, "
+                                   "an autoscaling MaxCapacity), at most.", minimum=1)
 
 
 @dataclass(frozen=True)

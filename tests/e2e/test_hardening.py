@@ -151,3 +151,27 @@ def test_websocket_upgrades_are_refused_quietly(server: MoorageServer) -> None:
     assert status == 404 and json.loads(body)["__type"] == "UnknownOperationException"
     time.sleep(0.2)
     assert "ERROR" not in server.log_tail(lines=30)
+
+
+def test_instance_counts_are_bounded(server: MoorageServer, artifacts: Path, classifier: Any) -> None:
+    clf, _ = classifier
+    dep = Deployer(server)
+    sm = server.sm()
+    model = dep.model(new_name("quota"), file_url(pack_model(artifacts / "quota", clf)))
+    with pytest.raises(ClientError) as refused:
+        dep.config(new_name("quota"), [variant("AllTraffic", model, count=2**31 - 1)])
+    assert err_code(refused.value) == "ValidationException" and "MOORAGE_MAX_INSTANCES_PER_VARIANT" in \
+        err_message(refused.value)
+    name = dep.deploy("quota", file_url(pack_model(artifacts / "quota", clf)))
+    with pytest.raises(ClientError) as refused:
+        sm.update_endpoint_weights_and_capacities(EndpointName=name, DesiredWeightsAndCapacities=[
+            {"VariantName": "AllTraffic", "DesiredInstanceCount": 1000}])
+    assert err_code(refused.value) == "ValidationException"
+    autoscaling = server.client("application-autoscaling")
+    with pytest.raises(ClientError) as refused:
+        autoscaling.register_scalable_target(
+            ServiceNamespace="sagemaker", ResourceId=f"endpoint/{name}/variant/AllTraffic",
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount", MinCapacity=1, MaxCapacity=10**9)
+    assert err_code(refused.value) == "ValidationException" and "MaxCapacity" in err_message(refused.value)
+    assert sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["DesiredInstanceCount"] == 1
+    dep.cleanup()

@@ -7,7 +7,7 @@ from typing import Any
 from moorage.capture import CaptureConfig
 from moorage.control.context import ENDPOINT_CONFIG, MODEL, Context
 from moorage.control.paging import list_query, page
-from moorage.control.resources import put_tags
+from moorage.control.resources import check_instance_quota, put_tags
 from moorage.control.routing_experiments import check_routing_tags
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
@@ -39,6 +39,7 @@ class EndpointConfigs:
                 raise ValidationException("Serverless variants (ServerlessConfig) are not supported yet.")
             if not variant.get("InitialInstanceCount"):
                 raise ValidationException(f"Variant '{vname}' needs an InitialInstanceCount of at least 1.")
+            check_instance_quota(self.ctx, variant["InitialInstanceCount"], f"Variant '{vname}': InitialInstanceCount")
             if variant.get("InitialVariantWeight") is None:  # absent, or null in a hand-written request
                 variant["InitialVariantWeight"] = 1.0
             weight = variant["InitialVariantWeight"]

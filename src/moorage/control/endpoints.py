@@ -27,7 +27,7 @@ from moorage.control.deployment_config import DeploymentPlan
 from moorage.control.launch import launch_specs
 from moorage.control.models import containers_of
 from moorage.control.paging import list_query, page
-from moorage.control.resources import put_tags, save_changes
+from moorage.control.resources import check_instance_quota, put_tags, save_changes
 from moorage.control.routing_experiments import RoutingExperiments
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
@@ -559,6 +559,9 @@ class Endpoints:
             if "DesiredWeight" not in change and "DesiredInstanceCount" not in change:
                 raise ValidationException(
                     f"Specify DesiredWeight or DesiredInstanceCount for variant {change['VariantName']}.")
+            if "DesiredInstanceCount" in change:
+                check_instance_quota(self.ctx, change["DesiredInstanceCount"],
+                                     f"Variant '{change['VariantName']}': DesiredInstanceCount")
         # The store first: from here on this is what the endpoint is, whatever happens to this server.
         for change in desired:
             self.ctx.store.update_desired(

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from moorage.control.context import ENDPOINT, Context
+from moorage.control.resources import check_instance_quota
 from moorage.control.times import timestamp
 from moorage.errors import ObjectNotFound, ScalingResourceNotFound, ValidationException
 from moorage.store.metadata import AlreadyExists, ListQuery, Resource
@@ -137,6 +138,7 @@ class Scaling:
         if body["MinCapacity"] < 1:
             raise ValidationException(
                 f"MinCapacity must be at least 1 for a SageMaker variant, not {body['MinCapacity']}.")
+        check_instance_quota(self.ctx, body["MaxCapacity"], "MaxCapacity")
         if body["MinCapacity"] > body["MaxCapacity"]:
             raise ValidationException(
                 f"Minimum capacity {body['MinCapacity']} cannot be greater than maximum capacity "
