@@ -175,3 +175,20 @@ def test_instance_counts_are_bounded(server: MoorageServer, artifacts: Path, cla
     assert err_code(refused.value) == "ValidationException" and "MaxCapacity" in err_message(refused.value)
     assert sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["DesiredInstanceCount"] == 1
     dep.cleanup()
+
+
+def test_an_unwritable_capture_destination_is_refused(server: MoorageServer, artifacts: Path, classifier: Any,
+                                                      tmp_path: Path) -> None:
+    clf, _ = classifier
+    dep = Deployer(server)
+    model = dep.model(new_name("capture-dest"), file_url(pack_model(artifacts / "capture-dest", clf)))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ClientError) as refused:
+        server.sm().create_endpoint_config(
+            EndpointConfigName=new_name("capture-dest"), ProductionVariants=[variant("AllTraffic", model)],
+            DataCaptureConfig={"EnableCapture": True, "InitialSamplingPercentage": 100,
+                               "DestinationS3Uri": str(blocker / "captures"),
+                               "CaptureOptions": [{"CaptureMode": "Input"}]})
+    assert err_code(refused.value) == "ValidationException" and "cannot be written" in err_message(refused.value)
+    dep.cleanup()

@@ -70,6 +70,14 @@ class Destination:
             if os.path.exists(root) and not os.path.isdir(root):
                 raise ValidationException(
                     f"DataCaptureConfig.DestinationS3Uri {uri!r} is a file; it must name a folder.")
+            # Refused now, not found out later as lost records: the folder must be creatable and writable.
+            existing = root
+            while not os.path.exists(existing):
+                existing = os.path.dirname(existing)
+            if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+                raise ValidationException(
+                    f"DataCaptureConfig.DestinationS3Uri {uri!r} cannot be written: {existing} is not a folder this "
+                    f"server can write in.")
             return cls(uri, root.rstrip("/") or "/", True)
         return cls(uri, path.rstrip("/"), False, fs)
 
