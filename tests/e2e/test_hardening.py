@@ -192,3 +192,14 @@ def test_an_unwritable_capture_destination_is_refused(server: MoorageServer, art
                                "CaptureOptions": [{"CaptureMode": "Input"}]})
     assert err_code(refused.value) == "ValidationException" and "cannot be written" in err_message(refused.value)
     dep.cleanup()
+
+
+def test_refused_metric_data_stores_nothing(server: MoorageServer) -> None:
+    namespace = f"Shop/{new_name('all-or-nothing')}"
+    document = {"Namespace": namespace, "MetricData": [
+        {"MetricName": "Orders", "Value": 1}, {"MetricName": "Orders", "Value": 2},
+        {"MetricName": "Orders", "Values": [1, "NaN"]}]}
+    status, _, body = server.signed_request("POST", "/moorage/v1/metrics", json.dumps(document).encode())
+    assert status == 400, body
+    status, _, body = server.signed_request("GET", f"/moorage/v1/metrics/list?Namespace={namespace}")
+    assert status == 200 and json.loads(body)["Metrics"] == [], body

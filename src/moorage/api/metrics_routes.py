@@ -33,6 +33,7 @@ from moorage.control.times import epoch
 from moorage.errors import ApiError, ValidationException
 from moorage.metrics.alarms import iso
 from moorage.metrics.service import MetricsService
+from moorage.metrics.store import MetricStore
 from moorage.metrics.vocabulary import (
     INVOCATION_NAMESPACE,
     check_statistic,
@@ -74,12 +75,10 @@ def metrics_routes(ctx: Context) -> list[Route]:
         if not isinstance(data, list) or not data or len(data) > MAX_METRIC_DATA:
             raise ValidationException(f"MetricData must be a list of 1 to {MAX_METRIC_DATA} items")
         items = [_metric_datum(item) for item in data]
-
-        def put() -> None:
-            for name, dims, values, counts, timestamp, unit in items:
-                metrics.put_metric(namespace, name, dims, values, timestamp, unit, counts)
-
-        await asyncio.to_thread(put)
+        # Every datum checked before any is stored: the request is stored whole or not at all.
+        sets = [MetricStore.statistic_set(namespace, name, dims, values, timestamp, unit, counts)
+                for name, dims, values, counts, timestamp, unit in items]
+        await asyncio.to_thread(metrics.put_statistic_sets, sets)
         return {"Accepted": len(items)}
 
     async def get_metric_statistics(request: Request, metrics: MetricsService, body: bytes) -> dict[str, Any]:

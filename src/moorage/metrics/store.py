@@ -213,6 +213,16 @@ class MetricStore:
 
         ``counts`` (CloudWatch's ``Counts``) repeats each value that many times.
         """
+        stats = self.statistic_set(namespace, metric_name, dimensions, values, timestamp, unit, counts)
+        self.write([stats])
+        return stats
+
+    @staticmethod
+    def statistic_set(namespace: str, metric_name: str, dimensions: Mapping[str, str],
+                      values: float | Sequence[float] | np.ndarray, timestamp: float | None = None,
+                      unit: str | None = None, counts: Sequence[float] | None = None) -> StatisticSet:
+        """The statistic set ``put`` would store (ValueError for what it would refuse), written by nobody:
+        a request of several data checks every one before any is stored."""
         if not namespace or not metric_name:
             raise ValueError("a metric needs a namespace and a name")
         array = np.atleast_1d(np.asarray(values, dtype=np.float64))
@@ -229,11 +239,9 @@ class MetricStore:
                 raise ValueError("counts are all zero: nothing to put")
         if not np.isfinite(array).all():
             raise ValueError("values must be finite numbers")
-        stats = StatisticSet.of_samples(namespace, metric_name, dict(dimensions),
-                                        time.time() if timestamp is None else float(timestamp), check_unit(unit),
-                                        array)
-        self.write([stats])
-        return stats
+        return StatisticSet.of_samples(namespace, metric_name, dict(dimensions),
+                                       time.time() if timestamp is None else float(timestamp), check_unit(unit),
+                                       array)
 
     def purge(self, before: float) -> int:
         """Drop datapoints and alarm history older than ``before`` (retention)."""
