@@ -19,7 +19,6 @@ Runs in the execution's own process (``monitor/common/jobs.py``: ``run_in_subpro
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +50,7 @@ def run_spec(spec_doc: dict[str, Any]) -> dict[str, Any]:
 def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     """Run the execution here (in the child process); never raises: failures are a ``Failed`` result."""
     from moorage.monitor.common import formats
-    from moorage.monitor.common.capture_reader import CaptureReadError, CaptureScan, capture_files, read_records
-    from moorage.monitor.common.ground_truth import ground_truth_files, merge, read_labels
+    from moorage.monitor.common.labelled_window import JobInputError, input_counts, labelled_window, load_document
     from moorage.monitor.model_quality.cbpe import CBPE, concept_drift_signal
     from moorage.monitor.model_quality.constraints import check_constraints, constraint_violations_document
     from moorage.monitor.model_quality.metrics import metric_values, model_quality_statistics
@@ -61,45 +59,22 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
 
     result = Outcome(spec)
     location, failed = result.location, result.failed
-    if not spec.capture_uri:
-        return failed(f"Endpoint {spec.endpoint_name} has no data capture configured (DataCaptureConfig "
-                      "with EnableCapture): there are no captured predictions to evaluate.")
     try:
-        constraints = formats.load_json(spec.constraints_uri) if spec.constraints_uri else None
-    except Exception as exc:
-        return failed(f"Could not read the baseline constraints {spec.constraints_uri}: {type(exc).__name__}: {exc}")
+        constraints = load_document(spec.constraints_uri, "the baseline constraints")
+        window = labelled_window(spec, spec.ground_truth_uri, inference_attribute=spec.inference_attribute,
+                                 probability_attribute=spec.probability_attribute,
+                                 probability_threshold=spec.probability_threshold, problem_type=spec.problem_type)
+    except JobInputError as exc:
+        result.doc.update(input_counts(exc))
+        return failed(str(exc))
+    result.doc.update(window.counts())
+    merged = window.merged
     cbpe = None
     if spec.constraints_uri and spec.problem_type == "BinaryClassification":
         try:
             cbpe = CBPE.from_dict(formats.load_json(formats.join(spec.constraints_uri.rsplit("/", 1)[0], CBPE_FILE)))
         except Exception:
             cbpe = None  # a SageMaker baseline has none: no label-free estimate, nothing wrong
-
-    start = dt.datetime.fromtimestamp(spec.window_start, tz=dt.UTC)
-    end = dt.datetime.fromtimestamp(spec.window_end, tz=dt.UTC)
-    until = dt.datetime.fromtimestamp(max(spec.scheduled_time, spec.window_end), tz=dt.UTC)
-    try:
-        files = capture_files(spec.capture_uri, spec.endpoint_name, start, end)
-        labels = read_labels(ground_truth_files(spec.ground_truth_uri, until, since=start))
-        scan = CaptureScan(files=len(files))
-        merged = merge(read_records(files, start, end, scan), labels, inference_attribute=spec.inference_attribute,
-                       probability_attribute=spec.probability_attribute,
-                       probability_threshold=spec.probability_threshold, problem_type=spec.problem_type)
-    except CaptureReadError as exc:
-        return failed(str(exc))
-    except Exception as exc:
-        return failed(f"Merging the captured predictions with the ground truth failed: {type(exc).__name__}: {exc}")
-    result["Merge"] = merged.counts()
-    result["Capture"] = scan.as_dict()
-    result["GroundTruth"] = labels.counts()
-    if merged.captured == 0:
-        return failed(f"Job inputs had no data: no captured predictions of endpoint {spec.endpoint_name} between "
-                      f"{iso(spec.window_start)} and {iso(spec.window_end)} ({len(files)} capture file(s) in the "
-                      f"window's hour folders under {spec.capture_uri}).")
-    if merged.matched == 0:
-        return failed(f"No ground truth for the {merged.captured} captured prediction(s) of the window: none of "
-                      f"their inferenceId/eventId has a label under {spec.ground_truth_uri} (labels collected up to "
-                      f"{until:%Y-%m-%dT%H:%M:%SZ}: {labels.count} read).")
 
     try:
         statistics = model_quality_statistics(spec.problem_type, merged.labels, merged.predictions,
