@@ -99,8 +99,8 @@ def signed_streaming_route(path: str, handler: StreamingHandler, methods: Sequen
         declared = next((v for k, v in headers if k == b"x-amz-content-sha256"), b"").decode("latin-1").strip()
         # Authentication first (a request with no signature is a 403 whatever else it lacks), but a
         # signed request without the hash was signed over a body we cannot check without holding it.
-        if not declared and any(k == b"authorization" for k, _ in headers):
-            _declared_sha256(declared)
+        if any(k == b"authorization" for k, _ in headers):
+            _declared_sha256(declared)  # no hash, or UNSIGNED-PAYLOAD: a 400 saying what a stream must declare
         _verify(request, b"", payload_hash=declared or None)
         return _reply(await handler(request, _declared_sha256(declared)))
 

@@ -56,6 +56,8 @@ MSG_MISMATCH = (
     "Consult the service documentation for details."
 )
 MSG_HOST_UNSIGNED = "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
+MSG_UNSIGNED_PAYLOAD = ("X-Amz-Content-SHA256: UNSIGNED-PAYLOAD is accepted on presigned URLs only; sign the "
+                        "request's body (its SHA-256).")
 MSG_PAYLOAD_HASH = "The provided 'x-amz-content-sha256' header does not match what was computed."
 
 
@@ -315,6 +317,10 @@ class SigV4Verifier:
         self._check_clock(amz_date, epoch, now)
 
         payload = self._payload_hash(single, body, payload_hash)
+        if payload in _UNSIGNED_MARKERS:
+            # Only S3 lets a header-signed request leave its body unsigned; moorage's APIs are not S3,
+            # and an unsigned body could be replayed with any other body under the same signature.
+            raise _invalid(MSG_UNSIGNED_PAYLOAD)
         canonical_uri = _canonical_uri(raw_path)
         canonical_headers = self._canonical_headers(header_names, single, repeated)
         pairs = _query_pairs(query_string, drop_signature=False) if query_string else []
