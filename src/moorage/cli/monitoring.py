@@ -119,31 +119,11 @@ def _clarify_baseline(kind: str, dataset: str, output: str, header: bool | None,
 
 
 def _endpoint_predictor(endpoint: str, attribute: str | None, home: Path | None, url: str | None) -> Any:
-    """Rows -> one number a row, from the endpoint (CSV in, batches of 500 rows)."""
-    import io
-
-    import numpy as np
-
+    """Rows -> one number a row, from the endpoint (CSV in)."""
     from moorage.cli.common import make_session
-    from moorage.monitor.common.attributes import extract
+    from moorage.monitor.common.model_client import ModelClient
 
-    runtime = make_session(home, url).sagemaker_runtime_client
-
-    def predict(rows: Any) -> Any:
-        out: list[float] = []
-        matrix = np.asarray(rows, dtype=float)
-        for start in range(0, len(matrix), 500):
-            buffer = io.StringIO()
-            np.savetxt(buffer, matrix[start:start + 500], delimiter=",", fmt="%.17g")
-            reply = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Accept="text/csv",
-                                            Body=buffer.getvalue().encode())
-            content_type = reply.get("ContentType", "text/csv")
-            lines = [line for line in reply["Body"].read().decode().splitlines() if line.strip()]
-            out.extend(float(extract({"observedContentType": content_type, "data": line}, attribute))
-                       for line in lines)
-        return np.asarray(out)
-
-    return predict
+    return ModelClient.for_endpoint(make_session(home, url).sagemaker_runtime_client, endpoint, attribute).predict
 
 
 def _model_quality_baseline(dataset: str, output: str, header: bool | None, fmt: str | None, problem_type: str,

@@ -200,28 +200,10 @@ class _ClarifyMonitor(DefaultModelMonitor):
         return dict(json.loads(Path(analysis_config).read_text()))
 
     def _predict(self, endpoint_name: str, attribute: str | None = None) -> Any:
-        import io
-
-        import numpy as np
-
-        from moorage.monitor.common.attributes import extract
+        from moorage.monitor.common.model_client import ModelClient
 
         runtime = (self.sagemaker_session or Session()).sagemaker_runtime_client
-
-        def predict(rows: Any) -> Any:
-            out: list[float] = []
-            matrix = np.asarray(rows, dtype=float)
-            for start in range(0, len(matrix), 500):
-                buffer = io.StringIO()
-                np.savetxt(buffer, matrix[start:start + 500], delimiter=",", fmt="%.17g")
-                reply = runtime.invoke_endpoint(EndpointName=endpoint_name, ContentType="text/csv",
-                                                Accept="text/csv", Body=buffer.getvalue().encode())
-                content_type = reply.get("ContentType", "text/csv")
-                out.extend(float(extract({"observedContentType": content_type, "data": line}, attribute))
-                           for line in reply["Body"].read().decode().splitlines() if line.strip())
-            return np.asarray(out)
-
-        return predict
+        return ModelClient.for_endpoint(runtime, endpoint_name, attribute).predict
 
     def latest_analysis(self) -> dict[str, Any]:
         """The latest baseline's ``analysis.json``."""

@@ -3,7 +3,8 @@
 Clarify explains a model through a shadow endpoint of it, so that explaining never loads the
 endpoint callers use; moorage does the same: the scheduler starts an instance of the endpoint's
 model for the execution and hands the job its address (a Unix socket, or a loopback port for a
-server of the user's own). This is the job's side: rows in, one value per row out.
+server of the user's own). This is the job's side: rows in, one value per row out; the command line's and the SDK's
+baselines use the same client through an endpoint.
 
 Hand-written over ``http.client`` because the standard library has no Unix-socket connection and
 the job needs nothing else (no pooling, no retries: a failing call fails the execution with the
@@ -16,7 +17,7 @@ from __future__ import annotations
 import http.client
 import io
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,34 +45,35 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class ModelClient:
-    """``predict(rows)``: one number a row (the attribute of the model's answer: a score or a label)."""
+    """``predict(rows)``: one number a row (the attribute of the model's answer: a score or a label).
 
-    def __init__(self, address: dict[str, Any], attribute: str | None = None, timeout: float = TIMEOUT_S):
-        self.address = address
+    ``post(body) -> (answer, content type)`` carries one CSV batch: to an instance started for the job
+    (``for_instance``), or to an endpoint through the runtime API (``for_endpoint``: baselines made by
+    the command line and the SDK)."""
+
+    def __init__(self, post: Callable[[bytes], tuple[str, str]], attribute: str | None = None):
+        self.post = post
         self.attribute = attribute
-        self.timeout = timeout
         self.calls = 0
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.address.get("socket"):
-            return _UnixConnection(self.address["socket"], self.timeout)
-        return http.client.HTTPConnection("127.0.0.1", int(self.address["port"]), timeout=self.timeout)
+    @classmethod
+    def for_instance(cls, address: dict[str, Any], attribute: str | None = None,
+                     timeout: float = TIMEOUT_S) -> ModelClient:
+        return cls(lambda body: _post_instance(address, body, timeout), attribute)
+
+    @classmethod
+    def for_endpoint(cls, runtime: Any, endpoint: str, attribute: str | None = None) -> ModelClient:
+        """Through a boto3 ``sagemaker-runtime`` client's InvokeEndpoint."""
+        def post(body: bytes) -> tuple[str, str]:
+            reply = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Accept="text/csv",
+                                            Body=body)
+            return reply["Body"].read().decode("utf-8", "replace"), reply.get("ContentType") or "text/csv"
+
+        return cls(post, attribute)
 
     def _post(self, body: bytes) -> tuple[str, str]:
-        connection = self._connection()
-        try:
-            connection.request("POST", "/invocations", body=body,
-                               headers={"Content-Type": "text/csv", "Accept": "text/csv"})
-            response = connection.getresponse()
-            data = response.read().decode("utf-8", "replace")
-            self.calls += 1
-            if response.status >= 300:
-                raise ModelCallError(f"the model answered {response.status}: {data[:500]}")
-            return data, response.getheader("Content-Type") or "text/csv"
-        except OSError as exc:
-            raise ModelCallError(f"the model could not be reached: {exc}") from exc
-        finally:
-            connection.close()
+        self.calls += 1
+        return self.post(body)
 
     def _value(self, text: str, content_type: str) -> float:
         try:
@@ -98,3 +100,22 @@ class ModelClient:
                 text, content_type = self._post((",".join(f"{v:.17g}" for v in row) + "\n").encode())
                 out.append(self._value(text.strip(), content_type))
         return np.asarray(out, dtype=float)
+
+
+def _post_instance(address: dict[str, Any], body: bytes, timeout: float) -> tuple[str, str]:
+    """One CSV batch to an instance over the container contract (a Unix socket, or a loopback port)."""
+    connection: http.client.HTTPConnection = (
+        _UnixConnection(address["socket"], timeout) if address.get("socket")
+        else http.client.HTTPConnection("127.0.0.1", int(address["port"]), timeout=timeout))
+    try:
+        connection.request("POST", "/invocations", body=body,
+                           headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+        response = connection.getresponse()
+        data = response.read().decode("utf-8", "replace")
+        if response.status >= 300:
+            raise ModelCallError(f"the model answered {response.status}: {data[:500]}")
+        return data, response.getheader("Content-Type") or "text/csv"
+    except OSError as exc:
+        raise ModelCallError(f"the model could not be reached: {exc}") from exc
+    finally:
+        connection.close()

@@ -50,6 +50,7 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
     from moorage.monitor.common import formats
     from moorage.monitor.common.capture_reader import CaptureReadError, CaptureScan, capture_files, read_records
     from moorage.monitor.common.features import input_rows
+    from moorage.monitor.common.labelled_window import JobInputError, load_document
     from moorage.monitor.common.model_client import ModelCallError, ModelClient
     from moorage.monitor.model_explainability.attributions import (
         compute_attributions,
@@ -70,17 +71,16 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
         return failed(f"Endpoint {spec.endpoint_name} has no data capture configured (DataCaptureConfig "
                       "with EnableCapture): there are no captured inputs to explain.")
     try:
-        config = load_shap_config(formats.load_json(spec.config_uri))
+        config = load_shap_config(load_document(spec.config_uri, "the analysis configuration") or {})
         if config.baseline is None and config.baseline_uri:
             config = config.with_baseline(_csv_rows(config.baseline_uri))
+        baseline = load_document(spec.constraints_uri, "the baseline")
+    except JobInputError as exc:
+        return failed(str(exc))
     except ValueError as exc:
         return failed(f"The analysis configuration {spec.config_uri} cannot be used: {exc}")
     except Exception as exc:
-        return failed(f"Could not read the analysis configuration {spec.config_uri}: {type(exc).__name__}: {exc}")
-    try:
-        baseline = formats.load_json(spec.constraints_uri) if spec.constraints_uri else None
-    except Exception as exc:
-        return failed(f"Could not read the baseline {spec.constraints_uri}: {type(exc).__name__}: {exc}")
+        return failed(f"Could not read the baseline rows of {spec.config_uri}: {type(exc).__name__}: {exc}")
     start = dt.datetime.fromtimestamp(spec.window_start, tz=dt.UTC)
     end = dt.datetime.fromtimestamp(spec.window_end, tz=dt.UTC)
     try:
@@ -97,7 +97,7 @@ def run_execution(spec: ExecutionSpec) -> dict[str, Any]:
                       f"{iso(spec.window_start)} and {iso(spec.window_end)}.")
     if len(rows) > MAX_ROWS:
         rows = rows[np.random.default_rng(0).choice(len(rows), MAX_ROWS, replace=False)]
-    client = ModelClient(spec.model_address, spec.probability_attribute or spec.inference_attribute)
+    client = ModelClient.for_instance(spec.model_address, spec.probability_attribute or spec.inference_attribute)
     try:
         attributions = compute_attributions(config, rows, client.predict)
         analysis = explainability_analysis(config, attributions.global_values,
