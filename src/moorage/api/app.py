@@ -1,8 +1,8 @@
 """The ``moorage serve`` ASGI application: every front door on one port, wired explicitly.
 
 ``POST /`` -> AWS JSON protocol services by X-Amz-Target (SageMaker.*, CloudWatch in JSON 1.0), or, with a
-form body, the query protocol (CloudWatch for older botocore); ``/service/{prefix}/operation/{Op}`` -> the
-same services in Smithy RPC v2 CBOR;
+form body, the query protocol (CloudWatch for older botocore; STS's GetCallerIdentity);
+``/service/{prefix}/operation/{Op}`` -> the same services in Smithy RPC v2 CBOR;
 ``/endpoints/{name}/invocations`` -> the runtime; ``/healthz`` -> liveness; ``/moorage/v1/...`` ->
 the native REST API. The runtime path is matched first and by prefix: it is the hot one.
 """
@@ -32,6 +32,7 @@ from moorage.control.cloudwatch import CloudWatch
 from moorage.control.context import Context
 from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
+from moorage.control.identity import SecurityTokenService
 from moorage.control.inference_experiments import InferenceExperiments
 from moorage.control.models import Models
 from moorage.control.monitoring import Monitoring
@@ -80,7 +81,9 @@ class MoorageApp:
         autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
         cloudwatch = JsonProtocolService("cloudwatch", "GraniteServiceVersion20100801", [CloudWatch(self.ctx)])
         self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling, cloudwatch])
-        self.query_door = QueryFrontDoor(self.verifier, [cloudwatch])
+        # STS speaks only the query protocol; its target prefix is never used.
+        sts = JsonProtocolService("sts", "AWSSecurityTokenServiceV20110615", [SecurityTokenService(self.ctx)])
+        self.query_door = QueryFrontDoor(self.verifier, [cloudwatch, sts])
         self.cbor_door = RpcV2CborFrontDoor(self.verifier, [cloudwatch])
         self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id)
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
