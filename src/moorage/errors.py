@@ -59,6 +59,18 @@ class ModelError(ApiError):
     status = 424
 
 
+# A serverless endpoint at its MaxConcurrency: SageMaker answers 400 with this code (botocore retries it).
+class ThrottlingException(ApiError):
+    code = "ThrottlingException"
+    status = 400
+
+
+# The runtime's retryable refusal (botocore's sagemaker-runtime model: 503): a full asynchronous queue.
+class ServiceUnavailable(ApiError):
+    code = "ServiceUnavailable"
+    status = 503
+
+
 
 
 # Application Auto Scaling names a missing scalable target or policy this way.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import ClientDisconnect
 
@@ -24,11 +25,12 @@ from moorage.api.responses import (
 )
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.control.context import ENDPOINT
-from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError
+from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError, ThrottlingException
 from moorage.serving.chain import UnknownContainer
 from moorage.serving.model_cache import TargetModelError
 from moorage.serving.route_table import RouteTable
 from moorage.serving.router import InvocationFailed, UnknownVariant
+from moorage.serving.serverless import Throttled
 from moorage.store.metadata import MetadataStore
 
 log = logging.getLogger("moorage.runtime")
@@ -53,16 +55,23 @@ _FORWARDED = {
 
 
 class RuntimeFrontDoor:
-    def __init__(self, verifier: SigV4Verifier, routes: RouteTable, store: MetadataStore, account_id: str):
+    def __init__(self, verifier: SigV4Verifier, routes: RouteTable, store: MetadataStore, account_id: str,
+                 async_door: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None):
         self.verifier = verifier
         self.routes = routes
         self.store = store
         self.account_id = account_id
+        # InvokeEndpointAsync (``/endpoints/{name}/async-invocations``: api/async_runtime.py), looked for
+        # only once a path is not the synchronous one, so the hot path pays nothing for it.
+        self.async_door = async_door
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived, started = time.time(), time.perf_counter()
         path: str = scope["path"]
         if scope["method"] != "POST" or not path.endswith("/invocations"):
+            if self.async_door is not None and path.endswith("/async-invocations"):
+                await self.async_door(scope, receive, send)
+                return
             await respond_error(send, "UnknownOperationException", f"No operation at {scope['method']} {path}.",
                                 404, JSON)
             return
@@ -114,6 +123,11 @@ class RuntimeFrontDoor:
             return
         except TargetModelError as exc:  # a multi-model endpoint's TargetModel that cannot be served
             await respond_api_error(send, exc, JSON)
+            return
+        except Throttled as exc:  # a serverless variant at its MaxConcurrency
+            await respond_api_error(send, ThrottlingException(
+                f"Endpoint {name} of account {self.account_id}: {exc}. Reduce the request rate or raise "
+                f"ServerlessConfig.MaxConcurrency."), JSON)
             return
         except InvocationFailed as exc:
             await respond_api_error(send, ModelError(str(exc), OriginalStatusCode=exc.status,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from moorage.capture import CaptureConfig
+from moorage.control.async_config import AsyncConfig
 from moorage.control.context import ENDPOINT_CONFIG, MODEL, Context
 from moorage.control.paging import list_query, page
 from moorage.control.resources import check_instance_quota, put_tags
@@ -12,6 +13,7 @@ from moorage.control.routing_experiments import check_routing_tags
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
 from moorage.metrics.service import PUBLISH_FREQUENCIES
+from moorage.serving.serverless import MAX_CONCURRENCY, MEMORY_SIZES_MB
 from moorage.store.metadata import AlreadyExists
 
 
@@ -36,10 +38,16 @@ class EndpointConfigs:
                 raise ValidationException(
                     f'Could not find model "{self.ctx.arn(MODEL, variant["ModelName"])}".')
             if variant.get("ServerlessConfig"):
-                raise ValidationException("Serverless variants (ServerlessConfig) are not supported yet.")
-            if not variant.get("InitialInstanceCount"):
+                check_serverless(variant, shadow=variant in shadows)
+                if req.get("AsyncInferenceConfig"):
+                    raise ValidationException(
+                        "AsyncInferenceConfig is not supported for an endpoint configuration with serverless "
+                        f"variants (variant '{vname}' has a ServerlessConfig).")
+            elif not variant.get("InitialInstanceCount"):
                 raise ValidationException(f"Variant '{vname}' needs an InitialInstanceCount of at least 1.")
-            check_instance_quota(self.ctx, variant["InitialInstanceCount"], f"Variant '{vname}': InitialInstanceCount")
+            else:
+                check_instance_quota(self.ctx, variant["InitialInstanceCount"],
+                                     f"Variant '{vname}': InitialInstanceCount")
             if variant.get("InitialVariantWeight") is None:  # absent, or null in a hand-written request
                 variant["InitialVariantWeight"] = 1.0
             weight = variant["InitialVariantWeight"]
@@ -52,6 +60,8 @@ class EndpointConfigs:
                 f"{', '.join(map(str, PUBLISH_FREQUENCIES))}.")
         if req.get("DataCaptureConfig"):
             CaptureConfig.parse(req["DataCaptureConfig"])  # raises ValidationException saying what is wrong
+        if req.get("AsyncInferenceConfig"):
+            AsyncConfig.parse(req["AsyncInferenceConfig"])  # likewise
         check_routing_tags([(t["Key"], t.get("Value", "")) for t in req.get("Tags") or []], req)
         arn = self.ctx.arn(ENDPOINT_CONFIG, name)
         body = {k: v for k, v in req.items() if k != "Tags"}
@@ -96,3 +106,30 @@ class EndpointConfigs:
             raise ValidationException(
                 f'Could not find endpoint configuration "{self.ctx.arn(ENDPOINT_CONFIG, name)}".')
         return {}
+
+
+def check_serverless(variant: dict[str, Any], shadow: bool = False) -> None:
+    """A serverless variant as SageMaker checks it: ServerlessConfig instead of InstanceType and
+    InitialInstanceCount, memory in whole gigabytes, provisioned concurrency within the maximum."""
+    vname = variant["VariantName"]
+    config = variant["ServerlessConfig"]
+    if shadow:
+        raise ValidationException(f"Shadow variant '{vname}': ServerlessConfig is not supported for shadow variants.")
+    given = [f for f in ("InstanceType", "InitialInstanceCount") if variant.get(f) is not None]
+    if given:
+        raise ValidationException(
+            f"Variant '{vname}': {' and '.join(given)} must not be specified together with ServerlessConfig.")
+    memory = config["MemorySizeInMB"]
+    if memory not in MEMORY_SIZES_MB:
+        raise ValidationException(
+            f"Variant '{vname}': ServerlessConfig.MemorySizeInMB {memory} is not one of "
+            f"{', '.join(map(str, MEMORY_SIZES_MB))}.")
+    maximum = config["MaxConcurrency"]
+    if not 1 <= maximum <= MAX_CONCURRENCY:
+        raise ValidationException(
+            f"Variant '{vname}': ServerlessConfig.MaxConcurrency {maximum} must be between 1 and {MAX_CONCURRENCY}.")
+    provisioned = config.get("ProvisionedConcurrency")
+    if provisioned is not None and not 1 <= provisioned <= maximum:
+        raise ValidationException(
+            f"Variant '{vname}': ServerlessConfig.ProvisionedConcurrency {provisioned} must be between 1 and "
+            f"MaxConcurrency ({maximum}).")

@@ -32,8 +32,10 @@ from moorage.control.routing_experiments import RoutingExperiments
 from moorage.control.times import timestamp
 from moorage.errors import ValidationException
 from moorage.experiments.routing import RoutingPolicy
+from moorage.serving.instance_types import serverless_instance_type
 from moorage.serving.route_table import DeployError, VariantPlan
 from moorage.serving.router import EndpointRoute
+from moorage.serving.serverless import ServerlessSpec
 from moorage.serving.snapshot import EndpointSnapshot, snapshot_of
 from moorage.store.artifacts import ArtifactError
 from moorage.store.metadata import AlreadyExists, DesiredVariant, MetadataStore, Resource
@@ -56,8 +58,10 @@ def variant_summaries(store: MetadataStore, row: Resource, snapshot: EndpointSna
         summary = {k: v for k, v in summaries.get(goal.variant, {"VariantName": goal.variant}).items()
                    if k not in ("CurrentWeight", "DesiredWeight", "CurrentInstanceCount", "DesiredInstanceCount")}
         live = snapshot.variants.get(goal.variant) if snapshot is not None else None
-        summary.update(CurrentWeight=live.current_weight if live else goal.weight, DesiredWeight=goal.weight,
-                       CurrentInstanceCount=live.in_service if live else 0, DesiredInstanceCount=goal.instance_count)
+        summary.update(CurrentWeight=live.current_weight if live else goal.weight, DesiredWeight=goal.weight)
+        if "DesiredServerlessConfig" not in summary:  # a serverless variant has no instance count to show
+            summary.update(CurrentInstanceCount=live.in_service if live else 0,
+                           DesiredInstanceCount=goal.instance_count)
         out.append(summary)
     return out
 
@@ -94,6 +98,14 @@ def pending_summary(stored: dict[str, Any], green: EndpointSnapshot | None) -> d
             variants.append(summary)
         out["ProductionVariants"] = variants
     return out
+
+
+def _initial_count(variant: dict[str, Any]) -> int:
+    """A variant's instances at first: its InitialInstanceCount, or, serverless, the warm floor
+    (one instance with ProvisionedConcurrency, none otherwise: the first request starts it)."""
+    if variant.get("ServerlessConfig"):
+        return 1 if variant["ServerlessConfig"].get("ProvisionedConcurrency") else 0
+    return int(variant.get("InitialInstanceCount", 1))
 
 
 class Endpoints:
@@ -161,24 +173,35 @@ class Endpoints:
             model_row = self.ctx.store.get("model", variant["ModelName"])
             if model_row is None:
                 raise DeployError(vname, f'Could not find model "{self.ctx.arn("model", variant["ModelName"])}".')
+            serverless = self._serverless_spec(variant)
+            instance_type = (serverless_instance_type(serverless.memory_mb) if serverless
+                             else variant.get("InstanceType", "ml.m5.large"))
             try:
                 timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
-                launches = await launch_specs(self.ctx, model_row.body, variant.get("InstanceType", "ml.m5.large"),
+                launches = await launch_specs(self.ctx, model_row.body, instance_type,
                                               startup_timeout=float(timeout) if timeout else None)
             except ArtifactError as exc:
                 raise DeployError(vname, str(exc)) from exc
             goal = by_name.get(vname)
             weight = goal.weight if goal else float(variant.get("InitialVariantWeight", 1.0))
-            count = goal.instance_count if goal else int(variant.get("InitialInstanceCount", 1))
+            count = goal.instance_count if goal else _initial_count(variant)
             plans.append(VariantPlan(name=vname, weight=weight, instance_count=count, launches=tuple(launches),
-                                     shadow=shadow))
+                                     shadow=shadow, serverless=serverless))
         return plans
+
+    def _serverless_spec(self, variant: dict[str, Any]) -> ServerlessSpec | None:
+        config = variant.get("ServerlessConfig")
+        if not config:
+            return None
+        return ServerlessSpec(memory_mb=int(config["MemorySizeInMB"]), max_concurrency=int(config["MaxConcurrency"]),
+                              provisioned_concurrency=int(config.get("ProvisionedConcurrency") or 0),
+                              idle_timeout=self.ctx.settings.serverless.idle_timeout)
 
     @staticmethod
     def _initial_desired(config: dict[str, Any]) -> list[DesiredVariant]:
         """A config's variants (production, then shadow) at their initial weights and counts."""
         return [DesiredVariant(v["VariantName"], float(v.get("InitialVariantWeight", 1.0)),
-                               int(v.get("InitialInstanceCount", 1)), {"shadow": True} if shadow else {})
+                               _initial_count(v), {"shadow": True} if shadow else {})
                 for key, shadow in (("ProductionVariants", False), ("ShadowProductionVariants", True))
                 for v in config.get(key) or []]
 
@@ -232,11 +255,15 @@ class Endpoints:
         for variant in config.get(key) or []:
             plan = by_name[variant["VariantName"]]
             containers = containers_of(models[variant["ModelName"]])
-            summaries.append({
+            summary: dict[str, Any] = {
                 "VariantName": plan.name,
                 "DeployedImages": [{"SpecifiedImage": c["Image"], "ResolvedImage": f"moorage/{launch.runtime}"}
                                    for c, launch in zip(containers, plan.launches, strict=True)],
-            })
+            }
+            if variant.get("ServerlessConfig"):
+                summary.update(CurrentServerlessConfig=dict(variant["ServerlessConfig"]),
+                               DesiredServerlessConfig=dict(variant["ServerlessConfig"]))
+            summaries.append(summary)
         return summaries
 
     # Lifecycle work ---------------------------------------------------------------------------------
@@ -560,6 +587,9 @@ class Endpoints:
                 raise ValidationException(
                     f"Specify DesiredWeight or DesiredInstanceCount for variant {change['VariantName']}.")
             if "DesiredInstanceCount" in change:
+                if change["VariantName"] in self._serverless_variants(row):
+                    raise ValidationException(
+                        f"Variant '{change['VariantName']}' is serverless: it has no DesiredInstanceCount to set.")
                 check_instance_quota(self.ctx, change["DesiredInstanceCount"],
                                      f"Variant '{change['VariantName']}': DesiredInstanceCount")
         # The store first: from here on this is what the endpoint is, whatever happens to this server.
@@ -571,6 +601,9 @@ class Endpoints:
         self.ctx.store.update(ENDPOINT, name, status=UPDATING)
         self._run(name, self.converge(name))
         return {"EndpointArn": row.arn}
+
+    def _serverless_variants(self, row: Resource) -> set[str]:
+        return {v["VariantName"] for v in row.body.get("ProductionVariants", []) if v.get("DesiredServerlessConfig")}
 
     # Server lifecycle -------------------------------------------------------------------------------
     def recover(self) -> int:

@@ -69,6 +69,7 @@ class MetricsService:
         if self.recorder is not None:
             routes.observers.append(self.recorder)
         self._capture_counts: Callable[[], Mapping[tuple[str, str], Mapping[str, int]]] | None = None
+        self._sources: list[Callable[[Mapping[str, float]], list[StatisticSet]]] = []
         self._capture_seen: dict[tuple[str, str], dict[str, int]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -145,6 +146,13 @@ class MetricsService:
         """Publish data capture's per-variant counters (captured, written, dropped, failed) each period."""
         self._capture_counts = counts
         self.prometheus.capture_counts = counts
+
+    def add_source(self, source: Callable[[Mapping[str, float]], list[StatisticSet]]) -> None:
+        """Another part's per-endpoint metrics (asynchronous inference's backlog gauges), asked on the event
+        loop each tick for the endpoints due (endpoint -> the period's timestamp) and written with the
+        rest, before the alarms look."""
+        if source not in self._sources:
+            self._sources.append(source)
 
     def _capture_endpoints(self) -> set[str]:
         return {endpoint for endpoint, _ in self._capture_counts()} if self._capture_counts is not None else set()
@@ -224,6 +232,11 @@ class MetricsService:
         instances = sampled_instances(snapshots) if self.sampler is not None and not final else []
         live = {i.instance_id for i in instances}
         capture_sets = self._capture_sets(due)
+        for source in self._sources:
+            try:
+                capture_sets += source(due)
+            except Exception:
+                log.exception("metrics source %r failed", source)
         cache_samples = [(endpoint, variant, sample) for endpoint, variant, cache in self.routes.model_caches()
                          if endpoint in due for sample in cache.drain_metrics()]
         by_timestamp: dict[float, set[str]] = {}

@@ -102,7 +102,16 @@ INSTANCE_TYPES: dict[str, InstanceType] = {
     **_family("p3", [("2xlarge", 8, 61, 1), ("8xlarge", 32, 244, 4), ("16xlarge", 64, 488, 8)]),
     **_family("p4d", [("24xlarge", 96, 1152, 8)]),
     **_family("inf1", [("xlarge", 4, 8, 0), ("2xlarge", 8, 16, 0), ("6xlarge", 24, 48, 0), ("24xlarge", 96, 192, 0)]),
+    # A serverless variant's instance (ServerlessConfig.MemorySizeInMB, 1 to 6 GB): moorage's own names,
+    # never given by users (InstanceType is refused beside ServerlessConfig). SageMaker gives serverless
+    # compute in proportion to memory without saying how much; a vCPU per 2 GB, rounded up, here.
+    **_family("serverless", [(f"{gb}gb", (gb + 1) // 2, gb, 0) for gb in range(1, 7)]),
 }
+
+
+def serverless_instance_type(memory_mb: int) -> str:
+    """The instance type standing for a serverless variant of ``memory_mb`` (1024 to 6144, by 1024)."""
+    return f"ml.serverless.{memory_mb // 1024}gb"
 
 
 def machine_cores() -> int:

@@ -22,6 +22,7 @@ from moorage.serving.model_cache import ModelCache
 from moorage.serving.multi_model_pool import Materialize, MultiModelPool
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, VariantRoute
+from moorage.serving.serverless import ServerlessPool, ServerlessSpec
 from moorage.serving.shadow import ShadowMirror
 from moorage.serving.snapshot import EndpointSnapshot, snapshot_of
 from moorage.serving.traffic_shift import TrafficShift
@@ -37,6 +38,7 @@ class VariantPlan:
     instance_count: int
     launches: tuple[LaunchSpec, ...]  # one per container: several for a serial inference pipeline
     shadow: bool = False  # a ShadowProductionVariant: gets copies of production's requests, never callers
+    serverless: ServerlessSpec | None = None  # a ServerlessConfig variant: instances on demand (serverless.py)
 
     @property
     def launch(self) -> LaunchSpec:
@@ -120,6 +122,9 @@ class RouteTable:
                     raise DeployError(plan.name, "this server cannot fetch models: no artifact store")
                 return VariantRoute(plan.name, plan.weight, MultiModelPool(
                     endpoint, plan.name, plan.launch, self.launcher, log_dir, self.materialize, self.start_timeout))
+            if plan.serverless is not None:
+                return VariantRoute(plan.name, plan.weight, ServerlessPool(
+                    endpoint, plan.name, plan.launches, self.launcher, log_dir, plan.serverless, self.start_timeout))
             return VariantRoute(plan.name, plan.weight,
                                 InstancePool(endpoint, plan.name, plan.launches, self.launcher, log_dir,
                                              self.start_timeout))

@@ -104,21 +104,25 @@ class EndpointRoute:
             raise NoCapacity(f"every variant of endpoint {self.name} has weight 0; name one with TargetVariant") \
                 from None
 
-    async def invoke(self, body: bytes, headers: bytes, target_variant: str | None = None) -> Invocation:
+    async def invoke(self, body: bytes, headers: bytes, target_variant: str | None = None,
+                     timeout: float | None = None) -> Invocation:
+        """``timeout``: the instance's time to answer, when not the route's (an asynchronous request's
+        InvocationTimeoutSeconds)."""
         variant = self.choose(target_variant, headers)
         pool = variant.pool
         if pool.multi_model:
-            return await self._invoke_target_model(variant, body, headers)
+            return await self._invoke_target_model(variant, body, headers, timeout)
         try:
             instance = pool.pick() or await pool.acquire(self.acquire_timeout)
         except NoCapacity as exc:
             raise InvocationFailed(str(exc), 503, variant.name) from exc
-        return await self._call(variant, instance, body, headers)
+        return await self._call(variant, instance, body, headers, timeout)
 
-    async def _call(self, variant: VariantRoute, instance: Member, body: bytes, headers: bytes) -> Invocation:
+    async def _call(self, variant: VariantRoute, instance: Member, body: bytes, headers: bytes,
+                    timeout: float | None = None) -> Invocation:
         started = time.perf_counter()
         try:
-            response = await instance.invoke(body, headers, self.invocation_timeout)
+            response = await instance.invoke(body, headers, timeout or self.invocation_timeout)
         except InstanceTimeout as exc:
             raise InvocationFailed(
                 f"Your invocation timed out while waiting for a response from instance {instance.id} of "
@@ -135,7 +139,8 @@ class EndpointRoute:
             invocation.container, invocation.container_seconds = response.container, response.container_seconds
         return invocation
 
-    async def _invoke_target_model(self, variant: VariantRoute, body: bytes, headers: bytes) -> Invocation:
+    async def _invoke_target_model(self, variant: VariantRoute, body: bytes, headers: bytes,
+                                   timeout: float | None = None) -> Invocation:
         """A multi-model variant: the request's TargetModel, loaded where the pool says."""
         target = target_model(headers)
         if target is None:
@@ -147,7 +152,7 @@ class EndpointRoute:
                                    variant.name)
         host, instance, _ = await cache.acquire(target)
         try:
-            invocation = await self._call(variant, instance, body, headers)
+            invocation = await self._call(variant, instance, body, headers, timeout)
         finally:
             host.release(target)
         invocation.target_model = target

@@ -40,10 +40,11 @@ class TrafficShift:
                 return other
         return fleet
 
-    async def invoke(self, body: bytes, headers: bytes, target_variant: str | None = None) -> Invocation:
+    async def invoke(self, body: bytes, headers: bytes, target_variant: str | None = None,
+                     timeout: float | None = None) -> Invocation:
         fleet = self.fleet_for(target_variant)
         try:
-            invocation = await fleet.invoke(body, headers, target_variant)
+            invocation = await fleet.invoke(body, headers, target_variant, timeout)
         except (InvocationFailed, UnknownVariant) as exc:
             exc.fleet = fleet  # type: ignore[union-attr]
             raise
