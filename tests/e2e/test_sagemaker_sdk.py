@@ -12,6 +12,8 @@ and looked up no other host.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from sagemaker_sdk_support import (
 )
 
 pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sagemaker_sdk"
 
 SKLEARN_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
 MONITOR_FEATURES = ["f0", "f1", "f2", "f3"]
@@ -83,7 +87,7 @@ class Scenarios:
         if scenario in ("sklearn", "repacked", "async", "serverless"):
             p["endpoint_name"] = name
         if scenario == "repacked":
-            p["network_isolation"] = True
+            p["network_isolation"] = p["endpoint_logging"] = True
         if scenario == "transform":
             p["job_name"] = name
         if scenario == "monitor":
@@ -95,15 +99,35 @@ class Scenarios:
             traffic[:, MONITOR_FEATURES.index(DRIFTED_FEATURE)] += 4.0  # one feature far off its baseline
             p.update(endpoint_name=name, baseline_csv=str(baseline_csv), traffic=traffic.round(6).tolist(),
                      rows_per_request=25, baseline_job=f"{name}-baseline", schedule_name=f"{name}-schedule")
-        script = {"sklearn": "sklearn_endpoint.py", "repacked": "sklearn_endpoint.py",
+        if scenario == "example":
+            p = {"build": str(self.example_build), "endpoint_name": name}
+        script = {"example": "run_example.py", "sklearn": "sklearn_endpoint.py", "repacked": "sklearn_endpoint.py",
                   "transform": "batch_transform.py", "monitor": "model_monitor.py",
                   "async": "async_endpoint.py", "serverless": "serverless_endpoint.py"}[scenario]
         return script, p
 
+    @property
+    def example_build(self) -> Path:
+        """What examples/sagemaker_sdk/train.py writes, as its README runs it (with moorage's python)."""
+        build = self.root / "example-build"
+        if not (build / "model.tar.gz").exists():
+            subprocess.run([sys.executable, str(EXAMPLE / "train.py"), str(build)], check=True, timeout=120,
+                           capture_output=True)
+        return build
+
+    def example_env(self) -> dict[str, str]:
+        """The example's README: its own SDK config file, and the server's credentials file."""
+        env = dict(self.env, SAGEMAKER_USER_CONFIG_OVERRIDE=str(EXAMPLE / "sagemaker-config.yaml"),
+                   SAGEMAKER_ADMIN_CONFIG_OVERRIDE=str(EXAMPLE / "sagemaker-config.yaml"),
+                   AWS_SHARED_CREDENTIALS_FILE=str(self.server.home / "credentials"))
+        del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+        return env
+
     def start(self, scenario: str) -> SdkRun:
         if scenario not in self.runs:
             script, params = self.params(scenario)
-            self.runs[scenario] = SdkRun(self.sdk.python, script, params, self.env, self.root / "runs" / scenario,
+            env = self.example_env() if scenario == "example" else self.env
+            self.runs[scenario] = SdkRun(self.sdk.python, script, params, env, self.root / "runs" / scenario,
                                          timeout=360)
         return self.runs[scenario]
 
@@ -120,6 +144,7 @@ SCENARIO_OF = {
     "test_model_monitor_baseline_schedule_and_latest_results": "monitor",
     "test_async_predictor_predicts": "async",
     "test_serverless_endpoint_predicts": "serverless",
+    "test_the_example_deploys_predicts_and_transforms": "example",
 }
 
 
@@ -260,6 +285,19 @@ def test_serverless_endpoint_predicts(scenarios: Scenarios) -> None:
     np.testing.assert_allclose(np.asarray(result["second"]), expected, rtol=1e-9)
     assert result["variant"]["ServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 2}
     assert "InstanceType" not in result["variant"]
+
+
+# --------------------------------------------------------------------------------------------------
+# examples/sagemaker_sdk, as its README runs it
+# --------------------------------------------------------------------------------------------------
+def test_the_example_deploys_predicts_and_transforms(scenarios: Scenarios) -> None:
+    result = result_of(scenarios, "example")
+    expected = json.loads((scenarios.example_build / "expected.json").read_text())["predictions"]
+    assert len(expected) == 20
+    assert result["online"] == expected
+    assert result["batch"] == expected
+    assert result["matches"] is True
+    assert result["model_data"].startswith("s3://moorage-sdk-example/")
 
 
 # --------------------------------------------------------------------------------------------------

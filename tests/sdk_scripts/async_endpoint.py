@@ -35,8 +35,8 @@ def main(params: dict[str, Any]) -> dict[str, Any]:
         config = sess.sagemaker_client.describe_endpoint_config(
             EndpointConfigName=predictor.endpoint_name)["AsyncInferenceConfig"]
     finally:
+        predictor.delete_model()  # first: it finds the models through the endpoint config
         predictor.delete_endpoint()
-        predictor.delete_model()
     return {"predictions": predictions, "later": later, "output_path": response.output_path,
             "failure_path": response.failure_path, "config": config}
 

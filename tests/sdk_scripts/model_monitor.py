@@ -75,8 +75,8 @@ def main(params: dict[str, Any]) -> dict[str, Any]:
         try:
             monitor.delete_monitoring_schedule()
         finally:
+            predictor.delete_model()  # first: it finds the models through the endpoint config
             predictor.delete_endpoint()
-            predictor.delete_model()
     return {
         "baseline_job": {k: baseline_description.get(k) for k in ("ProcessingJobStatus", "AppSpecification",
                                                                    "ProcessingOutputConfig", "ExitMessage")},

@@ -26,8 +26,8 @@ def main(params: dict[str, Any]) -> dict[str, Any]:
         variant = sess.sagemaker_client.describe_endpoint_config(
             EndpointConfigName=predictor.endpoint_name)["ProductionVariants"][0]
     finally:
+        predictor.delete_model()  # first: it finds the models through the endpoint config
         predictor.delete_endpoint()
-        predictor.delete_model()
     return {"first": first, "second": second, "variant": variant}
 
 

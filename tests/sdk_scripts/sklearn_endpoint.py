@@ -1,6 +1,8 @@
 """(a) SKLearnModel with an entry point, deployed, predicting with the SDK's default (numpy)
 serializers, then deleted. ``network_isolation`` makes the SDK repack model.tar.gz with the code
-itself (downloaded from S3, code/ added, uploaded again) instead of uploading sourcedir.tar.gz."""
+itself (downloaded from S3, code/ added, uploaded again) instead of uploading sourcedir.tar.gz.
+``endpoint_logging`` makes ``deploy`` follow the instances' log stream in CloudWatch Logs
+(FilterLogEvents on /aws/sagemaker/Endpoints/NAME) while it waits, polling every 10 s, not 30."""
 
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ def main(params: dict[str, Any]) -> dict[str, Any]:
     model_data = upload_model(sess, params)
     model = sklearn_model(sess, params, model_data, enable_network_isolation=params.get("network_isolation", False))
     predictor = model.deploy(instance_type="ml.m5.large", initial_instance_count=1,
-                             endpoint_name=params["endpoint_name"])
+                             endpoint_name=params["endpoint_name"],
+                             endpoint_logging=params.get("endpoint_logging", False))
     try:
         predictions = predictor.predict(np.asarray(params["rows"], dtype=np.float64))
         container = sess.sagemaker_client.describe_model(ModelName=model.name)["PrimaryContainer"]
         status = sess.sagemaker_client.describe_endpoint(EndpointName=predictor.endpoint_name)["EndpointStatus"]
     finally:
+        predictor.delete_model()  # first: it finds the models through the endpoint config
         predictor.delete_endpoint()
-        predictor.delete_model()
     return {
         "predictions": np.asarray(predictions).tolist(),
         "model_data": model_data,
