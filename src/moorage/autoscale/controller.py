@@ -19,7 +19,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from moorage.autoscale.target_tracking import SCALE_IN, SCALE_OUT, Decision, History, PolicyView, Rules, decide, propose
+from moorage.autoscale.target_tracking import (
+    SCALE_IN,
+    SCALE_OUT,
+    Decision,
+    History,
+    PolicyView,
+    Proposal,
+    Rules,
+    StepAdjustment,
+    StepPolicyView,
+    decide,
+    propose,
+    propose_step,
+)
 from moorage.control.context import ENDPOINT, Context
 from moorage.control.endpoints import IN_SERVICE, Endpoints
 from moorage.control.scaling import (
@@ -27,6 +40,8 @@ from moorage.control.scaling import (
     SCALABLE_TARGET,
     SCALING_ACTIVITY,
     SCALING_POLICY,
+    STEP_SCALING,
+    TARGET_TRACKING,
     parse_resource_id,
 )
 from moorage.errors import ApiError
@@ -153,16 +168,23 @@ class ScalingController:
                                                                  descending=False))
         policies = [p for p in policies if p.body["ResourceId"] == target.body["ResourceId"]]
         suspended = target.body.get("SuspendedState") or {}
-        proposals = []
-        for policy in policies:
+        floor = 0 if int(target.body["MinCapacity"]) == 0 else 1
+        proposals: list[Proposal | None] = []
+        tracking = [p for p in policies if p.body.get("PolicyType", TARGET_TRACKING) == TARGET_TRACKING]
+        for policy in tracking:
             view = _policy_view(policy)
             values = self._values(policy, variant_id.endpoint, variant_id.variant, last, period, seen[1])
-            proposal = propose(view, values, capacity, state.history, now, self.rules)
-            if proposal is not None and suspended.get(
-                    "DynamicScalingOutSuspended" if proposal.direction == SCALE_OUT else "DynamicScalingInSuspended"):
-                proposal = None
-            proposals.append(proposal)
-        decision = decide(proposals, len(policies), capacity, int(target.body["MinCapacity"]),
+            proposals.append(propose(view, values, capacity, state.history, now, self.rules, floor))
+        # Step policies act when an alarm naming them in its AlarmActions is in ALARM; a step that scales
+        # in counts as its own agreement, so target tracking's "in only if all agree" is not blocked by
+        # a step policy that has nothing to say.
+        steps = [p for p in self._step_proposals(policies, capacity, state.history, now) if p is not None]
+        proposals += steps
+        voters = len(tracking) + sum(1 for p in steps if p.direction == SCALE_IN)
+        proposals = [None if p is not None and suspended.get(
+            "DynamicScalingOutSuspended" if p.direction == SCALE_OUT else "DynamicScalingInSuspended") else p
+                     for p in proposals]
+        decision = decide(proposals, voters, capacity, int(target.body["MinCapacity"]),
                           int(target.body["MaxCapacity"]))
         if decision is None:
             return
@@ -174,6 +196,25 @@ class ScalingController:
             return
         state.not_scaled = None
         await self._scale(target, state, variant_id.endpoint, variant_id.variant, decision, capacity, now)
+
+    def _step_proposals(self, policies: list[Resource], capacity: int, history: History,
+                        now: float) -> list[Proposal | None]:
+        """What each step policy asks for, run by the alarms in ALARM whose actions name its ARN."""
+        steps = [p for p in policies if p.body.get("PolicyType") == STEP_SCALING]
+        if not steps or self.ctx.metrics is None:
+            return []
+        alarms = [a for a in self.ctx.metrics.alarms.list_alarms(state="ALARM") if a.get("ActionsEnabled", True)]
+        out: list[Proposal | None] = []
+        for policy in steps:
+            for alarm in alarms:
+                if policy.body["PolicyARN"] not in (alarm.get("AlarmActions") or []):
+                    continue
+                recent = (alarm.get("StateReasonData") or {}).get("recentDatapoints") or []
+                threshold = float(alarm.get("Threshold", 0.0))
+                value = float(recent[-1]) if recent else threshold
+                out.append(propose_step(_step_view(policy), alarm["AlarmName"], value, threshold, capacity,
+                                        history, now))
+        return out
 
     @staticmethod
     def _last_complete(now: float, period: int) -> float:
@@ -290,6 +331,15 @@ class ScalingController:
     def _trim(self, target: Resource) -> None:
         for row in self._activities(target)[KEEP_ACTIVITIES:]:
             self.ctx.store.delete(SCALING_ACTIVITY, row.name)
+
+
+def _step_view(policy: Resource) -> StepPolicyView:
+    config = policy.body["StepScalingPolicyConfiguration"]
+    return StepPolicyView(
+        name=policy.body["PolicyName"], adjustment_type=config["AdjustmentType"],
+        steps=tuple(StepAdjustment(s.get("MetricIntervalLowerBound"), s.get("MetricIntervalUpperBound"),
+                                   float(s["ScalingAdjustment"])) for s in config["StepAdjustments"]),
+        cooldown=float(config.get("Cooldown", 0)), min_adjustment_magnitude=config.get("MinAdjustmentMagnitude"))
 
 
 def _policy_view(policy: Resource) -> PolicyView:

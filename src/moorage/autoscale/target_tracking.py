@@ -1,4 +1,4 @@
-"""Target-tracking decisions, following Application Auto Scaling's documented semantics.
+"""Target-tracking and step-scaling decisions, following Application Auto Scaling's documented semantics.
 
 A policy keeps a metric near its target value:
 
@@ -13,6 +13,12 @@ A policy keeps a metric near its target value:
   scale-in cooldown, never with ``DisableScaleIn``. The desired capacity is computed from the highest
   value in that window, so scale-in is both later and gentler than scale-out.
 * Always clamped to [min, max]; with several policies, scale out if any asks, scale in only if all do.
+* A target whose MinCapacity is 0 (an asynchronous endpoint) scales in to 0, and out from 0 when the
+  metric passes the target (read as one instance's).
+
+Step scaling (``propose_step``): a policy run by an alarm in ALARM picks the step whose interval holds
+the breach (metric - threshold) and changes capacity by it (ChangeInCapacity, PercentChangeInCapacity,
+ExactCapacity), minding its cooldown as AWS does.
 """
 
 from __future__ import annotations
@@ -66,9 +72,15 @@ def ceil_ratio(capacity: int, value: float, target: float) -> int:
 
 
 def propose(policy: PolicyView, values: Sequence[float], capacity: int, history: History, now: float,
-            rules: Rules) -> Proposal | None:
-    """What ``policy`` asks for, given its most recent datapoints (oldest first) and the capacity."""
-    if policy.target <= 0 or capacity <= 0:
+            rules: Rules, floor: int = 1) -> Proposal | None:
+    """What ``policy`` asks for, given its most recent datapoints (oldest first) and the capacity.
+
+    ``floor`` is the least a scale-in asks for: 1, or 0 where the target may scale to zero (an
+    asynchronous endpoint's MinCapacity 0). At zero capacity the metric is read as one instance's
+    (asynchronous inference's backlog per instance is the whole backlog then), so a metric above
+    the target scales out from zero as SageMaker documents.
+    """
+    if policy.target <= 0 or capacity < 0:
         return None
     out_window = values[-rules.scale_out_datapoints:]
     if len(out_window) == rules.scale_out_datapoints and all(v > policy.target for v in out_window):
@@ -78,6 +90,7 @@ def propose(policy: PolicyView, values: Sequence[float], capacity: int, history:
         # In the cooldown the metric still reflects the capacity before the last scale-out: the
         # instances it added may not carry traffic yet.
         basis = history.capacity_before_scale_out if in_cooldown and history.capacity_before_scale_out else capacity
+        basis = max(basis, 1)
         desired = ceil_ratio(basis, latest, policy.target)
         if desired <= capacity:
             return None
@@ -86,7 +99,7 @@ def propose(policy: PolicyView, values: Sequence[float], capacity: int, history:
         if in_cooldown:
             cause += " (in the scale-out cooldown, and the need grew beyond the capacity already added)"
         return Proposal(policy.name, SCALE_OUT, desired, cause)
-    if policy.disable_scale_in:
+    if policy.disable_scale_in or capacity == 0:
         return None
     in_window = values[-rules.scale_in_datapoints:]
     low = rules.scale_in_margin * policy.target
@@ -95,7 +108,7 @@ def propose(policy: PolicyView, values: Sequence[float], capacity: int, history:
     if history.last_scale_in is not None and now - history.last_scale_in < policy.scale_in_cooldown:
         return None
     highest = max(in_window)
-    desired = max(1, ceil_ratio(capacity, highest, policy.target))
+    desired = max(floor, ceil_ratio(capacity, highest, policy.target))
     if desired >= capacity:
         return None
     cause = (f"{policy.metric} below {low:g} (90% of target {policy.target:g}) for {len(in_window)} consecutive "
@@ -139,4 +152,70 @@ def decide(proposals: Sequence[Proposal | None], policies: int, capacity: int, m
             return Decision(capacity, SCALE_IN, best.cause, "AlreadyAtMinCapacity")
         note = f", limited to the minimum {minimum}" if best.desired < minimum else ""
         return Decision(desired, SCALE_IN, "; ".join(p.cause for p in ins) + note)
+    return None
+
+
+# -- step scaling --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepAdjustment:
+    lower: float | None  # of the breach (metric - threshold); None: no bound
+    upper: float | None
+    adjustment: float
+
+
+@dataclass(frozen=True)
+class StepPolicyView:
+    """What the decision needs of one step-scaling policy (Application Auto Scaling's StepScaling)."""
+
+    name: str
+    adjustment_type: str  # ChangeInCapacity | PercentChangeInCapacity | ExactCapacity
+    steps: tuple[StepAdjustment, ...]
+    cooldown: float
+    min_adjustment_magnitude: int | None = None
+
+
+def step_for(policy: StepPolicyView, breach: float) -> StepAdjustment | None:
+    """The step whose interval holds ``breach``: the lower bound inclusive and the upper exclusive above
+    the threshold, the other way round below it (AWS's rule)."""
+    for step in policy.steps:
+        low = -math.inf if step.lower is None else step.lower
+        high = math.inf if step.upper is None else step.upper
+        if (low <= breach < high) if breach >= 0 else (low < breach <= high):
+            return step
+    return None
+
+
+def propose_step(policy: StepPolicyView, alarm: str, value: float, threshold: float, capacity: int,
+                 history: History, now: float) -> Proposal | None:
+    """What a step policy asks for when its alarm (in ALARM, its metric ``value`` against ``threshold``)
+    runs it. In the cooldown after a scale-out, the capacity that scale-out added counts as there, so
+    the alarm firing again adds only what a larger step asks beyond it; scale-in waits out the cooldown."""
+    step = step_for(policy, value - threshold)
+    if step is None:
+        return None
+    in_cooldown_out = history.last_scale_out is not None and now - history.last_scale_out < policy.cooldown
+    in_cooldown_in = history.last_scale_in is not None and now - history.last_scale_in < policy.cooldown
+    basis = capacity
+    if step.adjustment > 0 and in_cooldown_out and history.capacity_before_scale_out is not None:
+        basis = history.capacity_before_scale_out
+    if policy.adjustment_type == "ExactCapacity":
+        desired = int(step.adjustment)
+    elif policy.adjustment_type == "PercentChangeInCapacity":
+        change = basis * step.adjustment / 100.0
+        # AWS rounds a percent change toward zero, but a change between -1 and 1 (not 0) is one instance.
+        whole = int(change) if abs(change) >= 1 else (1 if change > 0 else -1 if change < 0 else 0)
+        if policy.min_adjustment_magnitude and abs(whole) < policy.min_adjustment_magnitude:
+            whole = policy.min_adjustment_magnitude if whole > 0 else -policy.min_adjustment_magnitude
+        desired = basis + whole
+    else:
+        desired = basis + int(step.adjustment)
+    desired = max(desired, 0)
+    if desired > capacity:
+        cause = (f"alarm {alarm} in ALARM ({value:g} against threshold {threshold:g}) ran step policy "
+                 f"{policy.name}: {policy.adjustment_type} {step.adjustment:g} from {basis} = {desired}")
+        return Proposal(policy.name, SCALE_OUT, desired, cause)
+    if desired < capacity and not in_cooldown_in:
+        cause = (f"alarm {alarm} in ALARM ({value:g} against threshold {threshold:g}) ran step policy "
+                 f"{policy.name}: {policy.adjustment_type} {step.adjustment:g} from {capacity} = {desired}")
+        return Proposal(policy.name, SCALE_IN, desired, cause)
     return None

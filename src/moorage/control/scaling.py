@@ -4,19 +4,23 @@ Scalable targets, target-tracking scaling policies and scaling activities are re
 store; ``autoscale/controller.py`` reads them every metrics period and resizes instance pools. Only
 what SageMaker hosting uses is accepted: namespace ``sagemaker``, dimension
 ``sagemaker:variant:DesiredInstanceCount``, resource ids ``endpoint/NAME/variant/VARIANT`` and
-``TargetTrackingScaling`` policies.
+``TargetTrackingScaling`` and ``StepScaling`` policies (a step policy runs while a CloudWatch alarm
+whose ``AlarmActions`` name its ARN is in ALARM: SageMaker's pattern for bringing an asynchronous
+endpoint back from zero instances on ``HasBacklogWithoutCapacity``). ``MinCapacity`` 0 is allowed for
+endpoints with ``AsyncInferenceConfig``, as SageMaker allows it.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from moorage.control.context import ENDPOINT, Context
+from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
 from moorage.control.resources import check_instance_quota
 from moorage.control.times import timestamp
 from moorage.errors import ObjectNotFound, ScalingResourceNotFound, ValidationException
@@ -29,6 +33,8 @@ SCALING_ACTIVITY = "scaling-activity"
 NAMESPACE = "sagemaker"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 TARGET_TRACKING = "TargetTrackingScaling"
+STEP_SCALING = "StepScaling"  # run by CloudWatch alarms whose AlarmActions name the policy's ARN
+ADJUSTMENT_TYPES = ("ChangeInCapacity", "PercentChangeInCapacity", "ExactCapacity")
 INVOCATIONS_PER_INSTANCE = "SageMakerVariantInvocationsPerInstance"
 # Application Auto Scaling's defaults for SageMaker variants when a policy leaves them out.
 DEFAULT_COOLDOWN = 300
@@ -117,6 +123,21 @@ class Scaling:
                 f"The variant '{variant.variant}' does not exist in endpoint '{variant.endpoint}' "
                 f"(it has {', '.join(sorted(names)) or 'no variants yet'}).")
 
+    def _scales_to_zero(self, variant: VariantId) -> bool:
+        """An asynchronous endpoint may go down to zero instances: its requests wait in its queue."""
+        row = self.ctx.store.get(ENDPOINT, variant.endpoint)
+        config = self.ctx.store.get(ENDPOINT_CONFIG, row.body.get("EndpointConfigName", "")) if row else None
+        return bool(config and config.body.get("AsyncInferenceConfig"))
+
+    def _refuse_serverless(self, variant: VariantId) -> None:
+        row = self.ctx.store.get(ENDPOINT, variant.endpoint)
+        config = self.ctx.store.get(ENDPOINT_CONFIG, row.body.get("EndpointConfigName", "")) if row else None
+        for summary in (config.body.get("ProductionVariants") if config else None) or []:
+            if summary["VariantName"] == variant.variant and summary.get("ServerlessConfig"):
+                raise ValidationException(
+                    f"The variant '{variant.variant}' of endpoint '{variant.endpoint}' is serverless: it has no "
+                    f"instance count to scale ({DIMENSION}).")
+
     # Scalable targets -------------------------------------------------------------------------------
     async def register_scalable_target(self, req: dict[str, Any]) -> dict[str, Any]:
         self._check_namespace(req)
@@ -127,6 +148,7 @@ class Scaling:
         body = dict(existing.body) if existing else {}
         if existing is None:
             self._require_variant(variant)
+            self._refuse_serverless(variant)
             if "MinCapacity" not in req or "MaxCapacity" not in req:
                 raise ValidationException(
                     "MinCapacity and MaxCapacity are required to register a scalable target for the first time.")
@@ -135,9 +157,10 @@ class Scaling:
                 body[field] = req[field]
         if "SuspendedState" in req:
             body["SuspendedState"] = {**body.get("SuspendedState", {}), **req["SuspendedState"]}
-        if body["MinCapacity"] < 1:
+        if body["MinCapacity"] < 0 or (body["MinCapacity"] == 0 and not self._scales_to_zero(variant)):
             raise ValidationException(
-                f"MinCapacity must be at least 1 for a SageMaker variant, not {body['MinCapacity']}.")
+                f"MinCapacity must be at least 1 for a SageMaker variant, not {body['MinCapacity']} (0 only for an "
+                f"endpoint with AsyncInferenceConfig).")
         check_instance_quota(self.ctx, body["MaxCapacity"], "MaxCapacity")
         if body["MinCapacity"] > body["MaxCapacity"]:
             raise ValidationException(
@@ -187,20 +210,25 @@ class Scaling:
         resource_id, name = req["ResourceId"], req["PolicyName"]
         variant = parse_resource_id(resource_id)
         self._require_target(resource_id)
-        policy_type = req.get("PolicyType", "StepScaling")
-        if policy_type != TARGET_TRACKING:
-            raise ValidationException(
-                f"moorage supports PolicyType {TARGET_TRACKING} for SageMaker variants, not {policy_type}.")
-        config = req.get("TargetTrackingScalingPolicyConfiguration")
-        if not config:
-            raise ValidationException(
-                "TargetTrackingScalingPolicyConfiguration is required for a TargetTrackingScaling policy.")
-        config = validated_target_tracking(config, variant)
+        policy_type = req.get("PolicyType", STEP_SCALING)
+        if policy_type == TARGET_TRACKING:
+            config = req.get("TargetTrackingScalingPolicyConfiguration")
+            if not config:
+                raise ValidationException(
+                    "TargetTrackingScalingPolicyConfiguration is required for a TargetTrackingScaling policy.")
+            configuration = {"TargetTrackingScalingPolicyConfiguration": validated_target_tracking(config, variant)}
+        elif policy_type == STEP_SCALING:
+            config = req.get("StepScalingPolicyConfiguration")
+            if not config:
+                raise ValidationException("StepScalingPolicyConfiguration is required for a StepScaling policy.")
+            configuration = {"StepScalingPolicyConfiguration": validated_step_scaling(config)}
+        else:
+            raise ValidationException(f"moorage supports PolicyType {TARGET_TRACKING} and {STEP_SCALING} for "
+                                      f"SageMaker variants, not {policy_type}.")
         key = policy_key(resource_id, name)
         existing = self.ctx.store.get(SCALING_POLICY, key)
         body = {"PolicyName": name, "ServiceNamespace": NAMESPACE, "ResourceId": resource_id,
-                "ScalableDimension": DIMENSION, "PolicyType": TARGET_TRACKING,
-                "TargetTrackingScalingPolicyConfiguration": config, "Alarms": []}
+                "ScalableDimension": DIMENSION, "PolicyType": policy_type, **configuration, "Alarms": []}
         if existing is None:
             arn = self._autoscaling_arn(
                 "autoscaling", f"scalingPolicy:{uuid.uuid4()}:resource/{NAMESPACE}/{resource_id}:policyName/{name}")
@@ -309,4 +337,37 @@ def validated_target_tracking(config: dict[str, Any], variant: VariantId) -> dic
     for field in ("ScaleOutCooldown", "ScaleInCooldown"):
         if out[field] < 0:
             raise ValidationException(f"{field} must not be negative.")
+    return out
+
+
+def validated_step_scaling(config: dict[str, Any]) -> dict[str, Any]:
+    """A StepScalingPolicyConfiguration with AWS's defaults, or a ValidationException saying what is wrong:
+    an adjustment type, at least one step, intervals that do not overlap and leave at most one bound open
+    on each side."""
+    if config.get("AdjustmentType") not in ADJUSTMENT_TYPES:
+        raise ValidationException(f"StepScalingPolicyConfiguration.AdjustmentType must be one of "
+                                  f"{', '.join(ADJUSTMENT_TYPES)}, not {config.get('AdjustmentType')!r}.")
+    steps = config.get("StepAdjustments") or []
+    if not steps:
+        raise ValidationException("StepScalingPolicyConfiguration.StepAdjustments needs at least one step.")
+    bounds = []
+    for step in steps:
+        low, high = step.get("MetricIntervalLowerBound"), step.get("MetricIntervalUpperBound")
+        if low is None and high is None and len(steps) > 1:
+            raise ValidationException("A step with neither bound must be the only step adjustment.")
+        if low is not None and high is not None and low >= high:
+            raise ValidationException(f"Step adjustment bounds: the lower bound {low} must be less than the upper "
+                                      f"bound {high}.")
+        bounds.append((float("-inf") if low is None else low, float("inf") if high is None else high))
+    bounds.sort()
+    for (_, high), (low, _) in itertools.pairwise(bounds):
+        if low < high:
+            raise ValidationException("Step adjustments must not overlap.")
+    if config.get("MinAdjustmentMagnitude") is not None and config["AdjustmentType"] != "PercentChangeInCapacity":
+        raise ValidationException("MinAdjustmentMagnitude applies only to PercentChangeInCapacity.")
+    if config.get("Cooldown", 0) < 0:
+        raise ValidationException("Cooldown must not be negative.")
+    out = dict(config)
+    out.setdefault("Cooldown", DEFAULT_COOLDOWN)
+    out.setdefault("MetricAggregationType", "Average")
     return out

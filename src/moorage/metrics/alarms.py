@@ -14,10 +14,10 @@ alarm's ``TreatMissingData`` says (CloudWatch's semantics):
 A state change is written to the alarm's row (``resources`` kind ``alarm``) and its history, logged,
 and acted on: each URL in the new state's actions (``AlarmActions``, ``OKActions``,
 ``InsufficientDataActions``) receives a JSON POST (the fields of CloudWatch's alarm notification)
-from a worker thread, with a bounded timeout and retries. AWS ARNs (an SNS topic, an Auto Scaling
-policy) are accepted and kept, so an alarm written for AWS is taken unchanged, but nothing here
-can act on them: they are inert. Python code that needs the transitions
-has them from ``evaluate_all``.
+from a worker thread, with a bounded timeout and retries. AWS ARNs are accepted and kept, so an
+alarm written for AWS is taken unchanged; an Application Auto Scaling step policy's ARN is acted on
+by the autoscaler (``autoscale/controller.py`` runs the policy while the alarm is in ALARM), other
+ARNs (an SNS topic) are inert. Python code that needs the transitions has them from ``evaluate_all``.
 """
 
 from __future__ import annotations
