@@ -25,6 +25,7 @@ from typing import Any
 
 from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, MODEL, Context
 from moorage.control.launch import launch_specs
+from moorage.control.logs import execution_log_path
 from moorage.control.schedule_expressions import ScheduleExpression
 from moorage.errors import ValidationException
 from moorage.monitor.common.jobs import (
@@ -314,7 +315,9 @@ class MonitoringScheduler:
                                               capture_sides=definition.capture_sides(), exclude_features=excluded)
             runner = data_quality.RUNNER
         try:
-            result = await run_in_subprocess(runner, dataclasses.asdict(spec), row.name, definition.max_runtime)
+            # its log is its processing job's stream in /aws/sagemaker/ProcessingJobs (control/logs.py)
+            result = await run_in_subprocess(runner, dataclasses.asdict(spec), row.name, definition.max_runtime,
+                                             log_path=str(execution_log_path(self.ctx.settings.logs_dir, row.name)))
         finally:
             if explainer is not None:
                 await explainer.stop(drain_timeout=0, term_timeout=10)

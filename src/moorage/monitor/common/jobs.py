@@ -20,10 +20,14 @@ import contextlib
 import datetime as dt
 import importlib
 import json
+import logging
 import multiprocessing
+import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from moorage.errors import ValidationException
@@ -267,13 +271,42 @@ class Outcome:
 
 
 # -- the child process ------------------------------------------------------------------------------
-def _child_main(runner: str, spec_doc: dict[str, Any], conn: Any) -> None:
+def _log_to(path: str) -> None:
+    """Send this process's output (prints, warnings, tracebacks, native libraries' writes) and its Python
+    logging, stamped as the model server stamps its lines, to the job's log file: the processing job's
+    stream that the Logs API serves."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _child_main(runner: str, spec_doc: dict[str, Any], conn: Any, log_path: str | None = None) -> None:
+    job_log = logging.getLogger("moorage.job")
+    if log_path:
+        try:
+            _log_to(log_path)
+        except OSError:
+            log_path = None  # the job still runs; its output goes where the server's does
+        job_log.info("starting %s", runner)
     try:
         module, _, function = runner.partition(":")
         result = getattr(importlib.import_module(module), function)(spec_doc)
     except BaseException as exc:  # a bug in the analysis must still come back as a reason
         result = {"Status": FAILED, "FailureReason": f"Internal error: {type(exc).__name__}: {exc}",
                   "Traceback": traceback.format_exc()[-4000:]}
+        if log_path:
+            job_log.error("%s", result["Traceback"])
+    if log_path:
+        reason = result.get("FailureReason") if isinstance(result, dict) else None
+        job_log.info("ended: %s%s", result.get("Status") if isinstance(result, dict) else "?",
+                     f" ({reason})" if reason else "")
+        sys.stdout.flush()
     try:
         conn.send(result)
     finally:
@@ -281,15 +314,16 @@ def _child_main(runner: str, spec_doc: dict[str, Any], conn: Any) -> None:
 
 
 async def run_in_subprocess(runner: str, spec_doc: dict[str, Any], name: str, max_runtime: float | None = None,
-                            poll: float = 0.1) -> dict[str, Any]:
+                            poll: float = 0.1, log_path: str | None = None) -> dict[str, Any]:
     """Run ``runner`` (``"module:function"``, taking the spec's dict and returning the result's) on
     ``spec_doc`` in a fresh process without blocking the event loop; killed past ``max_runtime``.
+    ``log_path``: a file that takes the process's output and logging (appended to).
 
     Cancelling the awaiting task kills the process (a server that stops does not wait for it).
     """
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child_main, args=(runner, spec_doc, sender), daemon=True,
+    process = context.Process(target=_child_main, args=(runner, spec_doc, sender, log_path), daemon=True,
                               name=f"moorage-monitor-{name}")
     process.start()
     sender.close()
