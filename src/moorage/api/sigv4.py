@@ -11,6 +11,12 @@ headers, string work kept to what the canonical request needs, the derived signi
 (secret, date, region, service) so a request costs two SHA-256s and one HMAC, and the slower
 alternatives (AWS's decoded-and-re-encoded query form, ``UNSIGNED-PAYLOAD`` for presigned URLs)
 tried only when the first candidate does not match.
+
+S3 signs differently, and ``verify_s3`` checks it so: the canonical URI is the path exactly as sent
+(no second encoding, no dot-segment normalisation: botocore's ``S3SigV4Auth``), the body may be left
+unsigned (``UNSIGNED-PAYLOAD``, ``STREAMING-UNSIGNED-PAYLOAD-TRAILER``), and a body sent as
+``aws-chunked`` with ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD`` signs each chunk in a chain that starts
+at the request's signature (``ChunkChain``). The other services keep refusing unsigned bodies.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from botocore.utils import normalize_url_path
 
-__all__ = ["ALGORITHM", "AuthError", "Principal", "SigV4Verifier"]
+__all__ = ["ALGORITHM", "AuthError", "ChunkChain", "Principal", "S3Signature", "SigV4Verifier"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -35,6 +41,12 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # Payload markers a signer may put in X-Amz-Content-SHA256 instead of a hash; the body is then
 # deliberately outside the signature.
 _UNSIGNED_MARKERS = frozenset({UNSIGNED_PAYLOAD, "STREAMING-UNSIGNED-PAYLOAD-TRAILER"})
+STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+# What S3 takes in X-Amz-Content-SHA256 besides a hex SHA-256.
+S3_PAYLOAD_MARKERS = frozenset({UNSIGNED_PAYLOAD, STREAMING_UNSIGNED_TRAILER, STREAMING_SIGNED,
+                                STREAMING_SIGNED_TRAILER})
 _AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 # AWS refuses presigned URLs valid for longer than a week.
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
@@ -89,6 +101,48 @@ class Principal:
     service: str
 
 
+@dataclass(frozen=True)
+class S3Signature:
+    """A verified S3 request: who signed it, what it declared its body to be (X-Amz-Content-SHA256, or
+    UNSIGNED-PAYLOAD on a presigned URL), and what a chain of chunk signatures needs to go on from it."""
+
+    principal: Principal
+    payload: str
+    signing_key: bytes
+    amz_date: str
+    scope: str
+    signature: str
+
+
+class ChunkChain:
+    """The chunk signatures of an ``aws-chunked`` body signed with STREAMING-AWS4-HMAC-SHA256-PAYLOAD:
+    each signs its chunk's SHA-256 and the signature before it, the first the request's own; the
+    optional trailer (STREAMING-...-PAYLOAD-TRAILER) is signed last, over its header lines."""
+
+    def __init__(self, signed: S3Signature) -> None:
+        self._key = signed.signing_key
+        self._prefix = f"{ALGORITHM}-PAYLOAD\n{signed.amz_date}\n{signed.scope}\n"
+        self._trailer_prefix = f"{ALGORITHM}-TRAILER\n{signed.amz_date}\n{signed.scope}\n"
+        self._previous = signed.signature
+
+    def chunk(self, sha256_hex: str, provided: str) -> bool:
+        """Whether ``provided`` signs the chunk whose SHA-256 is ``sha256_hex``; the chain moves on."""
+        text = f"{self._prefix}{self._previous}\n{EMPTY_SHA256}\n{sha256_hex}"
+        return self._check(text, provided)
+
+    def trailer(self, canonical_lines: bytes, provided: str) -> bool:
+        """Whether ``provided`` signs the trailing headers, as ``name:value\\n`` lines."""
+        text = f"{self._trailer_prefix}{self._previous}\n{hashlib.sha256(canonical_lines).hexdigest()}"
+        return self._check(text, provided)
+
+    def _check(self, text: str, provided: str) -> bool:
+        calculated = hmac.digest(self._key, text.encode(), "sha256").hex()
+        if not hmac.compare_digest(calculated.encode(), provided.encode("latin-1")):
+            return False
+        self._previous = calculated
+        return True
+
+
 def _format_amz_date(epoch: float) -> str:
     return time.strftime(_AMZ_DATE_FORMAT, time.gmtime(epoch))
 
@@ -119,6 +173,11 @@ def _trim(value: bytes) -> str:
     # botocore's Trimall: strip and collapse whitespace runs. Header bytes are decoded as
     # latin-1 because that is how http.client encoded botocore's str values onto the wire.
     return " ".join(value.decode("latin-1").split())
+
+
+def _s3_canonical_uri(raw_path: bytes) -> str:
+    # S3SigV4Auth signs the URL's path as it is: already percent-encoded once, never normalised.
+    return raw_path.decode("latin-1") if raw_path else "/"
 
 
 def _canonical_uri(raw_path: bytes) -> str:
@@ -180,6 +239,14 @@ def _query_candidates(pairs: list[bytes]) -> Iterator[str]:
     reencoded = _query_reencoded(pairs)
     if reencoded != as_sent:
         yield reencoded
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _auth_params(text: str) -> dict[str, str]:
@@ -261,6 +328,62 @@ class SigV4Verifier:
         return self._verify_header(method, raw_path, query_string, single, repeated, body, now, authorization,
                                    payload_hash)
 
+    def verify_s3(
+        self,
+        method: str,
+        raw_path: bytes,
+        query_string: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        now: float | None = None,
+    ) -> S3Signature:
+        """Verify a request S3's way (see the module's docstring) before a byte of its body is read.
+
+        The caller must hold the body to what ``payload`` declares: its SHA-256, or the chain of chunk
+        signatures (``ChunkChain``); UNSIGNED-PAYLOAD and STREAMING-UNSIGNED-PAYLOAD-TRAILER leave it
+        outside the signature, as S3 allows.
+        """
+        single: dict[bytes, bytes] = {}
+        repeated: dict[bytes, list[bytes]] | None = None
+        for name, value in headers:
+            if name in single:
+                if repeated is None:
+                    repeated = {}
+                repeated.setdefault(name, [single[name]]).append(value)
+            else:
+                single[name] = value
+        authorization = single.get(b"authorization")
+        presigned = bool(query_string) and (
+            _has_param(query_string, b"X-Amz-Signature")
+            or _has_param(query_string, b"X-Amz-Algorithm")
+            or _has_param(query_string, b"X-Amz-Credential")
+        )
+        if authorization is None:
+            if not presigned:
+                raise AuthError("MissingAuthenticationTokenException", MSG_MISSING_TOKEN)
+            declared = single.get(b"x-amz-content-sha256")
+            payload = declared.decode("latin-1").strip() if declared is not None else UNSIGNED_PAYLOAD
+            signed = self._verify_presigned(method, raw_path, query_string, single, repeated, b"", now,
+                                            payload_hash=payload, s3=True)
+        else:
+            if presigned:
+                raise _incomplete(
+                    "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter or the "
+                    "Authorization header should be specified."
+                )
+            declared = single.get(b"x-amz-content-sha256")
+            if declared is None:
+                raise AuthError("InvalidRequest", "Missing required header for this request: x-amz-content-sha256",
+                                400)
+            payload = declared.decode("latin-1").strip()
+            if payload not in S3_PAYLOAD_MARKERS and (len(payload) != 64 or not _is_hex(payload)):
+                raise AuthError("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
+                                "STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, "
+                                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER or a valid sha256 value.", 400)
+            signed = self._verify_header(method, raw_path, query_string, single, repeated, b"", now, authorization,
+                                         payload_hash=payload.lower() if len(payload) == 64 else payload, s3=True)
+        assert isinstance(signed, S3Signature)
+        return signed
+
     # -- the two ways to carry a signature ------------------------------------------------------
 
     def _verify_header(
@@ -274,7 +397,8 @@ class SigV4Verifier:
         now: float | None,
         authorization: bytes,
         payload_hash: str | None = None,
-    ) -> Principal:
+        s3: bool = False,
+    ) -> Principal | S3Signature:
         text = authorization.decode("latin-1").strip()
         algorithm, _, rest = text.partition(" ")
         if algorithm != ALGORITHM:
@@ -316,12 +440,17 @@ class SigV4Verifier:
         signing_key = self._signing_key(access_key, amz_date, scope, region, service)
         self._check_clock(amz_date, epoch, now)
 
-        payload = self._payload_hash(single, body, payload_hash)
-        if payload in _UNSIGNED_MARKERS:
-            # Only S3 lets a header-signed request leave its body unsigned; moorage's APIs are not S3,
-            # and an unsigned body could be replayed with any other body under the same signature.
-            raise _invalid(MSG_UNSIGNED_PAYLOAD)
-        canonical_uri = _canonical_uri(raw_path)
+        if s3:
+            assert payload_hash is not None
+            payload = payload_hash
+            canonical_uri = _s3_canonical_uri(raw_path)
+        else:
+            payload = self._payload_hash(single, body, payload_hash)
+            if payload in _UNSIGNED_MARKERS:
+                # Only S3 lets a header-signed request leave its body unsigned; moorage's APIs are not S3,
+                # and an unsigned body could be replayed with any other body under the same signature.
+                raise _invalid(MSG_UNSIGNED_PAYLOAD)
+            canonical_uri = _canonical_uri(raw_path)
         canonical_headers = self._canonical_headers(header_names, single, repeated)
         pairs = _query_pairs(query_string, drop_signature=False) if query_string else []
         head = f"{method.upper()}\n{canonical_uri}\n"
@@ -333,6 +462,9 @@ class SigV4Verifier:
             scope,
             (head + query + tail for query in _query_candidates(pairs)),
         )
+        if s3:
+            return S3Signature(Principal(access_key, region, service), payload, signing_key, amz_date, scope,
+                               signature)
         return Principal(access_key, region, service)
 
     def _verify_presigned(
@@ -345,7 +477,8 @@ class SigV4Verifier:
         body: bytes,
         now: float | None,
         payload_hash: str | None = None,
-    ) -> Principal:
+        s3: bool = False,
+    ) -> Principal | S3Signature:
         params: dict[str, str] = {}
         for pair in query_string.split(b"&"):
             key, _, value = pair.partition(b"=")
@@ -384,9 +517,14 @@ class SigV4Verifier:
 
         # botocore's SigV4QueryAuth hashes the body it signed (empty for a GET); S3-style signers
         # and other SDKs use UNSIGNED-PAYLOAD, which a presigned URL may choose deliberately.
-        payload = self._payload_hash(single, body, payload_hash)
+        if s3:
+            assert payload_hash is not None
+            payload = payload_hash
+            canonical_uri = _s3_canonical_uri(raw_path)
+        else:
+            payload = self._payload_hash(single, body, payload_hash)
+            canonical_uri = _canonical_uri(raw_path)
         payloads = [payload] if payload == UNSIGNED_PAYLOAD else [payload, UNSIGNED_PAYLOAD]
-        canonical_uri = _canonical_uri(raw_path)
         canonical_headers = self._canonical_headers(header_names, single, repeated)
         pairs = _query_pairs(query_string, drop_signature=True)
         head = f"{method.upper()}\n{canonical_uri}\n"
@@ -398,6 +536,9 @@ class SigV4Verifier:
             scope,
             (head + query + tail + p for p in payloads for query in _query_candidates(pairs)),
         )
+        if s3:
+            return S3Signature(Principal(access_key, region, service), UNSIGNED_PAYLOAD, signing_key, amz_date, scope,
+                               params["X-Amz-Signature"])
         return Principal(access_key, region, service)
 
     # -- pieces -----------------------------------------------------------------------------------

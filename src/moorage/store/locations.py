@@ -3,23 +3,35 @@
 Model artifacts, transform inputs and outputs, capture files, baselines and monitoring outputs all
 reach their locations through ``filesystem``/``open_url`` here.
 
-``s3://`` goes through s3fs when it is installed (fsspec's own choice). Without it, pyarrow's S3
-client (``moorage[s3]``; also present with ``moorage[monitor]`` and ``moorage[ray]``) is wrapped as an
-fsspec filesystem: s3fs pins botocore to a narrow range through aiobotocore, and moorage's API is
-botocore's service models, so it must not be forced onto an older botocore just to read S3.
+``s3://`` means moorage's own object store by default (``MOORAGE_OBJECT_STORE=local``):
+``s3://BUCKET/KEY`` is the file ``ROOT/BUCKET/KEY`` (``store/objects.py``), the same object the S3 API
+on the server's port serves. The server exports ``MOORAGE_OBJECT_STORE`` and
+``MOORAGE_OBJECT_STORE_ROOT`` (``export_object_store``) before it starts anything, so instances,
+transform drivers and their Ray workers, and monitoring executions, all inheriting its environment,
+resolve ``s3://`` to the same files. A process the server did not start (the CLI, a script) uses the
+same variables, else the home's store (``MOORAGE_HOME``, else ``~/.moorage``).
 
-Either way the usual AWS settings apply: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for an
-S3-compatible server, credentials and region from botocore's chain (environment, shared files, profiles).
+With ``MOORAGE_OBJECT_STORE=external``, ``s3://`` goes to a real S3 or S3-compatible server: through
+s3fs when it is installed (fsspec's own choice), else pyarrow's S3 client (``moorage[s3]``; also
+present with ``moorage[monitor]`` and ``moorage[ray]``) wrapped as an fsspec filesystem: s3fs pins
+botocore to a narrow range through aiobotocore, and moorage's API is botocore's service models, so
+it must not be forced onto an older botocore just to read S3. The usual AWS settings apply:
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for an S3-compatible server, credentials and region from
+botocore's chain (environment, shared files, profiles).
 """
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import fsspec
+
+from moorage.settings import ObjectStoreSettings, SettingsError, default_home, read_setting
+from moorage.store.objects import ObjectStoreFileSystem
 
 
 class StorageError(Exception):
@@ -41,8 +53,30 @@ def check_location(url: str, what: str = "location") -> None:
         raise StorageError(f"{what} {url}: the {scheme}: scheme is not supported; use a path, file:// or s3://.")
 
 
+def local_object_root() -> Path | None:
+    """The local object store's root that ``s3://`` resolves to here, or None when it is external."""
+    try:
+        if read_setting(ObjectStoreSettings, "backend") == "external":
+            return None
+        root = read_setting(ObjectStoreSettings, "root")
+    except SettingsError as exc:
+        raise StorageError(str(exc)) from exc
+    return Path(root).expanduser().resolve() if root else default_home().expanduser().resolve() / "objects"
+
+
+def export_object_store(backend: str, root: Path) -> None:
+    """Make this process, and every process it starts from now on, resolve ``s3://`` as the server does."""
+    os.environ["MOORAGE_OBJECT_STORE"] = backend
+    os.environ["MOORAGE_OBJECT_STORE_ROOT"] = str(root)
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for ``url`` and the path inside it."""
+    if url.startswith(("s3://", "s3a://")):
+        root = local_object_root()
+        if root is not None:
+            # Paths are "bucket/key", as s3fs's are; the filesystem refuses keys that would leave the store.
+            return ObjectStoreFileSystem(str(root)), url.split("://", 1)[1]
     if url.startswith("s3://"):
         try:
             import s3fs  # noqa: F401
