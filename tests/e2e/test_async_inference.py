@@ -12,10 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import boto3
+import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 
-from e2e_support import Deployer, MoorageServer, err_code, err_message, new_name, pack_model, variant, wait_until
+from e2e_support import (
+    REGION,
+    Deployer,
+    MoorageServer,
+    err_code,
+    err_message,
+    new_name,
+    pack_model,
+    variant,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -41,12 +53,13 @@ def transform_fn(model, body, content_type, accept):
 TOPIC = "arn:aws:sns:us-east-1:000000000000:async-"
 
 
-def _async_endpoint(dep: Deployer, tmp_path: Path, *, per_instance: int = 2, failure_path: bool = True) -> str:
+def _async_endpoint(dep: Deployer, tmp_path: Path, *, per_instance: int = 2, failure_path: bool = True,
+                    output_path: str | None = None, failure_at: str | None = None) -> str:
     model = dep.model(new_name("async"), pack_model(tmp_path / "model", None, inference_py=MODEL).as_uri())
-    output: dict[str, Any] = {"S3OutputPath": (tmp_path / "out").as_uri(),
+    output: dict[str, Any] = {"S3OutputPath": output_path or (tmp_path / "out").as_uri(),
                               "NotificationConfig": {"SuccessTopic": TOPIC + "success", "ErrorTopic": TOPIC + "error"}}
     if failure_path:
-        output["S3FailurePath"] = (tmp_path / "fail").as_uri()
+        output["S3FailurePath"] = failure_at or (tmp_path / "fail").as_uri()
     config = new_name("async")
     dep.sm.create_endpoint_config(
         EndpointConfigName=config, ProductionVariants=[variant("AllTraffic", model)],
@@ -54,7 +67,8 @@ def _async_endpoint(dep: Deployer, tmp_path: Path, *, per_instance: int = 2, fai
                               "ClientConfig": {"MaxConcurrentInvocationsPerInstance": per_instance}})
     dep.configs.append(config)
     endpoint = dep.endpoint(new_name("async"), config)
-    dep.wait_in_service(endpoint)
+    desc = dep.wait_in_service(endpoint)
+    assert desc["AsyncInferenceConfig"]["OutputConfig"]["S3OutputPath"] == output["S3OutputPath"]
     return endpoint
 
 
@@ -261,3 +275,37 @@ def test_requests_arriving_together_all_answered(server: MoorageServer, deployer
     assert len(replies) == 12 and len({r["InferenceId"] for r in replies}) == 12
     assert sorted(json.loads(_read(r["OutputLocation"]))["echo"] for r in replies) == sorted(
         f"p{i}" for i in range(12))
+
+
+def test_s3_locations_through_the_servers_object_store(server: MoorageServer, deployer: Deployer,
+                                                       tmp_path: Path) -> None:
+    """The input uploaded with boto3's s3 client to moorage itself, the answer and a failure read back
+    the same way: s3:// names moorage's object store on both sides."""
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=server.url, region_name=REGION, aws_access_key_id=server.access_key_id,
+        aws_secret_access_key=server.secret_access_key,
+        config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+    bucket = new_name("async-io")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="in/request.csv", Body=b"from the object store")
+    endpoint = _async_endpoint(deployer, tmp_path, output_path=f"s3://{bucket}/out", failure_at=f"s3://{bucket}/fail")
+    rt = server.rt()
+
+    def read(location: str) -> bytes:
+        key = location.removeprefix(f"s3://{bucket}/")
+        return wait_until(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read(), 60, what=location)
+
+    reply = rt.invoke_endpoint_async(EndpointName=endpoint, InputLocation=f"s3://{bucket}/in/request.csv",
+                                     InferenceId="s3-request")
+    assert reply["OutputLocation"] == f"s3://{bucket}/out/s3-request.out"
+    assert reply["FailureLocation"] == f"s3://{bucket}/fail/s3-request-error.out"
+    assert json.loads(read(reply["OutputLocation"]))["echo"] == "from the object store"
+
+    missing = rt.invoke_endpoint_async(EndpointName=endpoint, InputLocation=f"s3://{bucket}/in/absent.csv")
+    assert b"does not exist" in read(missing["FailureLocation"])
+    s3.put_object(Bucket=bucket, Key="in/boom.csv", Body=b"boom")
+    boom = rt.invoke_endpoint_async(EndpointName=endpoint, InputLocation=f"s3://{bucket}/in/boom.csv")
+    assert b"the model fails on boom" in read(boom["FailureLocation"])
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == sorted(["in/request.csv", "in/boom.csv", "out/s3-request.out",
+                           f"fail/{missing['InferenceId']}-error.out", f"fail/{boom['InferenceId']}-error.out"])

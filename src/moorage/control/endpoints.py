@@ -517,6 +517,9 @@ class Endpoints:
             out["ProductionVariants"] = variant_summaries(self.ctx.store, row, snapshot)
             if row.body.get("ShadowProductionVariants"):
                 out["ShadowProductionVariants"] = shadow_summaries(self.ctx.store, row, snapshot)
+        config = self.ctx.store.get(ENDPOINT_CONFIG, row.body.get("EndpointConfigName", ""))
+        if config is not None and config.body.get("AsyncInferenceConfig"):
+            out["AsyncInferenceConfig"] = config.body["AsyncInferenceConfig"]  # as SageMaker shows it
         pending = row.body.get("PendingDeploymentSummary")
         if pending:
             out["PendingDeploymentSummary"] = pending_summary(pending, self.ctx.routes.pending_snapshot(name))
