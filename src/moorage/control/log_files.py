@@ -49,8 +49,9 @@ MAX_PAGE_EVENTS = 10_000
 MAX_PAGE_BYTES = 1_048_576
 EVENT_OVERHEAD = 26
 STAMP_SEARCH_BYTES = 120
-# File times come from the kernel's coarse clock (a few ms behind the time a process reads): a stamp is
-# capped at its part's mtime plus this much, so a line written as the file was last touched keeps its own.
+# File times come from the kernel's coarse clock (a few ms behind the time a process reads; a second on
+# file systems that keep whole seconds): a stamp is capped at its part's mtime plus this much, so a line
+# written as the file was last touched keeps its own time.
 MTIME_SLACK_MS = 1000
 
 _STAMP = re.compile(rb"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,6}))?"
@@ -132,7 +133,7 @@ class Event:
 class _Part:
     handle: IO[bytes]
     inode: int
-    cap: int  # no line of the part is later than this (its mtime; now for the live file)
+    cap: int  # no line of the part is later than this (its mtime and the clock's slack; now for the live file)
     live: bool
 
 
@@ -245,15 +246,15 @@ class LogStream:
             if index == first and resume is not None:
                 offset, previous = resume.offset, resume.time
             else:
-                offset = 0
-                if index > 0:
-                    previous = max(previous, parts[index - 1].cap)
+                # Every part starts from what is known of the one before without reading it (its last write),
+                # so a line's time does not depend on where a read began.
+                offset, previous = 0, self._base(parts, index)
             if since is not None and part.cap < since and not part.live:
                 continue
             handle = part.handle
             size = os.fstat(handle.fileno()).st_size
             if offset > size:  # the file was started over (no backups kept): read it from the top
-                offset, previous = 0, self.floor if index == 0 else max(self.floor, parts[index - 1].cap)
+                offset, previous = 0, self._base(parts, index)
             handle.seek(offset)
             while True:
                 if stop_part == index and stop is not None and offset >= stop.offset:
@@ -274,6 +275,11 @@ class LogStream:
                 yield Event(previous, text.decode("utf-8", "replace"), begin, Position(part.inode, offset, previous),
                             index)
 
+    def _base(self, parts: list[_Part], index: int) -> int:
+        """The time of a part's lines before its first stamp: the previous part's last write, with the clock's
+        slack, which none of that part's lines is later than (the floor for the oldest)."""
+        return max(self.floor, parts[index - 1].cap) if index > 0 else self.floor
+
     def start_position(self) -> Position:
         """Where the stream begins now (its oldest kept part, offset 0)."""
         parts = self._open()
@@ -290,7 +296,7 @@ class LogStream:
             if not parts:
                 return Position(0, 0, self.floor)
             # Read only the newest part: positions need the time of the line before, so its lines are read.
-            start = Position(parts[-1].inode, 0, max(self.floor, parts[-2].cap) if len(parts) > 1 else self.floor)
+            start = Position(parts[-1].inode, 0, self._base(parts, len(parts) - 1))
             for event in self._events(parts, start, None, None):
                 last = event.end
             if last is None:
