@@ -331,3 +331,29 @@ def test_a_monitoring_executions_processing_job_points_at_its_files(server: Moor
     events = logs.get_log_events(logGroupName="/aws/sagemaker/ProcessingJobs", logStreamName=stream["logStreamName"],
                                  startFromHead=True)["events"]
     assert any("ended: " + summary["MonitoringExecutionStatus"] in e["message"] for e in events), events
+
+
+def test_suggest_baseline_over_s3_uris_of_the_servers_object_store(server: MoorageServer, dataset: Path) -> None:
+    """As the SDK runs it: the dataset uploaded under a prefix of the default bucket, the results read back
+    through the S3 API."""
+    sm, s3 = server.sm(), server.client("s3")
+    bucket = new_name("pj-bucket")
+    s3.create_bucket(Bucket=bucket)
+    name = new_name("s3-baseline")
+    prefix = f"model-monitor/baselining/{name}/input/baseline_dataset_input"
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/train.csv", Body=(dataset / "train.csv").read_bytes())
+    output = f"s3://{bucket}/model-monitor/baselining/{name}/results"
+    sm.create_processing_job(**suggest_request(name, f"s3://{bucket}/{prefix}", output))
+    desc = wait_job(sm, name)
+    assert desc["ProcessingJobStatus"] == "Completed", desc.get("FailureReason")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"model-monitor/baselining/{name}/results/")["Contents"]
+    keys = sorted(o["Key"] for o in listed)
+    assert keys == [f"model-monitor/baselining/{name}/results/{f}" for f in ("constraints.json", "statistics.json")]
+    statistics = Statistics(json.loads(s3.get_object(Bucket=bucket, Key=keys[1])["Body"].read())).body_dict
+    assert statistics["dataset"]["item_count"] == 500
+    Constraints(json.loads(s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read()))
+
+    missing = new_name("s3-missing")
+    sm.create_processing_job(**suggest_request(missing, f"s3://{bucket}/no/such/prefix", f"s3://{bucket}/out"))
+    failed = wait_job(sm, missing)
+    assert failed["ProcessingJobStatus"] == "Failed" and f"s3://{bucket}/no/such/prefix" in failed["FailureReason"]
