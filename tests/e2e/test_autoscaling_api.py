@@ -145,7 +145,11 @@ def test_errors_are_the_ones_boto3_expects(aas: Any, endpoint: str) -> None:
             aas.put_scaling_policy(PolicyName="p", ServiceNamespace="sagemaker", ResourceId=rid,
                                    ScalableDimension=DIM, PolicyType="StepScaling",
                                    StepScalingPolicyConfiguration={"AdjustmentType": "ChangeInCapacity"})
-        assert "TargetTrackingScaling" in _error(exc)[1]
+        assert "StepAdjustments" in _error(exc)[1]  # a step policy needs its steps
+        with pytest.raises(ClientError) as exc:  # zero instances: only for asynchronous endpoints
+            aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=DIM,
+                                         MinCapacity=0, MaxCapacity=2)
+        assert "AsyncInferenceConfig" in _error(exc)[1]
         with pytest.raises(ClientError) as exc:
             aas.put_scaling_policy(PolicyName="p", ServiceNamespace="sagemaker", ResourceId=rid,
                                    ScalableDimension=DIM, PolicyType="TargetTrackingScaling",

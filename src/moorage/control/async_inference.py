@@ -378,7 +378,10 @@ class AsyncInference:
 
     async def _work(self, queue: EndpointQueue, request: AsyncRequest) -> None:
         try:
-            await self._process(request)
+            if not await self._process(request):
+                # No instance took it (the last one went away meanwhile): first in line again.
+                await asyncio.to_thread(self.ctx.store.update, ASYNC_REQUEST, request.key, status=QUEUED)
+                queue.pending.appendleft(request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must fail the request visibly, never the queue
@@ -389,10 +392,11 @@ class AsyncInference:
             queue.running.pop(request.key, None)
             queue.wake.set()
 
-    async def _process(self, request: AsyncRequest) -> None:
+    async def _process(self, request: AsyncRequest) -> bool:
+        """Run one request to its end; False when it must wait again for an instance."""
         if request.expired(time.time()):
             await self._finish(request, FAILED, failure=self._expired_message(request))
-            return
+            return True
         await asyncio.to_thread(self.ctx.store.update, ASYNC_REQUEST, request.key, status=RUNNING)
         if request.body is not None:
             body = request.body
@@ -401,12 +405,10 @@ class AsyncInference:
                 body = await asyncio.to_thread(read_input, request.input_location or "")
             except InputUnavailable as exc:
                 await self._finish(request, FAILED, failure=str(exc))
-                return
+                return True
         route = self.ctx.routes.get(request.endpoint)
         if route is None:
-            await self._finish(request, FAILED, failure=f"Endpoint {request.endpoint} stopped serving before the "
-                                                        f"request could be processed.")
-            return
+            return False  # being brought back (a restart, a failed bring-up retried): wait in the queue
         arrived, started = time.time(), time.perf_counter()
         outcome: Invocation | InvocationFailed
         try:
@@ -415,7 +417,9 @@ class AsyncInference:
             outcome = exc
         except (UnknownVariant, UnknownContainer, TargetModelError, Throttled) as exc:
             await self._finish(request, FAILED, failure=f"The request could not be routed: {exc}")
-            return
+            return True
+        if isinstance(outcome, InvocationFailed) and outcome.status == 503 and not outcome.instance_id:
+            return False
         if route.observers:
             route.observe(body, request.headers, arrived, started, outcome)
         if isinstance(outcome, InvocationFailed):
@@ -428,6 +432,7 @@ class AsyncInference:
         else:
             await self._finish(request, COMPLETED, output=outcome.body, variant=outcome.variant,
                                content_type=outcome.content_type)
+        return True
 
     async def _finish(self, request: AsyncRequest, status: str, *, output: bytes | None = None,
                       failure: str | None = None, variant: str | None = None, content_type: str | None = None) -> None:
