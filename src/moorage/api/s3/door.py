@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from moorage.api.responses import Receive, Scope, Send
 from moorage.api.s3 import multipart, operations
 from moorage.api.s3.bodies import ClientGone
-from moorage.api.s3.request import S3Request, is_presigned, parse_request, s3_auth_error
+from moorage.api.s3.request import S3Request, is_presigned, is_sigv2_presigned, parse_request, s3_auth_error
 from moorage.api.s3.xml import XML, error_document
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.store.objects import ObjectStore, ObjectStoreError
@@ -104,6 +104,9 @@ class S3FrontDoor:
             await send({"type": "http.response.body", "body": body})
             return
         try:
+            if is_sigv2_presigned(scope.get("query_string", b"")):
+                raise ObjectStoreError("AccessDenied", "moorage's S3 API verifies Signature Version 4 only: presign "
+                                       "with botocore.config.Config(signature_version='s3v4').", 403)
             try:
                 request.signed = self.verifier.verify_s3(request.method, scope.get("raw_path") or
                                                          scope["path"].encode(), scope.get("query_string", b""),
