@@ -245,6 +245,12 @@ def test_scales_to_zero_when_idle_and_back_for_a_request(fresh_server: Callable[
 
     # Nothing queued: the backlog is 0, the target tracking scales in to MinCapacity 0.
     wait_until(lambda: current() == 0 and srv.instances(endpoint) == [], 90, what="scale-in to zero")
+    # Zero is what the endpoint was told: a restart brings it back with no instance.
+    srv.stop()
+    srv.start(timeout=90)
+    dep.wait_in_service(endpoint)
+    assert current() == 0 and srv.instances(endpoint) == []
+    rt = srv.rt()
     reply = rt.invoke_endpoint_async(EndpointName=endpoint, InputLocation=_put(tmp_path, "z.csv", "from zero"))
     # Queued at zero instances; the alarm's step policy brings one back, which answers it.
     assert json.loads(_read(reply["OutputLocation"], 90))["echo"] == "from zero"
