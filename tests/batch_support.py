@@ -118,7 +118,7 @@ class S3Server:
         credentials = self.workdir / "s3-credentials"
         credentials.write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
         return {"AWS_ENDPOINT_URL_S3": self.url, "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
-                "AWS_DEFAULT_REGION": REGION}
+                "AWS_DEFAULT_REGION": REGION, "MOORAGE_OBJECT_STORE": "external"}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

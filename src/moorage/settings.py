@@ -377,7 +377,8 @@ class MonitorSettings(Section):
     section: ClassVar[str] = "monitor"
 
     concurrency: int = setting(2, "MOORAGE_MONITOR_CONCURRENCY", WHOLE,
-                               "Monitoring executions running at once, at most.", minimum=1)
+                               "Monitoring executions running at once, at most; processing jobs (Model Monitor "
+                               "baselines) have as many slots of their own.", minimum=1)
     tick_seconds: float = setting(1.0, "MOORAGE_MONITOR_TICK_SECONDS", DURATION,
                                   "How often the scheduler looks for due schedules (API calls wake it at once).",
                                   positive=True)
@@ -455,9 +456,54 @@ class ExperimentSettings(Section):
                                  minimum=1)
 
 
+@dataclass(frozen=True)
+class ObjectStoreSettings(Section):
+    """Where ``s3://`` locations and the S3 API on the server's port keep objects (``store/objects.py``).
+
+    The server exports both variables to every process it starts (instances, transform drivers, Ray,
+    monitoring executions), so ``s3://`` means the same store in all of them.
+    """
+
+    section: ClassVar[str] = "objects"
+
+    backend: str = setting("local", "MOORAGE_OBJECT_STORE", _choice("local", "external"),
+                           "Where s3:// objects live: local (files under the object store root, also served by the "
+                           "S3 API on the server's port) or external (a real S3 or S3-compatible server, reached "
+                           "through the AWS chain and AWS_ENDPOINT_URL_S3).")
+    root: Path | None = setting(None, "MOORAGE_OBJECT_STORE_ROOT", PATH,  # noqa: RUF009 - a field, default None
+                                "The local object store's folder: s3://BUCKET/KEY is the file ROOT/BUCKET/KEY.",
+                                default_text="HOME/objects")
+
+
+@dataclass(frozen=True)
+class AsyncInferenceSettings(Section):
+    """Asynchronous inference (InvokeEndpointAsync): the queue of each endpoint with AsyncInferenceConfig."""
+
+    section: ClassVar[str] = "async_inference"
+
+    max_backlog: int = setting(10_000, "MOORAGE_ASYNC_MAX_BACKLOG", WHOLE,
+                               "Requests queued or running for one asynchronous endpoint, at most (more are "
+                               "refused with ServiceUnavailable).", minimum=1)
+    retention: float = setting(86400.0, "MOORAGE_ASYNC_RETENTION", DURATION,
+                               "How long a finished asynchronous request's record is kept in the store.",
+                               positive=True)
+
+
+@dataclass(frozen=True)
+class ServerlessSettings(Section):
+    """Serverless endpoints (ServerlessConfig): instances started by requests, stopped when idle."""
+
+    section: ClassVar[str] = "serverless"
+
+    idle_timeout: float = setting(300.0, "MOORAGE_SERVERLESS_IDLE_TIMEOUT", DURATION,
+                                  "How long a serverless variant's instance may sit idle before it is stopped "
+                                  "(ProvisionedConcurrency keeps one).", positive=True)
+
+
 SECTIONS: tuple[type[Section], ...] = (ServerSettings, MetricsSettings, AutoscaleSettings, CaptureSettings,
                                        MonitorSettings, InstanceSettings, BatchSettings, ShadowSettings,
-                                       ExperimentSettings)
+                                       ExperimentSettings, ObjectStoreSettings, AsyncInferenceSettings,
+                                       ServerlessSettings)
 
 
 # -- the tree -------------------------------------------------------------------------------------------
@@ -484,6 +530,9 @@ class Settings:
     batch: BatchSettings = field(default_factory=BatchSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     experiments: ExperimentSettings = field(default_factory=ExperimentSettings)
+    objects: ObjectStoreSettings = field(default_factory=ObjectStoreSettings)
+    async_inference: AsyncInferenceSettings = field(default_factory=AsyncInferenceSettings)
+    serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
     # "section.name" -> "default", "environment" or "flag --name"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -566,6 +615,11 @@ class Settings:
     def artifacts_dir(self) -> Path:
         """Where uploads through the native API land (``moorage.Session.upload_data``)."""
         return self.home / "artifacts"
+
+    @property
+    def objects_dir(self) -> Path:
+        """The local object store's root (``s3://BUCKET/KEY`` is ``objects_dir/BUCKET/KEY``)."""
+        return Path(self.objects.root).expanduser().resolve() if self.objects.root else self.home / "objects"
 
     @property
     def logs_dir(self) -> Path:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from moorage.api.async_runtime import AsyncRuntimeDoor
 from moorage.api.experiment_routes import experiment_routes
 from moorage.api.monitoring_routes import monitoring_routes
 from moorage.api.native import build_native_app
@@ -22,21 +23,25 @@ from moorage.api.query_protocol import QueryFrontDoor, is_query_request
 from moorage.api.responses import JSON, Receive, Scope, Send, respond, respond_error
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
 from moorage.api.runtime import RuntimeFrontDoor
+from moorage.api.s3 import S3FrontDoor, s3_scope_in
 from moorage.api.sagemaker import JsonFrontDoor, JsonProtocolService
 from moorage.api.sigv4 import SigV4Verifier
 from moorage.autoscale.controller import ScalingController
 from moorage.autoscale.target_tracking import Rules
 from moorage.capture import CaptureWriter
 from moorage.config import Credentials, Settings
+from moorage.control.async_inference import AsyncInference
 from moorage.control.cloudwatch import CloudWatch
 from moorage.control.context import Context
 from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
 from moorage.control.identity import SecurityTokenService
 from moorage.control.inference_experiments import InferenceExperiments
+from moorage.control.logs import Logs
 from moorage.control.models import Models
 from moorage.control.monitoring import Monitoring
 from moorage.control.monitoring_scheduler import MonitoringScheduler
+from moorage.control.processing_jobs import ProcessingJobs
 from moorage.control.routing_experiments import RoutingExperiments
 from moorage.control.scaling import Scaling
 from moorage.control.tags import Tags
@@ -44,7 +49,9 @@ from moorage.control.transform_jobs import TransformJobs
 from moorage.metrics.service import MetricsService
 from moorage.serving.route_table import RouteTable
 from moorage.store.artifacts import ArtifactStore
+from moorage.store.locations import export_object_store
 from moorage.store.metadata import MetadataStore
+from moorage.store.objects import ObjectStore
 
 log = logging.getLogger("moorage.server")
 # The classic text format every Prometheus version parses.
@@ -56,6 +63,12 @@ class MoorageApp:
         self.settings = settings
         secrets = {c.access_key_id: c.secret_access_key for c in credentials}
         self.verifier = SigV4Verifier(secrets.get)
+        # Before anything starts a process: s3:// is the same store here and in every child.
+        export_object_store(settings.objects.backend, settings.objects_dir)
+        objects = ObjectStore(settings.objects_dir).ensure() if settings.objects.backend == "local" else None
+        if objects is not None:
+            objects.clean_stale()
+        self.s3_door = S3FrontDoor(self.verifier, objects)
         settings.home.mkdir(parents=True, exist_ok=True)
         assert settings.database_url is not None
         self.store = MetadataStore(settings.database_url)
@@ -74,18 +87,22 @@ class MoorageApp:
                         scale_in_datapoints=settings.autoscale.scale_in_datapoints))
         self.transform_jobs = TransformJobs(self.ctx)
         self.monitoring = MonitoringScheduler(self.ctx)
+        self.processing_jobs = ProcessingJobs(self.ctx, self.monitoring)
         self.experiments = InferenceExperiments(self.ctx, self.endpoints)
         sagemaker = JsonProtocolService("sagemaker", "SageMaker", [
             Models(self.ctx), EndpointConfigs(self.ctx), self.endpoints, Tags(self.ctx), self.transform_jobs,
-            Monitoring(self.ctx, self.monitoring), self.experiments])
+            Monitoring(self.ctx, self.monitoring), self.experiments, self.processing_jobs])
         autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
         cloudwatch = JsonProtocolService("cloudwatch", "GraniteServiceVersion20100801", [CloudWatch(self.ctx)])
-        self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling, cloudwatch])
+        logs = JsonProtocolService("logs", "Logs_20140328", [Logs(self.ctx)])
+        self.json_door = JsonFrontDoor(self.verifier, [sagemaker, autoscaling, cloudwatch, logs])
         # STS speaks only the query protocol; its target prefix is never used.
         sts = JsonProtocolService("sts", "AWSSecurityTokenServiceV20110615", [SecurityTokenService(self.ctx)])
         self.query_door = QueryFrontDoor(self.verifier, [cloudwatch, sts])
         self.cbor_door = RpcV2CborFrontDoor(self.verifier, [cloudwatch])
-        self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id)
+        self.async_inference = AsyncInference(self.ctx)
+        self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id,
+                                             async_door=AsyncRuntimeDoor(self.verifier, self.async_inference))
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
                                        [*monitoring_routes(self.ctx, self.monitoring, self.routing_experiments),
                                         *experiment_routes(self.routing_experiments)])
@@ -96,6 +113,8 @@ class MoorageApp:
             path = scope["path"]
             if path.startswith("/endpoints/"):
                 await self.runtime_door(scope, receive, send)
+            elif s3_scope_in(scope):  # signed for s3: the S3 API, path-style (/BUCKET/KEY)
+                await self.s3_door(scope, receive, send)
             elif path == "/":
                 if scope["method"] == "POST":
                     if is_query_request(scope):
@@ -130,10 +149,13 @@ class MoorageApp:
                     self.capture.start()
                     self.metrics.start()
                     resumed = self.endpoints.recover()
+                    self.async_inference.start()  # accepted requests queue again; they wait for instances
                     if resumed:
                         log.info("bringing back %d endpoint(s) from the store", resumed)
                     if settled := self.transform_jobs.recover():
                         log.info("%d transform job(s) were cut off by the last stop; marked ended", settled)
+                    if settled := self.processing_jobs.recover():
+                        log.info("%d processing job(s) were cut off by the last stop; marked ended", settled)
                     self.monitoring.start()
                     self.experiments.start()  # due schedules start, passed EndTimes end
                     self.routing_experiments.start()
@@ -151,8 +173,10 @@ class MoorageApp:
                 await self.experiments.stop()
                 await self.routing_experiments.stop()
                 await self.monitoring.stop()  # running executions go back to Pending, to run again on start
+                await self.async_inference.stop()  # requests running now run again on the next start
                 await self.endpoints.shutdown()
                 await self.transform_jobs.shutdown()
+                await self.processing_jobs.shutdown()
                 await self.routes.shutdown()
                 await self.capture.shutdown()  # after the routes: every answered invocation is written
                 await self.metrics.stop()  # likewise: the last partial period is written, alarms' webhooks sent
