@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import os
 import shutil
@@ -448,3 +449,18 @@ def test_aws_cli_cp_and_ls(server: MoorageServer, bucket: str, tmp_path: Path) -
     assert "upload.txt" in aws("ls", f"s3://{bucket}/cli/")
     aws("cp", f"s3://{bucket}/cli/upload.txt", str(tmp_path / "back.txt"))
     assert (tmp_path / "back.txt").read_bytes() == source.read_bytes()
+
+
+def test_virtual_host_addressing_for_bucket_dot_localhost(server: MoorageServer, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="dir/k.txt", Body=b"virtual")
+    host = f"{bucket}.localhost:{server.port}"
+    request = AWSRequest(method="GET", url=f"http://{host}/dir/k.txt",
+                         headers={"X-Amz-Content-SHA256": hashlib.sha256(b"").hexdigest()})
+    S3SigV4Auth(Credentials(server.access_key_id, server.secret_access_key), "s3", REGION).add_auth(request)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)  # *.localhost need not resolve
+    try:
+        connection.request("GET", "/dir/k.txt", headers={**dict(request.headers.items()), "Host": host})
+        answer = connection.getresponse()
+        assert (answer.status, answer.read()) == (200, b"virtual")
+    finally:
+        connection.close()
