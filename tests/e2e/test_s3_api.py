@@ -464,3 +464,60 @@ def test_virtual_host_addressing_for_bucket_dot_localhost(server: MoorageServer,
         assert (answer.status, answer.read()) == (200, b"virtual")
     finally:
         connection.close()
+
+
+class _ChunkSignedAuth(S3SigV4Auth):
+    """botocore's S3 signer declaring a chunk-signed body (STREAMING-AWS4-HMAC-SHA256-PAYLOAD), as the
+    AWS CLI v2, the Java and Go SDKs send; the chunks are then signed below by the spec."""
+
+    def payload(self, request: Any) -> str:
+        return "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+
+
+def _chunk_signed_body(auth: _ChunkSignedAuth, request: AWSRequest, data: bytes, chunk: int,
+                       forge_at: int = -1) -> bytes:
+    import hmac
+
+    timestamp = request.context["timestamp"]
+    scope = auth.credential_scope(request)
+    key = auth._sign(("AWS4" + auth.credentials.secret_key).encode(), timestamp[:8], hex=False)
+    for part in (auth._region_name, "s3", "aws4_request"):
+        key = auth._sign(key, part, hex=False)
+    previous = request.headers["Authorization"].rsplit("Signature=", 1)[1]
+    out, pieces = b"", [data[i:i + chunk] for i in range(0, len(data), chunk)] + [b""]
+    for index, piece in enumerate(pieces):
+        text = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", timestamp, scope, previous, hashlib.sha256(b"").hexdigest(),
+                          hashlib.sha256(piece).hexdigest()])
+        previous = hmac.new(key, text.encode(), "sha256").hexdigest()
+        signature = "0" * 64 if index == forge_at else previous
+        out += f"{len(piece):x};chunk-signature={signature}\r\n".encode() + piece + b"\r\n"
+    return out
+
+
+def test_chunk_signed_bodies(server: MoorageServer, s3: Any, bucket: str) -> None:
+    data = os.urandom(200_000)
+
+    def send(key: str, forge_at: int = -1) -> tuple[int, bytes]:
+        url = f"{server.url}/{bucket}/{key}"
+        encoded_length = len(_chunk_signed_body(_ChunkSignedAuth(Credentials("a", "b"), "s3", REGION),
+                                                _dry(url), data, 65536))
+        request = AWSRequest(method="PUT", url=url, headers={
+            "Content-Encoding": "aws-chunked", "X-Amz-Decoded-Content-Length": str(len(data)),
+            "Content-Length": str(encoded_length)})
+        auth = _ChunkSignedAuth(Credentials(server.access_key_id, server.secret_access_key), "s3", REGION)
+        auth.add_auth(request)
+        body = _chunk_signed_body(auth, request, data, 65536, forge_at)
+        status, _, answer = http_request("PUT", url, body=body, headers=dict(request.headers.items()))
+        return status, answer
+
+    assert send("signed-chunks")[0] == 200
+    assert s3.get_object(Bucket=bucket, Key="signed-chunks")["Body"].read() == data
+    status, answer = send("forged-chunk", forge_at=2)
+    assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in answer
+    assert code(lambda: s3.head_object(Bucket=bucket, Key="forged-chunk")) == ("404", 404)
+
+
+def _dry(url: str) -> AWSRequest:
+    request = AWSRequest(method="PUT", url=url, headers={})
+    _ChunkSignedAuth(Credentials("a", "b"), "s3", REGION).add_auth(request)
+    return request
