@@ -263,7 +263,6 @@ class SdkRun:
         if not lines:
             raise SdkScriptError(f"{self.script} exited {self.proc.returncode} without a result\n{self.tails()}")
         self._outcome = json.loads(lines[-1][len(RESULT_PREFIX):])
-        self._outcome["wall_seconds"] = round(time.monotonic() - self.started, 1)
         return self._outcome
 
     def result(self) -> dict[str, Any]:

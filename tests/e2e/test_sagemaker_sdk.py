@@ -11,6 +11,7 @@ and looked up no other host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -32,7 +33,9 @@ from sagemaker_sdk_support import (
     write_sdk_config,
 )
 
-pytestmark = pytest.mark.e2e
+# The first test may build the SDK's venv (about 30 s with pip's cache warm, minutes without) and then
+# waits for its script; the scripts run side by side, so the module's later tests wait little.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sagemaker_sdk"
 
@@ -159,6 +162,11 @@ def scenarios(request: pytest.FixtureRequest, sdk: SdkEnv, server: MoorageServer
     s = Scenarios(sdk, server, tmp_path_factory.mktemp("sagemaker-sdk"))
     selected = [SCENARIO_OF[item.name] for item in request.session.items
                 if getattr(item, "module", None) is request.module and item.name in SCENARIO_OF]
+    # The scenarios share the default bucket and start together: made here first, so no two SDK
+    # processes race to create it (HeadBucket 404, then CreateBucket by both). The example, alone
+    # on its own bucket, shows the SDK creating one.
+    with contextlib.suppress(server.client("s3").exceptions.BucketAlreadyOwnedByYou):
+        server.client("s3").create_bucket(Bucket=DEFAULT_BUCKET)
     try:
         for scenario in selected:
             s.start(scenario)
@@ -298,6 +306,9 @@ def test_the_example_deploys_predicts_and_transforms(scenarios: Scenarios) -> No
     assert result["batch"] == expected
     assert result["matches"] is True
     assert result["model_data"].startswith("s3://moorage-sdk-example/")
+    # the bucket named in the example's config file did not exist: the SDK made it
+    calls = calls_of(scenarios, "example")
+    assert calls["s3:HeadBucket"] == 1 and calls["s3:CreateBucket"] == 1, calls
 
 
 # --------------------------------------------------------------------------------------------------
