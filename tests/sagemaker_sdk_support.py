@@ -234,7 +234,7 @@ class SdkRun:
 
     def __init__(self, python: Path, script: str, params: dict[str, Any], env: dict[str, str], workdir: Path,
                  timeout: float = 300.0) -> None:
-        self.script, self.timeout = script, timeout
+        self.script, self.params, self.timeout = script, params, timeout
         workdir.mkdir(parents=True, exist_ok=True)
         self.stdout_path, self.stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
         self._stdout, self._stderr = open(self.stdout_path, "wb"), open(self.stderr_path, "wb")  # noqa: SIM115

@@ -12,6 +12,7 @@ and looked up no other host.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import subprocess
 import sys
@@ -76,6 +77,26 @@ class Scenarios:
         config = write_sdk_config(root / "sagemaker-config.yaml")
         self.env = sdk_environment(server.url, server.access_key_id, server.secret_access_key, REGION, config, home)
         self.runs: dict[str, SdkRun] = {}
+        self._restart_server: MoorageServer | None = None
+
+    @property
+    def restart_server(self) -> MoorageServer:
+        """A server of the restart scenario's own (the shared one is never restarted)."""
+        if self._restart_server is None:
+            self._restart_server = MoorageServer(self.root / "restart-home").start(90)
+        return self._restart_server
+
+    def server_of(self, scenario: str) -> MoorageServer:
+        return self.restart_server if scenario == "restart" else self.server
+
+    def env_of(self, scenario: str) -> dict[str, str]:
+        if scenario == "example":
+            return self.example_env()
+        if scenario == "restart":
+            srv = self.restart_server
+            return dict(self.env, AWS_ENDPOINT_URL=srv.url, AWS_ACCESS_KEY_ID=srv.access_key_id,
+                        AWS_SECRET_ACCESS_KEY=srv.secret_access_key)
+        return self.env
 
     def expected(self, rows: np.ndarray) -> np.ndarray:
         return self.model.predict_proba(rows)[:, 1]
@@ -87,8 +108,10 @@ class Scenarios:
     def params(self, scenario: str) -> tuple[str, dict[str, Any]]:
         name = new_name(f"sdk-{scenario}")
         p = self.common(name)
-        if scenario in ("sklearn", "repacked", "async", "serverless"):
+        if scenario in ("sklearn", "repacked", "async", "serverless", "restart"):
             p["endpoint_name"] = name
+        if scenario == "restart":
+            p["keep"] = p["endpoint_logging"] = True
         if scenario == "repacked":
             p["network_isolation"] = p["endpoint_logging"] = True
         if scenario == "transform":
@@ -105,6 +128,7 @@ class Scenarios:
         if scenario == "example":
             p = {"build": str(self.example_build), "endpoint_name": name}
         script = {"example": "run_example.py", "sklearn": "sklearn_endpoint.py", "repacked": "sklearn_endpoint.py",
+                  "restart": "sklearn_endpoint.py",
                   "transform": "batch_transform.py", "monitor": "model_monitor.py",
                   "async": "async_endpoint.py", "serverless": "serverless_endpoint.py"}[scenario]
         return script, p
@@ -129,14 +153,15 @@ class Scenarios:
     def start(self, scenario: str) -> SdkRun:
         if scenario not in self.runs:
             script, params = self.params(scenario)
-            env = self.example_env() if scenario == "example" else self.env
-            self.runs[scenario] = SdkRun(self.sdk.python, script, params, env, self.root / "runs" / scenario,
-                                         timeout=360)
+            self.runs[scenario] = SdkRun(self.sdk.python, script, params, self.env_of(scenario),
+                                         self.root / "runs" / scenario, timeout=360)
         return self.runs[scenario]
 
     def stop_all(self) -> None:
         for run in self.runs.values():
             run.stop()
+        if self._restart_server is not None:
+            self._restart_server.stop()
 
 
 # test name -> scenario: the module fixture starts the scenarios of the tests that were selected
@@ -148,6 +173,7 @@ SCENARIO_OF = {
     "test_async_predictor_predicts": "async",
     "test_serverless_endpoint_predicts": "serverless",
     "test_the_example_deploys_predicts_and_transforms": "example",
+    "test_what_the_sdk_made_survives_a_restart": "restart",
 }
 
 
@@ -184,7 +210,7 @@ def assert_only_moorage(outcome: dict[str, Any], server: MoorageServer) -> None:
 def result_of(scenarios: Scenarios, scenario: str) -> dict[str, Any]:
     run = scenarios.start(scenario)
     result = run.result()
-    assert_only_moorage(run.outcome(), scenarios.server)
+    assert_only_moorage(run.outcome(), scenarios.server_of(scenario))
     return result
 
 
@@ -293,6 +319,29 @@ def test_serverless_endpoint_predicts(scenarios: Scenarios) -> None:
     np.testing.assert_allclose(np.asarray(result["second"]), expected, rtol=1e-9)
     assert result["variant"]["ServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 2}
     assert "InstanceType" not in result["variant"]
+
+
+# --------------------------------------------------------------------------------------------------
+# a restart keeps what the SDK made
+# --------------------------------------------------------------------------------------------------
+def test_what_the_sdk_made_survives_a_restart(scenarios: Scenarios) -> None:
+    """An endpoint the SDK deployed and the objects it uploaded are there after the server restarts:
+    a Predictor made by name predicts, and the archive reads back byte for byte."""
+    before = result_of(scenarios, "restart")
+    srv = scenarios.restart_server
+    srv.stop()
+    srv.start(90)
+    first = scenarios.runs["restart"].params
+    params = {"endpoint_name": first["endpoint_name"], "prefix": first["prefix"], "rows": scenarios.rows.tolist(),
+              "model_data": before["model_data"]}
+    run = SdkRun(scenarios.sdk.python, "after_restart.py", params, scenarios.env_of("restart"),
+                 scenarios.root / "runs" / "after-restart", timeout=240)
+    after = run.result()
+    assert_only_moorage(run.outcome(), srv)
+    assert after["status"] == "InService"
+    np.testing.assert_allclose(np.asarray(after["predictions"]), scenarios.expected(scenarios.rows), rtol=1e-9)
+    assert after["model_sha256"] == hashlib.sha256(scenarios.model_tar.read_bytes()).hexdigest()
+    assert before["model_data"] in after["listed"]
 
 
 # --------------------------------------------------------------------------------------------------

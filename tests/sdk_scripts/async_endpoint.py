@@ -26,8 +26,9 @@ def main(params: dict[str, Any]) -> dict[str, Any]:
         async_inference_config=AsyncInferenceConfig(output_path=output_path, failure_path=failure_path,
                                                     max_concurrent_invocations_per_instance=2),
     )
-    # The SDK polls S3 every 15 s by default; a user who wants the answer sooner says so.
-    waiter = WaiterConfig(max_attempts=120, delay=1)
+    # The SDK polls S3 every 15 s by default; a user who wants the answer sooner says so. (On a
+    # failure the SDK's output-waiting thread runs out its attempts before the process can end.)
+    waiter = WaiterConfig(max_attempts=60, delay=1)
     try:
         predictions = predictor.predict(data=params["rows"], waiter_config=waiter)
         response = predictor.predict_async(data=params["rows"][:2])

@@ -2,7 +2,8 @@
 serializers, then deleted. ``network_isolation`` makes the SDK repack model.tar.gz with the code
 itself (downloaded from S3, code/ added, uploaded again) instead of uploading sourcedir.tar.gz.
 ``endpoint_logging`` makes ``deploy`` follow the instances' log stream in CloudWatch Logs
-(FilterLogEvents on /aws/sagemaker/Endpoints/NAME) while it waits, polling every 10 s, not 30."""
+(FilterLogEvents on /aws/sagemaker/Endpoints/NAME) while it waits, polling every 10 s, not 30.
+``keep`` leaves the endpoint and model up (after_restart.py uses and deletes them)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def main(params: dict[str, Any]) -> dict[str, Any]:
         container = sess.sagemaker_client.describe_model(ModelName=model.name)["PrimaryContainer"]
         status = sess.sagemaker_client.describe_endpoint(EndpointName=predictor.endpoint_name)["EndpointStatus"]
     finally:
-        predictor.delete_model()  # first: it finds the models through the endpoint config
-        predictor.delete_endpoint()
+        if not params.get("keep"):
+            predictor.delete_model()  # first: it finds the models through the endpoint config
+            predictor.delete_endpoint()
     return {
         "predictions": np.asarray(predictions).tolist(),
         "model_data": model_data,
