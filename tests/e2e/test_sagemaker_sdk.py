@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from e2e_support import REGION, MoorageServer, new_name, pack_model, train_classifier
+from e2e_support import REGION, SM_SKLEARN_IMAGE, MoorageServer, new_name, pack_model, train_classifier
 from sagemaker_sdk_support import (
     DEFAULT_BUCKET,
     ROLE_ARN,
@@ -40,7 +40,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sagemaker_sdk"
 
-SKLEARN_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+SCRIPT_OF = {
+    "sklearn": "sklearn_endpoint.py", "repacked": "sklearn_endpoint.py", "restart": "sklearn_endpoint.py",
+    "transform": "batch_transform.py", "monitor": "model_monitor.py", "async": "async_endpoint.py",
+    "serverless": "serverless_endpoint.py", "example": "run_example.py",
+}
 MONITOR_FEATURES = ["f0", "f1", "f2", "f3"]
 DRIFTED_FEATURE = "f1"
 
@@ -127,11 +131,7 @@ class Scenarios:
                      rows_per_request=25, baseline_job=f"{name}-baseline", schedule_name=f"{name}-schedule")
         if scenario == "example":
             p = {"build": str(self.example_build), "endpoint_name": name}
-        script = {"example": "run_example.py", "sklearn": "sklearn_endpoint.py", "repacked": "sklearn_endpoint.py",
-                  "restart": "sklearn_endpoint.py",
-                  "transform": "batch_transform.py", "monitor": "model_monitor.py",
-                  "async": "async_endpoint.py", "serverless": "serverless_endpoint.py"}[scenario]
-        return script, p
+        return SCRIPT_OF[scenario], p
 
     @property
     def example_build(self) -> Path:
@@ -225,7 +225,7 @@ def test_sklearn_model_with_entry_point_deploys_and_predicts(scenarios: Scenario
     result = result_of(scenarios, "sklearn")
     np.testing.assert_allclose(np.asarray(result["predictions"]), scenarios.expected(scenarios.rows), rtol=1e-9)
     container = result["container"]
-    assert container["Image"] == SKLEARN_IMAGE
+    assert container["Image"] == SM_SKLEARN_IMAGE
     assert container["ModelDataUrl"] == result["model_data"]
     assert result["model_data"].startswith(f"s3://{DEFAULT_BUCKET}/")
     # the SDK uploaded the code as sourcedir.tar.gz next to the model and pointed the container at it
@@ -242,7 +242,8 @@ def test_sklearn_model_with_entry_point_deploys_and_predicts(scenarios: Scenario
 
 def test_sklearn_model_repacked_by_the_sdk_deploys_and_predicts(scenarios: Scenarios) -> None:
     """With network isolation the SDK repacks: it downloads model.tar.gz from S3, adds code/ and
-    uploads the new archive; the container is told the code is in /opt/ml/model/code."""
+    uploads the new archive; the container is told the code is in /opt/ml/model/code. And
+    ``deploy(endpoint_logging=True)`` follows the endpoint's log group while it waits."""
     result = result_of(scenarios, "repacked")
     np.testing.assert_allclose(np.asarray(result["predictions"]), scenarios.expected(scenarios.rows), rtol=1e-9)
     container = result["container"]
@@ -251,6 +252,8 @@ def test_sklearn_model_repacked_by_the_sdk_deploys_and_predicts(scenarios: Scena
     assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     calls = calls_of(scenarios, "repacked")
     assert calls["s3:GetObject"] >= 1 and calls["s3:PutObject"] >= 2
+    # endpoint_logging=True: deploy read the instances' log group while it waited
+    assert calls.get("logs:FilterLogEvents", 0) >= 1, calls
 
 
 # --------------------------------------------------------------------------------------------------
