@@ -161,20 +161,26 @@ def in_service(route: EndpointRoute | TrafficShift | None) -> int:
     return sum(len(v.pool.ready) for f in fleets for v in f.variants.values())
 
 
-def read_input(location: str) -> bytes:
-    """The whole input object (bounded), or InputUnavailable saying why not."""
+def read_input(location: str) -> tuple[bytes, str | None]:
+    """The whole input object (bounded) and the Content-Type it was stored with (where the store keeps
+    one), or InputUnavailable saying why not."""
     try:
         check_location(location, "InputLocation")
         fs, path = filesystem(location)
         with fs.open(path, "rb") as f:
             data = f.read(MAX_INPUT_BYTES + 1)
+        content_type = fs.info(path).get("ContentType")
     except FileNotFoundError:
         raise InputUnavailable(f"The input object {location} does not exist.") from None
     except (StorageError, OSError, ValueError) as exc:
         raise InputUnavailable(f"The input object {location} could not be read: {exc}") from None
     if len(data) > MAX_INPUT_BYTES:
         raise InputUnavailable(f"The input object {location} is larger than 1 GB, the limit of asynchronous inference.")
-    return data
+    return data, content_type if isinstance(content_type, str) and content_type else None
+
+
+def _names_content_type(headers: bytes) -> bool:
+    return any(line.lower().startswith(b"content-type:") for line in headers.split(b"\r\n"))
 
 
 def write_whole(location: str, data: bytes) -> None:
@@ -398,21 +404,26 @@ class AsyncInference:
             await self._finish(request, FAILED, failure=self._expired_message(request))
             return True
         await asyncio.to_thread(self.ctx.store.update, ASYNC_REQUEST, request.key, status=RUNNING)
+        headers = request.headers
         if request.body is not None:
             body = request.body
         else:
             try:
-                body = await asyncio.to_thread(read_input, request.input_location or "")
+                body, stored_type = await asyncio.to_thread(read_input, request.input_location or "")
             except InputUnavailable as exc:
                 await self._finish(request, FAILED, failure=str(exc))
                 return True
+            if stored_type is not None and not _names_content_type(headers):
+                # The SageMaker SDK's AsyncPredictor uploads the input with its serializer's type and sends
+                # no ContentType: the object's own type is what the model must be told.
+                headers += b"content-type: %s\r\n" % stored_type.encode("latin-1", "replace")
         route = self.ctx.routes.get(request.endpoint)
         if route is None:
             return False  # being brought back (a restart, a failed bring-up retried): wait in the queue
         arrived, started = time.time(), time.perf_counter()
         outcome: Invocation | InvocationFailed
         try:
-            outcome = await route.invoke(body, request.headers, None, float(request.timeout_seconds))
+            outcome = await route.invoke(body, headers, None, float(request.timeout_seconds))
         except InvocationFailed as exc:
             outcome = exc
         except (UnknownVariant, UnknownContainer, TargetModelError, Throttled) as exc:
@@ -421,7 +432,7 @@ class AsyncInference:
         if isinstance(outcome, InvocationFailed) and outcome.status == 503 and not outcome.instance_id:
             return False
         if route.observers:
-            route.observe(body, request.headers, arrived, started, outcome)
+            route.observe(body, headers, arrived, started, outcome)
         if isinstance(outcome, InvocationFailed):
             await self._finish(request, FAILED, failure=str(outcome))
         elif outcome.status >= 300:

@@ -58,7 +58,13 @@ async def create_bucket(request: S3Request, store: ObjectStore) -> None:
     body = await read_small_body(request)
     if body.strip():
         parse(body, "CreateBucketConfiguration")  # a LocationConstraint is accepted; there is one region
-    await blocking(store.create_bucket, request.bucket)
+    try:
+        await blocking(store.create_bucket, request.bucket)
+    except ObjectStoreError as exc:
+        # us-east-1 answers 200 to its owner creating a bucket again (other regions 409): the SageMaker SDK's
+        # default_bucket() relies on it when two processes make the bucket at once.
+        if exc.code != "BucketAlreadyOwnedByYou":
+            raise
     await request.respond(200, b"", [(b"location", f"/{request.bucket}".encode())])
 
 
