@@ -35,6 +35,7 @@ from typing import Any
 
 from moorage.control.analyzer import CONTAINER_ROOT, DEFAULT_OUTPUT, RUNNER, AnalyzerError, reader_options
 from moorage.control.context import Context
+from moorage.control.job_runs import IN_PROGRESS, STOPPED, JobRuns
 from moorage.control.logs import PROCESSING_JOB, processing_log_path
 from moorage.control.monitoring_scheduler import EXECUTION, JOB_DEFINITION_KINDS, SCHEDULE, MonitoringScheduler
 from moorage.control.paging import list_query, offset_token
@@ -58,7 +59,6 @@ from moorage.store.metadata import AlreadyExists, ListQuery, Resource
 log = logging.getLogger("moorage.processing_jobs")
 
 ANALYZER_REPOSITORY = "sagemaker-model-monitor-analyzer"
-IN_PROGRESS, STOPPING, STOPPED = "InProgress", "Stopping", "Stopped"
 MAX_REASON = 1024
 RESTART_REASON = ("The server stopped while the job was running; the job was not resumed and its outputs were not "
                   "uploaded. Create a new job.")
@@ -89,8 +89,8 @@ class ProcessingJobs:
     def __init__(self, ctx: Context, scheduler: MonitoringScheduler):
         self.ctx = ctx
         self.scheduler = scheduler
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._stopping: set[str] = set()
+        self.runs = JobRuns(ctx, PROCESSING_JOB, "processing job", "ProcessingEndTime", RESTART_REASON,
+                            cleanup=lambda name: shutil.rmtree(self._work_dir(name), ignore_errors=True))
         self._slots: asyncio.Semaphore | None = None  # made on first use: it belongs to the server's loop
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -207,9 +207,7 @@ class ProcessingJobs:
         put_tags(self.ctx, arn, req.get("Tags"))
         log.info("processing job %s: Model Monitor analyzer, %s baseline", name,
                  "model-quality" if (req.get("Environment") or {}).get("analysis_type") else "data-quality")
-        task = asyncio.get_running_loop().create_task(self._run(name))
-        self._tasks[name] = task
-        task.add_done_callback(lambda t: self._settle(name, t))
+        self.runs.start(name, lambda: self._run(name))
         return {"ProcessingJobArn": arn}
 
     async def describe_processing_job(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -256,18 +254,7 @@ class ProcessingJobs:
             raise ValidationException(f"The processing job {name} is a monitoring execution of schedule "
                                       f"{row.body.get('MonitoringScheduleName')}; its schedule runs it "
                                       "(StopMonitoringSchedule stops further executions).")
-        if row.status in (STOPPING, STOPPED):
-            return {}
-        if row.status != IN_PROGRESS:
-            raise ValidationException(f"The processing job {name} is {row.status}; only an InProgress job can be "
-                                      "stopped.")
-        self.ctx.store.update(PROCESSING_JOB, name, status=STOPPING)
-        self._stopping.add(name)
-        task = self._tasks.get(name)
-        if task is not None and not task.done():
-            task.cancel()
-        else:
-            self._save(name, STOPPED, ProcessingEndTime=time.time())
+        self.runs.stop(name, row.status)
         return {}
 
     # -- descriptions ------------------------------------------------------------------------------------
@@ -392,16 +379,6 @@ class ProcessingJobs:
         return inputs
 
     # -- the job itself ----------------------------------------------------------------------------------
-    def _settle(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(name) is task:
-            self._tasks.pop(name, None)
-        if task.cancelled():
-            # Cancelled before its first step: _run never ran to record how the job ended.
-            stopped = name in self._stopping
-            self._stopping.discard(name)
-            self._save(name, STOPPED if stopped else FAILED, FailureReason=None if stopped else RESTART_REASON,
-                       ProcessingEndTime=time.time())
-
     async def _run(self, name: str) -> None:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.ctx.settings.monitor.concurrency)
@@ -422,7 +399,7 @@ class ProcessingJobs:
             if status == FAILED and not changes["FailureReason"]:
                 changes["FailureReason"] = "The job ended without saying why; see its log."
         except asyncio.CancelledError:
-            if name in self._stopping:
+            if self.runs.cancelled_by_stop(name):
                 status, changes = STOPPED, {"ExitMessage": "Stopped: the job was stopped (StopProcessingJob)."}
             else:
                 status, changes = FAILED, {"FailureReason": RESTART_REASON}
@@ -430,7 +407,7 @@ class ProcessingJobs:
             log.exception("processing job %s failed unexpectedly", name)
             status, changes = FAILED, {"FailureReason": f"Internal error: {type(exc).__name__}: {exc}"[:MAX_REASON]}
         finally:
-            self._stopping.discard(name)
+            self.runs.finished(name)
             shutil.rmtree(work_dir, ignore_errors=True)
         log.info("processing job %s: %s%s", name, status,
                  f" ({changes['FailureReason']})" if changes.get("FailureReason") else "")
@@ -450,20 +427,10 @@ class ProcessingJobs:
     # -- server lifecycle ----------------------------------------------------------------------------------
     def recover(self) -> int:
         """Settle jobs that a stopped server left running; returns how many."""
-        rows = self.ctx.store.statuses(PROCESSING_JOB, [IN_PROGRESS, STOPPING])
-        for row in rows:
-            if row.status == STOPPING:
-                self._save(row.name, STOPPED, ProcessingEndTime=time.time())
-            else:
-                self._save(row.name, FAILED, FailureReason=RESTART_REASON, ProcessingEndTime=time.time())
-            shutil.rmtree(self._work_dir(row.name), ignore_errors=True)
-        return len(rows)
+        return self.runs.recover()
 
     async def shutdown(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.runs.shutdown()
 
 
 def _has_processing_job(row: Resource) -> bool:

@@ -32,6 +32,7 @@ from moorage.batch.progress import Progress
 from moorage.batch.ray_backend import RayBackend
 from moorage.batch.spec import SpecError, TransformSpec
 from moorage.control.context import MODEL, Context
+from moorage.control.job_runs import FAILED, IN_PROGRESS, STOPPED, JobRuns
 from moorage.control.launch import launch_specs
 from moorage.control.paging import list_query, page
 from moorage.control.resources import put_tags, save_changes
@@ -43,7 +44,7 @@ from moorage.store.metadata import AlreadyExists
 log = logging.getLogger("moorage.transform_jobs")
 
 TRANSFORM_JOB = "transform-job"
-IN_PROGRESS, COMPLETED, FAILED, STOPPING, STOPPED = "InProgress", "Completed", "Failed", "Stopping", "Stopped"
+COMPLETED = "Completed"
 BACKEND_TAG, RAY_ADDRESS_TAG = "moorage:backend", "moorage:ray-address"
 BACKENDS = ("local", "ray")
 PROGRESS_SAVE_INTERVAL_S = 1.0
@@ -59,9 +60,9 @@ _DESCRIBED = ("ModelName", "MaxConcurrentTransforms", "ModelClientConfig", "MaxP
 class TransformJobs:
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._progress: dict[str, Progress] = {}
-        self._stopping: set[str] = set()
+        self.runs = JobRuns(ctx, TRANSFORM_JOB, "transform job", "TransformEndTime", RESTART_REASON,
+                            cleanup=lambda name: shutil.rmtree(self.job_dir(name) / "spool", ignore_errors=True))
 
     # Helpers ----------------------------------------------------------------------------------------
     def _not_found(self, name: str) -> ResourceNotFound:
@@ -103,20 +104,8 @@ class TransformJobs:
         put_tags(self.ctx, arn, req.get("Tags"))
         log.info("transform job %s: model %s, %d x %s, backend %s", name, req["ModelName"],
                  req["TransformResources"]["InstanceCount"], req["TransformResources"]["InstanceType"], backend)
-        task = asyncio.get_running_loop().create_task(self._run(name))
-        self._tasks[name] = task
-        task.add_done_callback(lambda t: self._settle(name, t))
+        self.runs.start(name, lambda: self._run(name))
         return {"TransformJobArn": arn}
-
-    def _settle(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(name) is task:
-            self._tasks.pop(name, None)
-        if task.cancelled():
-            # Cancelled before its first step: _run never ran to record how the job ended.
-            stopped = name in self._stopping
-            self._stopping.discard(name)
-            self._save(name, STOPPED if stopped else FAILED, FailureReason=None if stopped else RESTART_REASON,
-                       TransformEndTime=time.time())
 
     async def describe_transform_job(self, req: dict[str, Any]) -> dict[str, Any]:
         name = req["TransformJobName"]
@@ -147,18 +136,7 @@ class TransformJobs:
         row = self.ctx.store.get(TRANSFORM_JOB, name)
         if row is None:
             raise self._not_found(name)
-        if row.status in (STOPPING, STOPPED):
-            return {}
-        if row.status != IN_PROGRESS:
-            raise ValidationException(f"The transform job {name} is {row.status}; only an InProgress job "
-                                      "can be stopped.")
-        self.ctx.store.update(TRANSFORM_JOB, name, status=STOPPING)
-        self._stopping.add(name)
-        task = self._tasks.get(name)
-        if task is not None and not task.done():
-            task.cancel()
-        else:
-            self._save(name, STOPPED, TransformEndTime=time.time())
+        self.runs.stop(name, row.status)
         return {}
 
     # The job itself ---------------------------------------------------------------------------------
@@ -178,7 +156,7 @@ class TransformJobs:
         except BatchFailure as exc:
             status, reason = FAILED, str(exc)
         except asyncio.CancelledError:
-            if name in self._stopping:
+            if self.runs.cancelled_by_stop(name):
                 status = STOPPED
             else:
                 status, reason = FAILED, RESTART_REASON
@@ -189,7 +167,7 @@ class TransformJobs:
             saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await saver
-            self._stopping.discard(name)
+            self.runs.finished(name)
             self._progress.pop(name, None)
             shutil.rmtree(job_dir / "spool", ignore_errors=True)
         if reason:
@@ -236,20 +214,10 @@ class TransformJobs:
     # Server lifecycle -------------------------------------------------------------------------------
     def recover(self) -> int:
         """Settle jobs that a stopped server left running; returns how many."""
-        rows = self.ctx.store.statuses(TRANSFORM_JOB, [IN_PROGRESS, STOPPING])
-        for row in rows:
-            if row.status == STOPPING:
-                self._save(row.name, STOPPED, TransformEndTime=time.time())
-            else:
-                self._save(row.name, FAILED, FailureReason=RESTART_REASON, TransformEndTime=time.time())
-            shutil.rmtree(self.job_dir(row.name) / "spool", ignore_errors=True)
-        return len(rows)
+        return self.runs.recover()
 
     async def shutdown(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.runs.shutdown()
 
 
 def transform_job_state(ctx: Context, jobs: TransformJobs | None, name: str) -> dict[str, Any] | None:

@@ -1,0 +1,97 @@
+"""The background runs of SageMaker's jobs (transform jobs, processing jobs): one asyncio task per job,
+StopX by cancelling it, and what a stop or a restart leaves in the store.
+
+A job's own module runs the work and records how it ended; this module owns what every kind of job
+does alike: the task table, telling a stop asked for (Stopped) from a server going away (Failed, with
+the kind's restart reason), a task cancelled before its first step, and settling on start what the
+last server left InProgress or Stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from moorage.control.context import Context
+from moorage.control.resources import save_changes
+from moorage.errors import ValidationException
+
+IN_PROGRESS, STOPPING, STOPPED, FAILED = "InProgress", "Stopping", "Stopped", "Failed"
+
+
+class JobRuns:
+    """The running jobs of one kind (``kind`` in the store; ``noun`` in messages; ``end_field`` the
+    description's end time, e.g. ``TransformEndTime``)."""
+
+    def __init__(self, ctx: Context, kind: str, noun: str, end_field: str, restart_reason: str,
+                 cleanup: Callable[[str], None] | None = None):
+        self.ctx = ctx
+        self.kind = kind
+        self.noun = noun
+        self.end_field = end_field
+        self.restart_reason = restart_reason
+        self.cleanup = cleanup  # what a job leaves on disk while it runs, removed when a restart settles it
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[str] = set()
+
+    def _save(self, name: str, status: str, **changes: Any) -> None:
+        save_changes(self.ctx.store, self.kind, name, status, **{self.end_field: time.time(), **changes})
+
+    def start(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``run()`` as the job ``name``'s task (from a request handler, on the server's loop)."""
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks[name] = task
+        task.add_done_callback(lambda t: self._settle(name, t))
+
+    def _settle(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(name) is task:
+            self._tasks.pop(name, None)
+        if task.cancelled():
+            # Cancelled before its first step: the run never got to record how the job ended.
+            stopped = name in self._stopping
+            self._stopping.discard(name)
+            self._save(name, STOPPED if stopped else FAILED, FailureReason=None if stopped else self.restart_reason)
+
+    def cancelled_by_stop(self, name: str) -> bool:
+        """In a run's ``except CancelledError``: True when StopX asked for it, False when the server is
+        stopping (the job then fails with ``restart_reason``)."""
+        return name in self._stopping
+
+    def finished(self, name: str) -> None:
+        """In a run's ``finally``: the job no longer runs, whatever asked it to stop."""
+        self._stopping.discard(name)
+
+    def stop(self, name: str, status: str) -> None:
+        """StopX of a job whose row has ``status``: idempotent while it stops, refused once it ended."""
+        if status in (STOPPING, STOPPED):
+            return
+        if status != IN_PROGRESS:
+            raise ValidationException(f"The {self.noun} {name} is {status}; only an InProgress job can be stopped.")
+        self.ctx.store.update(self.kind, name, status=STOPPING)
+        self._stopping.add(name)
+        task = self._tasks.get(name)
+        if task is not None and not task.done():
+            task.cancel()
+        else:
+            self._save(name, STOPPED)
+
+    def recover(self) -> int:
+        """Settle the jobs a stopped server left running (Stopping ones end Stopped, the others Failed);
+        returns how many."""
+        rows = self.ctx.store.statuses(self.kind, [IN_PROGRESS, STOPPING])
+        for row in rows:
+            if row.status == STOPPING:
+                self._save(row.name, STOPPED)
+            else:
+                self._save(row.name, FAILED, FailureReason=self.restart_reason)
+            if self.cleanup is not None:
+                self.cleanup(row.name)
+        return len(rows)
+
+    async def shutdown(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
