@@ -67,6 +67,8 @@ MSG_MISMATCH = (
     "Check your AWS Secret Access Key and signing method. "
     "Consult the service documentation for details."
 )
+MSG_BOTH_MECHANISMS = ("Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter or the "
+                       "Authorization header should be specified.")
 MSG_HOST_UNSIGNED = "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
 MSG_UNSIGNED_PAYLOAD = ("X-Amz-Content-SHA256: UNSIGNED-PAYLOAD is accepted on presigned URLs only; sign the "
                         "request's body (its SHA-256).")
@@ -249,6 +251,29 @@ def _is_hex(text: str) -> bool:
     return True
 
 
+def _headers_by_name(headers: Sequence[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes],
+                                                                       dict[bytes, list[bytes]] | None]:
+    """ASGI header pairs by name; a name sent more than once also has all its values, in order."""
+    single: dict[bytes, bytes] = {}
+    repeated: dict[bytes, list[bytes]] | None = None
+    for name, value in headers:
+        if name in single:
+            if repeated is None:
+                repeated = {}
+            repeated.setdefault(name, [single[name]]).append(value)
+        else:
+            single[name] = value
+    return single, repeated
+
+
+def _is_presigned(query_string: bytes) -> bool:
+    return bool(query_string) and (
+        _has_param(query_string, b"X-Amz-Signature")
+        or _has_param(query_string, b"X-Amz-Algorithm")
+        or _has_param(query_string, b"X-Amz-Credential")
+    )
+
+
 def _auth_params(text: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for part in text.split(","):
@@ -300,31 +325,16 @@ class SigV4Verifier:
         for the body when the caller streams a body too large to hold: the signature is checked over
         it, and the caller must check that the bytes it keeps hash to it.
         """
-        single: dict[bytes, bytes] = {}
-        repeated: dict[bytes, list[bytes]] | None = None
-        for name, value in headers:
-            if name in single:
-                if repeated is None:
-                    repeated = {}
-                repeated.setdefault(name, [single[name]]).append(value)
-            else:
-                single[name] = value
+        single, repeated = _headers_by_name(headers)
 
         authorization = single.get(b"authorization")
-        presigned = bool(query_string) and (
-            _has_param(query_string, b"X-Amz-Signature")
-            or _has_param(query_string, b"X-Amz-Algorithm")
-            or _has_param(query_string, b"X-Amz-Credential")
-        )
+        presigned = _is_presigned(query_string)
         if authorization is None:
             if not presigned:
                 raise AuthError("MissingAuthenticationTokenException", MSG_MISSING_TOKEN)
             return self._verify_presigned(method, raw_path, query_string, single, repeated, body, now, payload_hash)
         if presigned:
-            raise _incomplete(
-                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter or the "
-                "Authorization header should be specified."
-            )
+            raise _incomplete(MSG_BOTH_MECHANISMS)
         return self._verify_header(method, raw_path, query_string, single, repeated, body, now, authorization,
                                    payload_hash)
 
@@ -342,21 +352,9 @@ class SigV4Verifier:
         signatures (``ChunkChain``); UNSIGNED-PAYLOAD and STREAMING-UNSIGNED-PAYLOAD-TRAILER leave it
         outside the signature, as S3 allows.
         """
-        single: dict[bytes, bytes] = {}
-        repeated: dict[bytes, list[bytes]] | None = None
-        for name, value in headers:
-            if name in single:
-                if repeated is None:
-                    repeated = {}
-                repeated.setdefault(name, [single[name]]).append(value)
-            else:
-                single[name] = value
+        single, repeated = _headers_by_name(headers)
         authorization = single.get(b"authorization")
-        presigned = bool(query_string) and (
-            _has_param(query_string, b"X-Amz-Signature")
-            or _has_param(query_string, b"X-Amz-Algorithm")
-            or _has_param(query_string, b"X-Amz-Credential")
-        )
+        presigned = _is_presigned(query_string)
         if authorization is None:
             if not presigned:
                 raise AuthError("MissingAuthenticationTokenException", MSG_MISSING_TOKEN)
@@ -366,10 +364,7 @@ class SigV4Verifier:
                                             payload_hash=payload, s3=True)
         else:
             if presigned:
-                raise _incomplete(
-                    "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter or the "
-                    "Authorization header should be specified."
-                )
+                raise _incomplete(MSG_BOTH_MECHANISMS)
             declared = single.get(b"x-amz-content-sha256")
             if declared is None:
                 raise AuthError("InvalidRequest", "Missing required header for this request: x-amz-content-sha256",
