@@ -26,6 +26,7 @@ from moorage.edge.agent import Agent
 log = logging.getLogger("moorage.edge.server")
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's InvokeEndpoint payload limit
+_DRAIN_BYTES = 4 * MAX_BODY_BYTES
 _TEXT = "text/plain; charset=utf-8"
 
 
@@ -103,6 +104,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, b"bad Content-Length")
             return None
         if length > MAX_BODY_BYTES:
+            # Read it (in blocks, kept nowhere) before answering: a client still sending would see a
+            # broken pipe instead of the 413. Past a few times the cap, just close.
+            if length <= _DRAIN_BYTES:
+                while length > 0:
+                    block = self.rfile.read(min(length, 1 << 20))
+                    if not block:
+                        break
+                    length -= len(block)
             self.close_connection = True
             self._reply(413, f"request body over {MAX_BODY_BYTES} bytes".encode())
             return None
