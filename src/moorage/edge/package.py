@@ -71,6 +71,11 @@ MAX_MANIFEST_BYTES = 1 << 20
 
 # A member name: flat, no separators, no leading dot, so extraction cannot leave its folder.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The names a device reports in its heartbeat, as SageMaker's edge shapes allow them: ModelName (4 to 63
+# characters, alphanumerics and hyphens, within EntityName) and EdgeVersion (at most 30), the version kept
+# to what is also a safe file name and URL segment.
+MODEL_NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){3,62}")
+VERSION_PATTERN = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9_.]{0,29}")
 # The self-test's default bounds: the same graph on another CPU (another instruction set, another
 # onnxruntime build) can move floats in the last digits and, rarely, flip a near-tie label.
 SELF_TEST_RTOL = 1e-3
@@ -104,6 +109,16 @@ class ChecksumError(PackageError):
 
 class ManifestError(PackageError):
     """The manifest is not JSON, or lacks a field the agent needs, or has another format version."""
+
+
+def check_name_version(name: str, version: str) -> None:
+    """PackageError unless ``name`` and ``version`` are names a device can report (see the patterns)."""
+    if not MODEL_NAME_PATTERN.fullmatch(name):
+        raise PackageError(f"model name {name!r}: 4 to 63 letters, digits and hyphens, starting and ending with a "
+                           "letter or digit")
+    if not VERSION_PATTERN.fullmatch(version):
+        raise PackageError(f"model version {version!r}: at most 30 letters, digits, '_' and '.', not starting "
+                           "with '.'")
 
 
 # ---------------------------------------------------------------------------------------------- keys
