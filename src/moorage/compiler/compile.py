@@ -160,6 +160,8 @@ def compile_model(source: str | Path, output: str | Path, *, quantize: str | Non
         shape = input_shape or record_shape_from(data_input_config)
         exported = export(src, features=sample.features.shape[1] if sample is not None else None,
                           record_shape=shape, task=task)
+        if task:
+            exported.task = task  # as the user asked: e.g. a classifier's probabilities compared as values
         level, reason = optimisation_level(target_device, accelerator)
         optimised = optimise(exported.onnx, level=level, level_reason=reason, quantize=quantize, work_dir=folder)
         return _package(src, exported, optimised, sample, output, key=key, tolerance=tolerance, quantize=quantize,
