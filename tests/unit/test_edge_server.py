@@ -119,9 +119,11 @@ def test_kill_9_mid_upload_then_restart_stores_every_record_once(tmp_path: Path,
 
 
 def test_the_agent_imports_none_of_the_server() -> None:
+    """Nor the standard library's heavy parts (http.server/client, email, ssl, asyncio): the RSS budget."""
     code = ("import sys, moorage.edge.cli, moorage.edge.agent, moorage.edge.server; "
             "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('botocore', 'boto3', 'starlette', 'uvicorn', 'sqlalchemy', 'orjson', 'pandas', 'sklearn', 'httptools')"
+            "('botocore', 'boto3', 'starlette', 'uvicorn', 'sqlalchemy', 'orjson', 'pandas', 'sklearn', 'httptools',"
+            " 'asyncio', 'email', 'http', 'ssl')"
             " or (m.startswith('moorage.') and not m.startswith('moorage.edge')))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
                          check=True)
