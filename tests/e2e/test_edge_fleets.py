@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import io
 import json
+import stat
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -399,8 +400,8 @@ def test_capture_segments_land_once_where_capture_lands(server: MoorageServer, f
                                             bad)
     assert status == 400 and headers["x-amzn-errortype"] == "ValidationException" and b"line 2" in body
     status, _, body = _device_request(server, key, "PUT", _segment_path(name, "line-1", "line-1-000000000009"),
-                                      _record([1, 2, 3], moment)[:-1])
-    assert status == 400 and b"newline" in body
+                                      _record([1, 2, 3], moment) + _record([1, 2, 3], moment)[:-9])
+    assert status == 400 and b"line 2 is not JSON" in body
     status, _, body = _device_request(server, key, "PUT", _segment_path(name, "line-1", "../../etc"), segment)
     assert status in (400, 404)
     status, _, body = _device_request(server, key, "PUT", _segment_path(name, "line-1", "line-2-000000000001"),
@@ -527,6 +528,12 @@ def test_fleets_devices_keys_and_deployments_survive_a_restart(fresh_server: Cal
     stored = json.loads(body)["Key"]
     seen = sm.describe_device(DeviceFleetName="restart-fleet", DeviceName="kiosk-1")["LatestHeartbeat"]
 
+    # Device secrets are in the metadata database (SigV4 needs them whole): the home's alone.
+    assert stat.S_IMODE(server.home.stat().st_mode) & 0o077 == 0
+    databases = list(server.home.glob("*.db"))
+    assert databases and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in databases)
+    assert key[1].encode() not in (server.home / "server.log").read_bytes()
+
     server.stop()
     server.start(timeout=90)
     sm = server.sm()
@@ -546,3 +553,85 @@ def test_fleets_devices_keys_and_deployments_survive_a_restart(fresh_server: Cal
     with pytest.raises(ClientError) as in_use:
         sm.delete_device_fleet(DeviceFleetName="restart-fleet")
     assert err_code(in_use.value) == "ResourceInUse"
+
+
+def test_the_cli_registers_publishes_and_lists_devices(server: MoorageServer, fleet: Callable[..., str],
+                                                       tmp_path: Path) -> None:
+    import configparser
+
+    from click.testing import CliRunner
+
+    from moorage.cli.main import cli
+
+    runner = CliRunner()
+    where = ["--home", str(server.home), "--url", server.url]
+    name = fleet()
+    credentials = tmp_path / "device" / "edge-credentials"
+    ran = runner.invoke(cli, ["edge", "register", "--fleet", name, "cli-1", "--description", "bench 4",
+                              "--credentials-out", str(credentials), *where])
+    assert ran.exit_code == 0, ran.output
+    assert credentials.stat().st_mode & 0o777 == 0o600
+    parser = configparser.RawConfigParser()
+    parser.read(credentials)
+    key = (parser["default"]["aws_access_key_id"], parser["default"]["aws_secret_access_key"])
+    assert parser["default"]["region"] == REGION
+    assert key[0] in ran.output and key[1] not in ran.output
+    _heartbeat(_edge(server, key), name, "cli-1", Models=[{"ModelName": "cli-model", "ModelVersion": "1"}],
+               AgentMetrics=[{"MetricName": "SpoolBacklogRecords", "Value": 4321.0},
+                             {"MetricName": "SpoolDroppedRecords", "Value": 17.0}])
+    assert server.sm().describe_device(DeviceFleetName=name, DeviceName="cli-1")["Description"] == "bench 4"
+
+    # Registering again: a new key, shown once; the old one stops working.
+    again = runner.invoke(cli, ["edge", "register", "--fleet", name, "cli-1", *where])
+    assert again.exit_code == 0, again.output
+    assert "already registered" in again.output and "secret access key:" in again.output
+    with pytest.raises(ClientError) as old:
+        _heartbeat(_edge(server, key), name, "cli-1")
+    assert err_code(old.value) == "UnrecognizedClientException"
+
+    package = tmp_path / "cli-model-2.tar.gz"
+    package.write_bytes(_package(server.home, "cli-model", "2"))
+    published = runner.invoke(cli, ["edge", "publish", "--fleet", name, str(package), *where])
+    assert published.exit_code == 0, published.output
+    assert "cli-model-2" in published.output and hashlib.sha1(package.read_bytes()).hexdigest() in published.output
+    missing = runner.invoke(cli, ["edge", "publish", "--fleet", "no-such-fleet", str(package), *where])
+    assert missing.exit_code == 1 and "ResourceNotFound" in missing.output
+
+    listed = runner.invoke(cli, ["edge", "devices", "--fleet", name, *where])
+    assert listed.exit_code == 0, listed.output
+    assert "cli-1" in listed.output and "cli-model 1" in listed.output and "4,321" in listed.output
+    assert "17" in listed.output
+    as_json = runner.invoke(cli, ["edge", "devices", "--fleet", name, "--json", *where])
+    assert json.loads(as_json.output)["Devices"][0]["SpoolDroppedRecords"] == 17
+
+
+def test_every_device_door_route_refuses_unsigned_and_wrongly_signed_requests(
+        server: MoorageServer, fleet: Callable[..., str], tmp_path: Path) -> None:
+    from starlette.routing import Route
+
+    from moorage.api.app import MoorageApp
+    from moorage.config import Credentials as AdminKey
+    from moorage.config import Settings
+
+    name = fleet("walk-1")
+    key = _issue_key(server, name, "walk-1")
+    app = MoorageApp(Settings.load(home=tmp_path / "home"), [AdminKey(server.access_key_id, server.secret_access_key)])
+    try:
+        routes = [r for r in app.edge_door.app.routes if isinstance(r, Route)]
+    finally:
+        app.store.close()
+    assert len(routes) == len(app.edge_door.app.routes) == 5  # every route of the door is probed
+    samples = {"fleet": name, "device": "walk-1", "segment": "walk-1-000000000001", "handle": "none-1"}
+    for route in routes:
+        path = route.path_format.format(**{p: samples[p] for p in route.param_convertors})
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            body = b"" if method == "GET" else json.dumps({"DeviceName": "walk-1", "DeviceFleetName": name}).encode()
+            where = f"{method} {path}"
+            status, headers, _ = http_request(method, server.url + path, body=body or None)
+            assert (status, headers.get("x-amzn-errortype")) == (403, "MissingAuthenticationTokenException"), where
+            status, headers, _ = _device_request(server, (key[0], "not-the-secret"), method, path, body)
+            assert (status, headers.get("x-amzn-errortype")) == (403, "InvalidSignatureException"), where
+            status, headers, _ = _device_request(server, ("MRGEUNKNOWNKEY000000", key[1]), method, path, body)
+            assert (status, headers.get("x-amzn-errortype")) == (403, "UnrecognizedClientException"), where
+            status, _, reply = _device_request(server, key, method, path, body)
+            assert status not in (401, 403), (where, status, reply[:300])

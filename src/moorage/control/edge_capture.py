@@ -115,11 +115,11 @@ def check_segment(body: bytes) -> tuple[int, dt.datetime]:
     first line that is not a SageMaker capture record."""
     if not body:
         raise ValidationException("The segment is empty: a segment holds at least one capture record.")
-    if not body.endswith(b"\n"):
-        raise ValidationException("The segment does not end with a newline: its last line is cut short.")
     first: dt.datetime | None = None
     count = 0
-    for number, line in enumerate(body.split(b"\n")[:-1], start=1):
+    # The last line needs no newline after it (a cut-short line is not a JSON object either way).
+    lines = body.split(b"\n")
+    for number, line in enumerate(lines[:-1] if body.endswith(b"\n") else lines, start=1):
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
