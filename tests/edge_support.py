@@ -141,6 +141,7 @@ class DoorState:
     requests: list[Recorded] = field(default_factory=list)
     packages: dict[str, bytes] = field(default_factory=dict)  # handle -> bytes
     deployment: dict[str, Any] | None = None
+    refuse: set[str] = field(default_factory=set)  # segment names answered 409, as a conflicting re-upload is
 
 
 class _DoorHandler(BaseHTTPRequestHandler):
@@ -184,6 +185,8 @@ class _DoorHandler(BaseHTTPRequestHandler):
                     self._answer(404, {"__type": "ResourceNotFound", "message": "no such package"})
                 else:
                     self._answer(200, data, "application/gzip")
+            elif self.command == "PUT" and parts[-1] in state.refuse:
+                self._answer(409, {"__type": "SegmentConflict", "message": "other bytes stored under this name"})
             elif self.command == "PUT" and parts[:4] == ["moorage", "v1", "edge", "fleets"] and parts[7] == "capture":
                 state.segments[parts[8]] = body
                 state.puts.append(parts[8])

@@ -112,6 +112,27 @@ def test_offline_it_serves_and_spools_then_every_record_arrives_once(pkg: tuple[
     assert beat["Models"][0]["ModelName"] == "edge-demo" and beat["Models"][0]["ModelVersion"] == "1"
 
 
+def test_a_segment_refused_for_good_is_set_aside_and_the_rest_still_go(pkg: tuple[Path, Path], tmp_path: Path,
+                                                                        door: DoorServer) -> None:
+    path, trusted = pkg
+    door.state.refuse.add("dev-1-000000000001")
+    door.start()
+    agent = Agent(path, spool=tmp_path / "spool", server=door.url, fleet="fleet-1", device="dev-1",
+                  trust_keys=[trusted], heartbeat_interval_s=0.1, segment_bytes=2048, segment_age_s=0.2, timeout_s=5)
+    try:
+        for i in range(40):
+            agent.predict([[i, 1.0, -1.0, 0.5]])
+        assert agent.spool is not None
+        wait_for(lambda: agent.spool.stats().backlog_records == 0, 30, "the backlog to drain")
+        stats = agent.spool.stats()
+    finally:
+        agent.close()
+    rejected = list((tmp_path / "spool" / "capture" / "rejected").iterdir())
+    assert [p.name for p in rejected] == ["dev-1-000000000001.jsonl"]
+    kept = len(rejected[0].read_bytes().splitlines())
+    assert stats.rejected_records == kept and len(door.records()) + kept == 40
+
+
 def test_pulls_a_new_package_rolls_back_a_broken_one_and_restarts_on_the_last_good(
         pkg: tuple[Path, Path], tmp_path: Path, door: DoorServer, key: object) -> None:
     path, trusted = pkg

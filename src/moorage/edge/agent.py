@@ -59,6 +59,10 @@ PACKAGES = "packages"
 CAPTURE = "capture"
 DEFAULT_REGION = "us-east-1"
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.5, 30.0
+# Answers that sending the same segment again cannot change (a malformed segment, other bytes already
+# stored under its name, too large): the segment is set aside so the ones after it still go. Others
+# (403 while a key is being replaced, 5xx, no answer) are retried with backoff.
+_REFUSED_FOR_GOOD = frozenset({400, 409, 413})
 _DEVICE_NAME = re.compile(r"^[a-zA-Z0-9](-*_*[a-zA-Z0-9])*$")  # sagemaker-edge's DeviceName
 
 
@@ -324,6 +328,10 @@ class Agent:
                 try:
                     self.client.upload_segment(segment)
                 except (ServerError, OSError) as exc:
+                    if isinstance(exc, ServerError) and exc.status in _REFUSED_FOR_GOOD:
+                        self.spool.reject(segment)
+                        self._count_error(f"upload of {segment.name} refused, kept in rejected/: {exc}")
+                        continue
                     self.spool.done(segment, uploaded=False)
                     self._count_error(f"upload of {segment.name}: {exc}")
                     backoff = min(_BACKOFF_MAX_S, max(_BACKOFF_MIN_S, backoff * 2))
@@ -366,6 +374,7 @@ class Agent:
                   "SpoolBacklogBytes": stats.backlog_bytes if stats else 0,
                   "SpoolDroppedRecords": stats.dropped_records if stats else 0,
                   "SpoolTornRecords": stats.torn_records if stats else 0,
+                  "SpoolRejectedRecords": stats.rejected_records if stats else 0,
                   "LastSyncTime": round(self.last_sync, 3) if self.last_sync else 0,
                   "Errors": self.errors}
         model = self._model

@@ -4,6 +4,7 @@ Layout under the spool directory::
 
     open.jsonl                         the open segment: capture records appended, one JSON line each
     sealed/{device}-{sequence:012d}.jsonl  sealed segments, immutable, oldest first by sequence
+    rejected/                          segments the server refused for good (kept for a person)
     spool.json                         next sequence, records dropped and torn, each sealed segment's count
 
 **Crash safety.** A record is one ``os.write`` of its whole line on an ``O_APPEND`` descriptor, done
@@ -39,6 +40,7 @@ from pathlib import Path
 
 OPEN = "open.jsonl"
 SEALED = "sealed"
+REJECTED = "rejected"
 STATE = "spool.json"
 SUFFIX = ".jsonl"
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -58,6 +60,7 @@ class SpoolStats:
     sealed_segments: int
     dropped_records: int  # dropped by the cap, since the spool was made
     torn_records: int  # cut off after a crash, since the spool was made
+    rejected_records: int = 0  # in segments the server refused for good (kept in rejected/)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Spool:
         self._next_sequence = 1
         self.dropped_records = 0
         self.torn_records = 0
+        self.rejected_records = 0
         self._in_flight: str | None = None  # the segment being uploaded: the cap leaves it alone
         self._load_state()
         self._open_path = self.directory / OPEN
@@ -142,6 +146,7 @@ class Spool:
         counts = state.get("segments", {}) if isinstance(state.get("segments"), dict) else {}
         self.dropped_records = int(state.get("dropped_records", 0))  # type: ignore[call-overload]
         self.torn_records = int(state.get("torn_records", 0))  # type: ignore[call-overload]
+        self.rejected_records = int(state.get("rejected_records", 0))  # type: ignore[call-overload]
         highest = int(state.get("next_sequence", 1)) - 1  # type: ignore[call-overload]
         for path in self._sealed_dir.iterdir():
             if path.name.endswith(".tmp"):
@@ -267,7 +272,7 @@ class Spool:
 
     def _write_state(self) -> None:
         state = {"next_sequence": self._next_sequence, "dropped_records": self.dropped_records,
-                 "torn_records": self.torn_records,
+                 "torn_records": self.torn_records, "rejected_records": self.rejected_records,
                  "segments": {name: segment.records for name, segment in self._segments.items()}}
         write_atomically(self._state_path, json.dumps(state, separators=(",", ":")).encode("utf-8"))
 
@@ -291,13 +296,30 @@ class Spool:
                 fsync_directory(self._sealed_dir)
             self._enforce_cap()
 
+    def reject(self, segment: Segment) -> None:
+        """The server refused ``segment`` for good (malformed, or other bytes already stored under its
+        name): move it to ``rejected/`` for a person to look at, so the segments after it still go."""
+        with self._lock:
+            self._in_flight = None
+            if segment.name not in self._segments:
+                return
+            rejected = self.directory / REJECTED
+            rejected.mkdir(exist_ok=True)
+            del self._segments[segment.name]
+            self.rejected_records += segment.records
+            self._write_state()
+            os.replace(segment.path, rejected / segment.path.name)
+            fsync_directory(rejected)
+            fsync_directory(self._sealed_dir)
+
     def stats(self) -> SpoolStats:
         with self._lock:
             sealed = list(self._segments.values())
             return SpoolStats(
                 backlog_records=self._open_records + sum(s.records for s in sealed),
                 backlog_bytes=self._open_size + sum(s.size for s in sealed),
-                sealed_segments=len(sealed), dropped_records=self.dropped_records, torn_records=self.torn_records)
+                sealed_segments=len(sealed), dropped_records=self.dropped_records, torn_records=self.torn_records,
+                rejected_records=self.rejected_records)
 
     def close(self) -> None:
         with self._lock:
