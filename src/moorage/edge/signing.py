@@ -1,8 +1,8 @@
 """AWS Signature Version 4 for the agent's requests, written out by hand.
 
-Why not botocore's signer: importing botocore costs the agent about 25 MB of resident memory and a
-few hundred milliseconds of start-up (its service models, its credential chain, urllib3), more than
-the model it serves on a small device, and the agent signs four kinds of request with one static key.
+Why not botocore's signer: botocore with a ``sagemaker-edge`` client costs the agent 19 MB of resident
+memory (a quarter of the whole agent, measured on top of it) and 0.12 s of start-up (its service
+models, its credential chain, urllib3), and the agent signs four kinds of request with one static key.
 So this module does what ``botocore.auth.SigV4Auth`` does for them and nothing more: the canonical
 request from the method, the URI-encoded path, the sorted query, the signed headers (``host``,
 ``x-amz-date``, ``x-amz-content-sha256`` and ``content-type`` when there is one) and the body's

@@ -11,8 +11,8 @@ device's own key.
 One fresh connection per request (``Connection: close``): a device talks to its server a few times a
 minute, and a connection that a flaky network broke is never reused by mistake. Every call has a
 timeout. HTTP/1.1 is written by hand over a socket rather than with ``http.client``, which imports
-``email`` and ``ssl`` (6.3 MB resident, a tenth of the agent); ``ssl`` is imported for ``https://``
-servers only.
+``email`` and ``ssl`` (1.6 MB on top of the rest of the agent, whose budget is memory; see
+``server.py``); ``ssl`` is imported for ``https://`` servers only.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class DeviceClient:
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.endpoint.hostname, self.endpoint.port), timeout=self.timeout_s)
         if self.endpoint.scheme == "https":
-            import ssl  # only for https: 4.6 MB the agent does not pay on a plain-HTTP network
+            import ssl  # only for https: memory the agent does not spend on a plain-HTTP network
 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.endpoint.hostname)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
