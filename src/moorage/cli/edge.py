@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from moorage.cli.common import fail, home_option, stdout_console
+from moorage.cli.edge_devices import devices_command, publish_command, register_command
 
 
 @click.group()
@@ -153,3 +154,9 @@ def key_command(output: Path | None, home: Path | None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(pem)
     click.echo(f"wrote the public key {key_id(key)} to {output}", err=True)
+
+
+# The fleets' device commands (cli/edge_devices.py): devices, register, publish.
+edge.add_command(devices_command)
+edge.add_command(register_command)
+edge.add_command(publish_command)
