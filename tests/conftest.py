@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     servers.extend(getattr(factory, "servers", []))
     for srv in servers:
         report.sections.append((f"moorage server log ({srv.home})", srv.log_tail(80)))
+
+
+@pytest.fixture(autouse=True)
+def _object_store_environment() -> Iterator[None]:
+    """A MoorageApp built inside a test exports where its s3:// store is (store.locations); put back what
+    the next test would otherwise inherit."""
+    keys = ("MOORAGE_OBJECT_STORE", "MOORAGE_OBJECT_STORE_ROOT")
+    saved = {key: os.environ.get(key) for key in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 # --------------------------------------------------------------------------------------------------

@@ -116,7 +116,10 @@ class MoorageServer:
         if self.proc is not None and self.proc.poll() is None:
             raise ServerError("server already running")
         env = dict(os.environ)
-        for key in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        for key in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                    # A MoorageApp built in this test process exports where its s3:// store is; a server
+                    # finds its own under its home unless a test says otherwise.
+                    "MOORAGE_OBJECT_STORE", "MOORAGE_OBJECT_STORE_ROOT"):
             env.pop(key, None)
         env.update(
             MOORAGE_ACCESS_KEY_ID=self.access_key_id,

@@ -502,7 +502,7 @@ def test_the_data_quality_monitor_reads_synced_edge_traffic(server: MoorageServe
         window_start=start.timestamp() - 60, window_end=start.timestamp() + 3600, output_uri=str(output),
         statistics_uri=str(tmp_path / "baseline" / "statistics.json"),
         constraints_uri=str(tmp_path / "baseline" / "constraints.json")))
-    assert result["Status"] == "CompletedWithViolations", result
+    assert result["Status"] == "CompletedWithViolations", json.dumps(result, default=str)
     assert result["Capture"]["Records"] == sent and result["Capture"]["Files"] == 4
     assert result["Capture"]["MalformedLines"] == 0
     assert "f1" in result["ViolatedFeatures"] and "f0" not in result["ViolatedFeatures"]

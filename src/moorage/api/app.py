@@ -3,8 +3,10 @@
 ``POST /`` -> AWS JSON protocol services by X-Amz-Target (SageMaker.*, CloudWatch in JSON 1.0), or, with a
 form body, the query protocol (CloudWatch for older botocore; STS's GetCallerIdentity);
 ``/service/{prefix}/operation/{Op}`` -> the same services in Smithy RPC v2 CBOR;
-``/endpoints/{name}/invocations`` -> the runtime; ``/healthz`` -> liveness; ``/moorage/v1/...`` ->
-the native REST API. The runtime path is matched first and by prefix: it is the hot one.
+``/endpoints/{name}/invocations`` -> the runtime; ``/healthz`` -> liveness; ``/SendHeartbeat``,
+``/GetDeployments``, ``/GetDeviceRegistration`` and the edge package/capture paths -> the device door
+(``api/edge_routes.py``, the only door that takes device keys); ``/moorage/v1/...`` -> the native REST
+API. The runtime path is matched first and by prefix: it is the hot one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import orjson
 
 from moorage.api.async_runtime import AsyncRuntimeDoor
+from moorage.api.edge_routes import EDGE_OPERATION_PATHS, EdgeDeviceDoor, edge_admin_routes, is_device_path
 from moorage.api.experiment_routes import experiment_routes
 from moorage.api.monitoring_routes import monitoring_routes
 from moorage.api.native import build_native_app
@@ -32,7 +35,11 @@ from moorage.capture import CaptureWriter
 from moorage.config import Credentials, Settings
 from moorage.control.async_inference import AsyncInference
 from moorage.control.cloudwatch import CloudWatch
+from moorage.control.compilation_jobs import CompilationJobs
 from moorage.control.context import Context
+from moorage.control.edge_deployments import EdgeDeployments
+from moorage.control.edge_devices import DeviceKeys
+from moorage.control.edge_fleets import EdgeFleets
 from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
 from moorage.control.identity import SecurityTokenService
@@ -88,10 +95,17 @@ class MoorageApp:
         self.transform_jobs = TransformJobs(self.ctx)
         self.monitoring = MonitoringScheduler(self.ctx)
         self.processing_jobs = ProcessingJobs(self.ctx, self.monitoring)
+        # Edge fleets: device keys open only the device door (edge_door), which knows them and the admin key.
+        self.device_keys = DeviceKeys(self.ctx)
+        self.edge_deployments = EdgeDeployments(self.ctx)
+        self.edge_fleets = EdgeFleets(self.ctx, self.device_keys, self.edge_deployments)
+        self.edge_door = EdgeDeviceDoor(secrets, self.device_keys, self.edge_fleets, self.edge_deployments)
+        self.compilation_jobs = CompilationJobs(self.ctx)
         self.experiments = InferenceExperiments(self.ctx, self.endpoints)
         sagemaker = JsonProtocolService("sagemaker", "SageMaker", [
             Models(self.ctx), EndpointConfigs(self.ctx), self.endpoints, Tags(self.ctx), self.transform_jobs,
-            Monitoring(self.ctx, self.monitoring), self.experiments, self.processing_jobs])
+            Monitoring(self.ctx, self.monitoring), self.experiments, self.processing_jobs, self.edge_fleets,
+            self.compilation_jobs])
         autoscaling = JsonProtocolService("application-autoscaling", "AnyScaleFrontendService", [Scaling(self.ctx)])
         cloudwatch = JsonProtocolService("cloudwatch", "GraniteServiceVersion20100801", [CloudWatch(self.ctx)])
         logs = JsonProtocolService("logs", "Logs_20140328", [Logs(self.ctx)])
@@ -105,7 +119,8 @@ class MoorageApp:
                                              async_door=AsyncRuntimeDoor(self.verifier, self.async_inference))
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
                                        [*monitoring_routes(self.ctx, self.monitoring, self.routing_experiments),
-                                        *experiment_routes(self.routing_experiments)])
+                                        *experiment_routes(self.routing_experiments),
+                                        *edge_admin_routes(self.edge_fleets, self.device_keys, self.edge_deployments)])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -131,6 +146,8 @@ class MoorageApp:
                 await respond(send, 200, self.metrics.prometheus.render(), [(b"content-type", PROMETHEUS_TEXT)])
             elif path.startswith("/service/"):
                 await self.cbor_door(scope, receive, send)
+            elif path in EDGE_OPERATION_PATHS or is_device_path(path):
+                await self.edge_door(scope, receive, send)
             elif path.startswith("/moorage/"):
                 await self.native(scope, receive, send)
             else:
@@ -156,6 +173,8 @@ class MoorageApp:
                         log.info("%d transform job(s) were cut off by the last stop; marked ended", settled)
                     if settled := self.processing_jobs.recover():
                         log.info("%d processing job(s) were cut off by the last stop; marked ended", settled)
+                    if settled := self.compilation_jobs.recover():
+                        log.info("%d compilation/packaging job(s) were cut off by the last stop; marked ended", settled)
                     self.monitoring.start()
                     self.experiments.start()  # due schedules start, passed EndTimes end
                     self.routing_experiments.start()
@@ -177,6 +196,7 @@ class MoorageApp:
                 await self.endpoints.shutdown()
                 await self.transform_jobs.shutdown()
                 await self.processing_jobs.shutdown()
+                await self.compilation_jobs.shutdown()
                 await self.routes.shutdown()
                 await self.capture.shutdown()  # after the routes: every answered invocation is written
                 await self.metrics.stop()  # likewise: the last partial period is written, alarms' webhooks sent

@@ -51,7 +51,8 @@ MAX_CONTROL_BODY = 16 * 1024 * 1024
 
 # The SageMaker Python SDK's local mode names these instance types; moorage runs them with the
 # machine's defaults.
-EXTRA_ENUM_VALUES = {"sagemaker": {"ProductionVariantInstanceType": ("local", "local_cpu")}}
+# LIGHTGBM: moorage compiles LightGBM models (CreateCompilationJob), which SageMaker's Framework enum lacks.
+EXTRA_ENUM_VALUES = {"sagemaker": {"ProductionVariantInstanceType": ("local", "local_cpu"), "Framework": ("LIGHTGBM",)}}
 
 
 def storage_url_shapes(service_name: str) -> list[str]:

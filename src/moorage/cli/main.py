@@ -27,6 +27,7 @@ from moorage.cli.common import (
     stdout_console,
     url_option,
 )
+from moorage.cli.edge import edge as edge_commands
 from moorage.cli.experiment import experiment as experiment_commands
 from moorage.cli.metrics import metrics as metrics_command
 from moorage.cli.models import models as models_command
@@ -339,6 +340,7 @@ cli.add_command(rollout_commands)
 cli.add_command(experiment_commands)
 cli.add_command(models_command)
 cli.add_command(shadow_commands)
+cli.add_command(edge_commands)
 
 
 def main() -> None:
