@@ -17,10 +17,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/product_reviews/demo.py
 
+# Two workers (pytest-xdist), a test file each at a time: most e2e time is spent waiting on processes,
+# so two workers nearly halve the suite on 2 cores. Each worker has its own shared server; tests that
+# need a server of their own start one. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) test-tools
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # System tools some tests drive for real: a Prometheus server scrapes GET /metrics. Installed with
 # apt-get when missing and we are root; otherwise that test skips and says why.

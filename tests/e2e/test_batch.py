@@ -20,7 +20,6 @@ from batch_support import (
     S3Server,
     create_model,
     csv_rows,
-    environment,
     expected_lines,
     job_request,
     run_job,
@@ -53,9 +52,8 @@ def s3(workdir: Path) -> Iterator[S3Server | None]:
 @pytest.fixture(scope="module")
 def bsrv(workdir: Path, s3: S3Server | None) -> Iterator[MoorageServer]:
     """A server of this module's own: it must see the S3 server's endpoint in its environment."""
-    server = MoorageServer(workdir / "home")
-    with environment(s3.environment() if s3 else {}):
-        server.start(timeout=90)
+    server = MoorageServer(workdir / "home", env=s3.environment() if s3 else {})
+    server.start(timeout=90)
     try:
         yield server
     finally:
