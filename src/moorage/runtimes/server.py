@@ -9,15 +9,22 @@ Adaptive batching lives here, beside the model: requests queue while the model i
 next model call takes all of them (up to ``MOORAGE_MAX_BATCH_SIZE``) in one stacked ``predict``. At
 low load a request never waits for others (``MOORAGE_MAX_BATCH_DELAY_MS`` defaults to 0), so
 batching costs single requests nothing and multiplies throughput under concurrency.
+
+Health has a listener of its own: ``<socket>.health`` answers ``GET /ping`` from a thread, so that a
+prediction running on the event loop (the fast path above) or holding the model thread for minutes
+never makes a busy instance look dead to the platform's health checks.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -210,9 +217,48 @@ def _env_int(env: dict[str, str], name: str, default: int) -> int:
         return default
 
 
+HEALTH_SUFFIX = ".health"  # the health listener's socket: the instance's socket path plus this
+_PONG = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+def serve_health(path: str) -> socket.socket:
+    """Answer every request on the Unix socket ``path`` with 200, from a daemon thread.
+
+    A blocking accept loop in a thread rather than a second asyncio server: the event loop is exactly
+    what a long inline prediction blocks. Blocking socket calls release the GIL, and a pure-Python
+    prediction yields it every switch interval, so a ping is answered within milliseconds either way.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    head = b""
+                    while b"\r\n\r\n" not in head and len(head) < 16384:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        head += chunk
+                    conn.sendall(_PONG)
+                except OSError:
+                    pass  # a checker that went away; the next one connects anew
+
+    threading.Thread(target=serve, name="health", daemon=True).start()
+    return listener
+
+
 def _exit_with_parent(parent_pid: int) -> None:
     """Exit when the platform process that started us is gone, so no instance outlives its server."""
-    import threading
 
     def watch() -> None:
         while True:
@@ -265,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.socket:
         options["uds"] = args.socket
+        serve_health(args.socket + HEALTH_SUFFIX)
     else:
         port = args.port or _env_int(env, "SAGEMAKER_BIND_TO_PORT", 8080)
         options.update(host=env.get("MOORAGE_BIND_HOST", "127.0.0.1"), port=port)

@@ -46,6 +46,7 @@ class ContainerChain:
         self.id = f"c-{uuid.uuid4().hex[:12]}"
         self.outstanding = 0
         self._state: InstanceState | None = None  # set by the pool (draining, stopped, failed)
+        self.recycle_reason: str | None = None  # set when the pool replaces it on purpose
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -97,6 +98,13 @@ class ContainerChain:
 
     async def ping(self, timeout: float = 5.0) -> bool:
         return all(await asyncio.gather(*(i.ping(timeout) for i in self.instances)))
+
+    async def check_health(self, timeout: float = 2.0) -> bool | None:
+        """False if any container fails its check; None if none could be asked (all busy BYO servers)."""
+        answers = await asyncio.gather(*(i.check_health(timeout) for i in self.instances))
+        if any(a is False for a in answers):
+            return False
+        return None if all(a is None for a in answers) else True
 
     async def wait_exit(self) -> int:
         """The exit code of the first container to exit: the chain cannot serve without any of them."""

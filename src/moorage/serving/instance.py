@@ -56,6 +56,9 @@ PORT_RANGE = (20000, 32760)
 PORT_BLOCK = 8  # the bind port + 7 in SAGEMAKER_SAFE_PORT_RANGE
 # Bounds the wait for the last output of a process that exited (a grandchild may hold its pipe open).
 LOG_DRAIN_TIMEOUT_S = 2.0
+# runtimes/server.py's health listener is the instance's socket plus this (not imported from there:
+# that module loads the frameworks, which the platform process never needs).
+HEALTH_SUFFIX = ".health"
 MAX_REASON_TAIL = 700  # FailureReason is at most 1024 characters in SageMaker's API
 
 
@@ -143,6 +146,12 @@ class Instance:
         self.process: asyncio.subprocess.Process | None = None
         self.port: int | None = None
         self.client = InstanceClient(socket_path=self.socket_path)
+        # A built-in runtime answers health checks on a listener of its own (runtimes/server.py), so
+        # that they never wait behind predictions; a BYO server has only its /ping.
+        self.health_socket_path = self.socket_path + HEALTH_SUFFIX
+        self.health_client: InstanceClient | None = None if self.byo else InstanceClient(
+            socket_path=self.health_socket_path)
+        self.recycle_reason: str | None = None  # set when the platform replaces a live instance on purpose
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.log: RotatingLog | None = None
@@ -360,6 +369,20 @@ class Instance:
     async def ping(self, timeout: float = 5.0) -> bool:
         return await self._ping(timeout)
 
+    async def check_health(self, timeout: float = 2.0) -> bool | None:
+        """Whether the process answers its health check; None when it cannot be asked without waiting
+        behind the requests in flight (a busy BYO server, whose only /ping shares their workers): a
+        busy instance is alive by definition."""
+        if self.health_client is not None:
+            try:
+                response = await self.health_client.request(b"GET", b"/ping", timeout=timeout)
+            except (InstanceConnectionError, InstanceTimeout):
+                return False
+            return response.status == 200
+        if self.outstanding:
+            return None
+        return await self._ping(timeout)
+
     def close_connections(self) -> None:
         """Fail the requests in flight at once (the process died) instead of at their timeout."""
         self.client.close()
@@ -401,8 +424,11 @@ class Instance:
             self._signal_group(signal.SIGKILL)
             await self._wait_drained()
         self._release()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        if self.health_client is not None:
+            self.health_client.close()
+        for path in (self.socket_path, self.health_socket_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     async def kill(self) -> None:
         proc = self.process

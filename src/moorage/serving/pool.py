@@ -7,6 +7,11 @@ The load balancer sends each request to the in-service instance with the fewest 
 requests, which keeps a slow instance (a long prediction, a GC pause) from collecting a queue while
 its siblings idle. A supervisor task per instance replaces a process that dies, with exponential
 backoff so a model that crashes at once cannot spin the machine.
+
+Health checks go to a listener that predictions cannot block (``Instance.check_health``), so a busy
+instance is never taken for a dead one. An instance that did not answer a request within the
+invocation timeout is recycled (``recycle``): its work cannot be cancelled from outside the process,
+and left running it would hold the model, and every request queued behind it, for as long as it takes.
 """
 
 from __future__ import annotations
@@ -26,8 +31,6 @@ log = logging.getLogger("moorage.pool")
 
 Member = Instance | ContainerChain  # what the pool holds and balances over
 
-HEALTH_INTERVAL_S = 5.0
-HEALTH_FAILURES_BEFORE_RESTART = 3
 MAX_BACKOFF_S = 30.0
 
 
@@ -58,6 +61,8 @@ class InstancePool:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._replacements: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
         self._on_change = on_change
+        self.health_checks = 0  # made since the pool started (a test waits on it rather than on time)
+        self.recycled = 0  # instances replaced on purpose (a timed-out request), counted in restarts too
 
     # Load balancing -------------------------------------------------------------------------------
     def pick(self) -> Member | None:
@@ -160,29 +165,47 @@ class InstancePool:
     def _supervise(self, instance: Member) -> None:
         self._supervisors[instance.id] = asyncio.get_running_loop().create_task(self._watch(instance))
 
+    def recycle(self, instance: Member, reason: str) -> None:
+        """Replace ``instance`` now: out of the balancer at once, killed, a new one started by its
+        supervisor (as for a crash). Used after a request timed out on it (MOORAGE_RECYCLE_ON_TIMEOUT)."""
+        if (not self.launch.instances.recycle_on_timeout or self.closed or instance not in self.instances
+                or instance.state != InstanceState.IN_SERVICE or instance.id not in self._supervisors):
+            return
+        log.warning("recycling instance %s of %s/%s: %s", instance.id, self.endpoint, self.variant, reason)
+        instance.recycle_reason = reason
+        instance.state = InstanceState.FAILED
+        self.recycled += 1
+        self._set_ready()
+        task = asyncio.get_running_loop().create_task(instance.kill())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
     async def _watch(self, instance: Member) -> None:
         exit_task = asyncio.ensure_future(instance.wait_exit())
+        settings = self.launch.instances
         failures = 0
         try:
             while not exit_task.done():
-                done, _ = await asyncio.wait({exit_task}, timeout=HEALTH_INTERVAL_S)
+                done, _ = await asyncio.wait({exit_task}, timeout=settings.health_check_interval)
                 if done or instance.state != InstanceState.IN_SERVICE:
                     break
-                # A busy instance is alive by definition; only idle ones are pinged, so a long
-                # prediction never gets its instance killed.
-                if instance.outstanding == 0:
-                    failures = 0 if await instance.ping(timeout=2.0) else failures + 1
-                    if failures >= HEALTH_FAILURES_BEFORE_RESTART:
-                        log.warning("instance %s failed %d health checks; replacing it", instance.id, failures)
-                        await instance.kill()
+                healthy = await instance.check_health(timeout=min(2.0, settings.health_check_interval))
+                if healthy is None:
+                    continue  # busy and cannot be asked apart from its requests: alive by definition
+                self.health_checks += 1
+                failures = 0 if healthy else failures + 1
+                if failures >= settings.health_check_failures:
+                    log.warning("instance %s failed %d health checks; replacing it", instance.id, failures)
+                    await instance.kill()
             code = await exit_task
         except asyncio.CancelledError:
             exit_task.cancel()
             raise
         if self.closed or instance.state in (InstanceState.STOPPED, InstanceState.DRAINING):
             return
-        log.warning("instance %s of %s/%s exited with code %s; replacing it (log: %s)",
-                    instance.id, self.endpoint, self.variant, code, instance.log_path)
+        if instance.recycle_reason is None:
+            log.warning("instance %s of %s/%s exited with code %s; replacing it (log: %s)",
+                        instance.id, self.endpoint, self.variant, code, instance.log_path)
         instance.state = InstanceState.FAILED
         instance.close_connections()
         self._supervisors.pop(instance.id, None)

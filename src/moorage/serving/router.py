@@ -124,9 +124,16 @@ class EndpointRoute:
         try:
             response = await instance.invoke(body, headers, timeout or self.invocation_timeout)
         except InstanceTimeout as exc:
+            # The work goes on inside the instance and cannot be cancelled from here: the pool replaces
+            # the instance, so that it does not hold the requests queued behind it.
+            recycle = getattr(variant.pool, "recycle", None)
+            if recycle is not None:
+                recycle(instance, f"a request timed out ({exc})")
+            # SageMaker's words for a model past the invocation timeout.
             raise InvocationFailed(
-                f"Your invocation timed out while waiting for a response from instance {instance.id} of "
-                f"variant {variant.name} ({exc}).", 504, variant.name, instance.id,
+                f"Your invocation timed out while waiting for a response from container {variant.name}. Review "
+                f"the latency metrics for each container in Amazon CloudWatch, resolve the issue, and try again. "
+                f"(instance {instance.id}: {exc})", 504, variant.name, instance.id,
                 time.perf_counter() - started) from exc
         except InstanceConnectionError as exc:
             raise InvocationFailed(

@@ -1,0 +1,195 @@
+"""Serving faults on real instance processes: a busy instance is not a dead one, timed-out work is isolated.
+
+The model is a ``transform_fn`` that answers at once, except for a body ``slow``, on which it blocks until
+the test creates a gate file (bounded). The instances are real ``python -m moorage.runtimes.server``
+processes, with the fast path (inline prediction on the instance's event loop) forced on, which is
+where a long prediction used to block ``/ping``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from moorage.serving.instance import InstanceState
+from moorage.serving.instance_client import InstanceResponse
+from moorage.serving.launch_spec import LaunchSpec
+from moorage.serving.launchers.local import LocalLauncher
+from moorage.serving.pool import InstancePool
+from moorage.serving.router import EndpointRoute, InvocationFailed, VariantRoute
+from moorage.settings import InstanceSettings
+from unit.test_serving import LoopThread, force_kill, gone, wait_until
+
+CSV = b"content-type: text/csv\r\naccept: text/csv\r\n"
+
+GATED = '''
+import os
+import time
+
+
+def model_fn(model_dir, context=None):
+    return None
+
+
+def transform_fn(model, body, content_type, accept):
+    text = body.decode() if isinstance(body, bytes) else body
+    if text.startswith("slow"):
+        gate = os.environ["GATE_DIR"]
+        open(os.path.join(gate, "started"), "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(gate, "release")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "slow-done", "text/csv"
+    return "fast", "text/csv"
+'''
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.close()
+
+
+@pytest.fixture
+def dirs() -> Iterator[tuple[Path, Path, Path, Path]]:
+    """(model_dir, gate_dir, socket_dir, log_dir), short enough for Unix socket paths."""
+    root = Path(tempfile.mkdtemp(prefix="mrf-"))
+    for name in ("m/code", "g", "s", "l"):
+        (root / name).mkdir(parents=True)
+    (root / "m" / "code" / "inference.py").write_text(GATED)
+    try:
+        yield root / "m", root / "g", root / "s", root / "l"
+    finally:
+        (root / "g" / "release").touch()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_pool(loop: LoopThread, dirs: tuple[Path, Path, Path, Path]) -> Iterator[Callable[..., InstancePool]]:
+    model_dir, gate_dir, socket_dir, log_dir = dirs
+    pools: list[InstancePool] = []
+
+    def factory(**settings: object) -> InstancePool:
+        launch = LaunchSpec(runtime="sklearn", model_dir=model_dir,
+                            # Inline (on the instance's loop) once a batch takes under 0.5 s: every fast one.
+                            environment={"GATE_DIR": str(gate_dir), "MOORAGE_INLINE_PREDICT_US": "1000000"},
+                            instances=dataclasses.replace(InstanceSettings(), **settings))  # type: ignore[arg-type]
+
+        async def create() -> InstancePool:
+            return InstancePool("ep", "AllTraffic", launch, LocalLauncher(socket_dir), log_dir, start_timeout=90)
+
+        pool = loop.run(create(), timeout=10)
+        pools.append(pool)
+        return pool
+
+    try:
+        yield factory
+    finally:
+        (gate_dir / "release").touch()
+        for pool in pools:
+            pids = [i.pid for i in pool.instances]
+            with contextlib.suppress(Exception):
+                loop.run(pool.close(drain_timeout=5), timeout=60)
+            force_kill(*pids, *(i.pid for i in pool.instances))
+
+
+def _fast(loop: LoopThread, pool: InstancePool) -> tuple[str, InstanceResponse]:
+    async def call() -> tuple[str, InstanceResponse]:
+        instance = pool.pick() or await pool.acquire(60)
+        return instance.id, await instance.invoke(b"1,2", CSV, 60)
+
+    return loop.run(call(), timeout=90)
+
+
+def test_a_busy_instance_is_not_a_dead_one(loop: LoopThread, make_pool: Callable[..., InstancePool],
+                                           dirs: tuple[Path, Path, Path, Path]) -> None:
+    gate = dirs[1]
+    pool = make_pool(health_check_interval=0.1, health_check_failures=2)
+    loop.run(pool.start(1), timeout=120)
+    (instance,) = pool.ready
+    pid = instance.pid
+    for _ in range(5):  # fast predictions: the instance now predicts on its event loop
+        _, response = _fast(loop, pool)
+        assert response.status == 200 and response.body == b"fast"
+
+    # A slow prediction whose caller went away: nothing is outstanding, the loop is busy predicting.
+    async def abandon() -> None:
+        task = asyncio.ensure_future(instance.invoke(b"slow", CSV, 120))
+        await wait_until(lambda: (gate / "started").exists() or task.done(), 60, "the slow prediction to start")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    loop.run(abandon(), timeout=90)
+    assert instance.outstanding == 0
+    # Health answers while the model is busy; many health-check windows pass and it is still the same process.
+    assert loop.run(instance.check_health(timeout=10), timeout=30) is True
+    checks = pool.health_checks
+    loop.run(wait_until(lambda: pool.health_checks >= checks + 6, 60, "six more health checks"), timeout=90)
+    assert instance.pid == pid and not gone(pid)
+    assert instance.state == InstanceState.IN_SERVICE and pool.ready == [instance] and pool.restarts == 0
+
+    # Released, it answers again (the same instance).
+    (gate / "release").touch()
+    instance_id, response = _fast(loop, pool)
+    assert instance_id == instance.id and response.status == 200 and response.body == b"fast"
+
+
+def test_a_timed_out_request_does_not_starve_the_others(loop: LoopThread, make_pool: Callable[..., InstancePool],
+                                                        dirs: tuple[Path, Path, Path, Path]) -> None:
+    gate = dirs[1]
+    pool = make_pool()
+    loop.run(pool.start(1), timeout=120)
+    (old,) = pool.ready
+    old_pid = old.pid
+    route = EndpointRoute("ep", [VariantRoute("AllTraffic", 1.0, pool)], invocation_timeout=3.0,
+                          acquire_timeout=90)
+    for _ in range(3):
+        assert _fast(loop, pool)[1].status == 200
+
+    async def scenario() -> tuple[InvocationFailed, list[object]]:
+        try:
+            await route.invoke(b"slow", CSV)
+        except InvocationFailed as exc:
+            failed = exc
+        else:
+            raise AssertionError("the slow request did not time out")
+        # Sent after the timeout, while the gate is still closed: they must not wait behind the slow work.
+        others = await asyncio.gather(*(route.invoke(b"1,2", CSV) for _ in range(10)), return_exceptions=True)
+        return failed, others
+
+    failed, others = loop.run(scenario(), timeout=150)
+    assert (gate / "started").exists() and not (gate / "release").exists()
+    assert failed.status == 504 and failed.instance_id == old.id
+    assert "Your invocation timed out while waiting for a response from container AllTraffic" in str(failed)
+    for outcome in others:
+        assert not isinstance(outcome, BaseException), outcome
+        assert outcome.status == 200 and outcome.body == b"fast"  # type: ignore[attr-defined]
+        assert outcome.instance_id != old.id  # type: ignore[attr-defined]
+    assert pool.recycled == 1
+    loop.run(wait_until(lambda: gone(old_pid), 30, "the timed-out instance's process to end"), timeout=60)
+    assert len(pool.ready) == 1 and pool.ready[0] is not old
+
+
+def test_recycling_can_be_turned_off(loop: LoopThread, make_pool: Callable[..., InstancePool],
+                                     dirs: tuple[Path, Path, Path, Path]) -> None:
+    gate = dirs[1]
+    pool = make_pool(recycle_on_timeout=False)
+    loop.run(pool.start(1), timeout=120)
+    (instance,) = pool.ready
+    route = EndpointRoute("ep", [VariantRoute("AllTraffic", 1.0, pool)], invocation_timeout=2.0)
+    with pytest.raises(InvocationFailed):
+        loop.run(route.invoke(b"slow", CSV), timeout=60)
+    assert pool.recycled == 0 and pool.ready == [instance] and not gone(instance.pid)
+    (gate / "release").touch()
+    assert _fast(loop, pool)[1].body == b"fast"
