@@ -305,3 +305,40 @@ def test_links_inside_the_tree_are_kept(store: ArtifactStore, layout: dict[str, 
     target = store.materialize(str(archive))
     assert (target / "model.joblib").read_bytes() == b"weights"
     assert (target / "model.joblib").is_symlink()
+
+
+# --------------------------------------------------------------------------------------------------
+# decompression bombs and the cache's cleanup
+# --------------------------------------------------------------------------------------------------
+def test_an_archive_past_its_expansion_ratio_is_refused_whole(layout: dict[str, Path]) -> None:
+    # 4 MiB of zeros gzip to a few KiB: far past 20 times the archive (the floor lowered to 1 MiB here).
+    bomb = write_tar(layout["src"] / "bomb.tar.gz", {"code/inference.py": b"x = 1\n", "zeros.bin": bytes(4 << 20)})
+    store = ArtifactStore(layout["cache"], max_expansion=20, floor_bytes=1 << 20)
+    with pytest.raises(ArtifactError, match=r"expands beyond \d+ bytes .*decompression bomb.*MOORAGE_MAX_ARCHIVE"):
+        store.materialize(str(bomb))
+    assert all_paths(layout["cache"]) == set()  # nothing of it stays, not even the member before the cap
+    # The same archive under a cap that fits it is extracted.
+    roomy = ArtifactStore(layout["cache"], max_expansion=20, floor_bytes=8 << 20)
+    assert (roomy.materialize(str(bomb)) / "zeros.bin").stat().st_size == 4 << 20
+
+
+def test_an_archive_past_the_absolute_cap_is_refused(layout: dict[str, Path]) -> None:
+    data = os.urandom(3 << 20)  # incompressible: the ratio is about 1
+    archive = write_tar(layout["src"] / "big.tar.gz", {"weights.bin": data})
+    store = ArtifactStore(layout["cache"], max_bytes=2 << 20, floor_bytes=1)
+    with pytest.raises(ArtifactError, match="expands beyond 2097152 bytes"):
+        store.materialize(str(archive))
+    assert leftovers(layout["cache"]) == []
+
+
+def test_prune_keeps_only_the_extractions_in_use(store: ArtifactStore, layout: dict[str, Path]) -> None:
+    used = write_tar(layout["src"] / "used.tar.gz", FILES)
+    unused = write_tar(layout["src"] / "unused.tar.gz", {"model.joblib": b"other"})
+    kept, dropped = store.materialize(str(used)), store.materialize(str(unused))
+    (layout["cache"] / ".extract-crashed").mkdir()  # what a process killed mid-extraction leaves
+    (layout["cache"] / "empty").mkdir()  # not an extraction: never touched
+    assert store.prune([str(used)]) == [dropped.name]
+    assert kept.is_dir() and not dropped.exists() and (layout["cache"] / ".extract-crashed").is_dir()
+    assert store.prune([str(used)], staging=True) == [".extract-crashed"]
+    assert sorted(p.name for p in layout["cache"].iterdir()) == sorted([kept.name, "empty"])
+    assert read_tree(kept) == FILES

@@ -4,15 +4,22 @@ URLs go through ``store.locations``, so ``file://``, plain paths and ``s3://`` b
 same. A model archive is extracted once into the home's cache, keyed by the URL and the object's
 size and modification time (or ETag), so restarting a server or adding instances does not unpack it
 again, and a changed artifact under the same URL is picked up.
+
+An archive is untrusted input and may be a decompression bomb: what it expands to is counted from its
+members' headers before a byte is written, and an archive past the cap (``MOORAGE_MAX_ARCHIVE_EXPANSION``
+times its own size, never less than a floor, and never more than ``MOORAGE_MAX_ARCHIVE_BYTES``) is
+refused whole. ``prune`` removes the extractions no model in use needs any more.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +53,65 @@ def describe(url: str) -> dict[str, Any]:
         raise ArtifactError(f"Could not access model data at {url}: {exc}") from exc
 
 
+# Any archive may expand to this much whatever its ratio: small archives of text (code, JSON, CSV)
+# compress far better than 20:1 and are harmless.
+EXPANSION_FLOOR_BYTES = 256 * 1024 * 1024
+_CACHE_ENTRY = re.compile(r"[0-9a-f]{20}")
+_STAGING_PREFIXES = (".extract-", ".download-")
+
+
+class _ExpansionCap:
+    """A tarfile extraction filter: the "data" filter, plus a running total of the members' sizes
+    that raises ArtifactError once past ``limit`` (before that member is written)."""
+
+    def __init__(self, url: str, archive_bytes: int, limit: int, ratio: int, floor: int):
+        self.url, self.archive_bytes, self.limit, self.ratio, self.floor = url, archive_bytes, limit, ratio, floor
+        self.total = 0
+
+    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        self.total += max(0, member.size)
+        if self.total > self.limit:
+            raise ArtifactError(
+                f"Model data at {self.url} expands beyond {self.limit} bytes ({self.archive_bytes}-byte archive; "
+                f"the limit is {self.ratio} times the archive's size, at least {self.floor} bytes, at "
+                f"most MOORAGE_MAX_ARCHIVE_BYTES): refused as a possible decompression bomb. Raise "
+                f"MOORAGE_MAX_ARCHIVE_EXPANSION or MOORAGE_MAX_ARCHIVE_BYTES if the model is really this large.")
+        return tarfile.data_filter(member, dest)
+
+
 class ArtifactStore:
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, max_expansion: int = 20, max_bytes: int = 64 * 1024**3,
+                 floor_bytes: int = EXPANSION_FLOOR_BYTES):
         self.cache_dir = cache_dir
+        self.max_expansion = max_expansion
+        self.max_bytes = max_bytes
+        self.floor_bytes = floor_bytes
+
+    def expansion_limit(self, archive_bytes: int) -> int:
+        return min(self.max_bytes, max(self.floor_bytes, self.max_expansion * archive_bytes))
+
+    def prune(self, keep_urls: Iterable[str], *, staging: bool = False) -> list[str]:
+        """Remove the cached extractions of every URL but ``keep_urls`` (the names removed). ``staging``:
+        also half-done extractions, which only a process that died mid-way leaves (at start-up)."""
+        keep = set()
+        for url in keep_urls:
+            try:
+                keep.add(self._key(url, describe(url)))
+            except ArtifactError:
+                continue  # gone: nothing of it to keep
+        removed = []
+        try:
+            entries = list(self.cache_dir.iterdir())
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            name = entry.name
+            stale = (_CACHE_ENTRY.fullmatch(name) is not None and name not in keep) or (
+                staging and name.startswith(_STAGING_PREFIXES))
+            if stale and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(name)
+        return removed
 
     def materialize(self, url: str) -> Path:
         """A local directory with the contents of ``url`` (a tar.gz archive or a directory)."""
@@ -76,7 +139,12 @@ class ArtifactStore:
             with fs.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as archive:
                 # A model archive is untrusted input: the "data" filter refuses links out of the tree
                 # and device files, and strips a leading "/" so absolute names land inside it.
-                archive.extractall(staging, filter="data")
+                size = int(info.get("size") or 0)
+                cap = _ExpansionCap(url, size, self.expansion_limit(size), self.max_expansion, self.floor_bytes)
+                archive.extractall(staging, filter=cap)
+        except ArtifactError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         except (tarfile.TarError, OSError, EOFError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise ArtifactError(f"Could not extract model data at {url}: {exc}") from exc
