@@ -22,6 +22,9 @@ import boto3
 import botocore.config
 import botocore.session
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.loaders import Loader
 
@@ -427,8 +430,11 @@ def test_requests_must_be_signed(server: MoorageServer, protocol: str, models: P
 
 def test_unknown_actions_and_versions_are_refused(server: MoorageServer) -> None:
     def send(form: str) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
-        status, _, body = server.signed_request("POST", "/", form.encode(), headers)
+        # Signed for CloudWatch's signing name: the scope must name the service the form asks for.
+        request = AWSRequest(method="POST", url=server.url + "/", data=form.encode(),
+                             headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+        SigV4Auth(Credentials(server.access_key_id, server.secret_access_key), "monitoring", REGION).add_auth(request)
+        status, _, body = http_request("POST", server.url + "/", body=form.encode(), headers=dict(request.headers))
         return status, body
 
     status, body = send("Action=LaunchRockets&Version=2010-08-01")

@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import ClientDisconnect
 
 from moorage.api.responses import JSON, BodyTooLarge, Receive, Scope, Send, read_body, respond, respond_api_error
+from moorage.api.runtime import SIGNING_NAME
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.control.async_inference import AsyncInference, Submission
 from moorage.errors import ApiError, PayloadTooLarge, RuntimeValidationError
@@ -68,7 +69,7 @@ class AsyncRuntimeDoor:
             return
         try:
             self.verifier.verify("POST", scope.get("raw_path") or path.encode(), scope.get("query_string", b""),
-                                 scope["headers"], body)
+                                 scope["headers"], body, service=SIGNING_NAME)
         except AuthError as exc:
             await respond_api_error(send, _AuthFailure(exc), JSON)
             return

@@ -70,6 +70,8 @@ MAX_OPERATION_BODY = 1024 * 1024
 MAX_PUBLISH_JSON = 64 * 1024
 # How long an agent may trust a GetDeviceRegistration answer (CacheTTL, seconds).
 REGISTRATION_TTL = "60"
+# sagemaker-edge's signing name (botocore's model): devices sign for SageMaker.
+EDGE_SIGNING_NAME = "sagemaker"
 _WRITE_BATCH = 1024 * 1024
 
 Caller = KeyOwner | None  # None: the admin key
@@ -108,12 +110,12 @@ class EdgeDeviceDoor:
     ``EDGE_OPERATION_PATHS`` name)."""
 
     def __init__(self, admin_secrets: Mapping[str, str], keys: DeviceKeys, fleets: EdgeFleets,
-                 deployments: EdgeDeployments) -> None:
+                 deployments: EdgeDeployments, region: str | None = None) -> None:
         self._admin = dict(admin_secrets)
         self.keys = keys
         self.fleets = fleets
         self.deployments = deployments
-        self.verifier = SigV4Verifier(self._secret_for)
+        self.verifier = SigV4Verifier(self._secret_for, region=region)
         # Model handles are "{name}-{version}" and versions carry dots (SageMaker's Version allows them), which
         # sagemaker-edge's EntityName pattern does not: its length is still checked, its pattern is not.
         self.shapes = ServiceShapes("sagemaker-edge", unchecked_patterns=("EntityName",))
@@ -141,7 +143,7 @@ class EdgeDeviceDoor:
         scope = request.scope
         principal = self.verifier.verify(request.method, scope.get("raw_path") or scope["path"].encode(),
                                           scope.get("query_string", b""), scope["headers"], body,
-                                          payload_hash=payload_hash)
+                                          payload_hash=payload_hash, service=EDGE_SIGNING_NAME)
         key_id = principal.access_key_id
         if key_id in self._admin:
             return key_id, None

@@ -38,7 +38,7 @@ from starlette.requests import ClientDisconnect
 
 from moorage.api.responses import BodyTooLarge, Receive, Scope, Send, read_body, request_id, respond
 from moorage.api.sagemaker import MAX_CONTROL_BODY, JsonProtocolService
-from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.api.sigv4 import AuthError, ScopeError, SigV4Verifier
 from moorage.errors import ApiError
 
 log = logging.getLogger("moorage.api")
@@ -299,19 +299,26 @@ class QueryFrontDoor:
         except ClientDisconnect:
             return  # gone before its body was whole: nobody to answer
         try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError:
+            pairs = None
+        given = dict(pairs or ())
+        action, version = given.get("Action", ""), given.get("Version")
+        service = self._service(action, version)
+        try:
             self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
-                                 scope.get("query_string", b""), scope["headers"], body)
+                                 scope.get("query_string", b""), scope["headers"], body,
+                                 service=service.signing_name if service is not None else None)
+        except ScopeError as exc:
+            # The query-protocol services (STS, CloudWatch) name a bad scope SignatureDoesNotMatch.
+            await self._error(send, "SignatureDoesNotMatch", exc.message, True, exc.status)
+            return
         except AuthError as exc:
             await self._error(send, exc.code, exc.message, True, exc.status)
             return
-        try:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-        except UnicodeDecodeError:
+        if pairs is None:
             await self._error(send, "MalformedQueryString", "The request body is not UTF-8 form data.", True, 400)
             return
-        given = dict(pairs)
-        action, version = given.get("Action", ""), given.get("Version")
-        service = self._service(action, version)
         if not action:
             await self._error(send, "MissingAction", "The request must contain the parameter Action.", True, 400)
             return

@@ -96,14 +96,15 @@ class RpcV2CborFrontDoor:
             return
         except ClientDisconnect:
             return
+        prefix, marker, operation = scope["path"][len(PREFIX):].partition("/operation/")
+        service = self.services.get(prefix)
         try:
             self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
-                                 scope.get("query_string", b""), scope["headers"], body)
+                                 scope.get("query_string", b""), scope["headers"], body,
+                                 service=service.signing_name if service is not None else None)
         except AuthError as exc:
             await self._error(send, None, exc.code, exc.message, exc.status)
             return
-        prefix, marker, operation = scope["path"][len(PREFIX):].partition("/operation/")
-        service = self.services.get(prefix)
         if scope["method"] != "POST" or not marker or service is None or "/" in operation:
             await self._error(send, None, "UnknownOperationException", f"No operation at {scope['path']}.", 404)
             return

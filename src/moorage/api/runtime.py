@@ -35,6 +35,8 @@ from moorage.store.metadata import MetadataStore
 
 log = logging.getLogger("moorage.runtime")
 
+# sagemaker-runtime's signing name (botocore's model): its scope is SageMaker's.
+SIGNING_NAME = "sagemaker"
 # InvokeEndpoint's documented payload limit, and its limits on two headers.
 MAX_PAYLOAD = 6 * 1024 * 1024
 MAX_CUSTOM_ATTRIBUTES = 1024
@@ -102,7 +104,7 @@ class RuntimeFrontDoor:
             return  # gone before its body was whole: nothing to invoke, nobody to answer
         try:
             self.verifier.verify("POST", scope.get("raw_path") or path.encode(), scope.get("query_string", b""),
-                                 scope["headers"], body)
+                                 scope["headers"], body, service=SIGNING_NAME)
         except AuthError as exc:
             await respond_error(send, exc.code, exc.message, exc.status, JSON)
             return

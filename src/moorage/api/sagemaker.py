@@ -76,6 +76,9 @@ class JsonProtocolService:
         metadata = self.shapes.service_model.metadata
         self.content_type = JSON_10 if metadata.get("jsonVersion") == "1.0" else JSON_11
         self.query_compatible = "awsQueryCompatible" in metadata
+        # What a request's credential scope must name: botocore signs with the model's signing name
+        # (``monitoring`` for CloudWatch), not the client's name.
+        self.signing_name: str = self.shapes.service_model.signing_name
         self.handlers: dict[str, Any] = {}
         for operation in self.shapes.service_model.operation_names:
             method = xform_name(operation)
@@ -156,14 +159,16 @@ class JsonFrontDoor:
             return
         except ClientDisconnect:
             return  # gone before its body was whole: nobody to answer
+        prefix, _, operation = target.decode("latin-1").partition(".")
+        service = self.services.get(prefix)
         try:
+            # An unknown target is answered once the caller is known to hold a key, whatever it signed for.
             self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
-                                 scope.get("query_string", b""), scope["headers"], body)
+                                 scope.get("query_string", b""), scope["headers"], body,
+                                 service=service.signing_name if service is not None else None)
         except AuthError as exc:
             await respond_error(send, exc.code, exc.message, exc.status)
             return
-        prefix, _, operation = target.decode("latin-1").partition(".")
-        service = self.services.get(prefix)
         if service is None or not operation:
             await respond_error(send, "UnknownOperationException",
                                 f"Unknown X-Amz-Target '{target.decode('latin-1')}'.", 400)

@@ -34,6 +34,8 @@ __all__ = ["MAX_BODY", "error_response", "json_reply", "native_app", "signed_rou
 
 log = logging.getLogger("moorage.api.native")
 
+# The service the native API's requests are scoped to: what connection.py signs with.
+NATIVE_SIGNING_NAME = "sagemaker"
 # Routes that take their body whole take JSON documents: the SageMaker JSON door's limit.
 MAX_BODY = 16 * 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
@@ -59,8 +61,11 @@ def _verify(request: Request, body: bytes, payload_hash: str | None = None) -> N
     scope = request.scope
     # Set by native_app; a route mounted anywhere else fails closed (500), it is never left open.
     verifier: SigV4Verifier = request.app.state.verifier
+    # The moorage SDK and CLI sign for SageMaker (connection.py); a presigned URL, good for up to a
+    # week, is never taken here: these routes change state, and a leaked URL would keep working.
     verifier.verify(request.method, scope.get("raw_path") or scope["path"].encode(), scope.get("query_string", b""),
-                    scope["headers"], body, payload_hash=payload_hash)
+                    scope["headers"], body, payload_hash=payload_hash, service=NATIVE_SIGNING_NAME,
+                    allow_presigned=False)
 
 
 def signed_route(path: str, handler: Handler, methods: Sequence[str], *, max_body: int = MAX_BODY) -> Route:

@@ -33,7 +33,7 @@ from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from botocore.utils import normalize_url_path
 
-__all__ = ["ALGORITHM", "AuthError", "ChunkChain", "Principal", "S3Signature", "SigV4Verifier"]
+__all__ = ["ALGORITHM", "AuthError", "ChunkChain", "Principal", "S3Signature", "ScopeError", "SigV4Verifier"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -72,6 +72,8 @@ MSG_BOTH_MECHANISMS = ("Only one auth mechanism allowed; only the X-Amz-Algorith
 MSG_HOST_UNSIGNED = "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
 MSG_UNSIGNED_PAYLOAD = ("X-Amz-Content-SHA256: UNSIGNED-PAYLOAD is accepted on presigned URLs only; sign the "
                         "request's body (its SHA-256).")
+MSG_NO_PRESIGNED = (f"{MSG_MISSING_TOKEN}: this API does not take presigned URLs (X-Amz-Signature in the query); "
+                    "sign the request's Authorization header.")
 MSG_PAYLOAD_HASH = "The provided 'x-amz-content-sha256' header does not match what was computed."
 
 
@@ -83,6 +85,22 @@ class AuthError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+class ScopeError(AuthError):
+    """A credential scoped to another region or service than the one that received it.
+
+    AWS checks the scope before the signature (a key derived for another scope can never match) and
+    names what was wrong; the S3 door rewords it as S3 does, so the parts are kept.
+    """
+
+    def __init__(self, message: str, *, region: str, expected_region: str, service: str,
+                 expected_service: str | None) -> None:
+        super().__init__("InvalidSignatureException", message)
+        self.region = region
+        self.expected_region = expected_region
+        self.service = service
+        self.expected_service = expected_service
 
 
 def _incomplete(message: str) -> AuthError:
@@ -295,14 +313,17 @@ def _auth_params(text: str) -> dict[str, str]:
 class SigV4Verifier:
     """Checks SigV4 header and presigned-URL signatures against the secrets ``secret_for`` knows.
 
-    ``secret_for(access_key_id)`` returns the secret access key, or None for an unknown key. The
-    caller decides which services and regions a principal may use: the verifier only proves the
-    request was signed with the secret for the scope it names.
+    ``secret_for(access_key_id)`` returns the secret access key, or None for an unknown key. With
+    ``region`` the credential scope must name that region, as at AWS, where a signature for
+    us-west-2 is refused by us-east-1; each door names the service (its signing name) a request
+    must be scoped to, so a signature made for one service cannot be replayed at another.
     """
 
-    def __init__(self, secret_for: Callable[[str], str | None], max_skew_seconds: int = 900) -> None:
+    def __init__(self, secret_for: Callable[[str], str | None], max_skew_seconds: int = 900,
+                 region: str | None = None) -> None:
         self._secret_for = secret_for
         self._max_skew = max_skew_seconds
+        self.region = region
         self._signing_keys: dict[tuple[str, str, str, str], bytes] = {}
         # Requests signed in the same second share X-Amz-Date; remembering the last one parsed
         # skips the datetime construction for most of them.
@@ -317,13 +338,18 @@ class SigV4Verifier:
         body: bytes,
         now: float | None = None,
         payload_hash: str | None = None,
+        *,
+        service: str | None = None,
+        allow_presigned: bool = True,
     ) -> Principal:
         """Return who signed the request, or raise AuthError with the code AWS would send.
 
         ``headers`` are ASGI pairs (lowercase names); ``raw_path`` is the path as sent, still
         percent-encoded; ``query_string`` is the raw query without '?'. ``payload_hash`` stands in
         for the body when the caller streams a body too large to hold: the signature is checked over
-        it, and the caller must check that the bytes it keeps hash to it.
+        it, and the caller must check that the bytes it keeps hash to it. ``service``: the signing
+        name the credential scope must carry (None: the caller checks it). ``allow_presigned=False``
+        refuses a signature carried in the query, for APIs where a URL that works for days is a leak.
         """
         single, repeated = _headers_by_name(headers)
 
@@ -332,11 +358,14 @@ class SigV4Verifier:
         if authorization is None:
             if not presigned:
                 raise AuthError("MissingAuthenticationTokenException", MSG_MISSING_TOKEN)
-            return self._verify_presigned(method, raw_path, query_string, single, repeated, body, now, payload_hash)
+            if not allow_presigned:
+                raise AuthError("MissingAuthenticationTokenException", MSG_NO_PRESIGNED)
+            return self._verify_presigned(method, raw_path, query_string, single, repeated, body, now, payload_hash,
+                                          service=service)
         if presigned:
             raise _incomplete(MSG_BOTH_MECHANISMS)
         return self._verify_header(method, raw_path, query_string, single, repeated, body, now, authorization,
-                                   payload_hash)
+                                   payload_hash, service=service)
 
     def verify_s3(
         self,
@@ -361,7 +390,7 @@ class SigV4Verifier:
             declared = single.get(b"x-amz-content-sha256")
             payload = declared.decode("latin-1").strip() if declared is not None else UNSIGNED_PAYLOAD
             signed = self._verify_presigned(method, raw_path, query_string, single, repeated, b"", now,
-                                            payload_hash=payload, s3=True)
+                                            payload_hash=payload, s3=True, service="s3")
         else:
             if presigned:
                 raise _incomplete(MSG_BOTH_MECHANISMS)
@@ -375,7 +404,8 @@ class SigV4Verifier:
                                 "STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, "
                                 "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER or a valid sha256 value.", 400)
             signed = self._verify_header(method, raw_path, query_string, single, repeated, b"", now, authorization,
-                                         payload_hash=payload.lower() if len(payload) == 64 else payload, s3=True)
+                                         payload_hash=payload.lower() if len(payload) == 64 else payload, s3=True,
+                                         service="s3")
         assert isinstance(signed, S3Signature)
         return signed
 
@@ -393,6 +423,7 @@ class SigV4Verifier:
         authorization: bytes,
         payload_hash: str | None = None,
         s3: bool = False,
+        service: str | None = None,
     ) -> Principal | S3Signature:
         text = authorization.decode("latin-1").strip()
         algorithm, _, rest = text.partition(" ")
@@ -427,12 +458,13 @@ class SigV4Verifier:
                 missing.append("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.")
             raise _incomplete(" ".join(missing) + f" Authorization={text}")
 
-        access_key, scope, region, service = self._parse_credential(credential)
+        access_key, scope, region, signed_for = self._parse_credential(credential)
+        self._check_scope(region, signed_for, service)
         epoch = self._parse_date(amz_date)
         header_names = signed_headers.split(";")
         if "host" not in header_names and ":authority" not in header_names:
             raise _incomplete(MSG_HOST_UNSIGNED)
-        signing_key = self._signing_key(access_key, amz_date, scope, region, service)
+        signing_key = self._signing_key(access_key, amz_date, scope, region, signed_for)
         self._check_clock(amz_date, epoch, now)
 
         if s3:
@@ -458,9 +490,9 @@ class SigV4Verifier:
             (head + query + tail for query in _query_candidates(pairs)),
         )
         if s3:
-            return S3Signature(Principal(access_key, region, service), payload, signing_key, amz_date, scope,
+            return S3Signature(Principal(access_key, region, signed_for), payload, signing_key, amz_date, scope,
                                signature)
-        return Principal(access_key, region, service)
+        return Principal(access_key, region, signed_for)
 
     def _verify_presigned(
         self,
@@ -473,6 +505,7 @@ class SigV4Verifier:
         now: float | None,
         payload_hash: str | None = None,
         s3: bool = False,
+        service: str | None = None,
     ) -> Principal | S3Signature:
         params: dict[str, str] = {}
         for pair in query_string.split(b"&"):
@@ -495,12 +528,13 @@ class SigV4Verifier:
             raise _incomplete(f"X-Amz-Expires must be a whole number of seconds between 1 and {MAX_PRESIGN_EXPIRES}.")
         amz_date = params["X-Amz-Date"]
         signed_headers = params["X-Amz-SignedHeaders"]
-        access_key, scope, region, service = self._parse_credential(params["X-Amz-Credential"])
+        access_key, scope, region, signed_for = self._parse_credential(params["X-Amz-Credential"])
+        self._check_scope(region, signed_for, service)
         epoch = self._parse_date(amz_date)
         header_names = signed_headers.split(";")
         if "host" not in header_names and ":authority" not in header_names:
             raise _incomplete(MSG_HOST_UNSIGNED)
-        signing_key = self._signing_key(access_key, amz_date, scope, region, service)
+        signing_key = self._signing_key(access_key, amz_date, scope, region, signed_for)
 
         current = time.time() if now is None else now
         if current > epoch + expires:
@@ -532,9 +566,9 @@ class SigV4Verifier:
             (head + query + tail + p for p in payloads for query in _query_candidates(pairs)),
         )
         if s3:
-            return S3Signature(Principal(access_key, region, service), UNSIGNED_PAYLOAD, signing_key, amz_date, scope,
-                               params["X-Amz-Signature"])
-        return Principal(access_key, region, service)
+            return S3Signature(Principal(access_key, region, signed_for), UNSIGNED_PAYLOAD, signing_key, amz_date,
+                               scope, params["X-Amz-Signature"])
+        return Principal(access_key, region, signed_for)
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -566,6 +600,16 @@ class SigV4Verifier:
         if not access_key or not region or not service or len(date) != 8 or not date.isdigit():
             raise _incomplete(f"Credential should be scoped to a valid date, region and service: '{credential}'.")
         return access_key, credential[len(access_key) + 1 :], region, service
+
+    def _check_scope(self, region: str, service: str, expected_service: str | None) -> None:
+        # AWS's own wording (botocore surfaces it as the error message).
+        expected_region = self.region or region
+        if region != expected_region:
+            raise ScopeError(f"Credential should be scoped to a valid region, not '{region}'.", region=region,
+                             expected_region=expected_region, service=service, expected_service=expected_service)
+        if expected_service is not None and service != expected_service:
+            raise ScopeError(f"Credential should be scoped to correct service: '{expected_service}'.", region=region,
+                             expected_region=expected_region, service=service, expected_service=expected_service)
 
     def _parse_date(self, amz_date: str) -> float:
         last = self._last_date

@@ -22,7 +22,7 @@ from moorage.api.s3 import multipart, operations
 from moorage.api.s3.bodies import ClientGone
 from moorage.api.s3.request import S3Request, is_presigned, is_sigv2_presigned, parse_request, s3_auth_error
 from moorage.api.s3.xml import XML, error_document
-from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.api.sigv4 import AuthError, ScopeError, SigV4Verifier
 from moorage.store.objects import ObjectStore, ObjectStoreError
 
 log = logging.getLogger("moorage.s3")
@@ -111,6 +111,8 @@ class S3FrontDoor:
                 request.signed = self.verifier.verify_s3(request.method, scope.get("raw_path") or
                                                          scope["path"].encode(), scope.get("query_string", b""),
                                                          scope["headers"])
+            except ScopeError as exc:
+                raise _scope_error(exc, is_presigned(scope)) from None
             except AuthError as exc:
                 raise s3_auth_error(exc, is_presigned(scope)) from None
             if self.store is None:
@@ -129,3 +131,16 @@ class S3FrontDoor:
             if not request.answered:
                 await request.error(ObjectStoreError("InternalError", "We encountered an internal error. Please "
                                                      "try again.", 500))
+
+
+def _scope_error(exc: ScopeError, presigned: bool) -> ObjectStoreError:
+    """A credential scoped to another region or service, in S3's words (S3 names the region it expected)."""
+    if presigned:
+        code, prefix = "AuthorizationQueryParametersError", "Error parsing the X-Amz-Credential parameter; "
+    else:
+        code, prefix = "AuthorizationHeaderMalformed", "The authorization header is malformed; "
+    if exc.region != exc.expected_region:
+        return ObjectStoreError(code, f"{prefix}the region '{exc.region}' is wrong; expecting '{exc.expected_region}'",
+                                400, Region=exc.expected_region)
+    return ObjectStoreError(code, f"{prefix}incorrect service '{exc.service}'. This endpoint belongs to "
+                            f"'{exc.expected_service}'.", 400)
