@@ -193,3 +193,44 @@ def test_recycling_can_be_turned_off(loop: LoopThread, make_pool: Callable[..., 
     assert pool.recycled == 0 and pool.ready == [instance] and not gone(instance.pid)
     (gate / "release").touch()
     assert _fast(loop, pool)[1].body == b"fast"
+
+
+# --------------------------------------------------------------------------------------------------
+# bounded parsing
+# --------------------------------------------------------------------------------------------------
+def test_one_wide_csv_row_is_refused_cheaply() -> None:
+    import tracemalloc
+
+    from moorage.runtimes.codecs import MAX_CSV_COLUMNS, PayloadError, decode
+
+    body = ",".join(["0.12345"] * 750_000).encode()  # 6 MB on one line
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadError, match=f"750000 columns; at most {MAX_CSV_COLUMNS}") as caught:
+            decode(body, "text/csv")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.status == 400
+    assert peak < 32 << 20, f"refusing it took {peak} bytes"
+
+
+def test_wide_rows_within_the_bound_parse_without_pandas_blowing_up() -> None:
+    import tracemalloc
+
+    import numpy as np
+
+    from moorage.runtimes.codecs import decode
+
+    row = np.arange(90_000, dtype=np.float64) / 7
+    body = ",".join(repr(float(v)) for v in row).encode()
+    tracemalloc.start()
+    try:
+        out = decode(body, "text/csv")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (1, 90_000) and np.array_equal(out[0], row)
+    assert peak < 64 << 20, f"parsing it took {peak} bytes"
+    rows = decode(b"\n".join([body[:20_000].rsplit(b",", 1)[0]] * 40), "text/csv")  # 40 rows, ~1,000 wide
+    assert rows.shape[0] == 40
