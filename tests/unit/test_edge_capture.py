@@ -19,7 +19,7 @@ from moorage.control.edge_capture import (
 from moorage.errors import ValidationException
 from moorage.monitor.common.capture_reader import CaptureReader
 
-REAL_CAPTURE = Path(__file__).resolve().parents[2].parent / "shared" / "formats" / "sagemaker" / "data_capture"
+REAL_CAPTURE = Path(__file__).parents[1] / "data" / "sagemaker" / "data_capture"  # SageMaker's own files
 MOMENT = dt.datetime(2026, 1, 2, 3, 59, 58, tzinfo=dt.UTC)
 
 
@@ -35,8 +35,7 @@ def _line(values: str, moment: dt.datetime, **metadata: str) -> bytes:
 def test_real_sagemaker_capture_files_are_segments() -> None:
     # (sdk-tests_capture-csv-templated.jsonl is a template: its times are "{%s}" placeholders.)
     files = [p for p in sorted(REAL_CAPTURE.rglob("*.jsonl")) if "templated" not in p.name]
-    if not files:
-        pytest.skip(f"no real capture files under {REAL_CAPTURE}")
+    assert files, f"no real capture files under {REAL_CAPTURE}"
     for path in files:
         count, first = check_segment(path.read_bytes())
         assert count == sum(1 for line in path.read_bytes().splitlines() if line.strip()), path

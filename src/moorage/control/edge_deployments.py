@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import threading
 import time
@@ -41,11 +40,6 @@ _STAGING = ".staging"
 HISTORY = 20
 _COPY_BLOCK = 1024 * 1024
 
-# The names a device's heartbeat carries, as sagemaker-edge's and sagemaker's shapes allow them both:
-# ModelName (4 to 255, alnum and hyphens) within EntityName (at most 63), EdgeVersion (at most 30). The
-# version is narrowed to what makes a safe file and URL segment too (no spaces, no leading dot).
-_MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){3,62}")
-_VERSION = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9_.]{0,29}")
 MAX_HANDLE = 63
 
 
@@ -121,7 +115,13 @@ class EdgeDeployments:
 
     def publish(self, fleet: str, staged: Path, source_url: str | None = None) -> dict[str, Any]:
         """Verify the package in ``staged`` (consumed whatever happens) and make it ``fleet``'s deployment."""
-        from moorage.edge.package import PackageError, file_digest, load_or_create_private_key, verify
+        from moorage.edge.package import (
+            PackageError,
+            check_name_version,
+            file_digest,
+            load_or_create_private_key,
+            verify,
+        )
 
         try:
             self.fleet_row(fleet)
@@ -132,14 +132,10 @@ class EdgeDeployments:
             except PackageError as exc:
                 raise ValidationException(f"The package was refused: {exc}") from exc
             name, version = package.name, package.version
-            if not _MODEL_NAME.fullmatch(name):
-                raise ValidationException(
-                    f"The package's model name {name!r} is not one a device can report: SageMaker's edge model "
-                    "names are 4 to 63 letters, digits and hyphens, starting and ending with a letter or digit.")
-            if not _VERSION.fullmatch(version):
-                raise ValidationException(
-                    f"The package's model version {version!r} is not one a device can report: at most 30 letters, "
-                    "digits, '_' and '.', not starting with '.'.")
+            try:
+                check_name_version(name, version)
+            except PackageError as exc:
+                raise ValidationException(f"The package names something a device cannot report: {exc}.") from exc
             handle = handle_of(name, version)
             if len(handle) > MAX_HANDLE:
                 raise ValidationException(f"The model handle {handle!r} ({name}-{version}) is longer than "
