@@ -34,6 +34,9 @@ import os
 import time
 
 
+HELD = []  # what "leak" requests keep, as a leaking model would
+
+
 def model_fn(model_dir, context=None):
     return None
 
@@ -47,6 +50,9 @@ def transform_fn(model, body, content_type, accept):
         while not os.path.exists(os.path.join(gate, "release")) and time.monotonic() < deadline:
             time.sleep(0.01)
         return "slow-done", "text/csv"
+    if text.startswith("leak"):
+        HELD.append(b"\x01" * (40 << 20))  # written, so resident
+        return str(len(HELD)), "text/csv"
     return "fast", "text/csv"
 '''
 
@@ -176,7 +182,7 @@ def test_a_timed_out_request_does_not_starve_the_others(loop: LoopThread, make_p
         assert not isinstance(outcome, BaseException), outcome
         assert outcome.status == 200 and outcome.body == b"fast"  # type: ignore[attr-defined]
         assert outcome.instance_id != old.id  # type: ignore[attr-defined]
-    assert pool.recycled == 1
+    assert pool.recycled == {"timeout": 1}
     loop.run(wait_until(lambda: gone(old_pid), 30, "the timed-out instance's process to end"), timeout=60)
     assert len(pool.ready) == 1 and pool.ready[0] is not old
 
@@ -190,9 +196,48 @@ def test_recycling_can_be_turned_off(loop: LoopThread, make_pool: Callable[..., 
     route = EndpointRoute("ep", [VariantRoute("AllTraffic", 1.0, pool)], invocation_timeout=2.0)
     with pytest.raises(InvocationFailed):
         loop.run(route.invoke(b"slow", CSV), timeout=60)
-    assert pool.recycled == 0 and pool.ready == [instance] and not gone(instance.pid)
+    assert pool.recycled == {} and pool.ready == [instance] and not gone(instance.pid)
     (gate / "release").touch()
     assert _fast(loop, pool)[1].body == b"fast"
+
+
+def test_an_instance_past_its_memory_limit_is_replaced(loop: LoopThread, make_pool: Callable[..., InstancePool],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    probe = make_pool()
+    loop.run(probe.start(1), timeout=120)
+    baseline = probe.ready[0].resident_bytes()
+    assert baseline is not None and probe.ready[0].rss_limit is not None  # ml.m5.large's memory, by default
+    loop.run(probe.close(drain_timeout=5), timeout=60)
+
+    limit = baseline + (100 << 20)  # a leak of 40 MB a request passes it at the third
+    pool = make_pool(health_check_interval=0.1, max_rss=limit)
+    loop.run(pool.start(1), timeout=120)
+    (old,) = pool.ready
+    old_pid = old.pid
+    assert old.rss_limit == limit
+
+    async def run() -> list[bytes]:
+        answers = []
+        for _ in range(12):
+            if old.state != InstanceState.IN_SERVICE:
+                break
+            answers.append((await old.invoke(b"leak", CSV, 60)).body)
+            seen = pool.health_checks
+            await wait_until(lambda s=seen: old.state != InstanceState.IN_SERVICE or pool.health_checks > s + 1,
+                             30, "a memory check after the request")
+        return answers
+
+    with caplog.at_level("WARNING", logger="moorage.pool"):
+        answers = loop.run(run(), timeout=300)
+        loop.run(wait_until(lambda: len(pool.ready) == 1 and pool.ready[0] is not old and gone(old_pid), 90,
+                            "a replacement and the old process gone"), timeout=120)
+    assert pool.recycled == {"memory": 1}
+    assert 2 <= len(answers) <= 4, answers  # replaced once past the limit, not before and not much later
+    assert any(f"recycling instance {old.id}" in r.getMessage() and "resident bytes, over the limit" in r.getMessage()
+               for r in caplog.records)
+    # The new instance starts with a clean slate.
+    _, response = _fast(loop, pool)
+    assert response.status == 200 and response.body == b"fast"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -99,6 +99,14 @@ class ContainerChain:
     async def ping(self, timeout: float = 5.0) -> bool:
         return all(await asyncio.gather(*(i.ping(timeout) for i in self.instances)))
 
+    def memory_excess(self) -> str | None:
+        """The first container's reason to be replaced for its memory (each has its own limit)."""
+        for instance in self.instances:
+            excess = instance.memory_excess()
+            if excess is not None:
+                return f"container {instance.id}: {excess}"
+        return None
+
     async def check_health(self, timeout: float = 2.0) -> bool | None:
         """False if any container fails its check; None if none could be asked (all busy BYO servers)."""
         answers = await asyncio.gather(*(i.check_health(timeout) for i in self.instances))
@@ -120,11 +128,15 @@ class ContainerChain:
         for instance in self.instances:
             instance.close_connections()
 
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for the requests in flight to finish."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
     async def stop(self, drain_timeout: float = 30.0, term_timeout: float = 10.0) -> None:
         if self.state == InstanceState.IN_SERVICE:
             self._state = InstanceState.DRAINING
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), drain_timeout)
+        await self.drain(drain_timeout)
         self._state = InstanceState.STOPPED
         await asyncio.gather(*(i.stop(drain_timeout=0, term_timeout=term_timeout) for i in self.instances),
                              return_exceptions=True)

@@ -34,6 +34,8 @@ import uuid
 from enum import StrEnum
 from pathlib import Path
 
+import psutil
+
 from moorage.serving.environments import RequirementsError, ensure_environment, server_environment
 from moorage.serving.instance_client import InstanceClient, InstanceConnectionError, InstanceResponse, InstanceTimeout
 from moorage.serving.instance_types import (
@@ -152,6 +154,7 @@ class Instance:
         self.health_client: InstanceClient | None = None if self.byo else InstanceClient(
             socket_path=self.health_socket_path)
         self.recycle_reason: str | None = None  # set when the platform replaces a live instance on purpose
+        self.rss_limit: int | None = None  # resident bytes past which the pool replaces it (set at spawn)
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.log: RotatingLog | None = None
@@ -248,7 +251,9 @@ class Instance:
                 os.unlink(self.socket_path)
         resources = resources_for(self.launch.instance_type)
         self._memory = memory_limit(resources, self.id, settings=self.launch.instances)
-        self.log.line(f"{resources.cpu_threads} CPU threads; {self._memory.note}")
+        self.rss_limit = self._rss_limit(resources)
+        watched = f"; replaced past {self.rss_limit} resident bytes" if self.rss_limit else ""
+        self.log.line(f"{resources.cpu_threads} CPU threads; {self._memory.note}{watched}")
         prefix = [*_death_signal_prefix(), *self._memory.prefix]
         command = self._command(python)
         if self.byo:
@@ -277,6 +282,41 @@ class Instance:
                 Path(f"/proc/{self.process.pid}/autogroup").write_text("19")
         self.log.line(f"started pid {self.process.pid}")
         self._pump = asyncio.ensure_future(self._drain_output(self.process, self.log))
+
+    def _rss_limit(self, resources: Resources) -> int | None:
+        settings = self.launch.instances
+        if settings.max_rss is not None:
+            return settings.max_rss
+        if resources.memory_bytes is None or settings.rss_limit_percent == 0:
+            return None
+        return resources.memory_bytes * settings.rss_limit_percent // 100
+
+    def resident_bytes(self) -> int | None:
+        """The resident memory of the instance's processes together (a server's workers count); None
+        once it has exited. Counted from outside, so a model that leaks is seen whatever it runs."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return None
+        try:
+            root = psutil.Process(proc.pid)
+            total = root.memory_info().rss
+            children = root.children(recursive=True)
+        except psutil.Error:
+            return None
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
+
+    def memory_excess(self) -> str | None:
+        """Why the instance must be replaced for its memory, or None while it is within its limit."""
+        if self.rss_limit is None:
+            return None
+        used = self.resident_bytes()
+        if used is None or used <= self.rss_limit:
+            return None
+        return (f"its processes use {used} resident bytes, over the limit of {self.rss_limit} for "
+                f"{self.launch.instance_type} (MOORAGE_INSTANCE_RSS_PERCENT / MOORAGE_INSTANCE_MAX_RSS)")
 
     async def _drain_output(self, process: asyncio.subprocess.Process, out: RotatingLog) -> None:
         """Log the process's output until its pipe closes, then free what the instance held."""

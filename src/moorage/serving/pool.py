@@ -12,6 +12,9 @@ Health checks go to a listener that predictions cannot block (``Instance.check_h
 instance is never taken for a dead one. An instance that did not answer a request within the
 invocation timeout is recycled (``recycle``): its work cannot be cancelled from outside the process,
 and left running it would hold the model, and every request queued behind it, for as long as it takes.
+So is one whose processes' resident memory passes its limit (its type's memory by default, watched at
+each health check): a leaking model is replaced, with a log line and a count, before it takes the
+machine's memory.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ log = logging.getLogger("moorage.pool")
 Member = Instance | ContainerChain  # what the pool holds and balances over
 
 MAX_BACKOFF_S = 30.0
+RECYCLE_DRAIN_S = 30.0  # an instance recycled for its memory finishes its requests for at most this long
 
 
 class NoCapacity(Exception):
@@ -62,7 +66,8 @@ class InstancePool:
         self._replacements: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
         self._on_change = on_change
         self.health_checks = 0  # made since the pool started (a test waits on it rather than on time)
-        self.recycled = 0  # instances replaced on purpose (a timed-out request), counted in restarts too
+        # Instances replaced on purpose, by cause ("timeout", "memory"); counted in restarts too.
+        self.recycled: dict[str, int] = {}
 
     # Load balancing -------------------------------------------------------------------------------
     def pick(self) -> Member | None:
@@ -165,20 +170,34 @@ class InstancePool:
     def _supervise(self, instance: Member) -> None:
         self._supervisors[instance.id] = asyncio.get_running_loop().create_task(self._watch(instance))
 
-    def recycle(self, instance: Member, reason: str) -> None:
-        """Replace ``instance`` now: out of the balancer at once, killed, a new one started by its
-        supervisor (as for a crash). Used after a request timed out on it (MOORAGE_RECYCLE_ON_TIMEOUT)."""
-        if (not self.launch.instances.recycle_on_timeout or self.closed or instance not in self.instances
-                or instance.state != InstanceState.IN_SERVICE or instance.id not in self._supervisors):
+    def recycle(self, instance: Member, reason: str, cause: str = "timeout") -> None:
+        """Replace ``instance`` now: out of the balancer at once and a new one started.
+
+        ``cause`` "timeout" (a request timed out on it; MOORAGE_RECYCLE_ON_TIMEOUT): it is killed at
+        once, since what it is still computing holds every request queued behind it. "memory" (past
+        its resident-memory limit): it finishes the requests it has (bounded) and is then stopped.
+        """
+        if cause == "timeout" and not self.launch.instances.recycle_on_timeout:
+            return
+        if (self.closed or instance not in self.instances or instance.state != InstanceState.IN_SERVICE
+                or instance.id not in self._supervisors):
             return
         log.warning("recycling instance %s of %s/%s: %s", instance.id, self.endpoint, self.variant, reason)
         instance.recycle_reason = reason
-        instance.state = InstanceState.FAILED
-        self.recycled += 1
+        instance.state = InstanceState.FAILED  # out of the balancer; its supervisor replaces it once it exits
+        self.recycled[cause] = self.recycled.get(cause, 0) + 1
         self._set_ready()
-        task = asyncio.get_running_loop().create_task(instance.kill())
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        loop = asyncio.get_running_loop()
+        for coro in (self._replace(), self._retire_recycled(instance, cause)):
+            task = loop.create_task(coro)
+            self._replacements.add(task)
+            task.add_done_callback(self._replacements.discard)
+
+    @staticmethod
+    async def _retire_recycled(instance: Member, cause: str) -> None:
+        if cause != "timeout":
+            await instance.drain(RECYCLE_DRAIN_S)
+        await instance.kill()
 
     async def _watch(self, instance: Member) -> None:
         exit_task = asyncio.ensure_future(instance.wait_exit())
@@ -189,6 +208,10 @@ class InstancePool:
                 done, _ = await asyncio.wait({exit_task}, timeout=settings.health_check_interval)
                 if done or instance.state != InstanceState.IN_SERVICE:
                     break
+                excess = instance.memory_excess()
+                if excess is not None:
+                    self.recycle(instance, excess, cause="memory")
+                    continue
                 healthy = await instance.check_health(timeout=min(2.0, settings.health_check_interval))
                 if healthy is None:
                     continue  # busy and cannot be asked apart from its requests: alive by definition

@@ -8,7 +8,7 @@ and readers put the two side by side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moorage.serving.instance import InstanceState
 from moorage.serving.pool import InstancePool
@@ -42,6 +42,7 @@ class VariantSnapshot:
     instances: tuple[InstanceSnapshot, ...]
     shadow: bool = False  # a ShadowProductionVariant
     shadow_stats: dict[str, object] | None = None  # what its copies did beside production (ShadowStats)
+    recycled: dict[str, int] = field(default_factory=dict)  # instances replaced on purpose, by cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,5 +66,6 @@ def snapshot_of(route: EndpointRoute) -> EndpointSnapshot:
         variants[variant.name] = VariantSnapshot(
             variant.name, variant.current_weight, len(pool.ready), pool.desired, pool.launch.runtime,
             pool.launch.instance_type, pool.restarts, instances_of(pool), shadow=variant.name in route.shadows,
-            shadow_stats=dict(mirror.stats.to_dict(), Backlog=mirror.backlog()) if mirror is not None else None)
+            shadow_stats=dict(mirror.stats.to_dict(), Backlog=mirror.backlog()) if mirror is not None else None,
+            recycled=dict(getattr(pool, "recycled", {})))
     return EndpointSnapshot(route.name, id(route), variants)
