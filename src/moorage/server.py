@@ -25,6 +25,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from moorage.api.app import MoorageApp
+    from moorage.api.http_limits import ContentLengthLimits, edge_protocol, effective_max_connections, raise_fd_limit
 
     logging.basicConfig(level=settings.server.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -50,9 +51,19 @@ def serve(settings: Settings) -> None:
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {settings.host} over plain HTTP: anyone who can reach this port sees requests "
               f"and answers unencrypted; keep it on a trusted network", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                            lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=15,
-                            timeout_keep_alive=75,
+    server = settings.server
+    fd_soft, fd_hard = raise_fd_limit()
+    max_connections = effective_max_connections(server.max_connections, fd_soft)
+    logging.getLogger("moorage.server").info(
+        "open-files limit %d (hard %d); at most %d connections, %d per client address; headers at most %d bytes "
+        "in %d fields, within %gs", fd_soft, fd_hard, max_connections, server.max_connections_per_client,
+        server.max_header_bytes, server.max_headers, server.header_timeout)
+    protocol = edge_protocol(max_header_bytes=server.max_header_bytes, max_headers=server.max_headers,
+                             header_timeout=server.header_timeout, max_connections=max_connections,
+                             max_connections_per_client=server.max_connections_per_client)
+    config = uvicorn.Config(ContentLengthLimits(app), host=settings.host, port=settings.port, loop="uvloop",
+                            http=protocol, lifespan="on", access_log=False, log_level="warning",
+                            timeout_graceful_shutdown=15, timeout_keep_alive=server.keep_alive_timeout,
                             # No proxy in front by default; its middleware would run on every request.
                             proxy_headers=False, server_header=False)
     _uvicorn_server_class()(config).run(sockets=[listener])

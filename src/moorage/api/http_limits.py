@@ -1,0 +1,262 @@
+"""The HTTP edge of ``moorage serve``: what one connection may cost before anyone is authenticated.
+
+Every door checks a SigV4 signature, but only over a request it has received: before that, a client
+nobody knows decides how many bytes of headers the server holds, how long a connection stays open
+and how many it opens. This module bounds each of those, at the layer that sees them first:
+
+* ``edge_protocol`` makes a subclass of uvicorn's httptools protocol (uvicorn has no header limits,
+  no header-read timeout and no per-client cap; its ``limit_concurrency`` answers 503 only once a
+  whole header block has been parsed, so it bounds nothing a slow or huge header block costs). The
+  subclass counts the bytes of a request's line and headers while they arrive and answers 431 past
+  ``max_header_bytes`` or ``max_headers``, closes a connection that has not sent a whole header block
+  within ``header_timeout`` (408), and refuses a connection beyond ``max_connections`` overall or
+  ``max_connections_per_client`` from one address with a fixed 503 written before a byte is read.
+* ``ContentLengthLimits`` wraps the application and refuses a declared ``Content-Length`` above the
+  control plane's limit before its body is read, in the shape of the door it was sent to (the
+  runtime, native, device and S3 doors check their own limits on ``Content-Length`` already).
+* ``raise_fd_limit`` lifts the soft file-descriptor limit to the hard one at start-up, and
+  ``effective_max_connections`` keeps the connection cap under what the process can open.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from moorage.api.query_protocol import QueryFrontDoor, is_query_request
+from moorage.api.responses import Receive, Scope, Send, respond_error
+from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
+from moorage.api.s3 import s3_scope_in
+from moorage.api.sagemaker import MAX_CONTROL_BODY
+
+log = logging.getLogger("moorage.http")
+
+# Descriptors kept back from the connection cap: the database, logs, sockets to instances, pipes.
+FD_RESERVE = 256
+# Refusal warnings are rate-limited: an attacker's flood must not become a flood of log lines.
+_WARN_EVERY = 10.0
+
+
+def _fixed_response(status: bytes, message: bytes) -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: " + str(len(message)).encode() + b"\r\nconnection: close\r\n\r\n" + message)
+
+
+# Written before the request is parsed (or instead of parsing it): no door, so no door's error shape.
+_BUSY = _fixed_response(b"503 Service Unavailable", b"Too many open connections; try again later.\n")
+_HEADERS_TOO_LARGE = _fixed_response(b"431 Request Header Fields Too Large",
+                                     b"The request's header block is over this server's limit.\n")
+_TOO_MANY_HEADERS = _fixed_response(b"431 Request Header Fields Too Large",
+                                    b"The request has more header fields than this server accepts.\n")
+_HEADER_TIMEOUT = _fixed_response(b"408 Request Timeout",
+                                  b"The request's header block did not arrive in time.\n")
+
+
+class _TooManyHeaders(Exception):
+    pass
+
+
+class _Refusals:
+    """Counts what the edge refused, and says so in the log at most every few seconds."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._last_warned = 0.0
+
+    def note(self, what: str, client: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+        now = time.monotonic()
+        if now - self._last_warned >= _WARN_EVERY:
+            self._last_warned = now
+            log.warning("refused a connection from %s: %s (refused so far: %s)", client, what,
+                        ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items())))
+
+
+def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: float, max_connections: int,
+                  max_connections_per_client: int) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with this server's limits; pass it as ``uvicorn.Config(http=...)``.
+    The per-client counts live in this class (one per server), as uvicorn's own connection set lives
+    in its server state."""
+    per_client: dict[str, int] = {}
+    refusals = _Refusals()
+
+    class EdgeProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._client_host: str | None = None
+            self._reading_headers = True
+            self._header_bytes = 0
+            self._header_count = 0
+            self._header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            host = self.client[0] if self.client else "unknown"
+            if len(self.connections) > max_connections:
+                self._refuse(_BUSY, "over the server's connection limit", host)
+                return
+            if per_client.get(host, 0) >= max_connections_per_client:
+                self._refuse(_BUSY, "over the per-client connection limit", host)
+                return
+            self._client_host = host
+            per_client[host] = per_client.get(host, 0) + 1
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            host = self._client_host
+            if host is not None:
+                self._client_host = None
+                left = per_client.get(host, 1) - 1
+                if left > 0:
+                    per_client[host] = left
+                else:
+                    per_client.pop(host, None)
+            super().connection_lost(exc)
+
+        def _refuse(self, reply: bytes, what: str, host: str) -> None:
+            refusals.note(what, host)
+            self._cancel_header_timer()
+            self.transport.write(reply)
+            self.transport.close()
+
+        # -- the header block ---------------------------------------------------------------------
+        def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():
+                return  # refused or timed out: what else arrives is not read
+            if self._reading_headers:
+                self._header_bytes += len(data)
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                if isinstance(exc.__context__, _TooManyHeaders):
+                    self._refuse(_TOO_MANY_HEADERS, f"more than {max_headers} header fields", self._host())
+                    return
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+                return
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            # Checked after parsing: a chunk that completes its header block may carry body bytes too.
+            if self._reading_headers and self._header_bytes > max_header_bytes:
+                self._refuse(_HEADERS_TOO_LARGE, f"a header block over {max_header_bytes} bytes", self._host())
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if not self._reading_headers:  # the next request on a kept-alive connection
+                self._reading_headers = True
+                self._header_bytes = 0
+                self._arm_header_timer()
+            self._header_count = 0
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_count += 1
+            if self._header_count > max_headers:
+                raise _TooManyHeaders
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._reading_headers = False
+            self._header_bytes = 0
+            self._cancel_header_timer()
+            super().on_headers_complete()
+
+        # -- the header-read timeout ----------------------------------------------------------------
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout, self._header_timed_out)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timed_out(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # an earlier, pipelined request is still being answered; its end closes or re-arms
+            self._refuse(_HEADER_TIMEOUT, f"no whole header block within {header_timeout:g}s", self._host())
+
+        def _host(self) -> str:
+            return self.client[0] if self.client else "unknown"
+
+    EdgeProtocol.refusals = refusals  # type: ignore[attr-defined]
+    return EdgeProtocol
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Lift the soft limit on open files to the hard limit, where the OS allows; (soft, hard) after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    return soft, hard
+
+
+def effective_max_connections(configured: int, fd_soft_limit: int) -> int:
+    """The connection cap, lowered where the process could not open that many sockets and still work."""
+    if fd_soft_limit == -1:  # RLIM_INFINITY
+        return configured
+    return max(1, min(configured, fd_soft_limit - FD_RESERVE))
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class ContentLengthLimits:
+    """Refuse a control-plane request whose declared body is over the control plane's limit before
+    reading it, answered in the door's own error shape with ``Connection: close`` (the rest of the
+    body is never read). The doors still count what they read: a chunked body has no length to check."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path == "/" or path.startswith("/service/"):
+                length = _content_length(scope)
+                if length is not None and length > MAX_CONTROL_BODY and not s3_scope_in(scope):
+                    await _control_too_large(scope, send, length)
+                    return
+        await self.app(scope, receive, send)
+
+
+_CLOSE = [(b"connection", b"close")]
+
+
+async def _control_too_large(scope: Scope, send: Send, length: int) -> None:
+    message = f"Request body too large: {length} bytes exceed the limit of {MAX_CONTROL_BODY} bytes."
+
+    async def closing(event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start":
+            event = {**event, "headers": [*event["headers"], *_CLOSE]}
+        await send(event)
+
+    if scope["path"].startswith("/service/"):
+        await RpcV2CborFrontDoor._error(closing, None, "SerializationException", message, 413)
+    elif is_query_request(scope):
+        await QueryFrontDoor._error(closing, "RequestEntityTooLarge", message, True, 413)
+    else:
+        await respond_error(closing, "SerializationException", message, 413)

@@ -1,0 +1,202 @@
+"""The HTTP edge before authentication (issue 19): header limits, early refusal on Content-Length,
+header-read timeouts, connection caps. Raw sockets on loopback, every wait bounded; the server's
+memory is read with psutil from its own process."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from e2e_support import HOST, MoorageServer
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+# What every request below may make the server keep, all together: far under what the attacks
+# measured in the issue cost (hundreds of MiB), far over the limits' own cost (64 KiB a header block).
+RSS_BOUND = 64 * MiB
+
+
+def _connect(port: int, source: str = HOST, timeout: float = 30.0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.bind((source, 0))
+    sock.connect((HOST, port))
+    return sock
+
+
+def _reply(sock: socket.socket) -> bytes:
+    """What the server writes before it closes (or until the timeout): b"" when it closed silently."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError, TimeoutError, BrokenPipeError):
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\n\r\n" in data and b"connection: close" not in data.lower():
+                break
+    return data
+
+
+def _status(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else 0
+
+
+def _rss(server: MoorageServer) -> int:
+    assert server.pid is not None
+    return psutil.Process(server.pid).memory_info().rss
+
+
+@contextlib.contextmanager
+def _open(port: int, count: int, source: str = HOST) -> Iterator[list[socket.socket]]:
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(_connect(port, source))
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+# -- early refusal on Content-Length --------------------------------------------------------------------
+DECLARED = 256 * MiB  # declared, never sent: a door that waits for the body never answers
+
+
+@pytest.mark.parametrize(("path", "headers", "expected"), [
+    ("/", {"X-Amz-Target": "SageMaker.ListModels", "Content-Type": "application/x-amz-json-1.1"},
+     b"SerializationException"),
+    ("/", {"Content-Type": "application/x-www-form-urlencoded"}, b"RequestEntityTooLarge"),
+    ("/service/GraniteServiceVersion20100801/operation/ListMetrics", {"Content-Type": "application/cbor",
+                                                                     "Smithy-Protocol": "rpc-v2-cbor"}, b""),
+    ("/endpoints/nothing/invocations", {"Content-Type": "text/csv"}, b"ValidationError"),
+    ("/moorage/v1/edge/fleets/f/devices/d/keys", {"Content-Type": "application/json"}, b"ValidationException"),
+], ids=["json", "query", "cbor", "runtime", "native"])
+def test_a_declared_body_over_the_doors_limit_is_refused_before_it_is_read(
+        server: MoorageServer, path: str, headers: dict[str, str], expected: bytes) -> None:
+    with contextlib.closing(_connect(server.port)) as sock:
+        sock.sendall(_head("POST", path, {**headers, "Content-Length": str(DECLARED)}))
+        reply = _reply(sock)
+    assert _status(reply) == 413, reply[:400]
+    assert expected in reply
+
+
+def test_huge_and_unterminated_header_blocks_are_cut_and_memory_stays_bounded(server: MoorageServer) -> None:
+    before = _rss(server)
+    statuses: list[int] = []
+    sent: list[int] = []
+
+    def attack() -> None:
+        # 64 MiB of one header value with no end: the server must stop reading long before.
+        total = 0
+        with contextlib.closing(_connect(server.port)) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Junk: ")
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
+                chunk = b"a" * MiB
+                for _ in range(64):
+                    sock.sendall(chunk)
+                    total += len(chunk)
+            sent.append(total)
+            statuses.append(_status(_reply(sock)))
+
+    threads = [threading.Thread(target=attack) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    grown = _rss(server) - before
+    assert grown < RSS_BOUND, f"the server grew by {grown / MiB:.0f} MiB"
+    # Cut early: no attacker got its 64 MiB through (the kernel buffers a few MiB at most).
+    assert all(n < 64 * MiB for n in sent), sent
+    assert statuses and set(statuses) <= {431, 0}, statuses
+    assert server.healthz() == 200
+
+
+def test_too_many_header_fields_are_refused(server: MoorageServer) -> None:
+    many = {f"X-Field-{i}": "v" for i in range(300)}
+    with contextlib.closing(_connect(server.port)) as sock:
+        sock.sendall(_head("GET", "/healthz", many))
+        reply = _reply(sock)
+    assert _status(reply) == 431, reply[:300]
+    few = {f"X-Field-{i}": "v" for i in range(20)}
+    with contextlib.closing(_connect(server.port)) as sock:
+        sock.sendall(_head("GET", "/healthz", few))
+        assert _status(_reply(sock)) == 200
+
+
+def test_a_header_block_too_large_is_refused_whole(server: MoorageServer) -> None:
+    with contextlib.closing(_connect(server.port)) as sock:
+        sock.sendall(_head("GET", "/healthz", {"X-Big": "b" * (256 * 1024)}))
+        reply = _reply(sock)
+    assert _status(reply) == 431, reply[:300]
+
+
+# -- slow and idle connections, caps --------------------------------------------------------------------
+def test_slow_and_silent_connections_are_closed_after_the_header_timeout(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    srv = fresh_server(env={"MOORAGE_HTTP_HEADER_TIMEOUT": "1"})
+    with contextlib.closing(_connect(srv.port)) as silent, contextlib.closing(_connect(srv.port)) as slow:
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        # A slowloris: a byte every 0.2 s, never the blank line that ends the block, until the server
+        # answers or 30 s pass (the old server kept such connections for as long as they trickled).
+        answered = False
+        deadline = time.monotonic() + 30
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while time.monotonic() < deadline:
+                if select.select([slow], [], [], 0.2)[0]:
+                    answered = True
+                    break
+                slow.sendall(b"x")
+        assert answered, "the slow connection was kept for 30 s"
+        assert _status(_reply(slow)) in (408, 0)
+        assert select.select([silent], [], [], 30)[0], "the silent connection was kept for 30 s"
+        assert _status(_reply(silent)) in (408, 0)
+    assert srv.healthz() == 200
+
+
+def test_per_client_cap_refuses_beyond_it_while_another_client_gets_in(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    srv = fresh_server(env={"MOORAGE_HTTP_MAX_CONNECTIONS_PER_CLIENT": "20"})
+    with _open(srv.port, 20):
+        time.sleep(0.5)  # the server has accepted them (bounded: nothing below waits on it)
+        with contextlib.closing(_connect(srv.port)) as beyond:
+            beyond.sendall(_head("GET", "/healthz", {}))
+            reply = _reply(beyond)
+        assert _status(reply) == 503, reply[:300]
+        # Another address on loopback (127.0.0.0/8 is all loopback on Linux) is another client.
+        with contextlib.closing(_connect(srv.port, source="127.0.0.2")) as other:
+            other.sendall(_head("GET", "/healthz", {}))
+            assert _status(_reply(other)) == 200
+    # Once they are closed, the first client gets in again.
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.closing(_connect(srv.port)) as again:
+            again.sendall(_head("GET", "/healthz", {}))
+            if _status(_reply(again)) == 200:
+                break
+        assert time.monotonic() < deadline, "the cap was never released"
+        time.sleep(0.2)
+
+
+def test_many_idle_connections_do_not_stop_healthz(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    srv = fresh_server(env={"MOORAGE_HTTP_MAX_CONNECTIONS_PER_CLIENT": "64", "MOORAGE_HTTP_HEADER_TIMEOUT": "2"})
+    with _open(srv.port, 300) as idle:
+        with contextlib.closing(_connect(srv.port, source="127.0.0.2")) as other:
+            other.sendall(_head("GET", "/healthz", {}))
+            assert _status(_reply(other)) == 200
+        # Every idle one ends: refused at once beyond the cap, closed after the header timeout within it.
+        replies = [_status(_reply(sock)) for sock in idle]
+        assert replies.count(503) >= 300 - 64 and set(replies) <= {503, 408, 0}, replies
+    assert srv.healthz() == 200
