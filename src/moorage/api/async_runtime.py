@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 
 from moorage.api.responses import JSON, BodyTooLarge, Receive, Scope, Send, read_body, respond, respond_api_error
 from moorage.api.runtime import SIGNING_NAME
-from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.api.sigv4 import Action, AuthError, SigV4Verifier
 from moorage.control.async_inference import AsyncInference, Submission
 from moorage.errors import ApiError, PayloadTooLarge, RuntimeValidationError
 from moorage.store.metadata import AlreadyExists
@@ -68,10 +68,15 @@ class AsyncRuntimeDoor:
         except ClientDisconnect:
             return
         try:
-            self.verifier.verify("POST", scope.get("raw_path") or path.encode(), scope.get("query_string", b""),
-                                 scope["headers"], body, service=SIGNING_NAME)
+            principal = self.verifier.verify("POST", scope.get("raw_path") or path.encode(),
+                                             scope.get("query_string", b""), scope["headers"], body,
+                                             service=SIGNING_NAME)
+            self.verifier.authorize(principal, Action(SIGNING_NAME, "InvokeEndpointAsync", (name,)))
         except AuthError as exc:
             await respond_api_error(send, _AuthFailure(exc), JSON)
+            return
+        except ApiError as exc:  # AccessDeniedException
+            await respond_api_error(send, exc, JSON)
             return
         try:
             submission = self._submission(name, scope["headers"], body)

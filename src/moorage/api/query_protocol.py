@@ -306,9 +306,9 @@ class QueryFrontDoor:
         action, version = given.get("Action", ""), given.get("Version")
         service = self._service(action, version)
         try:
-            self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
-                                 scope.get("query_string", b""), scope["headers"], body,
-                                 service=service.signing_name if service is not None else None)
+            principal = self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
+                                             scope.get("query_string", b""), scope["headers"], body,
+                                             service=service.signing_name if service is not None else None)
         except ScopeError as exc:
             # The query-protocol services (STS, CloudWatch) name a bad scope SignatureDoesNotMatch.
             await self._error(send, "SignatureDoesNotMatch", exc.message, True, exc.status)
@@ -335,7 +335,8 @@ class QueryFrontDoor:
         assert operation is not None
         rid = request_id()
         try:
-            result = await service.dispatch(action, decode_form(operation.input_shape, pairs))
+            result = await service.dispatch(action, decode_form(operation.input_shape, pairs),
+                                            (self.verifier, principal))
             payload = encode_result(operation, result, rid.decode())
         except ApiError as exc:
             _, code, status, sender_fault = service.error_parts(exc)

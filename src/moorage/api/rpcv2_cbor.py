@@ -99,9 +99,9 @@ class RpcV2CborFrontDoor:
         prefix, marker, operation = scope["path"][len(PREFIX):].partition("/operation/")
         service = self.services.get(prefix)
         try:
-            self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
-                                 scope.get("query_string", b""), scope["headers"], body,
-                                 service=service.signing_name if service is not None else None)
+            principal = self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
+                                             scope.get("query_string", b""), scope["headers"], body,
+                                             service=service.signing_name if service is not None else None)
         except AuthError as exc:
             await self._error(send, None, exc.code, exc.message, exc.status)
             return
@@ -115,7 +115,8 @@ class RpcV2CborFrontDoor:
             params = decode_body(body)
             if not isinstance(params, dict):
                 raise SerializationException("Request body must be a CBOR map.")
-            payload = encode_result(model.output_shape, await service.dispatch(operation, params))
+            payload = encode_result(model.output_shape, await service.dispatch(operation, params,
+                                                                           (self.verifier, principal)))
         except ApiError as exc:
             name, code, status, sender_fault = service.error_parts(exc)
             await self._error(send, service, name, exc.message, status, code, sender_fault)

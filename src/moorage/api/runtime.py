@@ -23,9 +23,9 @@ from moorage.api.responses import (
     respond_api_error,
     respond_error,
 )
-from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.api.sigv4 import Action, AuthError, SigV4Verifier
 from moorage.control.context import ENDPOINT
-from moorage.errors import ModelError, PayloadTooLarge, RuntimeValidationError, ThrottlingException
+from moorage.errors import ApiError, ModelError, PayloadTooLarge, RuntimeValidationError, ThrottlingException
 from moorage.serving.chain import UnknownContainer
 from moorage.serving.model_cache import TargetModelError
 from moorage.serving.route_table import RouteTable
@@ -103,10 +103,15 @@ class RuntimeFrontDoor:
         except ClientDisconnect:
             return  # gone before its body was whole: nothing to invoke, nobody to answer
         try:
-            self.verifier.verify("POST", scope.get("raw_path") or path.encode(), scope.get("query_string", b""),
-                                 scope["headers"], body, service=SIGNING_NAME)
+            principal = self.verifier.verify("POST", scope.get("raw_path") or path.encode(),
+                                             scope.get("query_string", b""), scope["headers"], body,
+                                             service=SIGNING_NAME)
+            self.verifier.authorize(principal, Action(SIGNING_NAME, "InvokeEndpoint", (name,)))
         except AuthError as exc:
             await respond_error(send, exc.code, exc.message, exc.status, JSON)
+            return
+        except ApiError as exc:  # AccessDeniedException
+            await respond_api_error(send, exc, JSON)
             return
         route = self.routes.get(name)
         if route is None:

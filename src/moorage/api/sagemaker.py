@@ -22,6 +22,7 @@ import orjson
 from botocore import xform_name
 from starlette.requests import ClientDisconnect
 
+from moorage.api.access import endpoint_names
 from moorage.api.responses import (
     JSON_10,
     JSON_11,
@@ -35,7 +36,7 @@ from moorage.api.responses import (
     respond_error,
 )
 from moorage.api.shapes import RequestValidationError, ServiceShapes
-from moorage.api.sigv4 import AuthError, SigV4Verifier
+from moorage.api.sigv4 import Action, AuthError, Principal, SigV4Verifier
 from moorage.errors import (
     ApiError,
     NotImplementedOperation,
@@ -45,6 +46,9 @@ from moorage.errors import (
 )
 
 log = logging.getLogger("moorage.api")
+
+# Who is calling, for the access check: the door's verifier and the principal it verified.
+Caller = tuple[SigV4Verifier, Principal]
 
 MAX_CONTROL_BODY = 16 * 1024 * 1024
 
@@ -79,6 +83,8 @@ class JsonProtocolService:
         # What a request's credential scope must name: botocore signs with the model's signing name
         # (``monitoring`` for CloudWatch), not the client's name.
         self.signing_name: str = self.shapes.service_model.signing_name
+        # What IAM calls the service in an action (``cloudwatch:PutMetricData``): the client's name.
+        self.iam_prefix = service_name
         self.handlers: dict[str, Any] = {}
         for operation in self.shapes.service_model.operation_names:
             method = xform_name(operation)
@@ -87,27 +93,36 @@ class JsonProtocolService:
                     self.handlers[operation] = getattr(obj, method)
                     break
 
-    def handler_for(self, operation: str) -> Any:
+    def _known(self, operation: str) -> None:
         if self.shapes.operation(operation) is None:
             raise UnknownOperation(f"Unknown operation {self.target_prefix}.{operation}")
+
+    def handler_for(self, operation: str) -> Any:
+        self._known(operation)
         handler = self.handlers.get(operation)
         if handler is None:
             raise NotImplementedOperation(f"moorage does not implement {self.target_prefix}.{operation} yet.")
         return handler
 
-    async def call(self, operation: str, body: bytes) -> bytes:
-        self.handler_for(operation)
+    async def call(self, operation: str, body: bytes, caller: Caller | None = None) -> bytes:
+        self._known(operation)
         try:
             params = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as exc:
             raise SerializationException(f"Request body is not valid JSON: {exc}") from exc
         if not isinstance(params, dict):
             raise SerializationException("Request body must be a JSON object.")
-        result = await self.dispatch(operation, params)
+        result = await self.dispatch(operation, params, caller)
         return orjson.dumps(self.shapes.shape_output(operation, result))
 
-    async def dispatch(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Validate decoded parameters against the input shape and run the handler (any protocol)."""
+    async def dispatch(self, operation: str, params: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
+        """Check the caller may (``api/access.py``), validate decoded parameters against the input shape and run
+        the handler (any protocol). ``caller``: the door's verifier and who signed; None only in tests."""
+        self._known(operation)
+        if caller is not None:
+            # Before "not implemented": what a key may not do is refused the same whether moorage has it or not.
+            verifier, principal = caller
+            verifier.authorize(principal, Action(self.iam_prefix, operation, endpoint_names(params)))
         handler = self.handler_for(operation)
         try:
             self.shapes.validate_input(operation, params)
@@ -163,7 +178,7 @@ class JsonFrontDoor:
         service = self.services.get(prefix)
         try:
             # An unknown target is answered once the caller is known to hold a key, whatever it signed for.
-            self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
+            principal = self.verifier.verify(scope["method"], scope.get("raw_path") or scope["path"].encode(),
                                  scope.get("query_string", b""), scope["headers"], body,
                                  service=service.signing_name if service is not None else None)
         except AuthError as exc:
@@ -174,7 +189,7 @@ class JsonFrontDoor:
                                 f"Unknown X-Amz-Target '{target.decode('latin-1')}'.", 400)
             return
         try:
-            payload = await service.call(operation, body)
+            payload = await service.call(operation, body, (self.verifier, principal))
         except ApiError as exc:
             await service.respond_error(send, exc)
             return

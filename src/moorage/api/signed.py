@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from moorage.api.access import AccessDeniedException, native_action
 from moorage.api.responses import request_id
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.errors import ApiError, ContentTooLarge, ObjectNotFound, ResourceNotFound, ScalingResourceNotFound
@@ -40,7 +41,7 @@ NATIVE_SIGNING_NAME = "sagemaker"
 MAX_BODY = 16 * 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
 _REST_STATUS: dict[type[ApiError], int] = {ResourceNotFound: 404, ObjectNotFound: 404,
-                                           ScalingResourceNotFound: 404}
+                                           ScalingResourceNotFound: 404, AccessDeniedException: 403}
 # What Starlette's router raises on its own: no route, or a method the route lacks.
 _HTTP_CODES = {404: "UnknownOperationException", 405: "UnknownOperationException"}
 
@@ -57,15 +58,16 @@ def _reply(result: Any) -> Response:
     return result if isinstance(result, Response) else json_reply(result)
 
 
-def _verify(request: Request, body: bytes, payload_hash: str | None = None) -> None:
+def _verify(request: Request, route: str, body: bytes, payload_hash: str | None = None) -> None:
     scope = request.scope
     # Set by native_app; a route mounted anywhere else fails closed (500), it is never left open.
     verifier: SigV4Verifier = request.app.state.verifier
     # The moorage SDK and CLI sign for SageMaker (connection.py); a presigned URL, good for up to a
     # week, is never taken here: these routes change state, and a leaked URL would keep working.
-    verifier.verify(request.method, scope.get("raw_path") or scope["path"].encode(), scope.get("query_string", b""),
-                    scope["headers"], body, payload_hash=payload_hash, service=NATIVE_SIGNING_NAME,
-                    allow_presigned=False)
+    principal = verifier.verify(request.method, scope.get("raw_path") or scope["path"].encode(),
+                                scope.get("query_string", b""), scope["headers"], body, payload_hash=payload_hash,
+                                service=NATIVE_SIGNING_NAME, allow_presigned=False)
+    verifier.authorize(principal, native_action(request.method, route, request.path_params))
 
 
 def signed_route(path: str, handler: Handler, methods: Sequence[str], *, max_body: int = MAX_BODY) -> Route:
@@ -73,7 +75,7 @@ def signed_route(path: str, handler: Handler, methods: Sequence[str], *, max_bod
 
     async def endpoint(request: Request) -> Response:
         body = await _body(request, max_body)
-        _verify(request, body)
+        _verify(request, path, body)
         return _reply(await handler(request, body))
 
     return Route(path, endpoint, methods=list(methods), name=handler.__name__)
@@ -106,7 +108,7 @@ def signed_streaming_route(path: str, handler: StreamingHandler, methods: Sequen
         # signed request without the hash was signed over a body we cannot check without holding it.
         if any(k == b"authorization" for k, _ in headers):
             _declared_sha256(declared)  # no hash, or UNSIGNED-PAYLOAD: a 400 saying what a stream must declare
-        _verify(request, b"", payload_hash=declared or None)
+        _verify(request, path, b"", payload_hash=declared or None)
         return _reply(await handler(request, _declared_sha256(declared)))
 
     return Route(path, endpoint, methods=list(methods), name=handler.__name__)

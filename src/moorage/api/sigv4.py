@@ -33,7 +33,7 @@ from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from botocore.utils import normalize_url_path
 
-__all__ = ["ALGORITHM", "AuthError", "ChunkChain", "Principal", "S3Signature", "ScopeError", "SigV4Verifier"]
+__all__ = ["ALGORITHM", "Action", "AuthError", "ChunkChain", "Principal", "S3Signature", "ScopeError", "SigV4Verifier"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -119,6 +119,17 @@ class Principal:
     access_key_id: str
     region: str
     service: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a verified request asks to do, for ``SigV4Verifier.authorize``: the IAM service prefix
+    (``sagemaker``, ``cloudwatch``..., ``s3``, ``moorage`` for the native API), the operation (an AWS
+    operation name; ``METHOD /route`` on the native API and S3), and the endpoints it names."""
+
+    service: str
+    operation: str
+    endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -366,6 +377,10 @@ class SigV4Verifier:
             raise _incomplete(MSG_BOTH_MECHANISMS)
         return self._verify_header(method, raw_path, query_string, single, repeated, body, now, authorization,
                                    payload_hash, service=service)
+
+    def authorize(self, principal: Principal, action: Action) -> None:
+        """Raise if ``principal`` may not do ``action``. Every key this verifier knows may do everything;
+        ``api/access.py``'s verifier, which also knows keys with roles, decides otherwise."""
 
     def verify_s3(
         self,

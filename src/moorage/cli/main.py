@@ -29,6 +29,7 @@ from moorage.cli.common import (
 )
 from moorage.cli.edge import edge as edge_commands
 from moorage.cli.experiment import experiment as experiment_commands
+from moorage.cli.keys import keys as keys_commands
 from moorage.cli.metrics import metrics as metrics_command
 from moorage.cli.models import models as models_command
 from moorage.cli.monitoring import monitor as monitor_commands
@@ -341,6 +342,7 @@ cli.add_command(experiment_commands)
 cli.add_command(models_command)
 cli.add_command(shadow_commands)
 cli.add_command(edge_commands)
+cli.add_command(keys_commands)
 
 
 def main() -> None:

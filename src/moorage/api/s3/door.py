@@ -22,7 +22,8 @@ from moorage.api.s3 import multipart, operations
 from moorage.api.s3.bodies import ClientGone
 from moorage.api.s3.request import S3Request, is_presigned, is_sigv2_presigned, parse_request, s3_auth_error
 from moorage.api.s3.xml import XML, error_document
-from moorage.api.sigv4 import AuthError, ScopeError, SigV4Verifier
+from moorage.api.sigv4 import Action, AuthError, ScopeError, SigV4Verifier
+from moorage.errors import ApiError
 from moorage.store.objects import ObjectStore, ObjectStoreError
 
 log = logging.getLogger("moorage.s3")
@@ -115,6 +116,11 @@ class S3FrontDoor:
                 raise _scope_error(exc, is_presigned(scope)) from None
             except AuthError as exc:
                 raise s3_auth_error(exc, is_presigned(scope)) from None
+            try:
+                self.verifier.authorize(request.signed.principal, Action("s3", f"{request.method} {request.resource}"))
+            except ApiError:
+                # S3 says no more than this; the refusal is logged with the key id by the verifier.
+                raise ObjectStoreError("AccessDenied", "Access Denied", 403) from None
             if self.store is None:
                 raise ObjectStoreError(
                     "NotImplemented", "This moorage server keeps s3:// objects in an external store "
