@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+
 from e2e_support import (
     Deployer,
     MoorageServer,
