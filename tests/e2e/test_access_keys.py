@@ -4,6 +4,7 @@ refusals in AWS's shape and logged with the key id, never the secret; revoke, ro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -21,8 +22,21 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, SharedCredentialProvider
 from botocore.exceptions import ClientError
+from starlette.routing import BaseRoute, Mount, Route
 
-from e2e_support import REGION, MoorageServer, err_code, err_status, http_request, new_name
+from e2e_support import (
+    ACCESS_KEY_ID,
+    REGION,
+    SECRET_ACCESS_KEY,
+    MoorageServer,
+    err_code,
+    err_status,
+    http_request,
+    new_name,
+)
+from moorage.api.app import MoorageApp
+from moorage.config import Credentials as MoorageCredentials
+from moorage.config import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -290,3 +304,80 @@ def test_the_cli_makes_keys_that_survive_a_restart(fresh_server: Callable[..., M
         deployer.list_endpoints()
     assert err_code(caught.value) == "UnrecognizedClientException"
     assert key[1] not in srv.log_path.read_text()
+
+
+# -- every native route, per role ---------------------------------------------------------------------------------
+# Native routes an invoker may call (feedback and ground truth), and those only the admin may (keys).
+INVOKER_ROUTES = {("POST", "/moorage/v1/endpoints/{name}/feedback"),
+                  ("POST", "/moorage/v1/endpoints/{name}/ground-truth")}
+ADMIN_ROUTES = {("GET", "/moorage/v1/access-keys"), ("POST", "/moorage/v1/access-keys"),
+                ("DELETE", "/moorage/v1/access-keys/{key}"), ("POST", "/moorage/v1/access-keys/{key}/rotate"),
+                ("POST", "/moorage/v1/edge/fleets/{fleet}/devices/{device}/keys"),
+                ("DELETE", "/moorage/v1/edge/fleets/{fleet}/devices/{device}/keys")}
+
+
+def _native_routes(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(method, route, concrete path) of every native route."""
+    found = []
+    for route in routes:
+        if isinstance(route, Mount):
+            found += _native_routes(list(route.routes), prefix + route.path)
+        elif isinstance(route, Route):
+            params = {name: "a/b" if "path" in type(convertor).__name__.lower() else "probe"
+                      for name, convertor in route.param_convertors.items()}
+            for method in sorted(route.methods or ()):
+                if method != "HEAD":
+                    found.append((method, prefix + route.path, prefix + route.path_format.format(**params)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def native_routes(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, str]]:
+    """The routes the server registers, read off a MoorageApp built on a home of its own (never served)."""
+    app = MoorageApp(Settings.load(home=tmp_path_factory.mktemp("routes-home")),
+                     [MoorageCredentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY)])
+    try:
+        return _native_routes(list(app.native.routes))
+    finally:
+        app.store.close()
+
+
+@pytest.mark.parametrize("role", ["viewer", "invoker", "deployer"])
+def test_every_native_route_follows_the_role(server: MoorageServer, native_routes: list[tuple[str, str, str]],
+                                             role: str) -> None:
+    key = make_key(server, role)
+    assert len(native_routes) >= 20, native_routes
+    wrong = []
+    for method, route, path in native_routes:
+        body = b"" if method in ("GET", "DELETE") else b"{}"
+        reply = signed(server, key, method, path, body, headers={"X-Amz-Content-SHA256": hashlib.sha256(body)
+                                                                   .hexdigest()})
+        if (method, route) in ADMIN_ROUTES:
+            allowed = False
+        elif role == "invoker":
+            allowed = (method, route) in INVOKER_ROUTES
+        elif role == "viewer":
+            allowed = method == "GET"
+        else:
+            allowed = True
+        if denied(reply) == allowed:
+            wrong.append((method, route, reply[0], reply[2][:200]))
+    assert wrong == []
+
+
+def test_the_query_and_cbor_doors_follow_the_roles(server: MoorageServer) -> None:
+    viewer = make_key(server, "viewer")
+    cloudwatch = client(server, "cloudwatch", viewer)  # boto3's own protocol for CloudWatch
+    assert cloudwatch.list_metrics()["Metrics"] is not None
+    with pytest.raises(ClientError) as caught:
+        cloudwatch.put_metric_data(Namespace="Access/Test", MetricData=[{"MetricName": "m", "Value": 1.0}])
+    assert "AccessDenied" in err_code(caught.value)
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    status, _, body = signed(server, viewer, "POST", "/", b"Action=ListMetrics&Version=2010-08-01", "monitoring", form)
+    assert status == 200, body
+    status, _, body = signed(server, viewer, "POST", "/", b"Action=PutMetricData&Version=2010-08-01&Namespace=A%2FT"
+                             b"&MetricData.member.1.MetricName=m&MetricData.member.1.Value=1", "monitoring", form)
+    assert status == 400 and b"<Code>AccessDeniedException</Code>" in body
+    status, _, body = signed(server, make_key(server, "invoker"), "POST", "/",
+                             b"Action=GetCallerIdentity&Version=2011-06-15", "sts", form)
+    assert status == 200, body
