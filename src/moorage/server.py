@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 
@@ -37,6 +38,7 @@ def serve(settings: Settings) -> None:
     _lock_home(settings)  # held (the descriptor stays open) until the process exits
     # Bound before anything says "serving": a busy port is the first and only thing reported.
     listener = _bind(settings)
+    tls = _tls_files(settings)
     creds, generated = admin_credentials(settings)
     app = MoorageApp(settings, [creds])
     _private_database(settings)
@@ -48,9 +50,21 @@ def serve(settings: Settings) -> None:
               f"(AWS_SHARED_CREDENTIALS_FILE={settings.credentials_path})", flush=True)
     else:
         print(f"admin key id {creds.access_key_id}; credentials file {settings.credentials_path}", flush=True)
+    if settings.server.tls_self_signed and tls is not None:
+        print(f"TLS: development certificate {tls[0]} (for 127.0.0.1 and localhost; clients pass it as "
+              f"verify={tls[0]}, or AWS_CA_BUNDLE={tls[0]})", flush=True)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {settings.host} over plain HTTP: anyone who can reach this port sees requests "
-              f"and answers unencrypted; keep it on a trusted network", file=sys.stderr, flush=True)
+        if tls is None:
+            print(f"warning: serving on {settings.host} over plain HTTP: anyone who can reach this port sees "
+                  f"requests and answers unencrypted; keep it on a trusted network or give --tls-cert/--tls-key",
+                  file=sys.stderr, flush=True)
+        elif settings.server.tls_self_signed:
+            print(f"warning: serving on {settings.host} with a development certificate that names only 127.0.0.1 "
+                  f"and localhost; give a certificate for this host with --tls-cert/--tls-key",
+                  file=sys.stderr, flush=True)
+        if generated:
+            print(f"warning: serving on {settings.host} with the admin key generated just now as the only key; "
+                  f"whoever holds {settings.credentials_path} can do anything", file=sys.stderr, flush=True)
     server = settings.server
     fd_soft, fd_hard = raise_fd_limit()
     max_connections = effective_max_connections(server.max_connections, fd_soft)
@@ -65,7 +79,8 @@ def serve(settings: Settings) -> None:
                             http=protocol, lifespan="on", access_log=False, log_level="warning",
                             timeout_graceful_shutdown=15, timeout_keep_alive=server.keep_alive_timeout,
                             # No proxy in front by default; its middleware would run on every request.
-                            proxy_headers=False, server_header=False)
+                            proxy_headers=False, server_header=False,
+                            ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
     _uvicorn_server_class()(config).run(sockets=[listener])
     logging.getLogger("moorage.server").info("stopped")
 
@@ -107,6 +122,76 @@ def _bind(settings: Settings) -> socket.socket:
         raise SystemExit(1) from None
     listener.set_inheritable(True)
     return listener
+
+
+TLS_DIR = "tls"
+DEV_CERT, DEV_KEY = "dev-cert.pem", "dev-key.pem"
+
+
+def _tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """(certificate, key) to serve HTTPS with, checked now (exit 1 with the reason), or None for HTTP."""
+    import ssl
+
+    server = settings.server
+    if server.tls_self_signed:
+        return development_certificate(settings.home)
+    if server.tls_cert is None or server.tls_key is None:
+        return None
+    cert, key = Path(server.tls_cert).resolve(), Path(server.tls_key).resolve()
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"error: cannot serve TLS with certificate {cert} and key {key}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    return cert, key
+
+
+def development_certificate(home: Path, days: int = 365) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, ::1 and localhost under HOME/tls (the key 0600), made
+    once and made again when it has less than a day left. It is its own CA (basic constraints), so a
+    client trusts it by naming the file as its CA bundle (boto3's ``verify=``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder = home / TLS_DIR
+    cert_path, key_path = folder / DEV_CERT, folder / DEV_KEY
+    now = datetime.datetime.now(datetime.UTC)
+    if cert_path.exists() and key_path.exists():
+        with contextlib.suppress(ValueError, OSError):
+            existing = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            if existing.not_valid_after_utc - now > datetime.timedelta(days=1):
+                return cert_path, key_path
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "moorage development certificate")])
+    public = key.public_key()
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+            .sign(key, hashes.SHA256()))
+    key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    os.chmod(key_path, 0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
 
 
 def _private_database(settings: Settings) -> None:
