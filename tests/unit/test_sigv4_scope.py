@@ -122,3 +122,35 @@ def test_s3_signatures_must_be_scoped_to_s3_in_this_region(query: bool) -> None:
     with pytest.raises(ScopeError) as caught:
         verifier.verify_s3(*s3_signed("us-east-1", "sagemaker"), now=NOW)
     assert caught.value.message == "Credential should be scoped to correct service: 's3'."
+
+
+def _presigned_invocation(signer: type, body: bytes, declared: str | None = None,
+                          ) -> tuple[str, bytes, bytes, list[tuple[bytes, bytes]], bytes]:
+    """A URL presigned for an invocation (botocore presigns no body: it moves one into the query), sent with
+    ``body``."""
+    request = AWSRequest(method="POST", url="http://localhost:8080/endpoints/e/invocations", data=b"")
+    with mock.patch("botocore.auth.get_current_datetime", return_value=SIGNED_AT):
+        signer(CREDS, "sagemaker", "us-east-1", expires=3600).add_auth(request)
+    method, path, query, headers, _ = _wire(request)
+    if declared is not None:
+        headers.append((b"x-amz-content-sha256", declared.encode()))
+    return method, path, query, headers, body
+
+
+@pytest.mark.parametrize("signer", [SigV4QueryAuth, S3SigV4QueryAuth], ids=["body-hash", "unsigned-payload"])
+def test_a_presigned_invocation_runs_no_body_but_the_one_signed(signer: type) -> None:
+    verifier = _verifier()
+    method, path, query, headers, _ = _presigned_invocation(signer, b"")
+    assert verifier.verify(method, path, query, headers, b"", NOW, service="sagemaker").access_key_id == AKID
+    # The same URL with a body: botocore's (the empty body's hash) never matched; one presigned over
+    # UNSIGNED-PAYLOAD (S3's way) used to, and would have run any body for up to a week.
+    with pytest.raises(AuthError) as caught:
+        verifier.verify(method, path, query, headers, b"[4, 5, 6]", NOW, service="sagemaker")
+    assert caught.value.code == "InvalidSignatureException"
+
+
+def test_a_presigned_url_declaring_an_unsigned_body_is_refused_outside_s3() -> None:
+    method, path, query, headers, body = _presigned_invocation(S3SigV4QueryAuth, b"[1, 2, 3]", "UNSIGNED-PAYLOAD")
+    with pytest.raises(AuthError) as caught:
+        _verifier().verify(method, path, query, headers, body, NOW, service="sagemaker")
+    assert "only for a request without a body" in caught.value.message

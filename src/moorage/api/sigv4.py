@@ -74,6 +74,8 @@ MSG_UNSIGNED_PAYLOAD = ("X-Amz-Content-SHA256: UNSIGNED-PAYLOAD is accepted on p
                         "request's body (its SHA-256).")
 MSG_NO_PRESIGNED = (f"{MSG_MISSING_TOKEN}: this API does not take presigned URLs (X-Amz-Signature in the query); "
                     "sign the request's Authorization header.")
+MSG_UNSIGNED_BODY = ("A presigned URL signed over UNSIGNED-PAYLOAD is accepted here only for a request without a "
+                     "body; presign the body's SHA-256.")
 MSG_PAYLOAD_HASH = "The provided 'x-amz-content-sha256' header does not match what was computed."
 
 
@@ -565,10 +567,17 @@ class SigV4Verifier:
             assert payload_hash is not None
             payload = payload_hash
             canonical_uri = _s3_canonical_uri(raw_path)
+            payloads = [payload] if payload == UNSIGNED_PAYLOAD else [payload, UNSIGNED_PAYLOAD]
         else:
             payload = self._payload_hash(single, body, payload_hash)
             canonical_uri = _canonical_uri(raw_path)
-        payloads = [payload] if payload == UNSIGNED_PAYLOAD else [payload, UNSIGNED_PAYLOAD]
+            # Outside S3 a URL presigned over UNSIGNED-PAYLOAD is taken only for a request without a body:
+            # with one, the same URL would run any other body for as long as it is valid.
+            unsigned = payload in _UNSIGNED_MARKERS
+            empty = payload == EMPTY_SHA256 or (unsigned and not body and payload_hash is None)
+            if not empty and unsigned:
+                raise _invalid(MSG_UNSIGNED_BODY)
+            payloads = [UNSIGNED_PAYLOAD] if unsigned else [payload, UNSIGNED_PAYLOAD] if empty else [payload]
         canonical_headers = self._canonical_headers(header_names, single, repeated)
         pairs = _query_pairs(query_string, drop_signature=True)
         head = f"{method.upper()}\n{canonical_uri}\n"
