@@ -377,7 +377,7 @@ def test_the_query_and_cbor_doors_follow_the_roles(server: MoorageServer) -> Non
     assert status == 200, body
     status, _, body = signed(server, viewer, "POST", "/", b"Action=PutMetricData&Version=2010-08-01&Namespace=A%2FT"
                              b"&MetricData.member.1.MetricName=m&MetricData.member.1.Value=1", "monitoring", form)
-    assert status == 400 and b"<Code>AccessDeniedException</Code>" in body
+    assert status == 403 and b"<Code>AccessDenied</Code>" in body
     status, _, body = signed(server, make_key(server, "invoker"), "POST", "/",
                              b"Action=GetCallerIdentity&Version=2011-06-15", "sts", form)
     assert status == 200, body

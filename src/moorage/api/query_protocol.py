@@ -36,6 +36,7 @@ from botocore.model import ListShape, MapShape, OperationModel, Shape, Structure
 from botocore.utils import parse_timestamp
 from starlette.requests import ClientDisconnect
 
+from moorage.api.access import AccessDeniedException
 from moorage.api.responses import BodyTooLarge, Receive, Scope, Send, read_body, request_id, respond
 from moorage.api.sagemaker import MAX_CONTROL_BODY, JsonProtocolService
 from moorage.api.sigv4 import AuthError, ScopeError, SigV4Verifier
@@ -338,6 +339,10 @@ class QueryFrontDoor:
             result = await service.dispatch(action, decode_form(operation.input_shape, pairs),
                                             (self.verifier, principal))
             payload = encode_result(operation, result, rid.decode())
+        except AccessDeniedException as exc:
+            # The query-protocol services (STS, CloudWatch) answer a refused action so.
+            await self._error(send, "AccessDenied", exc.message, True, 403, namespace)
+            return
         except ApiError as exc:
             _, code, status, sender_fault = service.error_parts(exc)
             await self._error(send, code, exc.message, sender_fault, status, namespace)
