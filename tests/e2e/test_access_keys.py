@@ -227,8 +227,14 @@ def test_s3_and_the_native_api_follow_the_roles(server: MoorageServer) -> None:
         viewer.put_object(Bucket=bucket, Key="k", Body=b"overwritten")
     assert (err_code(caught.value), err_status(caught.value)) == ("AccessDenied", 403)
     assert admin.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+    with pytest.raises(ClientError) as caught:
+        viewer.delete_object(Bucket=bucket, Key="k")
+    assert err_code(caught.value) == "AccessDenied"
+    assert [o["Key"] for o in viewer.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+    assert viewer.head_object(Bucket=bucket, Key="k")["ContentLength"] == 1
     deployer = client(server, "s3", make_key(server, "deployer"))
     deployer.put_object(Bucket=bucket, Key="d", Body=b"deployed")
+    deployer.delete_object(Bucket=bucket, Key="d")
     with pytest.raises(ClientError) as caught:
         client(server, "s3", make_key(server, "invoker")).get_object(Bucket=bucket, Key="k")
     assert err_code(caught.value) == "AccessDenied"
