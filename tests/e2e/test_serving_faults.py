@@ -4,8 +4,13 @@ fails its endpoint with the reason."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
+import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,10 +28,15 @@ from e2e_support import (
     invoke,
     new_name,
     pack_model,
+    pid_alive,
     variant,
+    wait_pids_gone,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
+
+CUSTOM_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/my-own-server:latest"
 
 GATED = '''
 import os
@@ -91,3 +101,43 @@ def test_timed_out_work_is_isolated_and_a_bomb_is_refused(fresh_server: Callable
     finally:
         (gate / "release").touch()
         deployer.cleanup()
+
+
+def test_a_server_killed_with_sigkill_leaves_nothing_behind_at_the_next_start(
+        fresh_server: Callable[..., MoorageServer], tmp_path: Path) -> None:
+    """A BYO server's helper (a child in its process group) outlives a server killed -9; the next server
+    on the home kills it and removes the dead server's socket folder."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "byo_server" / "model"
+    root = tmp_path / "byo" / "model"
+    root.mkdir(parents=True)
+    (root / "server.py").write_text((example / "serve").read_text())
+    (root / "model.json").write_text((example / "model.json").read_text())
+    helper_pid = tmp_path / "helper.pid"
+    serve = root / "serve"
+    serve.write_text(f'#!/bin/sh\nsleep 600 &\necho $! > "{helper_pid}"\nexec "{sys.executable}" server.py\n')
+    serve.chmod(0o755)
+    archive = tmp_path / "byo" / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for child in sorted(root.iterdir()):
+            tar.add(child, arcname=child.name)
+
+    server = fresh_server()
+    Deployer(server).deploy("byokill", file_url(archive), image=CUSTOM_IMAGE)
+    helper = int(wait_until(lambda: helper_pid.exists() and helper_pid.read_text().strip(), 30, what="the helper"))
+    assert server.proc is not None
+    marks = [m for m in Path(tempfile.gettempdir()).glob("moorage-*/server.pid")
+             if m.read_text().split()[0] == str(server.proc.pid)]
+    assert len(marks) == 1, marks
+    folder = marks[0].parent
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    server.stop()
+    try:
+        assert pid_alive(helper) and folder.is_dir()  # what nobody could clean up
+        server.start(timeout=90)
+        assert wait_pids_gone([helper], 30) == [], "the dead server's BYO helper is still running"
+        assert not folder.exists()
+        assert "leftover process(es) of instance" in server.log_tail(200)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGKILL)

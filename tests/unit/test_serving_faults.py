@@ -279,3 +279,44 @@ def test_wide_rows_within_the_bound_parse_without_pandas_blowing_up() -> None:
     assert peak < 64 << 20, f"parsing it took {peak} bytes"
     rows = decode(b"\n".join([body[:20_000].rsplit(b",", 1)[0]] * 40), "text/csv")  # 40 rows, ~1,000 wide
     assert rows.shape[0] == 40
+
+
+# --------------------------------------------------------------------------------------------------
+# socket folders of servers killed with SIGKILL
+# --------------------------------------------------------------------------------------------------
+def test_reaping_touches_only_dead_servers_folders_and_their_instances(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from moorage.serving.launchers.local import SERVER_MARK, reap_stale_socket_folders, socket_folder
+
+    def group(instance_id: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                                env=dict(os.environ, MOORAGE_INSTANCE_ID=instance_id))
+
+    dead_owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner.wait(30)
+    ours, stranger = group("i-ours"), group("i-someone-else")
+    try:
+        live = socket_folder(str(tmp_path))  # this process's: alive
+        (live / "i-ours.pgid").write_text(f"{ours.pid}\n")
+        stale = tmp_path / "moorage-stale"
+        stale.mkdir()
+        (stale / SERVER_MARK).write_text(f"{dead_owner.pid} {psutil.Process().create_time()!r}\n")
+        (stale / "i-ours.pgid").write_text(f"{ours.pid}\n")
+        # A record naming a group whose processes are another instance's: never killed.
+        (stale / "i-gone.pgid").write_text(f"{stranger.pid}\n")
+        unmarked = tmp_path / "moorage-unmarked"  # not a server's folder: left alone
+        unmarked.mkdir()
+
+        assert reap_stale_socket_folders(str(tmp_path)) == [stale]
+        assert ours.wait(30) == -signal.SIGKILL
+        assert stranger.poll() is None and live.is_dir() and unmarked.is_dir() and not stale.exists()
+    finally:
+        for proc in (ours, stranger):
+            proc.kill()
+            proc.wait(30)

@@ -137,6 +137,25 @@ def _death_signal_prefix() -> tuple[str, ...]:
     return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in usage else ()
 
 
+def _close_on_exec() -> None:
+    """Mark every descriptor of this process above stderr close-on-exec before an instance is spawned.
+
+    uvloop (the server's loop) spawns through libuv, which ignores ``close_fds`` and passes on every
+    descriptor not marked close-on-exec: the server's listening socket (made inheritable for uvicorn)
+    and libuv's own. An instance, or a helper a BYO server leaves behind, would then hold the server's
+    port after the server died, and the next server could not bind it.
+    """
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return  # no procfs: nothing to go by
+    for fd in fds:
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+
+
 class Instance:
     def __init__(self, launch: LaunchSpec, socket_dir: Path, log_dir: Path, instance_id: str | None = None):
         self.id = instance_id or f"i-{uuid.uuid4().hex[:12]}"
@@ -154,6 +173,7 @@ class Instance:
         self.health_client: InstanceClient | None = None if self.byo else InstanceClient(
             socket_path=self.health_socket_path)
         self.recycle_reason: str | None = None  # set when the platform replaces a live instance on purpose
+        self.group_record = str(socket_dir / f"{self.id}.pgid")
         self.rss_limit: int | None = None  # resident bytes past which the pool replaces it (set at spawn)
         self.started_at: float | None = None
         self.ready_at: float | None = None
@@ -239,6 +259,7 @@ class Instance:
                 self.log.line(str(exc))
                 raise InstanceStartError(str(exc)) from exc
             venv_bin, python = code_env.bin_dir, str(code_env.python)
+        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)  # its group record goes there too
         if self.byo:
             if not self.launch.command:
                 raise InstanceStartError(f"instance {self.id}: runtime byo needs a command (a `serve` executable "
@@ -246,7 +267,6 @@ class Instance:
             self.port = PORTS.reserve()
             self.client = InstanceClient(host=LOOPBACK, port=self.port)
         else:
-            Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
         resources = resources_for(self.launch.instance_type)
@@ -258,6 +278,7 @@ class Instance:
         command = self._command(python)
         if self.byo:
             self.log.line(f"command {command} in {self.launch.model_dir}, SAGEMAKER_BIND_TO_PORT={self.port}")
+        _close_on_exec()
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *prefix, *command, env=self._environment(resources, venv_bin), stdin=asyncio.subprocess.DEVNULL,
@@ -281,6 +302,10 @@ class Instance:
             with contextlib.suppress(OSError):
                 Path(f"/proc/{self.process.pid}/autogroup").write_text("19")
         self.log.line(f"started pid {self.process.pid}")
+        # Its process group (start_new_session: the pid), for the next server to reap should this one
+        # be killed before it can stop the group itself (launchers/local.py).
+        with contextlib.suppress(OSError):
+            Path(self.group_record).write_text(f"{self.process.pid}\n")
         self._pump = asyncio.ensure_future(self._drain_output(self.process, self.log))
 
     def _rss_limit(self, resources: Resources) -> int | None:
@@ -375,6 +400,9 @@ class Instance:
     async def _abort(self) -> None:
         """After a failed start: the process group gone, its output logged, its resources freed."""
         await self.kill()
+        self._signal_group(signal.SIGKILL)  # what the process started goes with it
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.group_record)
         await self._wait_drained()
         if self._pump is None and self.log is not None:
             self.log.close()  # nothing was spawned, so no pump will close it
@@ -466,7 +494,7 @@ class Instance:
         self._release()
         if self.health_client is not None:
             self.health_client.close()
-        for path in (self.socket_path, self.health_socket_path):
+        for path in (self.socket_path, self.health_socket_path, self.group_record):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 

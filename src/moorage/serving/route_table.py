@@ -10,14 +10,13 @@ import asyncio
 import dataclasses
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.serving.instance import InstanceStartError
 from moorage.serving.invocation_events import InvocationObserver
 from moorage.serving.launch_spec import LaunchSpec
-from moorage.serving.launchers.local import LocalLauncher
+from moorage.serving.launchers.local import LocalLauncher, socket_folder
 from moorage.serving.model_cache import ModelCache
 from moorage.serving.multi_model_pool import Materialize, MultiModelPool
 from moorage.serving.pool import InstancePool
@@ -64,7 +63,8 @@ class RouteTable:
         self.invocation_timeout = invocation_timeout
         # Unix socket paths are limited to ~108 bytes, so sockets live in a short /tmp directory
         # rather than under a home that may be deeply nested.
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="moorage-"))
+        # Its own, marked, after reaping those of servers killed before they could clean up.
+        self.socket_dir = socket_folder()
         # Endpoints and local transform jobs start their instances through this one launcher.
         self.launcher = LocalLauncher(self.socket_dir)
         self._routes: dict[str, EndpointRoute | TrafficShift] = {}
