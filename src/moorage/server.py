@@ -7,6 +7,7 @@ The admin key is found by :mod:`moorage.credentials`, the way the CLI and the SD
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -15,6 +16,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -77,7 +79,8 @@ def serve(settings: Settings) -> None:
                              max_connections_per_client=server.max_connections_per_client)
     config = uvicorn.Config(ContentLengthLimits(app), host=settings.host, port=settings.port, loop="uvloop",
                             http=protocol, lifespan="on", access_log=False, log_level="warning",
-                            timeout_graceful_shutdown=15, timeout_keep_alive=server.keep_alive_timeout,
+                            timeout_graceful_shutdown=server.shutdown_grace,
+                            timeout_keep_alive=server.keep_alive_timeout,
                             # No proxy in front by default; its middleware would run on every request.
                             proxy_headers=False, server_header=False,
                             ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
@@ -120,7 +123,9 @@ def _bind(settings: Settings) -> socket.socket:
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; another process "
               f"may be using the port (--port to choose another)", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
-    listener.set_inheritable(True)
+    # Close-on-exec (Python's default; uvicorn serves it in this process): an instance started while the
+    # server runs must not hold the port, or a stopping server would go on accepting into a dead backlog.
+    listener.set_inheritable(False)
     return listener
 
 
@@ -213,6 +218,40 @@ def _uvicorn_server_class() -> type:
         uvicorn re-raises the signal after its graceful shutdown, so the process dies "killed by
         SIGTERM"; for a service manager or a script a requested, completed stop is a success.
         """
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            """uvicorn's graceful shutdown, saying what it does: new connections refused (the listener
+            closed), idle ones closed, requests in flight given the grace period, then counted as
+            drained or cut. Written out rather than wrapped, since uvicorn's only reports a timeout."""
+            log = logging.getLogger("moorage.server")
+            state = self.server_state
+            grace = self.config.timeout_graceful_shutdown or 0.0
+            in_flight = {task for task in state.tasks if not task.done()}
+            log.info("stopping: new connections refused; %d request(s) in flight have up to %gs to finish",
+                     len(in_flight), grace)
+            for server in self.servers:
+                server.close()
+            for sock in sockets or []:
+                sock.close()
+            for connection in list(state.connections):
+                connection.shutdown()  # closes idle ones; one answering now closes after its reply
+            await asyncio.sleep(0.1)
+            cut: set[asyncio.Task[Any]] = set()
+            try:
+                async with asyncio.timeout(grace):
+                    await self._wait_tasks_to_complete()
+            except TimeoutError:
+                cut = set(state.tasks)
+                for task in cut:
+                    task.cancel(msg=f"cut at the end of the {grace:g}s shutdown grace period")
+            drained = len(in_flight - cut)
+            if cut:
+                log.warning("%d request(s) drained, %d cut after the %gs grace period (MOORAGE_SHUTDOWN_GRACE_SECONDS)",
+                            drained, len(cut), grace)
+            else:
+                log.info("%d request(s) drained, 0 cut", drained)
+            if not self.force_exit:
+                await self.lifespan.shutdown()
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
