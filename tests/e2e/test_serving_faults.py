@@ -11,6 +11,7 @@ import signal
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,3 +142,29 @@ def test_a_server_killed_with_sigkill_leaves_nothing_behind_at_the_next_start(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(helper, signal.SIGKILL)
+
+
+def test_the_extraction_cache_keeps_only_what_models_use_across_a_restart(
+        fresh_server: Callable[..., MoorageServer], tmp_path: Path) -> None:
+    server = fresh_server()
+    deployer = Deployer(server)
+    archive = pack_model(tmp_path / "kept", None, inference_py=GATED)
+    endpoint = deployer.deploy("cachekeep", file_url(archive), env={"GATE_DIR": str(tmp_path)})
+    cache = server.home / "models"
+    used = [p for p in cache.iterdir() if p.is_dir() and len(p.name) == 20]
+    assert len(used) == 1
+    server.stop()
+    unused, half_done = cache / "0123456789abcdef0123", cache / ".extract-crashed"
+    for folder in (unused, half_done):
+        (folder / "code").mkdir(parents=True)
+        (folder / "code" / "inference.py").write_text("")
+    old = time.time() - 60  # made before the next start
+    for folder in (unused, half_done):
+        os.utime(folder, (old, old))
+
+    server.start(timeout=90)
+    wait_until(lambda: not unused.exists() and not half_done.exists(), 30, what="the unused extractions to go")
+    assert used[0].is_dir()
+    deployer.wait_in_service(endpoint)
+    assert invoke(server.rt(), endpoint, b"1,2")["Body"] == b"fast"
+    deployer.cleanup()

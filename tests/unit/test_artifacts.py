@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moorage.store.artifacts import ArtifactError, ArtifactStore, describe
+from moorage.store.artifacts import ArtifactError, ArtifactStore, describe, model_data_urls
 
 FILES = {
     "model.joblib": b"not really a model, just bytes\x00\x01",
@@ -120,7 +120,7 @@ def test_second_materialize_reuses_the_extraction(store: ArtifactStore, layout: 
     after = os.stat(model_file)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert marker.exists()
-    assert [p for p in layout["cache"].iterdir()] == [first]
+    assert [p for p in layout["cache"].iterdir() if p.suffix != ".url"] == [first]  # .url: its recorded source
 
     # A new ArtifactStore on the same cache (a restarted server) finds it too.
     assert ArtifactStore(layout["cache"]).materialize(archive.as_uri()) == first
@@ -340,5 +340,28 @@ def test_prune_keeps_only_the_extractions_in_use(store: ArtifactStore, layout: d
     assert store.prune([str(used)]) == [dropped.name]
     assert kept.is_dir() and not dropped.exists() and (layout["cache"] / ".extract-crashed").is_dir()
     assert store.prune([str(used)], staging=True) == [".extract-crashed"]
-    assert sorted(p.name for p in layout["cache"].iterdir()) == sorted([kept.name, "empty"])
+    assert sorted(p.name for p in layout["cache"].iterdir()) == sorted([kept.name, f"{kept.name}.url", "empty"])
     assert read_tree(kept) == FILES
+
+
+def test_prune_keeps_the_archives_under_a_multi_model_prefix(store: ArtifactStore, layout: dict[str, Path]) -> None:
+    prefix = layout["src"] / "mme"
+    under = write_tar(prefix / "a.tar.gz", FILES)
+    elsewhere = write_tar(layout["src"] / "other" / "b.tar.gz", FILES)
+    kept, dropped = store.materialize(str(under)), store.materialize(str(elsewhere))
+    assert store.prune([str(prefix) + "/"]) == [dropped.name]
+    assert kept.is_dir() and not dropped.exists()
+    assert sorted(p.name for p in layout["cache"].iterdir()) == sorted([kept.name, f"{kept.name}.url"])
+
+
+def test_prune_spares_what_was_made_after_it_began(store: ArtifactStore, layout: dict[str, Path]) -> None:
+    made = store.materialize(str(write_tar(layout["src"] / "new.tar.gz", FILES)))
+    assert store.prune([], before=os.stat(made).st_mtime - 1) == []
+    assert store.prune([]) == [made.name]
+
+
+def test_model_data_urls_of_every_container() -> None:
+    assert model_data_urls({"PrimaryContainer": {"ModelDataUrl": "s3://b/m.tar.gz"}}) == ["s3://b/m.tar.gz"]
+    assert model_data_urls({"Containers": [
+        {"ModelDataUrl": "file:///a.tar.gz"}, {"Image": "x"},
+        {"ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/prefix/"}}}]}) == ["file:///a.tar.gz", "s3://b/prefix/"]

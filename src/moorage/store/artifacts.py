@@ -13,13 +13,14 @@ refused whole. ``prune`` removes the extractions no model in use needs any more.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ def describe(url: str) -> dict[str, Any]:
 EXPANSION_FLOOR_BYTES = 256 * 1024 * 1024
 _CACHE_ENTRY = re.compile(r"[0-9a-f]{20}")
 _STAGING_PREFIXES = (".extract-", ".download-")
+_SOURCE_SUFFIX = ".url"  # <key>.url beside an extraction: the URL it came from
 
 
 class _ExpansionCap:
@@ -90,15 +92,24 @@ class ArtifactStore:
     def expansion_limit(self, archive_bytes: int) -> int:
         return min(self.max_bytes, max(self.floor_bytes, self.max_expansion * archive_bytes))
 
-    def prune(self, keep_urls: Iterable[str], *, staging: bool = False) -> list[str]:
+    def prune(self, keep_urls: Iterable[str], *, staging: bool = False, before: float | None = None) -> list[str]:
         """Remove the cached extractions of every URL but ``keep_urls`` (the names removed). ``staging``:
-        also half-done extractions, which only a process that died mid-way leaves (at start-up)."""
+        also half-done extractions, which only a process that died mid-way leaves (at start-up).
+        ``before``: only entries last changed before this time (``time.time()``), so that one made
+        for a model created while ``keep_urls`` was being gathered is never taken."""
+        urls = list(keep_urls)
         keep = set()
-        for url in keep_urls:
+        for url in urls:
             try:
                 keep.add(self._key(url, describe(url)))
-            except ArtifactError:
-                continue  # gone: nothing of it to keep
+            except ArtifactError as exc:
+                if isinstance(exc.__cause__, FileNotFoundError):
+                    continue  # gone: nothing of it to keep
+                return []  # cannot tell what it needs now: remove nothing rather than what is in use
+            except Exception:
+                return []
+        # A multi-model endpoint's URL is a prefix: the archives under it are kept by their recorded source.
+        prefixes = tuple(url.rstrip("/") + "/" for url in urls)
         removed = []
         try:
             entries = list(self.cache_dir.iterdir())
@@ -106,10 +117,17 @@ class ArtifactStore:
             return removed
         for entry in entries:
             name = entry.name
-            stale = (_CACHE_ENTRY.fullmatch(name) is not None and name not in keep) or (
-                staging and name.startswith(_STAGING_PREFIXES))
+            if _CACHE_ENTRY.fullmatch(name) is not None:
+                stale = name not in keep and not self._source(name).startswith(prefixes or ("\0",))
+            else:
+                stale = staging and name.startswith(_STAGING_PREFIXES)
+            if stale and before is not None:
+                with contextlib.suppress(OSError):
+                    stale = entry.stat().st_mtime < before
             if stale and entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    (self.cache_dir / f"{name}{_SOURCE_SUFFIX}").unlink()
                 removed.append(name)
         return removed
 
@@ -124,6 +142,16 @@ class ArtifactStore:
         if not (path.endswith((".tar.gz", ".tgz", ".tar")) or _looks_like_tar(fs, path)):
             raise ArtifactError(f"Model data at {url} is neither a directory nor a tar archive.")
         return self._extract(fs, path, url, info)
+
+    def _source(self, key: str) -> str:
+        try:
+            return (self.cache_dir / f"{key}{_SOURCE_SUFFIX}").read_text()
+        except OSError:
+            return ""
+
+    def _record_source(self, target: Path, url: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.cache_dir / f"{target.name}{_SOURCE_SUFFIX}").write_text(url)
 
     def _key(self, url: str, info: dict[str, Any]) -> str:
         stamp = f"{url}|{info.get('size')}|{info.get('mtime') or info.get('LastModified') or info.get('ETag')}"
@@ -153,6 +181,7 @@ class ArtifactStore:
         except OSError:
             # Another task extracted the same archive first; theirs is as good as ours.
             shutil.rmtree(staging, ignore_errors=True)
+        self._record_source(target, url)
         return target
 
     def _download_dir(self, fs: Any, path: str, url: str, info: dict[str, Any]) -> Path:
@@ -163,10 +192,24 @@ class ArtifactStore:
         try:
             fs.get(path.rstrip("/") + "/", str(staging), recursive=True)
             os.replace(staging, target)
+            self._record_source(target, url)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise ArtifactError(f"Could not download model data at {url}: {exc}") from exc
         return target
+
+
+def model_data_urls(model: Mapping[str, Any]) -> list[str]:
+    """The artifact URL of each container of a model (CreateModel's body): ModelDataUrl, or
+    ModelDataSource's S3Uri."""
+    containers = [model.get("PrimaryContainer") or {}, *(model.get("Containers") or [])]
+    urls = []
+    for container in containers:
+        source = (container.get("ModelDataSource") or {}).get("S3DataSource") or {}
+        url = container.get("ModelDataUrl") or source.get("S3Uri")
+        if url:
+            urls.append(str(url))
+    return urls
 
 
 def _looks_like_tar(fs: Any, path: str) -> bool:
