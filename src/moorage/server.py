@@ -75,7 +75,8 @@ def serve(settings: Settings) -> None:
         "in %d fields, within %gs", fd_soft, fd_hard, max_connections, server.max_connections_per_client,
         server.max_header_bytes, server.max_headers, server.header_timeout)
     protocol = edge_protocol(max_header_bytes=server.max_header_bytes, max_headers=server.max_headers,
-                             header_timeout=server.header_timeout, max_connections=max_connections,
+                             header_timeout=server.header_timeout, body_timeout=server.body_timeout,
+                             max_connections=max_connections,
                              max_connections_per_client=server.max_connections_per_client)
     config = uvicorn.Config(ContentLengthLimits(app), host=settings.host, port=settings.port, loop="uvloop",
                             http=protocol, lifespan="on", access_log=False, log_level="warning",

@@ -167,6 +167,24 @@ def test_slow_and_silent_connections_are_closed_after_the_header_timeout(fresh_s
     assert srv.healthz() == 200
 
 
+def test_a_stalled_body_is_cut_and_a_slow_one_that_keeps_coming_is_not(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    srv = fresh_server(env={"MOORAGE_HTTP_BODY_TIMEOUT": "3"})
+    head = _head("POST", "/", {"X-Amz-Target": "SageMaker.ListModels", "Content-Type": "application/x-amz-json-1.1",
+                               "Content-Length": "20"})
+    with contextlib.closing(_connect(srv.port)) as stalled:
+        stalled.sendall(head + b"{")  # 1 of 20 bytes, then nothing
+        assert select.select([stalled], [], [], 30)[0], "the stalled body was kept for 30 s"
+        assert _status(_reply(stalled)) in (408, 0)
+    with contextlib.closing(_connect(srv.port)) as slow:
+        slow.sendall(head)
+        for _ in range(20):  # a byte every 0.2 s: 4 s in all, each gap far under the 3 s timeout
+            time.sleep(0.2)
+            slow.sendall(b" ")
+        reply = _reply(slow)
+    # Whole: the door answered it (unsigned: refused by authentication, not by the edge).
+    assert _status(reply) in (400, 403), reply[:300]
+
+
 def test_per_client_cap_refuses_beyond_it_while_another_client_gets_in(fresh_server) -> None:  # type: ignore[no-untyped-def]
     srv = fresh_server(env={"MOORAGE_HTTP_MAX_CONNECTIONS_PER_CLIENT": "20"})
     with _open(srv.port, 20):

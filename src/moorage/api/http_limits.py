@@ -9,8 +9,9 @@ and how many it opens. This module bounds each of those, at the layer that sees 
   whole header block has been parsed, so it bounds nothing a slow or huge header block costs). The
   subclass counts the bytes of a request's line and headers while they arrive and answers 431 past
   ``max_header_bytes`` or ``max_headers``, closes a connection that has not sent a whole header block
-  within ``header_timeout`` (408), and refuses a connection beyond ``max_connections`` overall or
-  ``max_connections_per_client`` from one address with a fixed 503 written before a byte is read.
+  within ``header_timeout`` (408) or whose body stops arriving for ``body_timeout`` (408), and
+  refuses a connection beyond ``max_connections`` overall or ``max_connections_per_client`` from one
+  address with a fixed 503 written before a byte is read.
 * ``ContentLengthLimits`` wraps the application and refuses a declared ``Content-Length`` above the
   control plane's limit before its body is read, in the shape of the door it was sent to (the
   runtime, native, device and S3 doors check their own limits on ``Content-Length`` already).
@@ -55,6 +56,7 @@ _TOO_MANY_HEADERS = _fixed_response(b"431 Request Header Fields Too Large",
                                     b"The request has more header fields than this server accepts.\n")
 _HEADER_TIMEOUT = _fixed_response(b"408 Request Timeout",
                                   b"The request's header block did not arrive in time.\n")
+_BODY_TIMEOUT = _fixed_response(b"408 Request Timeout", b"The request's body stopped arriving.\n")
 
 
 class _TooManyHeaders(Exception):
@@ -78,7 +80,7 @@ class _Refusals:
 
 
 def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: float, max_connections: int,
-                  max_connections_per_client: int) -> type[HttpToolsProtocol]:
+                  max_connections_per_client: int, body_timeout: float | None = None) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with this server's limits; pass it as ``uvicorn.Config(http=...)``.
     The per-client counts live in this class (one per server), as uvicorn's own connection set lives
     in its server state."""
@@ -93,6 +95,8 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             self._header_bytes = 0
             self._header_count = 0
             self._header_timer: Any = None
+            self._body_timer: Any = None
+            self._body_progress = 0.0
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -109,6 +113,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
+            self._cancel_body_timer()
             host = self._client_host
             if host is not None:
                 self._client_host = None
@@ -148,8 +153,13 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                     self._unsupported_upgrade_warning()
                 return
             # Checked after parsing: a chunk that completes its header block may carry body bytes too.
-            if self._reading_headers and self._header_bytes > max_header_bytes:
-                self._refuse(_HEADERS_TOO_LARGE, f"a header block over {max_header_bytes} bytes", self._host())
+            if self._reading_headers:
+                if self._header_bytes > max_header_bytes:
+                    self._refuse(_HEADERS_TOO_LARGE, f"a header block over {max_header_bytes} bytes", self._host())
+            elif body_timeout is not None and self._body_timer is None and self._awaiting_body():
+                # Armed only when a feed ends inside a body: a request whose body came whole costs no timer.
+                self._body_progress = self.loop.time()
+                self._body_timer = self.loop.call_later(body_timeout, self._body_timed_out)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -164,6 +174,14 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             if self._header_count > max_headers:
                 raise _TooManyHeaders
             super().on_header(name, value)
+
+        def on_body(self, body: bytes) -> None:
+            self._body_progress = self.loop.time()
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._cancel_body_timer()
+            super().on_message_complete()
 
         def on_headers_complete(self) -> None:
             self._reading_headers = False
@@ -188,6 +206,34 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             if self.cycle is not None and not self.cycle.response_complete:
                 return  # an earlier, pipelined request is still being answered; its end closes or re-arms
             self._refuse(_HEADER_TIMEOUT, f"no whole header block within {header_timeout:g}s", self._host())
+
+        # -- the body-read timeout: a body that stops arriving holds a connection and its buffer -----
+        def _awaiting_body(self) -> bool:
+            cycle = self.cycle
+            return cycle is not None and cycle.more_body and not cycle.response_complete and not cycle.disconnected
+
+        def _cancel_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timed_out(self) -> None:
+            assert body_timeout is not None
+            self._body_timer = None
+            if self.transport.is_closing() or not self._awaiting_body():
+                return
+            idle = self.loop.time() - self._body_progress
+            # Reading paused: the application is the slow one (it has not taken what arrived), not the client.
+            if idle < body_timeout or self.flow.read_paused:
+                wait = body_timeout - idle if idle < body_timeout else body_timeout
+                self._body_timer = self.loop.call_later(wait, self._body_timed_out)
+                return
+            what = f"no body bytes for {body_timeout:g}s"
+            if self.cycle.response_started:
+                refusals.note(what, self._host())
+                self.transport.close()
+            else:
+                self._refuse(_BODY_TIMEOUT, what, self._host())
 
         def _host(self) -> str:
             return self.client[0] if self.client else "unknown"
