@@ -151,6 +151,15 @@ def test_a_busy_instance_is_not_a_dead_one(loop: LoopThread, make_pool: Callable
     assert instance_id == instance.id and response.status == 200 and response.body == b"fast"
 
 
+def test_without_its_health_listener_an_instance_is_asked_on_its_ping(loop: LoopThread,
+                                                                      make_pool: Callable[..., InstancePool]) -> None:
+    pool = make_pool()
+    loop.run(pool.start(1), timeout=120)
+    (instance,) = pool.ready
+    Path(instance.health_socket_path).unlink()
+    assert loop.run(instance.check_health(timeout=10), timeout=30) is True  # idle: its /ping answers
+
+
 def test_a_timed_out_request_does_not_starve_the_others(loop: LoopThread, make_pool: Callable[..., InstancePool],
                                                         dirs: tuple[Path, Path, Path, Path]) -> None:
     gate = dirs[1]

@@ -311,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.socket:
         options["uds"] = args.socket
-        serve_health(args.socket + HEALTH_SUFFIX)
+        try:
+            serve_health(args.socket + HEALTH_SUFFIX)
+        except OSError as exc:  # e.g. a path past the Unix socket limit: health then shares /ping
+            log.warning("no health listener at %s%s: %s", args.socket, HEALTH_SUFFIX, exc)
     else:
         port = args.port or _env_int(env, "SAGEMAKER_BIND_TO_PORT", 8080)
         options.update(host=env.get("MOORAGE_BIND_HOST", "127.0.0.1"), port=port)

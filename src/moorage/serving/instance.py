@@ -441,7 +441,8 @@ class Instance:
         """Whether the process answers its health check; None when it cannot be asked without waiting
         behind the requests in flight (a busy BYO server, whose only /ping shares their workers): a
         busy instance is alive by definition."""
-        if self.health_client is not None:
+        # A server that could not open its health listener (it logs why) is asked as a BYO one is.
+        if self.health_client is not None and os.path.exists(self.health_socket_path):
             try:
                 response = await self.health_client.request(b"GET", b"/ping", timeout=timeout)
             except (InstanceConnectionError, InstanceTimeout):
