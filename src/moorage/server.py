@@ -44,8 +44,10 @@ def serve(settings: Settings) -> None:
     creds, generated = admin_credentials(settings)
     app = MoorageApp(settings, [creds])
     _private_database(settings)
-    (settings.home / SERVER_FILE).write_bytes(
-        orjson.dumps({"url": settings.url, "pid": os.getpid(), "region": settings.region}))
+    found = {"url": settings.url, "pid": os.getpid(), "region": settings.region}
+    if settings.server.tls_self_signed and tls is not None:
+        found["ca_bundle"] = str(tls[0])  # what a client of this home trusts (moorage's own CA)
+    (settings.home / SERVER_FILE).write_bytes(orjson.dumps(found))
     print(f"moorage serving on {settings.url} (home {settings.home})", flush=True)
     if generated:
         print(f"generated an admin key; it is in {settings.credentials_path} "

@@ -94,6 +94,8 @@ def test_self_signed_https_serves_boto3_with_verify(tls_servers: Any, tmp_path: 
     key = srv.home / "tls" / "dev-key.pem"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert f"TLS: development certificate {srv.cert}" in srv.log_path.read_text()
+    found = json.loads((srv.home / "server.json").read_bytes())  # what the home's clients read
+    assert found["url"] == srv.url and found["ca_bundle"] == str(srv.cert)
     model, X = classifier
     deployer = Deployer(srv)
     try:
