@@ -306,6 +306,38 @@ class ServerSettings(Section):
                                             "Admin secret access key (set both or neither).", secret=True)
     log_level: str = setting("INFO", "MOORAGE_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                              "Level of the server's own log on stderr.")
+    # The HTTP edge (api/http_limits.py): what one connection may cost before anyone is authenticated.
+    max_header_bytes: int = setting(64 * 1024, "MOORAGE_HTTP_MAX_HEADER_BYTES", SIZE,
+                                    "A request line and header block larger than this is refused (431).",
+                                    minimum=4096)
+    max_headers: int = setting(100, "MOORAGE_HTTP_MAX_HEADERS", WHOLE,
+                               "A request with more header fields than this is refused (431).", minimum=16)
+    header_timeout: float = setting(30.0, "MOORAGE_HTTP_HEADER_TIMEOUT", DURATION,
+                                    "A connection that has not sent a whole header block this long after "
+                                    "connecting (or after its request began) is closed (408).", positive=True)
+    body_timeout: float = setting(60.0, "MOORAGE_HTTP_BODY_TIMEOUT", DURATION,
+                                  "A request whose body stops arriving for this long is cut (408); a slow "
+                                  "body that keeps arriving is not.", positive=True)
+    keep_alive_timeout: float = setting(75.0, "MOORAGE_HTTP_KEEP_ALIVE_TIMEOUT", DURATION,
+                                        "An idle keep-alive connection is closed after this long.", positive=True)
+    max_connections: int = setting(4096, "MOORAGE_HTTP_MAX_CONNECTIONS", WHOLE,
+                                   "Open client connections, at most (beyond: refused with 503 and closed); "
+                                   "lowered to fit the file-descriptor limit.", minimum=1)
+    max_connections_per_client: int = setting(512, "MOORAGE_HTTP_MAX_CONNECTIONS_PER_CLIENT", WHOLE,
+                                              "Open connections from one client address, at most (beyond: "
+                                              "refused with 503 and closed).", minimum=1)
+    tls_cert: Path | None = setting(None, "MOORAGE_TLS_CERT", PATH,  # noqa: RUF009 - a field, default None
+                                    "Serve HTTPS with this PEM certificate (chain) file; needs the key.",
+                                    flag="--tls-cert")
+    tls_key: Path | None = setting(None, "MOORAGE_TLS_KEY", PATH,  # noqa: RUF009 - a field, default None
+                                   "The PEM private key of the TLS certificate.", flag="--tls-key")
+    tls_self_signed: bool = setting(False, "MOORAGE_TLS_SELF_SIGNED", BOOLEAN,
+                                    "Serve HTTPS with a development certificate for 127.0.0.1/localhost, made "
+                                    "once under HOME/tls (clients pass it as verify=).", flag="--tls-self-signed")
+    shutdown_grace: float = setting(30.0, "MOORAGE_SHUTDOWN_GRACE_SECONDS", DURATION,
+                                    "On SIGTERM, how long requests in flight may take to finish (new connections "
+                                    "are refused meanwhile), endpoints' instances draining included.",
+                                    positive=True)
 
     def __post_init__(self) -> None:
         # A home is always absolute (instances run with other working directories), and the
@@ -412,6 +444,29 @@ class InstanceSettings(Section):
     max_per_variant: int = setting(64, "MOORAGE_MAX_INSTANCES_PER_VARIANT", WHOLE,
                                    "Instances one variant may be given (InitialInstanceCount, DesiredInstanceCount, "
                                    "an autoscaling MaxCapacity), at most.", minimum=1)
+    health_check_interval: float = setting(5.0, "MOORAGE_HEALTH_CHECK_INTERVAL", DURATION,
+                                           "Time between two health checks of an instance in service.", positive=True)
+    health_check_failures: int = setting(3, "MOORAGE_HEALTH_CHECK_FAILURES", WHOLE,
+                                         "Health checks failed in a row after which an instance is replaced.",
+                                         minimum=1)
+    invocation_timeout: float = setting(60.0, "MOORAGE_INVOCATION_TIMEOUT", DURATION,
+                                        "Time an instance has to answer InvokeEndpoint (SageMaker's is 60 s).",
+                                        positive=True)
+    recycle_on_timeout: bool = setting(True, "MOORAGE_RECYCLE_ON_TIMEOUT", BOOLEAN,
+                                       "Replace an instance whose request timed out (its work cannot be cancelled "
+                                       "and would hold the requests queued behind it).")
+    rss_limit_percent: int = setting(100, "MOORAGE_INSTANCE_RSS_PERCENT", WHOLE,
+                                     "An instance whose resident memory (its processes together) passes this "
+                                     "percentage of its type's memory is replaced (0: never).", minimum=0)
+    max_rss: int | None = setting(None, "MOORAGE_INSTANCE_MAX_RSS", SIZE,
+                                  "Replace an instance past this resident memory, whatever its type (unset: the "
+                                  "type's memory times MOORAGE_INSTANCE_RSS_PERCENT).", minimum=1)
+    max_archive_expansion: int = setting(20, "MOORAGE_MAX_ARCHIVE_EXPANSION", WHOLE,
+                                         "A model archive may expand to this many times its size (at least "
+                                         "256 MiB), at most; past it the archive is refused.", minimum=1)
+    max_archive_bytes: int = setting(64 * 1024**3, "MOORAGE_MAX_ARCHIVE_BYTES", SIZE,
+                                     "What one model archive may expand to, at most, whatever its ratio.",
+                                     minimum=1)
 
 
 @dataclass(frozen=True)
@@ -542,11 +597,14 @@ class Settings:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, *, home: Path | str | None = None,
-             host: str | None = None, port: int | None = None, database_url: str | None = None) -> Settings:
+             host: str | None = None, port: int | None = None, database_url: str | None = None,
+             tls_cert: Path | str | None = None, tls_key: Path | str | None = None,
+             tls_self_signed: bool | None = None) -> Settings:
         """The tree from the environment and ``moorage serve``'s flags; SettingsError lists every bad value."""
         env = os.environ if environ is None else environ
         flags = {f"server.{name}": str(value) for name, value in
-                 (("home", home), ("host", host), ("port", port), ("database_url", database_url))
+                 (("home", home), ("host", host), ("port", port), ("database_url", database_url),
+                  ("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_self_signed", tls_self_signed))
                  if value is not None}
         built: dict[str, Any] = {}
         sources: dict[str, str] = {}
@@ -560,6 +618,11 @@ class Settings:
         key, secret = (env.get(name, "").strip() for name in ("MOORAGE_ACCESS_KEY_ID", "MOORAGE_SECRET_ACCESS_KEY"))
         if bool(key) != bool(secret):
             problems.append("set both MOORAGE_ACCESS_KEY_ID and MOORAGE_SECRET_ACCESS_KEY, or neither")
+        if (server := built.get("server")) is not None:
+            if (server.tls_cert is None) != (server.tls_key is None):
+                problems.append("set both --tls-cert and --tls-key (MOORAGE_TLS_CERT, MOORAGE_TLS_KEY), or neither")
+            elif server.tls_cert is not None and server.tls_self_signed:
+                problems.append("--tls-self-signed makes its own certificate: give it or --tls-cert/--tls-key")
         if problems:
             raise SettingsError(problems)
         return cls(**built, sources=sources)
@@ -600,7 +663,11 @@ class Settings:
 
     @property
     def url(self) -> str:
-        return f"http://{self.server.host}:{self.server.port}"
+        return f"{self.scheme}://{self.server.host}:{self.server.port}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.server.tls_self_signed or self.server.tls_cert is not None else "http"
 
     @property
     def database_url(self) -> str:

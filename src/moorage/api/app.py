@@ -11,12 +11,16 @@ API. The runtime path is matched first and by prefix: it is the hot one.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import time
 from typing import Any
 
 import orjson
 
+from moorage.api.access import KeyedVerifier
+from moorage.api.access_routes import access_key_routes
 from moorage.api.async_runtime import AsyncRuntimeDoor
 from moorage.api.edge_routes import EDGE_OPERATION_PATHS, EdgeDeviceDoor, edge_admin_routes, is_device_path
 from moorage.api.experiment_routes import experiment_routes
@@ -28,11 +32,11 @@ from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
 from moorage.api.runtime import RuntimeFrontDoor
 from moorage.api.s3 import S3FrontDoor, s3_scope_in
 from moorage.api.sagemaker import JsonFrontDoor, JsonProtocolService
-from moorage.api.sigv4 import SigV4Verifier
 from moorage.autoscale.controller import ScalingController
 from moorage.autoscale.target_tracking import Rules
 from moorage.capture import CaptureWriter
 from moorage.config import Credentials, Settings
+from moorage.control.access_keys import AccessKeys
 from moorage.control.async_inference import AsyncInference
 from moorage.control.cloudwatch import CloudWatch
 from moorage.control.compilation_jobs import CompilationJobs
@@ -55,7 +59,7 @@ from moorage.control.tags import Tags
 from moorage.control.transform_jobs import TransformJobs
 from moorage.metrics.service import MetricsService
 from moorage.serving.route_table import RouteTable
-from moorage.store.artifacts import ArtifactStore
+from moorage.store.artifacts import ArtifactStore, model_data_urls
 from moorage.store.locations import export_object_store
 from moorage.store.metadata import MetadataStore
 from moorage.store.objects import ObjectStore
@@ -69,7 +73,8 @@ class MoorageApp:
     def __init__(self, settings: Settings, credentials: list[Credentials]):
         self.settings = settings
         secrets = {c.access_key_id: c.secret_access_key for c in credentials}
-        self.verifier = SigV4Verifier(secrets.get)
+        # The admin key and, once the store is open, the keys made with `moorage keys` (api/access.py).
+        self.verifier = KeyedVerifier(secrets, account_id=settings.account_id, region=settings.region)
         # Before anything starts a process: s3:// is the same store here and in every child.
         export_object_store(settings.objects.backend, settings.objects_dir)
         objects = ObjectStore(settings.objects_dir).ensure() if settings.objects.backend == "local" else None
@@ -79,9 +84,12 @@ class MoorageApp:
         settings.home.mkdir(parents=True, exist_ok=True)
         assert settings.database_url is not None
         self.store = MetadataStore(settings.database_url)
-        artifacts = ArtifactStore(settings.models_dir)
-        self.routes = RouteTable(settings.logs_dir, shadow=settings.shadow, materialize=artifacts.materialize)
+        artifacts = ArtifactStore(settings.models_dir, max_expansion=settings.instances.max_archive_expansion,
+                                  max_bytes=settings.instances.max_archive_bytes)
+        self.routes = RouteTable(settings.logs_dir, shadow=settings.shadow, materialize=artifacts.materialize,
+                                 invocation_timeout=settings.instances.invocation_timeout)
         self.ctx = Context(settings, self.store, artifacts, self.routes)
+        self.access_keys = self.verifier.keys = AccessKeys(self.ctx)
         # Before any route is built: the recorder joins routes.observers, which every route gets.
         self.metrics = self.ctx.metrics = MetricsService(settings, self.store, self.routes)
         self.capture = CaptureWriter(settings.capture)
@@ -99,7 +107,8 @@ class MoorageApp:
         self.device_keys = DeviceKeys(self.ctx)
         self.edge_deployments = EdgeDeployments(self.ctx)
         self.edge_fleets = EdgeFleets(self.ctx, self.device_keys, self.edge_deployments)
-        self.edge_door = EdgeDeviceDoor(secrets, self.device_keys, self.edge_fleets, self.edge_deployments)
+        self.edge_door = EdgeDeviceDoor(secrets, self.device_keys, self.edge_fleets, self.edge_deployments,
+                                        region=settings.region)
         self.compilation_jobs = CompilationJobs(self.ctx)
         self.experiments = InferenceExperiments(self.ctx, self.endpoints)
         sagemaker = JsonProtocolService("sagemaker", "SageMaker", [
@@ -120,7 +129,8 @@ class MoorageApp:
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
                                        [*monitoring_routes(self.ctx, self.monitoring, self.routing_experiments),
                                         *experiment_routes(self.routing_experiments),
-                                        *edge_admin_routes(self.edge_fleets, self.device_keys, self.edge_deployments)])
+                                        *edge_admin_routes(self.edge_fleets, self.device_keys, self.edge_deployments),
+                                        *access_key_routes(self.access_keys, list(secrets))])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -155,8 +165,17 @@ class MoorageApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            # No route speaks WebSocket: refuse the upgrade (403) quietly, not as an application error.
-            await send({"type": "websocket.close", "code": 1008})
+            # No route speaks WebSocket: refuse the upgrade (403) quietly, not as an application error, and
+            # in the AWS JSON error shape where the server lets the app write the refusal's body.
+            if "websocket.http.response" in scope.get("extensions", {}):
+                body = orjson.dumps({"__type": "UnknownOperationException",
+                                     "message": f"No WebSocket API at {scope['path']}: moorage's APIs are HTTP."})
+                await send({"type": "websocket.http.response.start", "status": 403,
+                            "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode()),
+                                        (b"x-amzn-errortype", b"UnknownOperationException")]})
+                await send({"type": "websocket.http.response.body", "body": body})
+            else:
+                await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -183,6 +202,11 @@ class MoorageApp:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # Model extractions no model needs any more (and half-done ones) go, off the startup
+                # path: describing an s3:// URL is a request.
+                self._cache_pruning = asyncio.ensure_future(asyncio.to_thread(
+                    self.ctx.artifacts.prune, [u for m in self.store.list("model") for u in model_data_urls(m.body)],
+                    staging=True, before=time.time()))
                 # Everything loaded so far (botocore's service models, routes, modules) lives as long as
                 # the server: keep it out of the collector's scans, which otherwise run on the hot path.
                 gc.freeze()

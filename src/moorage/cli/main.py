@@ -58,10 +58,16 @@ def cli() -> None:
 @click.option("--url", default=None, help="Where to listen, as a URL (http://HOST:PORT); overrides --host/--port.")
 @click.option("--database-url", default=None, help="SQLAlchemy URL (default: SQLite file in the home; "
               "$MOORAGE_DATABASE_URL).")
+@click.option("--tls-cert", default=None, type=click.Path(path_type=Path),
+              help="Serve HTTPS with this PEM certificate file (with --tls-key; $MOORAGE_TLS_CERT).")
+@click.option("--tls-key", default=None, type=click.Path(path_type=Path),
+              help="The certificate's PEM private key ($MOORAGE_TLS_KEY).")
+@click.option("--tls-self-signed", is_flag=True, default=None,
+              help="Serve HTTPS with a development certificate for 127.0.0.1/localhost, made under the home.")
 @click.option("--print-settings", is_flag=True,
               help="Print every setting (variable, value, where it came from) and exit without serving.")
 def serve(host: str | None, port: int | None, home: Path | None, url: str | None, database_url: str | None,
-          print_settings: bool) -> None:
+          tls_cert: Path | None, tls_key: Path | None, tls_self_signed: bool | None, print_settings: bool) -> None:
     """Run the server: SageMaker API, runtime and native API on one port.
 
     Settings come from these options, then MOORAGE_* variables, then defaults (docs/settings.md); a
@@ -72,11 +78,12 @@ def serve(host: str | None, port: int | None, home: Path | None, url: str | None
 
     if url is not None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme != "http" or not parts.hostname:
-            raise click.BadParameter(f"{url!r} is not an http://HOST[:PORT] URL", param_hint="--url")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.BadParameter(f"{url!r} is not an http(s)://HOST[:PORT] URL", param_hint="--url")
         host, port = parts.hostname, parts.port or DEFAULT_PORT
     try:
-        settings = Settings.load(home=home, host=host, port=port, database_url=database_url)
+        settings = Settings.load(home=home, host=host, port=port, database_url=database_url, tls_cert=tls_cert,
+                                 tls_key=tls_key, tls_self_signed=tls_self_signed or None)
     except SettingsError as exc:
         fail("moorage serve cannot start with these settings:\n  " + "\n  ".join(exc.problems))
     if print_settings:
