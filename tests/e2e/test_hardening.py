@@ -206,3 +206,26 @@ def test_refused_metric_data_stores_nothing(server: MoorageServer) -> None:
     assert status == 400, body
     status, _, body = server.signed_request("GET", f"/moorage/v1/metrics/list?Namespace={namespace}")
     assert status == 200 and json.loads(body)["Metrics"] == [], body
+
+
+def test_an_endpoint_whose_model_and_config_were_deleted_survives_a_restart(
+        fresh_server: Callable[..., MoorageServer], artifacts: Path, classifier: Any) -> None:
+    # SageMaker lets DeleteModel and DeleteEndpointConfig go through while an endpoint serves them; the
+    # endpoint keeps running. Here it must also come back after a restart, from what it kept.
+    clf, X = classifier
+    srv = fresh_server()
+    dep = Deployer(srv)
+    model = dep.model(new_name("kept"), file_url(pack_model(artifacts / "kept", clf)))
+    config = dep.config(new_name("kept"), [variant("AllTraffic", model)])
+    endpoint = dep.endpoint(new_name("kept"), config)
+    dep.wait_in_service(endpoint)
+    body = ",".join(str(v) for v in X[0]).encode()
+    before = srv.rt().invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="text/csv")["Body"].read()
+    srv.sm().delete_model(ModelName=model)
+    srv.sm().delete_endpoint_config(EndpointConfigName=config)
+    srv.stop()
+    srv.start(timeout=90)
+    dep.wait_in_service(endpoint)
+    assert srv.sm().describe_endpoint(EndpointName=endpoint)["EndpointConfigName"] == config
+    assert srv.rt().invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="text/csv")["Body"].read() == before
+    srv.sm().delete_endpoint(EndpointName=endpoint)

@@ -205,7 +205,7 @@ class MoorageApp:
                 # Model extractions no model needs any more (and half-done ones) go, off the startup
                 # path: describing an s3:// URL is a request.
                 self._cache_pruning = asyncio.ensure_future(asyncio.to_thread(
-                    self.ctx.artifacts.prune, [u for m in self.store.list("model") for u in model_data_urls(m.body)],
+                    self.ctx.artifacts.prune, [u for m in self.endpoints.models_in_use() for u in model_data_urls(m)],
                     staging=True, before=time.time()))
                 # Everything loaded so far (botocore's service models, routes, modules) lives as long as
                 # the server: keep it out of the collector's scans, which otherwise run on the hot path.

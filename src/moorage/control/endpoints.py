@@ -130,12 +130,40 @@ class Endpoints:
                                       else f'Cannot update endpoint "{row.arn}" in status {row.status}.')
         return row
 
-    def _config(self, name: str) -> dict[str, Any]:
+    def _config(self, name: str, kept: dict[str, Any] | None = None) -> dict[str, Any]:
         row = self.ctx.store.get(ENDPOINT_CONFIG, name)
-        if row is None:
-            raise ValidationException(
-                f'Could not find endpoint configuration "{self.ctx.arn(ENDPOINT_CONFIG, name)}".')
-        return row.body
+        if row is not None:
+            return row.body
+        if kept and kept.get("EndpointConfigName") == name:
+            # Deleted while the endpoint serves it, which SageMaker allows: the endpoint keeps what it was
+            # deployed with, so a restart brings it back as it was.
+            log.warning("endpoint config %s was deleted; its endpoint is brought back from the definition it "
+                        "kept", name)
+            return dict(kept["EndpointConfig"])
+        raise ValidationException(f'Could not find endpoint configuration "{self.ctx.arn(ENDPOINT_CONFIG, name)}".')
+
+    def _model(self, name: str, kept: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """A model's definition: its row, or, once deleted, the one the endpoint kept when it deployed it."""
+        row = self.ctx.store.get("model", name)
+        if row is not None:
+            return row.body
+        body = (kept or {}).get("Models", {}).get(name)
+        if body is not None:
+            log.warning("model %s was deleted; its endpoint is brought back from the definition it kept", name)
+        return body
+
+    def models_in_use(self) -> list[dict[str, Any]]:
+        """Every model definition something may still launch: the models' rows and what endpoints kept
+        of models deleted since (the extraction cache keeps their files)."""
+        bodies = [row.body for row in self.ctx.store.list("model")]
+        for row in self.ctx.store.list(ENDPOINT):
+            bodies.extend(((row.body.get("Deployed") or {}).get("Models") or {}).values())
+        return bodies
+
+    def _kept(self, name: str) -> dict[str, Any] | None:
+        """What endpoint ``name`` was last deployed with (its config and models), kept in its row."""
+        row = self.ctx.store.get(ENDPOINT, name)
+        return row.body.get("Deployed") if row is not None else None
 
     @staticmethod
     def _capture_summary(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -163,22 +191,23 @@ class Endpoints:
     def _save(self, name: str, status: str | None = None, **changes: Any) -> None:
         save_changes(self.ctx.store, ENDPOINT, name, status, **changes)
 
-    async def _plans(self, config: dict[str, Any], desired: list[DesiredVariant]) -> list[VariantPlan]:
+    async def _plans(self, config: dict[str, Any], desired: list[DesiredVariant],
+                     kept: dict[str, Any] | None = None) -> list[VariantPlan]:
         """A plan per production variant, then per shadow variant, each at its desired weight and count."""
         by_name = {d.variant: d for d in desired}
         plans = []
         shadows = config.get("ShadowProductionVariants") or []
         for variant, shadow in [*((v, False) for v in config["ProductionVariants"]), *((v, True) for v in shadows)]:
             vname = variant["VariantName"]
-            model_row = self.ctx.store.get("model", variant["ModelName"])
-            if model_row is None:
+            model = self._model(variant["ModelName"], kept)
+            if model is None:
                 raise DeployError(vname, f'Could not find model "{self.ctx.arn("model", variant["ModelName"])}".')
             serverless = self._serverless_spec(variant)
             instance_type = (serverless_instance_type(serverless.memory_mb) if serverless
                              else variant.get("InstanceType", "ml.m5.large"))
             try:
                 timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
-                launches = await launch_specs(self.ctx, model_row.body, instance_type,
+                launches = await launch_specs(self.ctx, model, instance_type,
                                               startup_timeout=float(timeout) if timeout else None)
             except ArtifactError as exc:
                 raise DeployError(vname, str(exc)) from exc
@@ -289,8 +318,8 @@ class Endpoints:
                 return source.body.get("DataCaptureConfig")
         return config.get("DataCaptureConfig")
 
-    def _models(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {v["ModelName"]: self.ctx.store.get("model", v["ModelName"]).body  # type: ignore[union-attr]
+    def _models(self, config: dict[str, Any], kept: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {v["ModelName"]: self._model(v["ModelName"], kept)
                 for v in (*config["ProductionVariants"], *(config.get("ShadowProductionVariants") or []))}
 
     async def _bring_up(self, name: str, config_name: str, *, recovering: bool = False) -> None:
@@ -299,10 +328,11 @@ class Endpoints:
         if row is None or row.status == DELETING:
             return
         try:
-            config = self._config(config_name)
+            kept = self._kept(name)
+            config = self._config(config_name, kept)
             desired = self._desired_for(name, config, keep_stored=True)
-            plans = await self._plans(config, desired)
-            models = self._models(config)
+            plans = await self._plans(config, desired, kept)
+            models = self._models(config, kept)
             route, policy = self._build(name, plans, self._capture_doc(row, config), config_name, config)
             if recovering:
                 # Publish before the instances are up: invocations wait (bounded) for the first
@@ -342,6 +372,7 @@ class Endpoints:
         # A restart keeps the reason an update cut off by the stop left; a new endpoint has none.
         reason = row.body.get("FailureReason") if recovering else None
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, FailureReason=reason,
+                   Deployed={"EndpointConfigName": config_name, "EndpointConfig": config, "Models": models},
                    ExperimentStartTime=row.body.get("ExperimentStartTime") or time.time(),
                    ProductionVariants=self._variant_summaries(config, plans, models),
                    ShadowProductionVariants=self._variant_summaries(config, plans, models, "ShadowProductionVariants")
@@ -431,6 +462,7 @@ class Endpoints:
             self.experiments.serving(name, policy)
         update.record("Completed", "All traffic is on the new fleet; the old fleet is being stopped.")
         self._save(name, IN_SERVICE, EndpointConfigName=config_name, PendingDeploymentSummary=None, FailureReason=None,
+                   Deployed={"EndpointConfigName": config_name, "EndpointConfig": config, "Models": models},
                    ProductionVariants=self._variant_summaries(config, plans, models),
                    ShadowProductionVariants=self._variant_summaries(config, plans, models, "ShadowProductionVariants")
                    or None,
