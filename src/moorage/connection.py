@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import re
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -79,6 +81,9 @@ class Connection:
     access_key_id: str
     secret_access_key: str
     region: str = DEFAULT_REGION
+    # The CA certificates that verify an https:// server: the home's record of a server started with
+    # --tls-self-signed, else AWS_CA_BUNDLE as AWS tools read it; None for the system's.
+    ca_bundle: str | None = None
 
     @classmethod
     def discover(cls, home: Path | None = None, url: str | None = None, access_key_id: str | None = None,
@@ -107,14 +112,19 @@ class Connection:
                 raise ClientError(no_key_message(home))
             key_id, secret = found.credentials.access_key_id, found.credentials.secret_access_key
         return cls(url or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", key_id, secret,
-                   region or client_region(info.get("region")))
+                   region or client_region(info.get("region")),
+                   ca_bundle=info.get("ca_bundle") or os.environ.get("AWS_CA_BUNDLE") or None)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else None
 
     def boto3_client(self, service: str, config: Any = None) -> Any:
         import boto3
 
         return boto3.session.Session().client(
             service, endpoint_url=self.url, region_name=self.region, aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key, config=config)
+            aws_secret_access_key=self.secret_access_key, config=config,
+            **({"verify": self.ca_bundle} if self.ca_bundle else {}))
 
     def _sign(self, request: AWSRequest) -> None:
         SigV4Auth(BotoCredentials(self.access_key_id, self.secret_access_key), "sagemaker",
@@ -132,7 +142,7 @@ class Connection:
         req = urllib.request.Request(prepared.url, data=body or None, method=method,
                                      headers=dict(prepared.headers.items()))
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._tls()) as resp:
                 return resp.read()
         except urllib.error.HTTPError as exc:
             raise ClientError(f"{method} {path}: HTTP {exc.code}: {_error_detail(exc.read(), exc.reason)}") from exc
@@ -161,8 +171,8 @@ class Connection:
         headers["Content-Length"] = str(size)
         headers["Content-Type"] = "application/octet-stream"
         parts = urlsplit(url)
-        conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = conn_class(parts.netloc, timeout=timeout)
+        conn = (http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=self._tls())
+                if parts.scheme == "https" else http.client.HTTPConnection(parts.netloc, timeout=timeout))
         try:
             with open(path, "rb") as body:
                 try:

@@ -75,6 +75,12 @@ class TlsServer(MoorageServer):
             config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=60))
 
 
+def _without_moorage_keys() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MOORAGE_", "AWS_"))}
+
+
 @pytest.fixture
 def tls_servers(tmp_path: Path) -> Any:
     started: list[TlsServer] = []
@@ -102,6 +108,18 @@ def test_self_signed_https_serves_boto3_with_verify(tls_servers: Any, tmp_path: 
         name = deployer.deploy("tls", file_url(pack_model(tmp_path / "clf", model)))
         reply = srv.rt().invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=csv_body(X[:3]))
         assert json.loads(reply["Body"].read()) == model.predict(X[:3]).tolist()
+        # The CLI and the SDK of this home trust the certificate the server recorded in server.json.
+        listed = subprocess.run([sys.executable, "-m", "moorage", "endpoints", "--home", str(srv.home)],
+                                capture_output=True, text=True, timeout=60,
+                                env={**_without_moorage_keys(), "MOORAGE_ACCESS_KEY_ID": srv.access_key_id,
+                                     "MOORAGE_SECRET_ACCESS_KEY": srv.secret_access_key})
+        assert listed.returncode == 0 and name in listed.stdout, listed.stderr
+        from moorage.connection import Connection
+
+        connection = Connection.discover(srv.home, access_key_id=srv.access_key_id,
+                                         secret_access_key=srv.secret_access_key)
+        assert connection.ca_bundle == str(srv.cert)
+        assert name in {e["EndpointName"] for e in connection.native("GET", "/moorage/v1/endpoints")["Endpoints"]}
     finally:
         deployer.cleanup()
     # Without the certificate a client refuses the server; plain HTTP to the port gets no answer.
