@@ -365,3 +365,15 @@ def test_model_data_urls_of_every_container() -> None:
     assert model_data_urls({"Containers": [
         {"ModelDataUrl": "file:///a.tar.gz"}, {"Image": "x"},
         {"ModelDataSource": {"S3DataSource": {"S3Uri": "s3://b/prefix/"}}}]}) == ["file:///a.tar.gz", "s3://b/prefix/"]
+
+
+def test_model_data_urls_include_the_code_archive_the_sdk_uploads() -> None:
+    # SKLearnModel(entry_point=..., source_dir=...) points SAGEMAKER_SUBMIT_DIRECTORY at sourcedir.tar.gz;
+    # it is extracted into the same cache, so the start-up prune must keep it too.
+    model = {"PrimaryContainer": {"ModelDataUrl": "s3://b/model.tar.gz",
+                                  "Environment": {"SAGEMAKER_SUBMIT_DIRECTORY": "s3://b/code/sourcedir.tar.gz",
+                                                  "SAGEMAKER_PROGRAM": "inference.py"}}}
+    assert model_data_urls(model) == ["s3://b/model.tar.gz", "s3://b/code/sourcedir.tar.gz"]
+    in_model = {"PrimaryContainer": {"ModelDataUrl": "s3://b/model.tar.gz",
+                                     "Environment": {"SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"}}}
+    assert model_data_urls(in_model) == ["s3://b/model.tar.gz"]

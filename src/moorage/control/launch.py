@@ -22,16 +22,12 @@ from moorage.control.models import (
 from moorage.errors import ValidationException
 from moorage.runtimes.registry import UnsupportedImage, resolve_image
 from moorage.serving.launch_spec import LaunchSpec
-from moorage.store.artifacts import ArtifactError
+from moorage.store.artifacts import ArtifactError, is_code_archive
 
 # The SageMaker Python SDK writes this for code packed inside model.tar.gz; there it means the
 # archive's code/ folder, wherever we extracted it.
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
 REQUIREMENTS_FILE = "requirements.txt"
-
-
-def _is_archive_url(value: str) -> bool:
-    return "://" in value or value.endswith((".tar.gz", ".tgz", ".tar"))
 
 
 async def launch_specs(ctx: Context, model: dict[str, Any], instance_type: str,
@@ -85,7 +81,7 @@ async def launch_spec(ctx: Context, container: dict[str, Any], instance_type: st
     if submit:
         if submit == SAGEMAKER_MODEL_DIR or submit.startswith(SAGEMAKER_MODEL_DIR + "/"):
             env["SAGEMAKER_SUBMIT_DIRECTORY"] = str(model_dir / submit[len(SAGEMAKER_MODEL_DIR):].lstrip("/"))
-        elif _is_archive_url(submit) and not Path(submit).is_dir():
+        elif is_code_archive(submit):
             code_dir = await asyncio.to_thread(ctx.artifacts.materialize, submit)
             env["SAGEMAKER_SUBMIT_DIRECTORY"] = str(code_dir)
     env["SM_MODEL_DIR"] = str(model_dir)

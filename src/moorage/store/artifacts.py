@@ -200,8 +200,9 @@ class ArtifactStore:
 
 
 def model_data_urls(model: Mapping[str, Any]) -> list[str]:
-    """The artifact URL of each container of a model (CreateModel's body): ModelDataUrl, or
-    ModelDataSource's S3Uri."""
+    """The artifact URLs of each container of a model (CreateModel's body): ModelDataUrl, or
+    ModelDataSource's S3Uri, and the code archive its SAGEMAKER_SUBMIT_DIRECTORY names (the SageMaker
+    SDK's entry_point/source_dir), which is extracted into the same cache."""
     containers = [model.get("PrimaryContainer") or {}, *(model.get("Containers") or [])]
     urls = []
     for container in containers:
@@ -209,7 +210,18 @@ def model_data_urls(model: Mapping[str, Any]) -> list[str]:
         url = container.get("ModelDataUrl") or source.get("S3Uri")
         if url:
             urls.append(str(url))
+        submit = str((container.get("Environment") or {}).get("SAGEMAKER_SUBMIT_DIRECTORY") or "").strip()
+        if is_code_archive(submit):
+            urls.append(submit)
     return urls
+
+
+def is_code_archive(submit: str) -> bool:
+    """Whether a SAGEMAKER_SUBMIT_DIRECTORY names an archive to extract (a URL or a .tar.gz), not a folder
+    (the model's own /opt/ml/model/code, or a local directory)."""
+    if not submit or submit == "/opt/ml/model" or submit.startswith("/opt/ml/model/"):
+        return False
+    return ("://" in submit or submit.endswith((".tar.gz", ".tgz", ".tar"))) and not Path(submit).is_dir()
 
 
 def _looks_like_tar(fs: Any, path: str) -> bool:
