@@ -323,6 +323,11 @@ class ServerSettings(Section):
     max_connections: int = setting(4096, "MOORAGE_HTTP_MAX_CONNECTIONS", WHOLE,
                                    "Open client connections, at most (beyond: refused with 503 and closed); "
                                    "lowered to fit the file-descriptor limit.", minimum=1)
+    max_pending_body_bytes: int = setting(256 * 1024 * 1024, "MOORAGE_HTTP_MAX_PENDING_BODY_BYTES", SIZE,
+                                          "Request bodies held in memory before their signature is checked, all "
+                                          "requests together (a chunked body declares no length to refuse it "
+                                          "early); beyond it a request is answered 503 and its body dropped.",
+                                          minimum=65536)
     max_connections_per_client: int = setting(512, "MOORAGE_HTTP_MAX_CONNECTIONS_PER_CLIENT", WHOLE,
                                               "Open connections from one client address, at most (beyond: "
                                               "refused with 503 and closed).", minimum=1)

@@ -218,3 +218,33 @@ def test_many_idle_connections_do_not_stop_healthz(fresh_server) -> None:  # typ
         replies = [_status(_reply(sock)) for sock in idle]
         assert replies.count(503) >= 300 - 64 and set(replies) <= {503, 408, 0}, replies
     assert srv.healthz() == 200
+
+
+def test_chunked_bodies_held_before_verification_share_one_budget(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    # A chunked body declares no length, so no door can refuse it early: the bodies held unverified, all
+    # requests together, stay under MOORAGE_HTTP_MAX_PENDING_BODY_BYTES; the one that would pass it gets a 503.
+    srv = fresh_server(env={"MOORAGE_HTTP_MAX_PENDING_BODY_BYTES": "4M"})
+    headers = {"X-Amz-Target": "SageMaker.ListModels", "Content-Type": "application/x-amz-json-1.1",
+               "Transfer-Encoding": "chunked"}
+
+    def chunk(size: int) -> bytes:
+        return f"{size:x}\r\n".encode() + b" " * size + b"\r\n"
+
+    with contextlib.closing(_connect(srv.port)) as holder:
+        holder.sendall(_head("POST", "/", headers) + chunk(3 * MiB))  # held, its last chunk not yet sent
+
+        def second() -> int:
+            with contextlib.closing(_connect(srv.port)) as sock:
+                sock.sendall(_head("POST", "/", headers) + chunk(2 * MiB) + b"0\r\n\r\n")
+                return _status(_reply(sock))
+
+        # Until the server has read the holder's 3 MiB, a second 2 MiB body fits (and is refused unsigned, 403).
+        deadline = time.monotonic() + 30
+        status = second()
+        while status != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = second()
+        assert status == 503
+        holder.sendall(b"0\r\n\r\n")
+        assert _status(_reply(holder)) == 403  # the held request itself went on to its signature check
+    assert second() == 403  # what it held was given back

@@ -27,7 +27,7 @@ from moorage.api.experiment_routes import experiment_routes
 from moorage.api.monitoring_routes import monitoring_routes
 from moorage.api.native import build_native_app
 from moorage.api.query_protocol import QueryFrontDoor, is_query_request
-from moorage.api.responses import JSON, Receive, Scope, Send, respond, respond_error
+from moorage.api.responses import JSON, PENDING_BODIES, Receive, Scope, Send, respond, respond_error
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
 from moorage.api.runtime import RuntimeFrontDoor
 from moorage.api.s3 import S3FrontDoor, s3_scope_in
@@ -72,6 +72,7 @@ PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 class MoorageApp:
     def __init__(self, settings: Settings, credentials: list[Credentials]):
         self.settings = settings
+        PENDING_BODIES.limit = settings.server.max_pending_body_bytes
         secrets = {c.access_key_id: c.secret_access_key for c in credentials}
         # The admin key and, once the store is open, the keys made with `moorage keys` (api/access.py).
         self.verifier = KeyedVerifier(secrets, account_id=settings.account_id, region=settings.region)

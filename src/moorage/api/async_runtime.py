@@ -20,7 +20,7 @@ from moorage.api.responses import JSON, BodyTooLarge, Receive, Scope, Send, read
 from moorage.api.runtime import SIGNING_NAME
 from moorage.api.sigv4 import Action, AuthError, SigV4Verifier
 from moorage.control.async_inference import AsyncInference, Submission
-from moorage.errors import ApiError, PayloadTooLarge, RuntimeValidationError
+from moorage.errors import ApiError, PayloadTooLarge, RuntimeValidationError, ServiceUnavailable
 from moorage.store.metadata import AlreadyExists
 
 log = logging.getLogger("moorage.runtime")
@@ -60,6 +60,9 @@ class AsyncRuntimeDoor:
         name = path[_PREFIX:-_SUFFIX]
         try:
             body = await read_body(receive, MAX_INLINE_BODY)
+        except ServiceUnavailable as exc:  # too many bodies in memory at once (responses.PENDING_BODIES)
+            await respond_api_error(send, exc, JSON)
+            return
         except BodyTooLarge as exc:
             await respond_api_error(send, PayloadTooLarge(
                 f"Request has oversize body: {exc.args[0]} bytes exceed the InvokeEndpointAsync inline Body limit "

@@ -53,6 +53,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from moorage.api.responses import read_stream_body
 from moorage.api.shapes import RequestValidationError, ServiceShapes
 from moorage.api.signed import json_reply, native_app, signed_route, signed_streaming_route
 from moorage.api.sigv4 import MSG_PAYLOAD_HASH, AuthError, SigV4Verifier
@@ -96,13 +97,7 @@ async def _read(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise ContentTooLarge(f"The request body ({length} bytes) is over this route's limit of {limit} bytes.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ContentTooLarge(f"The request body is over this route's limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_stream_body(request.stream(), limit)
 
 
 class EdgeDeviceDoor:

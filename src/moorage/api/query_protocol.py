@@ -40,7 +40,7 @@ from moorage.api.access import AccessDeniedException
 from moorage.api.responses import BodyTooLarge, Receive, Scope, Send, read_body, request_id, respond
 from moorage.api.sagemaker import MAX_CONTROL_BODY, JsonProtocolService
 from moorage.api.sigv4 import AuthError, ScopeError, SigV4Verifier
-from moorage.errors import ApiError
+from moorage.errors import ApiError, ServiceUnavailable
 
 log = logging.getLogger("moorage.api")
 
@@ -296,6 +296,9 @@ class QueryFrontDoor:
             body = await read_body(receive, MAX_CONTROL_BODY)
         except BodyTooLarge:
             await self._error(send, "RequestEntityTooLarge", "Request body too large.", True, 413)
+            return
+        except ServiceUnavailable as exc:  # too many bodies in memory at once (responses.PENDING_BODIES)
+            await self._error(send, exc.code, exc.message, False, exc.status)
             return
         except ClientDisconnect:
             return  # gone before its body was whole: nobody to answer

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect
 
-from moorage.errors import ApiError
+from moorage.errors import ApiError, ContentTooLarge, ServiceUnavailable
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -50,9 +50,36 @@ class BodyTooLarge(Exception):
     pass
 
 
+class PendingBodies:
+    """The bytes of request bodies held in memory before their signature is checked, all requests together.
+
+    Each door reads a body whole before SigV4 can be verified over it, up to the door's own limit, and a
+    ``Content-Length`` over that limit is refused before a byte is read; but a chunked body declares no
+    length, so without a shared bound many connections could each hold a door's limit. Over ``limit``, the
+    request that asked for more is answered 503 (``ServiceUnavailable``) and what it held is let go.
+    """
+
+    def __init__(self, limit: int = 256 * 1024 * 1024) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise ServiceUnavailable(f"The server holds {self.held} bytes of request bodies not yet verified, its "
+                                     f"limit (MOORAGE_HTTP_MAX_PENDING_BODY_BYTES); retry later.")
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+PENDING_BODIES = PendingBodies()  # one event loop serves every door: no lock needed
+
+
 async def read_body(receive: Receive, limit: int | None = None) -> bytes:
-    """The whole request body; raises BodyTooLarge as soon as it passes ``limit`` bytes, and
-    Starlette's ClientDisconnect when the client goes away first: what arrived is not the request."""
+    """The whole request body; raises BodyTooLarge as soon as it passes ``limit`` bytes, ServiceUnavailable
+    when the bodies being read together pass ``PENDING_BODIES.limit``, and Starlette's ClientDisconnect
+    when the client goes away first: what arrived is not the request."""
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
@@ -64,13 +91,37 @@ async def read_body(receive: Receive, limit: int | None = None) -> bytes:
         return body
     chunks = [body]
     size = len(body)
-    while message.get("more_body"):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if limit is not None and size > limit:
-            raise BodyTooLarge(size)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    PENDING_BODIES.take(size)
+    held = size
+    try:
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise BodyTooLarge(size)
+            PENDING_BODIES.take(len(chunk))
+            held += len(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        PENDING_BODIES.give(held)
+
+
+async def read_stream_body(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """A Starlette request's body (``request.stream()``), under ``limit`` (ContentTooLarge past it) and
+    the same shared budget as ``read_body``."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ContentTooLarge(f"The request body is over this route's limit of {limit} bytes.")
+            PENDING_BODIES.take(len(chunk))
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        PENDING_BODIES.give(sum(len(p) for p in parts))

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from moorage.api.responses import BodyTooLarge, Receive, Scope, Send, read_body, request_id, respond
 from moorage.api.sagemaker import MAX_CONTROL_BODY, JsonProtocolService
 from moorage.api.sigv4 import AuthError, SigV4Verifier
-from moorage.errors import ApiError, SerializationException, UnknownOperation
+from moorage.errors import ApiError, SerializationException, ServiceUnavailable, UnknownOperation
 
 log = logging.getLogger("moorage.api")
 
@@ -93,6 +93,9 @@ class RpcV2CborFrontDoor:
             body = await read_body(receive, MAX_CONTROL_BODY)
         except BodyTooLarge:
             await self._error(send, None, "SerializationException", "Request body too large.", 413)
+            return
+        except ServiceUnavailable as exc:  # too many bodies in memory at once (responses.PENDING_BODIES)
+            await self._error(send, None, exc.code, exc.message, exc.status)
             return
         except ClientDisconnect:
             return

@@ -25,7 +25,14 @@ from moorage.api.responses import (
 )
 from moorage.api.sigv4 import Action, AuthError, SigV4Verifier
 from moorage.control.context import ENDPOINT
-from moorage.errors import ApiError, ModelError, PayloadTooLarge, RuntimeValidationError, ThrottlingException
+from moorage.errors import (
+    ApiError,
+    ModelError,
+    PayloadTooLarge,
+    RuntimeValidationError,
+    ServiceUnavailable,
+    ThrottlingException,
+)
 from moorage.serving.chain import UnknownContainer
 from moorage.serving.model_cache import TargetModelError
 from moorage.serving.route_table import RouteTable
@@ -99,6 +106,9 @@ class RuntimeFrontDoor:
             body = await read_body(receive, MAX_PAYLOAD)
         except BodyTooLarge as exc:
             await self._too_large(send, exc.args[0])
+            return
+        except ServiceUnavailable as exc:  # too many bodies in memory at once (responses.PENDING_BODIES)
+            await respond_api_error(send, exc, JSON)
             return
         except ClientDisconnect:
             return  # gone before its body was whole: nothing to invoke, nobody to answer

@@ -41,6 +41,7 @@ from moorage.errors import (
     ApiError,
     NotImplementedOperation,
     SerializationException,
+    ServiceUnavailable,
     UnknownOperation,
     ValidationException,
 )
@@ -171,6 +172,9 @@ class JsonFrontDoor:
             body = await read_body(receive, MAX_CONTROL_BODY)
         except BodyTooLarge:
             await respond_error(send, "SerializationException", "Request body too large.", 413)
+            return
+        except ServiceUnavailable as exc:  # too many bodies in memory at once (responses.PENDING_BODIES)
+            await respond_error(send, exc.code, exc.message, exc.status)
             return
         except ClientDisconnect:
             return  # gone before its body was whole: nobody to answer

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from moorage.api.access import AccessDeniedException, native_action
-from moorage.api.responses import request_id
+from moorage.api.responses import read_stream_body, request_id
 from moorage.api.sigv4 import AuthError, SigV4Verifier
 from moorage.errors import ApiError, ContentTooLarge, ObjectNotFound, ResourceNotFound, ScalingResourceNotFound
 
@@ -86,13 +86,7 @@ async def _body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise ContentTooLarge(f"The request body ({length} bytes) is over this API's limit of {limit} bytes.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ContentTooLarge(f"The request body is over this API's limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_stream_body(request.stream(), limit)
 
 
 def signed_streaming_route(path: str, handler: StreamingHandler, methods: Sequence[str]) -> Route:
