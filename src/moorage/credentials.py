@@ -152,19 +152,28 @@ def _generate_key() -> Credentials:
     return Credentials(key_id, secrets.token_urlsafe(30))
 
 
+def write_credentials_file(path: Path, creds: Credentials, region: str, comment: str = "") -> None:
+    """``creds`` as an AWS shared-credentials file (profile ``default``), written aside as 0600 and
+    renamed into place: never readable by others, never half written. The server's admin key, the keys
+    ``moorage keys`` makes and edge devices' keys are all written this way."""
+    text = "".join(f"# {line}\n" for line in comment.splitlines()) + (
+        f"[{PROFILE}]\naws_access_key_id = {creds.access_key_id}\n"
+        f"aws_secret_access_key = {creds.secret_access_key}\nregion = {region}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(temporary, 0o600)  # O_CREAT's mode does not apply to a file that was already there
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def _write_credentials(settings: Settings, creds: Credentials) -> None:
     """Keep the home's credentials file in step with the key the server accepts (mode 0600)."""
     if read_credentials(settings.home) == creds:
         return
-    settings.home.mkdir(parents=True, exist_ok=True)
-    text = (
-        "# moorage admin key; boto3 reads it with AWS_SHARED_CREDENTIALS_FILE pointing here.\n"
-        f"[{PROFILE}]\naws_access_key_id = {creds.access_key_id}\n"
-        f"aws_secret_access_key = {creds.secret_access_key}\nregion = {settings.region}\n"
-    )
-    path = settings.credentials_path
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_credentials_file(settings.credentials_path, creds, settings.region,
+                           "moorage admin key; boto3 reads it with AWS_SHARED_CREDENTIALS_FILE pointing here.")

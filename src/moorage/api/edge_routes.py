@@ -53,9 +53,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from moorage.api.responses import read_stream_body
 from moorage.api.shapes import RequestValidationError, ServiceShapes
-from moorage.api.signed import json_reply, native_app, signed_route, signed_streaming_route
+from moorage.api.signed import json_reply, native_app, read_request_body, signed_route, signed_streaming_route
 from moorage.api.sigv4 import MSG_PAYLOAD_HASH, AuthError, SigV4Verifier
 from moorage.control.edge_capture import MAX_SEGMENT_BYTES, store_segment
 from moorage.control.edge_deployments import EdgeDeployments
@@ -91,13 +90,6 @@ def _access_denied(key_id: str, owner: KeyOwner, fleet: str, device: str | None)
     wanted = f"device {device} of fleet {fleet}" if device is not None else f"fleet {fleet}"
     return AuthError("AccessDeniedException", f"Access key {key_id} is device {owner.device}'s of fleet {owner.fleet}; "
                      f"it may not act for {wanted}.", 403)
-
-
-async def _read(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise ContentTooLarge(f"The request body ({length} bytes) is over this route's limit of {limit} bytes.")
-    return await read_stream_body(request.stream(), limit)
 
 
 class EdgeDeviceDoor:
@@ -160,7 +152,7 @@ class EdgeDeviceDoor:
     def _operation(self, name: str, handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
                    ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            body = await _read(request, MAX_OPERATION_BODY)
+            body = await read_request_body(request, MAX_OPERATION_BODY)
             signer = self._verify(request, body)
             try:
                 params = orjson.loads(body) if body.strip() else {}
@@ -196,7 +188,7 @@ class EdgeDeviceDoor:
     # -- packages and capture --------------------------------------------------------------------------------
 
     async def _get_package(self, request: Request) -> Response:
-        body = await _read(request, 0)
+        body = await read_request_body(request, 0)
         signer = self._verify(request, body)
         fleet, handle = request.path_params["fleet"], request.path_params["handle"]
         self._authorize(signer, fleet, None)
@@ -209,11 +201,11 @@ class EdgeDeviceDoor:
         if len(declared) == 64 and all(c in "0123456789abcdef" for c in declared):
             # The agent declares its body's hash: the signature is checked before 16 MiB are taken in.
             signer = self._verify(request, b"", payload_hash=declared)
-            body = await _read(request, MAX_SEGMENT_BYTES)
+            body = await read_request_body(request, MAX_SEGMENT_BYTES)
             if hashlib.sha256(body).hexdigest() != declared:
                 raise AuthError("InvalidSignatureException", MSG_PAYLOAD_HASH)
         else:
-            body = await _read(request, MAX_SEGMENT_BYTES)
+            body = await read_request_body(request, MAX_SEGMENT_BYTES)
             signer = self._verify(request, body)
         fleet, device, segment = (request.path_params[k] for k in ("fleet", "device", "segment"))
         self._authorize(signer, fleet, device)
@@ -255,7 +247,7 @@ def edge_admin_routes(fleets: EdgeFleets, keys: DeviceKeys, deployments: EdgeDep
         fleets.fleet(fleet)  # before a byte is received
         content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type == "application/json":
-            raw = await _read(request, MAX_PUBLISH_JSON)
+            raw = await read_request_body(request, MAX_PUBLISH_JSON)
             if hashlib.sha256(raw).hexdigest() != declared_sha256:
                 raise AuthError("InvalidSignatureException", MSG_PAYLOAD_HASH)
             try:

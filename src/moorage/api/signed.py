@@ -74,18 +74,20 @@ def signed_route(path: str, handler: Handler, methods: Sequence[str], *, max_bod
     """A route whose handler gets ``(request, body)`` once the signature over that body is verified."""
 
     async def endpoint(request: Request) -> Response:
-        body = await _body(request, max_body)
+        body = await read_request_body(request, max_body)
         _verify(request, path, body)
         return _reply(await handler(request, body))
 
     return Route(path, endpoint, methods=list(methods), name=handler.__name__)
 
 
-async def _body(request: Request, limit: int) -> bytes:
+async def read_request_body(request: Request, limit: int) -> bytes:
+    """A Starlette request's whole body, refused (ContentTooLarge) on a declared Content-Length over
+    ``limit`` before a byte is read, then read under the limit and the shared unverified-body budget."""
     # Not Starlette's max_body_size: it answers a declared Content-Length over the limit in plain text.
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise ContentTooLarge(f"The request body ({length} bytes) is over this API's limit of {limit} bytes.")
+        raise ContentTooLarge(f"The request body ({length} bytes) is over this route's limit of {limit} bytes.")
     return await read_stream_body(request.stream(), limit)
 
 

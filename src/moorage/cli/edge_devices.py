@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import http.client
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import click
 from rich.table import Table
 
 from moorage.cli.common import fail, home_option, reports_errors, stdout_console, url_option
+from moorage.credentials import Credentials, write_credentials_file
 
 __all__ = ["devices_command", "publish_command", "register_command"]
 
@@ -96,20 +96,9 @@ def devices_command(fleet: str | None, as_json: bool, home: Path | None, url: st
 
 def _write_credentials(path: Path, key: dict[str, Any], server_url: str) -> None:
     """The agent's credentials file (``moorage.edge.credentials``): AWS's INI, written aside as 0600, then renamed."""
-    text = (f"# moorage edge device {key['DeviceName']} of fleet {key['DeviceFleetName']} ({server_url}).\n"
-            f"# moorage-edge serve --credentials {path} ...\n"
-            f"[default]\naws_access_key_id = {key['AccessKeyId']}\n"
-            f"aws_secret_access_key = {key['SecretAccessKey']}\nregion = {key['Region']}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(temporary, 0o600)  # O_CREAT's mode does not apply to a file that was already there
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_credentials_file(path, Credentials(key["AccessKeyId"], key["SecretAccessKey"]), key["Region"],
+                           f"moorage edge device {key['DeviceName']} of fleet {key['DeviceFleetName']} "
+                           f"({server_url}).\nmoorage-edge serve --credentials {path} ...")
 
 
 @click.command("register")

@@ -8,7 +8,6 @@ AWS shared-credentials format instead (mode 0600), so boto3 and the AWS CLI can 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +19,7 @@ from rich.table import Table
 from moorage.cli.common import fail, home_option, stdout_console, url_option
 from moorage.connection import ClientError, Connection
 from moorage.control.access_keys import ROLES
+from moorage.credentials import Credentials, write_credentials_file
 
 _PATH = "/moorage/v1/access-keys"
 
@@ -36,21 +36,11 @@ def _key_path(key_id: str) -> str:
     return f"{_PATH}/{quote(key_id, safe='')}"
 
 
-def write_credentials(path: Path, key_id: str, secret: str, region: str, profile: str = "default") -> None:
-    """The key as an AWS shared-credentials file, created 0600 (never readable by others, even briefly)."""
-    text = (f"[{profile}]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
-            f"region = {region}\n")
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def _issued(key: dict[str, Any], connection: Connection, credentials_out: Path | None) -> None:
     scope = ", ".join(key.get("EndpointNames", [])) or "every endpoint"
     if credentials_out is not None:
-        write_credentials(credentials_out, key["AccessKeyId"], key["SecretAccessKey"], connection.region)
+        write_credentials_file(credentials_out, Credentials(key["AccessKeyId"], key["SecretAccessKey"]),
+                               connection.region)
         click.echo(f"access key {key['AccessKeyId']} ({key['Role']}, {scope}) written to {credentials_out}")
         return
     click.echo(f"access key id:     {key['AccessKeyId']}\nsecret access key: {key['SecretAccessKey']}\n"

@@ -31,13 +31,11 @@ import base64
 import contextlib
 import logging
 import math
-import os
 import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,7 +51,7 @@ from moorage.serving.model_cache import TargetModelError
 from moorage.serving.router import EndpointRoute, Invocation, InvocationFailed, UnknownVariant
 from moorage.serving.serverless import Throttled
 from moorage.serving.traffic_shift import TrafficShift
-from moorage.store.locations import StorageError, check_location, filesystem, is_local
+from moorage.store.locations import StorageError, check_location, filesystem, write_whole
 from moorage.store.metadata import ListQuery, Resource
 
 log = logging.getLogger("moorage.async_inference")
@@ -181,24 +179,6 @@ def read_input(location: str) -> tuple[bytes, str | None]:
 
 def _names_content_type(headers: bytes) -> bool:
     return any(line.lower().startswith(b"content-type:") for line in headers.split(b"\r\n"))
-
-
-def write_whole(location: str, data: bytes) -> None:
-    """Write an object so that readers see all of it or nothing: a local file is written aside and
-    renamed into place; an object store's upload appears only once complete."""
-    fs, path = filesystem(location)
-    if is_local(fs):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-        try:
-            temporary.write_bytes(data)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return
-    with fs.open(path, "wb") as f:
-        f.write(data)
 
 
 class AsyncInference:

@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import re
 import threading
-import uuid
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from moorage.errors import ConflictException, ValidationException
-from moorage.store.locations import StorageError, filesystem, is_local, join
+from moorage.store.locations import StorageError, filesystem, join, write_whole_at
 
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
 _SEQUENCE = re.compile(r"[0-9]{12}")
@@ -170,7 +167,7 @@ def store_segment(output_location: str, fleet: str, device: str, segment: str, b
                         f"Segment {segment} of device {device} is already stored at {key} with other bytes "
                         f"({len(existing)} bytes); stored capture data is not replaced.")
                 return StoredSegment(key, records, len(body), digest, created=False)
-            _write_whole(fs, path, body)
+            write_whole_at(fs, path, body)
     except (OSError, StorageError) as exc:
         raise OSError(f"could not store segment {segment} at {key}: {exc}") from exc
     return StoredSegment(key, records, len(body), digest, created=True)
@@ -183,28 +180,3 @@ def _read_existing(fs: Any, path: str) -> bytes | None:
             return data
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
-
-
-def _write_whole(fs: Any, path: str, body: bytes) -> None:
-    if not is_local(fs):
-        # moorage's object store stages, fsyncs and renames; a remote store's PUT is whole by itself.
-        with fs.open(path, "wb") as handle:
-            handle.write(body)
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A dot name ending in .part: capture readers only take *.jsonl, so they never see it half written.
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(body)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ botocore's chain (environment, shared files, profiles).
 from __future__ import annotations
 
 import os
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,39 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise StorageError(f"cannot read {url}: {exc}. For s3:// URLs install moorage[s3].") from exc
     except ValueError as exc:
         raise StorageError(f"cannot read {url}: {exc}") from exc
+
+
+def write_whole_at(fs: Any, path: str, body: bytes) -> None:
+    """Write ``body`` at ``path`` of ``fs`` so that readers see all of it or nothing: a local file is written
+    aside (a dot name ending in .part, which no reader of *.jsonl or *.out takes), fsynced and renamed into
+    place; an object store's upload appears only once complete."""
+    if not is_local(fs):
+        # moorage's object store stages, fsyncs and renames; a remote store's PUT is whole by itself.
+        with fs.open(path, "wb") as handle:
+            handle.write(body)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_whole(url: str, body: bytes) -> None:
+    """``write_whole_at`` for a location."""
+    fs, path = filesystem(url)
+    write_whole_at(fs, path, body)
 
 
 def open_url(url: str, mode: str = "rb") -> Any:
