@@ -94,7 +94,9 @@ def test_offline_sync_exactly_once_kill_9_and_package_updates(fresh_server: Call
             _invoke(port, row)
             sent.append(",".join(map(str, row)))
         wait_for(lambda: len(list((tmp_path / "spool" / "capture" / "sealed").iterdir())) > 0, 30, "a sealed segment")
-        assert "upload of" in log.read_text()  # tried, refused by a closed port, kept
+        # Tried, refused by a closed port, kept: the agent tries on its own schedule, so wait (bounded) for it.
+        wait_for(lambda: "upload of" in log.read_text(), 30, "the agent to try an upload")
+        assert "upload of" in log.read_text()
 
         # 2. The server is back: every record arrives, once.
         server.start(timeout=90)
