@@ -27,12 +27,17 @@ test: $(STAMP) test-tools
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# System tools some tests drive for real: a Prometheus server scrapes GET /metrics. Installed with
-# apt-get when missing and we are root; otherwise that test skips and says why.
+# System tools some tests drive for real: a Prometheus server scrapes GET /metrics; a throwaway
+# PostgreSQL (tests/postgres_support.py) holds the store and the cluster tests' shared database.
+# Installed with apt-get when missing and we are root; otherwise those tests skip and say why.
 test-tools:
 	@command -v prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
 		|| echo "prometheus is not installed: tests/test_metrics_prometheus.py will skip"; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+		|| echo "PostgreSQL is not installed: the PostgreSQL store and cluster tests will skip"; }
 
 # lint-imports: the layers of src/moorage/ and the other import contracts in pyproject.toml
 lint: $(STAMP)

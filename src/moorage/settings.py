@@ -476,15 +476,36 @@ class InstanceSettings(Section):
 
 @dataclass(frozen=True)
 class BatchSettings(Section):
-    """Where transform jobs run; a job's ``moorage:backend`` / ``moorage:ray-address`` tags win."""
+    """Where transform jobs run; a job's ``moorage:backend`` / ``moorage:ray-address`` tags win. The ray
+    backend's cluster is the cluster section's (MOORAGE_RAY_ADDRESS; unset: a local one)."""
 
     section: ClassVar[str] = "batch"
 
     backend: str = setting("local", "MOORAGE_BATCH_BACKEND", _choice("local", "ray"),
                            "Where transform jobs run unless a job's moorage:backend tag says.")
+
+
+@dataclass(frozen=True)
+class ClusterSettings(Section):
+    """Cluster mode (docs/cluster.md): endpoint instances as Ray actors, several routers over one database."""
+
+    section: ClassVar[str] = "cluster"
+
     ray_address: str | None = setting(None, "MOORAGE_RAY_ADDRESS", TEXT,
-                                      "The Ray cluster of the ray backend (unset: a local one) unless a job's "
-                                      "moorage:ray-address tag says.")
+                                      "The Ray cluster (auto, ray://HOST:PORT or HOST:PORT): endpoint instances run "
+                                      "on it as actors, and so do transform jobs of the ray backend. Unset: "
+                                      "instances are processes beside the server (transform jobs on Ray start a "
+                                      "local cluster).", flag="--ray")
+    ray_namespace: str = setting("moorage", "MOORAGE_RAY_NAMESPACE", TEXT,
+                                 "The Ray namespace of the instances' actors: routers sharing a database share it; "
+                                 "two moorage deployments on one Ray cluster each need their own.")
+    sync_interval: float = setting(1.0, "MOORAGE_CLUSTER_SYNC_SECONDS", DURATION,
+                                   "How often a router reads the store for changes made through other routers "
+                                   "(the bound on how late it learns of them).", positive=True)
+    leader_check_interval: float = setting(1.0, "MOORAGE_LEADER_CHECK_SECONDS", DURATION,
+                                           "How often a router that does not run the controllers tries to take "
+                                           "over (PostgreSQL only; with SQLite the one server runs them).",
+                                           positive=True)
 
 
 @dataclass(frozen=True)
@@ -561,7 +582,8 @@ class ServerlessSettings(Section):
 
 
 SECTIONS: tuple[type[Section], ...] = (ServerSettings, MetricsSettings, AutoscaleSettings, CaptureSettings,
-                                       MonitorSettings, InstanceSettings, BatchSettings, ShadowSettings,
+                                       MonitorSettings, InstanceSettings, BatchSettings, ClusterSettings,
+                                       ShadowSettings,
                                        ExperimentSettings, ObjectStoreSettings, AsyncInferenceSettings,
                                        ServerlessSettings)
 
@@ -588,6 +610,7 @@ class Settings:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     instances: InstanceSettings = field(default_factory=InstanceSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     experiments: ExperimentSettings = field(default_factory=ExperimentSettings)
     objects: ObjectStoreSettings = field(default_factory=ObjectStoreSettings)
@@ -604,13 +627,15 @@ class Settings:
     def load(cls, environ: Mapping[str, str] | None = None, *, home: Path | str | None = None,
              host: str | None = None, port: int | None = None, database_url: str | None = None,
              tls_cert: Path | str | None = None, tls_key: Path | str | None = None,
-             tls_self_signed: bool | None = None) -> Settings:
+             tls_self_signed: bool | None = None, ray_address: str | None = None) -> Settings:
         """The tree from the environment and ``moorage serve``'s flags; SettingsError lists every bad value."""
         env = os.environ if environ is None else environ
         flags = {f"server.{name}": str(value) for name, value in
                  (("home", home), ("host", host), ("port", port), ("database_url", database_url),
                   ("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_self_signed", tls_self_signed))
                  if value is not None}
+        if ray_address is not None:
+            flags["cluster.ray_address"] = ray_address
         built: dict[str, Any] = {}
         sources: dict[str, str] = {}
         problems: list[str] = []

@@ -35,7 +35,7 @@ PREVIOUS_DEFAULTS = {
     "monitor.concurrency": 2, "monitor.tick_seconds": 1.0,
     "instances.cgroup_root": None, "instances.enforce_memory_limit": False, "instances.allow_requirements": True,
     "instances.requirements_timeout": 900.0, "instances.log_max_bytes": 10 * 1024 * 1024, "instances.log_backups": 3,
-    "batch.backend": "local", "batch.ray_address": None,
+    "batch.backend": "local", "cluster.ray_address": None, "cluster.ray_namespace": "moorage",
     "server.access_key_id": None, "server.secret_access_key": None,
 }
 

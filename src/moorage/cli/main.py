@@ -64,10 +64,14 @@ def cli() -> None:
               help="The certificate's PEM private key ($MOORAGE_TLS_KEY).")
 @click.option("--tls-self-signed", is_flag=True, default=None,
               help="Serve HTTPS with a development certificate for 127.0.0.1/localhost, made under the home.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run endpoint instances as actors on this Ray cluster: auto, ray://HOST:PORT or HOST:PORT "
+                   "(cluster mode, docs/cluster.md; $MOORAGE_RAY_ADDRESS).")
 @click.option("--print-settings", is_flag=True,
               help="Print every setting (variable, value, where it came from) and exit without serving.")
 def serve(host: str | None, port: int | None, home: Path | None, url: str | None, database_url: str | None,
-          tls_cert: Path | None, tls_key: Path | None, tls_self_signed: bool | None, print_settings: bool) -> None:
+          tls_cert: Path | None, tls_key: Path | None, tls_self_signed: bool | None, ray_address: str | None,
+          print_settings: bool) -> None:
     """Run the server: SageMaker API, runtime and native API on one port.
 
     Settings come from these options, then MOORAGE_* variables, then defaults (docs/settings.md); a
@@ -83,7 +87,7 @@ def serve(host: str | None, port: int | None, home: Path | None, url: str | None
         host, port = parts.hostname, parts.port or DEFAULT_PORT
     try:
         settings = Settings.load(home=home, host=host, port=port, database_url=database_url, tls_cert=tls_cert,
-                                 tls_key=tls_key, tls_self_signed=tls_self_signed or None)
+                                 tls_key=tls_key, tls_self_signed=tls_self_signed or None, ray_address=ray_address)
     except SettingsError as exc:
         fail("moorage serve cannot start with these settings:\n  " + "\n  ".join(exc.problems))
     if print_settings:

@@ -79,7 +79,7 @@ class TransformJobs:
         backend = (tags.get(BACKEND_TAG) or batch.backend).strip().lower()
         if backend not in BACKENDS:
             raise ValidationException(f"Tag {BACKEND_TAG} must be one of {', '.join(BACKENDS)}, not {backend!r}.")
-        address = tags.get(RAY_ADDRESS_TAG) or batch.ray_address or None
+        address = tags.get(RAY_ADDRESS_TAG) or self.ctx.settings.cluster.ray_address or None
         return backend, address
 
     # API operations ---------------------------------------------------------------------------------
