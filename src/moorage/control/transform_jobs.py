@@ -197,7 +197,7 @@ class TransformJobs:
         else:
             spool = job_dir / "spool"
             spool.mkdir(parents=True, exist_ok=True)
-            backend = LocalBackend(spec, launches, launcher=self.ctx.routes.launcher, log_dir=log_dir,
+            backend = LocalBackend(spec, launches, launcher=self.ctx.routes.local_launcher, log_dir=log_dir,
                                    spool_dir=spool, progress=progress)
         await backend.run()
 

@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--socket", help="Unix socket path to listen on")
     parser.add_argument("--port", type=int, help="TCP port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
+    parser.add_argument("--health-socket", help="Over TCP: a Unix socket path for the health listener (see --socket)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -318,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         port = args.port or _env_int(env, "SAGEMAKER_BIND_TO_PORT", 8080)
         options.update(host=env.get("MOORAGE_BIND_HOST", "127.0.0.1"), port=port)
+        if args.health_socket:  # an instance on a Ray node: reached over TCP, health-checked on its node
+            try:
+                serve_health(args.health_socket)
+            except OSError as exc:
+                log.warning("no health listener at %s: %s", args.health_socket, exc)
     uvicorn.run(app, **options)
     return 0
 

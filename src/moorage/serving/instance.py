@@ -94,26 +94,26 @@ class _PortBlocks:
     def __init__(self) -> None:
         self.taken: set[int] = set()
 
-    def reserve(self) -> int:
+    def reserve(self, host: str = LOOPBACK) -> int:
         lo, hi = PORT_RANGE
         bases = list(range(lo, hi - PORT_BLOCK, PORT_BLOCK))
         random.shuffle(bases)
         for base in bases[:400]:
             if base in self.taken:
                 continue
-            if all(_bindable(p) for p in range(base, base + PORT_BLOCK)):
+            if all(_bindable(p, host) for p in range(base, base + PORT_BLOCK)):
                 self.taken.add(base)
                 return base
-        raise InstanceStartError(f"no free block of {PORT_BLOCK} loopback ports in {lo}-{hi}")
+        raise InstanceStartError(f"no free block of {PORT_BLOCK} ports on {host} in {lo}-{hi}")
 
     def release(self, base: int) -> None:
         self.taken.discard(base)
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def _bindable(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
-            s.bind((LOOPBACK, port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -157,9 +157,13 @@ def _close_on_exec() -> None:
 
 
 class Instance:
-    def __init__(self, launch: LaunchSpec, socket_dir: Path, log_dir: Path, instance_id: str | None = None):
+    def __init__(self, launch: LaunchSpec, socket_dir: Path, log_dir: Path, instance_id: str | None = None,
+                 listen_host: str | None = None):
         self.id = instance_id or f"i-{uuid.uuid4().hex[:12]}"
         self.launch = launch
+        # Set on a Ray node (launchers/ray_instance.py): the server listens on a TCP port of this address,
+        # for routers on other machines; health checks stay on the node, over the Unix health socket.
+        self.listen_host = listen_host
         self.socket_path = str(socket_dir / f"{self.id}.sock")
         self.log_path = log_dir / f"{self.id}.log"
         self.state = InstanceState.PENDING
@@ -200,8 +204,10 @@ class Instance:
     def _command(self, python: str) -> list[str]:
         if self.byo:
             return list(self.launch.command)
+        listen = (["--port", str(self.port), "--health-socket", self.health_socket_path] if self.listen_host
+                  else ["--socket", self.socket_path])
         return [python, "-m", "moorage.runtimes.server", "--runtime", self.launch.runtime,
-                "--model-dir", str(self.launch.model_dir), "--socket", self.socket_path]
+                "--model-dir", str(self.launch.model_dir), *listen]
 
     def _environment(self, resources: Resources, venv_bin: Path | None) -> dict[str, str]:
         container = self.launch.environment
@@ -213,6 +219,8 @@ class Instance:
         env["SAGEMAKER_INSTANCE_TYPE"] = self.launch.instance_type
         env.setdefault("SM_MODEL_DIR", str(self.launch.model_dir))
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.listen_host is not None:
+            env["MOORAGE_BIND_HOST"] = self.listen_host
         if self.port is not None:
             env["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
             env["SAGEMAKER_SAFE_PORT_RANGE"] = f"{self.port + 1}-{self.port + PORT_BLOCK - 1}"
@@ -264,11 +272,14 @@ class Instance:
             if not self.launch.command:
                 raise InstanceStartError(f"instance {self.id}: runtime byo needs a command (a `serve` executable "
                                          "in the model data, or MOORAGE_SERVE_COMMAND)")
-            self.port = PORTS.reserve()
-            self.client = InstanceClient(host=LOOPBACK, port=self.port)
+            self.port = PORTS.reserve(self.listen_host or LOOPBACK)
+            self.client = InstanceClient(host=self.listen_host or LOOPBACK, port=self.port)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
+            if self.listen_host is not None:
+                self.port = PORTS.reserve(self.listen_host)
+                self.client = InstanceClient(host=self.listen_host, port=self.port)
         resources = resources_for(self.launch.instance_type)
         self._memory = memory_limit(resources, self.id, settings=self.launch.instances)
         self.rss_limit = self._rss_limit(resources)
@@ -361,7 +372,8 @@ class Instance:
             if self.process.returncode is not None:
                 raise InstanceStartError(await self._exit_reason())
             remaining = deadline - time.monotonic()
-            ready = (self.byo or os.path.exists(self.socket_path)) and await self._ping(min(2.0, max(0.1, remaining)))
+            ready = ((self.byo or self.listen_host is not None or os.path.exists(self.socket_path))
+                     and await self._ping(min(2.0, max(0.1, remaining))))
             if ready:
                 self.ready_at = time.monotonic()
                 self.state = InstanceState.IN_SERVICE

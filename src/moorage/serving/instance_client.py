@@ -19,8 +19,15 @@ class InstanceConnectionError(Exception):
     """The instance closed the connection or could not be reached."""
 
 
+class InstanceUnreachable(InstanceConnectionError):
+    """No connection could be opened: the request was never sent, so another instance may take it."""
+
+
 class InstanceTimeout(Exception):
     pass
+
+
+CONNECT_TIMEOUT_S = 5.0  # over TCP a dead node may drop packets rather than refuse: don't wait for the OS's minutes
 
 
 @dataclass(slots=True)
@@ -145,9 +152,10 @@ class InstanceClient:
             if self.socket_path:
                 _, conn = await loop.create_unix_connection(_Connection, self.socket_path)
             else:
-                _, conn = await loop.create_connection(_Connection, self.host, self.port)
-        except OSError as exc:
-            raise InstanceConnectionError(f"cannot connect to the instance: {exc}") from exc
+                _, conn = await asyncio.wait_for(loop.create_connection(_Connection, self.host, self.port),
+                                                 CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise InstanceUnreachable(f"cannot connect to the instance: {exc or 'timed out'}") from exc
         self._all.add(conn)
         return conn
 

@@ -10,12 +10,14 @@ import asyncio
 import dataclasses
 import logging
 import shutil
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.serving.instance import InstanceStartError
 from moorage.serving.invocation_events import InvocationObserver
 from moorage.serving.launch_spec import LaunchSpec
+from moorage.serving.launchers import Launcher
 from moorage.serving.launchers.local import LocalLauncher, socket_folder
 from moorage.serving.model_cache import ModelCache
 from moorage.serving.multi_model_pool import Materialize, MultiModelPool
@@ -54,7 +56,8 @@ class DeployError(Exception):
 
 class RouteTable:
     def __init__(self, logs_dir: Path, start_timeout: float = 120.0, invocation_timeout: float = 60.0,
-                 shadow: ShadowSettings | None = None, materialize: Materialize | None = None):
+                 shadow: ShadowSettings | None = None, materialize: Materialize | None = None,
+                 launcher: Launcher | None = None):
         self.logs_dir = logs_dir
         # Fetches and unpacks an archive by URL: a multi-model variant's models, as they are asked for.
         self.materialize = materialize
@@ -65,9 +68,14 @@ class RouteTable:
         # rather than under a home that may be deeply nested.
         # Its own, marked, after reaping those of servers killed before they could clean up.
         self.socket_dir = socket_folder()
-        # Endpoints and local transform jobs start their instances through this one launcher.
-        self.launcher = LocalLauncher(self.socket_dir)
+        # Processes beside the server: local transform jobs and monitoring's explainer instances start here.
+        self.local_launcher = LocalLauncher(self.socket_dir)
+        # Where endpoints' instances run: here, or on a Ray cluster in cluster mode (launchers/ray_instance.py).
+        self.launcher: Launcher = launcher or self.local_launcher
         self._routes: dict[str, EndpointRoute | TrafficShift] = {}
+        # The endpoint config each fleet was built from: a router that follows the store compares it
+        # with the config the endpoint's row names (control/cluster_sync.py).
+        self._config_names: weakref.WeakKeyDictionary[EndpointRoute, str] = weakref.WeakKeyDictionary()
         # Observers of every endpoint (metrics); per-endpoint ones (data capture) are added to a route
         # by whoever builds it.
         self.observers: list[InvocationObserver] = []
@@ -80,6 +88,11 @@ class RouteTable:
         """The endpoint's fleet of record: its route, or the blue fleet while an update shifts traffic."""
         route = self._routes.get(endpoint)
         return route.blue if isinstance(route, TrafficShift) else route
+
+    def config_of(self, endpoint: str) -> str | None:
+        """The endpoint config the endpoint's fleet of record was built from; None when nothing serves it."""
+        fleet = self.fleet(endpoint)
+        return None if fleet is None else self._config_names.get(fleet)
 
     def shift(self, endpoint: str) -> TrafficShift | None:
         route = self._routes.get(endpoint)
@@ -114,7 +127,7 @@ class RouteTable:
                         out.append((route.name, variant.name, cache))
         return out
 
-    def build(self, endpoint: str, plans: list[VariantPlan]) -> EndpointRoute:
+    def build(self, endpoint: str, plans: list[VariantPlan], config_name: str | None = None) -> EndpointRoute:
         def variant(plan: VariantPlan) -> VariantRoute:
             log_dir = self.logs_dir / endpoint / plan.name
             if plan.launch.multi_model:
@@ -132,6 +145,8 @@ class RouteTable:
         route = EndpointRoute(endpoint, [variant(p) for p in plans if not p.shadow],
                               invocation_timeout=self.invocation_timeout)
         route.observers.extend(self.observers)
+        if config_name is not None:
+            self._config_names[route] = config_name
         production_weight = sum(p.weight for p in plans if not p.shadow)
         for plan in (p for p in plans if p.shadow):
             # A shadow's instances yield the CPU to production's: on a shared machine its copies must

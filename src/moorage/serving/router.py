@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from moorage.serving.choosers import NoVariantToChoose, VariantChooser
 from moorage.serving.choosers.weighted import WeightedChooser
-from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout
+from moorage.serving.instance_client import InstanceConnectionError, InstanceTimeout, InstanceUnreachable
 from moorage.serving.invocation_events import InvocationEvent, InvocationObserver, target_model
 from moorage.serving.model_cache import TargetModelError
 from moorage.serving.multi_model_pool import MultiModelPool
@@ -116,7 +116,17 @@ class EndpointRoute:
             instance = pool.pick() or await pool.acquire(self.acquire_timeout)
         except NoCapacity as exc:
             raise InvocationFailed(str(exc), 503, variant.name) from exc
-        return await self._call(variant, instance, body, headers, timeout)
+        try:
+            return await self._call(variant, instance, body, headers, timeout)
+        except InvocationFailed as failed:
+            # Never sent (its instance could not be reached: a process or node that just died): another
+            # in-service instance of the variant takes it, once. What was sent is not sent again.
+            if not isinstance(failed.__cause__, InstanceUnreachable):
+                raise
+            other = next((i for i in pool.ready if i is not instance), None)
+            if other is None:
+                raise
+            return await self._call(variant, other, body, headers, timeout)
 
     async def _call(self, variant: VariantRoute, instance: Member, body: bytes, headers: bytes,
                     timeout: float | None = None) -> Invocation:

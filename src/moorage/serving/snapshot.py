@@ -24,10 +24,16 @@ class InstanceSnapshot:
     outstanding: int
     log_path: str
     setup_seconds: float | None
+    node: str | None = None  # the Ray node it runs on (cluster mode); None: this machine
+    address: str | None = None  # HOST:PORT it is reached at over TCP (cluster mode)
 
     def to_dict(self) -> dict[str, object]:
-        return {"InstanceId": self.instance_id, "Pid": self.pid, "State": str(self.state),
-                "Outstanding": self.outstanding, "LogPath": self.log_path, "ModelSetupSeconds": self.setup_seconds}
+        out: dict[str, object] = {
+            "InstanceId": self.instance_id, "Pid": self.pid, "State": str(self.state), "Outstanding": self.outstanding,
+            "LogPath": self.log_path, "ModelSetupSeconds": self.setup_seconds}
+        if self.node is not None:
+            out.update(Node=self.node, Address=self.address)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +59,8 @@ class EndpointSnapshot:
 
 
 def instances_of(pool: InstancePool) -> tuple[InstanceSnapshot, ...]:
-    return tuple(InstanceSnapshot(i.id, i.pid, i.state, i.outstanding, str(i.log_path), i.setup_seconds)
+    return tuple(InstanceSnapshot(i.id, i.pid, i.state, i.outstanding, str(i.log_path), i.setup_seconds,
+                                  getattr(i, "node_id", None), getattr(i, "address", None))
                  for i in list(pool.instances))
 
 

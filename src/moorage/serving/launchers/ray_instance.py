@@ -1,0 +1,406 @@
+"""Endpoint instances as Ray actors (cluster mode): the same instance server, on whichever node has room.
+
+``RayLauncher`` makes pool members (``RayInstance``) that each own one actor (``InstanceActor``). The
+actor runs on a Ray node and starts the instance there exactly as the local launcher does (the same
+``Instance``: the container contract, its log, its memory and thread limits), except that the server
+listens on a TCP port of the node's address instead of a Unix socket. The router then talks to that
+port with the same pooled keep-alive client it uses locally: Ray is the control path (place, start,
+health, stop), never the request path, so an invocation costs one TCP hop more than locally and
+nothing else.
+
+Placement. Each actor asks for its instance type's CPUs, memory and GPUs (``ml.g*``/``ml.p*``), and
+is pinned (softly) to the alive node that holds the fewest instances of its variant and can fit it:
+a variant's instances spread over nodes, so losing one node leaves the variant serving. This is
+Ray's node-affinity strategy with our own choice of node rather than a SPREAD placement group: a
+placement group is sized once, while a variant's count changes with every scaling decision, and
+re-creating the group would move every instance. ``soft=True`` lets Ray put it elsewhere when the
+chosen node filled up meanwhile. A type no node of the cluster can ever hold is refused at once; one
+that fits a node but finds no room now waits (Ray's autoscaler may add a node) until the start
+timeout, and the reason then says it was pending.
+
+Failure. The member watches its actor: the actor's ``wait_exit`` call ends when the instance process
+exits, and fails when the actor or its node dies; a request that cannot even connect marks the
+member lost at once (the router sends that request to another instance: it was never sent). Either
+way the pool's supervisor replaces the member as it replaces a local process that died. The model
+reaches the node from its artifact location (``LaunchSpec.on_this_node``), never through the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moorage.serving.chain import ContainerChain
+from moorage.serving.instance import Instance, InstanceStartError, InstanceState
+from moorage.serving.instance_client import InstanceClient, InstanceResponse, InstanceUnreachable
+from moorage.serving.instance_types import lookup, resources_for
+from moorage.serving.launch_spec import LaunchSpec
+from moorage.store.artifacts import ArtifactStore
+
+log = logging.getLogger("moorage.instance")
+
+ACTOR_CALL_MARGIN_S = 10.0  # on top of the instance's own bound, for Ray to deliver the call and its answer
+STOP_TIMEOUT_S = 30.0
+SUSPECT_FOR_S = 60.0  # a node whose instance stopped answering gets no new instance for this long, if others can
+EXITED_WITH_NODE = -9  # the exit code a member reports when its actor or node died with it
+
+
+class InstanceActor:
+    """Runs on a Ray node: one instance of the container contract, reached over TCP (an async actor)."""
+
+    def __init__(self) -> None:
+        self.instance: Instance | None = None
+        self.scratch = Path(tempfile.mkdtemp(prefix="moorage-ray-"))
+
+    async def start(self, launch: dict[str, Any], log_dir: str, instance_id: str, timeout: float) -> dict[str, Any]:
+        import ray
+
+        logs = Path(log_dir)
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            logs = self.scratch / "logs"  # not the server's machine: the log stays on this node
+            logs.mkdir(parents=True, exist_ok=True)
+        spec = await asyncio.to_thread(LaunchSpec.from_dict(launch).on_this_node,
+                                       ArtifactStore(self.scratch / "models"))
+        node_id = ray.get_runtime_context().get_node_id()
+        # The address the node joined the cluster with (--node-ip-address), which routers reach it by.
+        host = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id),
+                    ray.util.get_node_ip_address())
+        self.instance = Instance(spec, self.scratch, logs, instance_id=instance_id, listen_host=host)
+        await self.instance.start(timeout)
+        return {"host": host, "port": self.instance.port, "pid": self.instance.pid,
+                "log_path": str(self.instance.log_path), "node_id": node_id,
+                "setup_seconds": self.instance.setup_seconds}
+
+    async def wait_exit(self) -> int:
+        assert self.instance is not None
+        return await self.instance.wait_exit()
+
+    async def check_health(self, timeout: float) -> tuple[bool | None, str | None, int | None]:
+        """(healthy, why it must be replaced for its memory, resident bytes)."""
+        instance = self.instance
+        if instance is None:
+            return False, None, None
+        return await instance.check_health(timeout), instance.memory_excess(), instance.resident_bytes()
+
+    async def stop(self, term_timeout: float) -> None:
+        if self.instance is not None:
+            await self.instance.stop(drain_timeout=0, term_timeout=term_timeout)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    cpus: float
+    memory: int | None
+    gpus: int
+
+    @classmethod
+    def of(cls, instance_type: str) -> ActorResources:
+        resources = resources_for(instance_type)
+        known = lookup(instance_type)
+        return cls(float(resources.cpu_threads), resources.memory_bytes, known.gpus if known else 0)
+
+    def options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_cpus": self.cpus}
+        if self.memory:
+            out["memory"] = self.memory
+        if self.gpus:
+            out["num_gpus"] = self.gpus
+        return out
+
+    def fits(self, totals: dict[str, float]) -> bool:
+        return (totals.get("CPU", 0) >= self.cpus and (not self.memory or totals.get("memory", 0) >= self.memory)
+                and totals.get("GPU", 0) >= self.gpus)
+
+    def describe(self) -> str:
+        parts = [f"{self.cpus:g} CPU"]
+        if self.memory:
+            parts.append(f"{self.memory / 2**30:.1f} GiB memory")
+        if self.gpus:
+            parts.append(f"{self.gpus} GPU")
+        return ", ".join(parts)
+
+
+def _local_addresses() -> set[str]:
+    names = {"127.0.0.1", "::1", "localhost"}
+    with contextlib.suppress(OSError):
+        names.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
+    return names
+
+
+class RayInstance:
+    """A pool member whose instance runs in a Ray actor; requests go straight to its TCP port."""
+
+    def __init__(self, launcher: RayLauncher, launch: LaunchSpec, log_dir: Path, fleet: str):
+        self.launcher = launcher
+        self.launch = launch
+        self.fleet = fleet  # the variant's log folder names it: its members spread over nodes together
+        self.id = f"i-{uuid.uuid4().hex[:12]}"
+        self.log_dir = log_dir
+        self.log_path: Path = log_dir / f"{self.id}.log"
+        self.state = InstanceState.PENDING
+        self.outstanding = 0
+        self.recycle_reason: str | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.node_id: str | None = None
+        self.address: str | None = None
+        self.client: InstanceClient | None = None
+        self._pid: int | None = None
+        self._actor: Any = None
+        self._exit: asyncio.Future[int] | None = None
+        self._lost = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._memory_excess: str | None = None
+        self._resident: int | None = None
+
+    # What the pool and the snapshots read ---------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        """The instance's process id where it is a process of this machine (a single-machine cluster)."""
+        return self._pid
+
+    @property
+    def setup_seconds(self) -> float | None:
+        if self.started_at is None or self.ready_at is None:
+            return None
+        return self.ready_at - self.started_at
+
+    def memory_excess(self) -> str | None:
+        return self._memory_excess
+
+    def resident_bytes(self) -> int | None:
+        return self._resident
+
+    # Life -----------------------------------------------------------------------------------------
+    async def start(self, timeout: float = 120.0) -> None:
+        timeout = self.launch.startup_timeout or timeout
+        self.started_at = time.monotonic()
+        try:
+            actor = await self.launcher.create_actor(self)
+            self._actor = actor
+            ref = actor.start.remote(self.launch.to_dict(), str(self.log_dir), self.id, timeout)
+            info = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout + ACTOR_CALL_MARGIN_S)
+        except InstanceStartError as exc:  # no node can hold it, or the actor's start failed (Ray wraps it)
+            self.state = InstanceState.FAILED
+            await self.kill()
+            cause = getattr(exc, "cause", None)
+            if cause is None:
+                raise
+            raise InstanceStartError(str(cause)) from exc
+        except TimeoutError as exc:
+            self.state = InstanceState.FAILED
+            pending = await self.launcher.pending_reason(self)
+            await self.kill()
+            raise InstanceStartError(f"instance {self.id} did not start on the Ray cluster within {timeout:g} s"
+                                     f"{pending}") from exc
+        except Exception as exc:
+            self.state = InstanceState.FAILED
+            await self.kill()
+            raise InstanceStartError(self.launcher.reason(exc, self.id)) from exc
+        except BaseException:
+            self.state = InstanceState.FAILED
+            await self.kill()
+            raise
+        self.node_id = info["node_id"]
+        self.address = f"{info['host']}:{info['port']}"
+        self.log_path = Path(info["log_path"])
+        self._pid = info["pid"] if info["host"] in self.launcher.local_addresses else None
+        self.client = InstanceClient(host=info["host"], port=info["port"])
+        self._exit = asyncio.ensure_future(self._watch_actor())
+        self.ready_at = time.monotonic()
+        self.state = InstanceState.IN_SERVICE
+        log.info("instance %s of %s on Ray node %s at %s", self.id, self.fleet, self.node_id, self.address)
+
+    async def _watch_actor(self) -> int:
+        wait = asyncio.ensure_future(asyncio.wrap_future(self._actor.wait_exit.remote().future()))
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({wait, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if wait.done() and not wait.cancelled() and wait.exception() is None:
+            return int(wait.result())
+        wait.cancel()
+        return EXITED_WITH_NODE  # its actor or node died, or its port stopped answering
+
+    async def wait_exit(self) -> int:
+        assert self._exit is not None
+        return await asyncio.shield(self._exit)
+
+    async def ping(self, timeout: float = 5.0) -> bool:
+        healthy = await self.check_health(timeout)
+        return bool(healthy)
+
+    async def check_health(self, timeout: float = 2.0) -> bool | None:
+        if self._actor is None:
+            return False
+        try:
+            ref = self._actor.check_health.remote(timeout)
+            healthy, excess, resident = await asyncio.wait_for(asyncio.wrap_future(ref.future()),
+                                                               timeout + ACTOR_CALL_MARGIN_S)
+        except Exception:  # the actor is gone, or Ray could not reach it in time
+            return False
+        self._memory_excess, self._resident = excess, resident
+        return healthy
+
+    def close_connections(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    async def invoke(self, body: bytes, headers: bytes, timeout: float) -> InstanceResponse:
+        assert self.client is not None
+        self.outstanding += 1
+        self._idle.clear()
+        try:
+            return await self.client.request(b"POST", b"/invocations", body, headers, timeout)
+        except InstanceUnreachable:
+            if not self._lost.is_set():
+                self._lost.set()  # the supervisor replaces it now, not at the next health check
+                self.launcher.suspect(self.node_id)
+            raise
+        finally:
+            self.outstanding -= 1
+            if self.outstanding == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> None:
+        if self.state == InstanceState.IN_SERVICE:
+            self.state = InstanceState.DRAINING
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def stop(self, drain_timeout: float = 30.0, term_timeout: float = 10.0) -> None:
+        await self.drain(drain_timeout)
+        self.state = InstanceState.STOPPED
+        self.close_connections()
+        if self._actor is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(self._actor.stop.remote(term_timeout).future()),
+                                       term_timeout + ACTOR_CALL_MARGIN_S)
+        await self.kill()
+
+    async def kill(self) -> None:
+        actor, self._actor = self._actor, None
+        if actor is not None:
+            await asyncio.to_thread(self.launcher.kill_actor, actor)
+        self._lost.set()
+        self.launcher.forget(self)
+
+
+class RayLauncher:
+    """Makes pool members whose instances are Ray actors; connects to the cluster on first use."""
+
+    def __init__(self, address: str, namespace: str = "moorage"):
+        self.address = address
+        self.namespace = namespace
+        self.local_addresses = _local_addresses()
+        self._placed: dict[str, dict[str, str]] = {}  # fleet -> member id -> node id (placed or placing)
+        # Nodes where an instance stopped answering, and when: Ray takes a while (its health checks) to
+        # declare a dead node dead, and a replacement placed there meanwhile would wait for nothing.
+        self._suspects: dict[str, float] = {}
+        self._actor_class: Any = None
+
+    def connect(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, namespace=self.namespace, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        if self._actor_class is None:
+            self._actor_class = ray.remote(max_restarts=0)(InstanceActor)
+
+    def member(self, launches: Sequence[LaunchSpec], log_dir: Path) -> RayInstance | ContainerChain:
+        if len(launches) == 1:
+            return RayInstance(self, launches[0], log_dir, str(log_dir))
+        # A serial pipeline: a chain of actors, each container one; the chain's logic stays in the router.
+        return ContainerChain([RayInstance(self, launch, log_dir, str(log_dir)) for launch in launches])  # type: ignore[list-item]
+
+    async def create_actor(self, member: RayInstance) -> Any:
+        need = ActorResources.of(member.launch.instance_type)
+        node = await asyncio.to_thread(self._choose_node, member, need)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options = need.options()
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        return self._actor_class.options(**options).remote()
+
+    def _choose_node(self, member: RayInstance, need: ActorResources) -> str:
+        """The alive node that can hold the instance and holds the fewest of its fleet (recorded as its)."""
+        import ray
+
+        self.connect()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        fitting = [n for n in nodes if need.fits(n.get("Resources") or {})]
+        now = time.monotonic()
+        trusted = [n for n in fitting if now - self._suspects.get(n["NodeID"], -SUSPECT_FOR_S) >= SUSPECT_FOR_S]
+        fitting = trusted or fitting
+        if not fitting:
+            largest = max((n.get("Resources") or {} for n in nodes), key=lambda r: r.get("CPU", 0), default={})
+            raise InstanceStartError(
+                f"no node of the Ray cluster can hold an instance of {member.launch.instance_type} (it needs "
+                f"{need.describe()}; the largest node has {largest.get('CPU', 0):g} CPU, "
+                f"{largest.get('memory', 0) / 2**30:.1f} GiB memory, {largest.get('GPU', 0):g} GPU)")
+        placed = self._placed.setdefault(member.fleet, {})
+        counts = {n["NodeID"]: 0 for n in fitting}
+        for node_id in placed.values():
+            if node_id in counts:
+                counts[node_id] += 1
+        chosen = min(fitting, key=lambda n: (counts[n["NodeID"]], n["NodeID"]))["NodeID"]
+        placed[member.id] = chosen
+        return chosen
+
+    async def pending_reason(self, member: RayInstance) -> str:
+        """Why a start timed out, when it is that the cluster had no room for it now."""
+        def available() -> bool:
+            import ray
+
+            free = ray.available_resources()
+            return ActorResources.of(member.launch.instance_type).fits(free)
+
+        try:
+            room = await asyncio.to_thread(available)
+        except Exception:
+            return ""
+        return "" if room else (": it was pending, the cluster has no room for it now (Ray's autoscaler, where "
+                                "configured, adds a node; the pool retries)")
+
+    @staticmethod
+    def reason(exc: BaseException, instance_id: str) -> str:
+        """The message of an error raised inside the actor's start (a RayTaskError wraps it)."""
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, InstanceStartError):
+            return str(cause)
+        return f"instance {instance_id} could not start on the Ray cluster: {type(exc).__name__}: {exc}"[:1000]
+
+    def suspect(self, node_id: str | None) -> None:
+        if node_id is not None:
+            self._suspects[node_id] = time.monotonic()
+
+    def forget(self, member: RayInstance) -> None:
+        placed = self._placed.get(member.fleet)
+        if placed is not None:
+            placed.pop(member.id, None)
+            if not placed:
+                self._placed.pop(member.fleet, None)
+
+    @staticmethod
+    def kill_actor(actor: Any) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+

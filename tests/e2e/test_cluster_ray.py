@@ -1,0 +1,134 @@
+"""Cluster mode on a real multi-node Ray cluster started here (a head and two worker raylets).
+
+An endpoint's instances are Ray actors spread over the nodes and reached over TCP; a worker node
+killed under steady traffic costs only the requests in flight on it, and the variant is brought back
+to its count on the nodes left.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from e2e_support import Deployer, MoorageServer, csv_body, pack_model, train_classifier
+from ray_cluster_support import RAY_ENV, RayNodes
+
+pytestmark = pytest.mark.e2e
+
+pytest.importorskip("ray", reason="cluster mode needs moorage[ray]")
+
+
+@pytest.fixture(scope="module")
+def ray_nodes() -> Iterator[RayNodes]:
+    nodes = RayNodes(cpus_per_node=4)
+    try:
+        yield nodes.start(workers=2)
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, ray_nodes: RayNodes) -> Iterator[MoorageServer]:
+    env = {**RAY_ENV, "MOORAGE_RAY_ADDRESS": ray_nodes.address, "MOORAGE_HEALTH_CHECK_INTERVAL": "1"}
+    srv = MoorageServer(tmp_path_factory.mktemp("cluster-home"), env=env)
+    srv.start(timeout=120)
+    try:
+        yield srv
+    finally:
+        srv.stop(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model_tarball(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    model, X = train_classifier()
+    return pack_model(tmp_path_factory.mktemp("model"), model), X
+
+
+def in_service(server: MoorageServer, name: str) -> list[dict[str, Any]]:
+    return [i for i in server.instances(name) if i["State"] == "InService"]
+
+
+def wait_for(what: str, check: Any, timeout: float = 120.0, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def test_instances_spread_over_nodes_and_a_lost_node_costs_only_its_requests(
+        server: MoorageServer, ray_nodes: RayNodes, model_tarball: tuple[Path, Any]) -> None:
+    tarball, X = model_tarball
+    deployer = Deployer(server)
+    try:
+        name = deployer.deploy("ray3", tarball, count=3)
+        instances = in_service(server, name)
+        assert len(instances) == 3
+        nodes = {i["Node"] for i in instances}
+        assert len(nodes) == 3, f"instances not spread over the 3 nodes: {instances}"
+        assert all(i["Address"].rsplit(":", 1)[1].isdigit() for i in instances)  # HOST:PORT, over TCP
+        rt = server.rt()
+        body = csv_body(X[:4])
+        assert rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=body)["Body"].read()
+
+        # Steady traffic from a few callers while a worker node dies.
+        callers, stop = 4, threading.Event()
+        ok, failed = [0] * callers, [0] * callers
+
+        def call(n: int) -> None:
+            client = server.rt()
+            while not stop.is_set():
+                try:
+                    client.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=body)["Body"].read()
+                    ok[n] += 1
+                except ClientError:
+                    failed[n] += 1
+
+        threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in range(callers)]
+        for t in threads:
+            t.start()
+        wait_for("traffic to flow", lambda: sum(ok) >= 40, timeout=60)
+        victim = ray_nodes.nodes[2]  # a worker node: it holds one of the three instances
+        before = sum(ok)
+        victim.kill()
+        wait_for("traffic to go on after the node died", lambda: sum(ok) >= before + 100, timeout=90)
+        # The variant comes back to three instances, on the nodes left.
+        back = wait_for("the variant back at 3 instances",
+                        lambda: (lambda live: live if len(live) == 3 and len({i["Node"] for i in live}) == 2
+                                 else None)(in_service(server, name)), timeout=180)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert sum(failed) <= callers, (
+            f"{sum(failed)} requests failed (at most the {callers} in flight on the lost node may): ok={sum(ok)}")
+        assert len({i["Node"] for i in back}) == 2
+        print(f"node lost under traffic: {sum(ok)} answered, {sum(failed)} failed; back at 3 instances")
+    finally:
+        deployer.cleanup()
+
+
+def test_an_instance_type_no_node_can_hold_fails_with_the_reason(
+        server: MoorageServer, model_tarball: tuple[Path, Any]) -> None:
+    tarball, _ = model_tarball
+    deployer = Deployer(server)
+    try:
+        from e2e_support import new_name, variant
+
+        name = new_name("raybig")
+        deployer.model(name, tarball)
+        deployer.config(name, [variant("AllTraffic", name, instance_type="ml.m5.24xlarge")])  # 96 vCPU
+        deployer.endpoint(name, name)
+        desc = deployer.wait_status(name, {"Failed"}, timeout=60)
+        assert "no node of the Ray cluster can hold" in desc["FailureReason"], desc["FailureReason"]
+    finally:
+        deployer.cleanup()
+
