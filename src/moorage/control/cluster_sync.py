@@ -34,6 +34,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from moorage.control.context import ENDPOINT
 from moorage.control.endpoints import (
     CREATING,
     DELETING,
@@ -185,13 +186,16 @@ class ClusterSync:
             name, self._follow(name, row.config_name, replacing=action is Action.REPLACE))
 
     async def _follow(self, name: str, config_name: str, *, replacing: bool) -> None:
+        row = self.ctx.store.get(ENDPOINT, name)
+        if row is None or row.status not in SERVED:
+            return  # changed while this waited behind other work for the endpoint: the next pass sees it
         # A first fleet is published before its instances are up (invocations wait for them); a
         # replacement only once they are, the old fleet serving until then.
         await self.endpoints._bring_up(name, config_name, recovering=not replacing, follower=True)
         if self.ctx.routes.config_of(name) == config_name:
             self._failed.pop(name, None)
         else:
-            row = self.ctx.store.get("endpoint", name)
+            row = self.ctx.store.get(ENDPOINT, name)
             if row is not None and row.status not in NOT_SERVED:
                 log.warning("endpoint %s: config %s did not come up on this router; trying again in %g s", name,
                             config_name, RETRY_SECONDS)
