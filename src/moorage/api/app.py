@@ -39,6 +39,7 @@ from moorage.config import Credentials, Settings
 from moorage.control.access_keys import AccessKeys
 from moorage.control.async_inference import AsyncInference
 from moorage.control.cloudwatch import CloudWatch
+from moorage.control.cluster_sync import ClusterSync
 from moorage.control.compilation_jobs import CompilationJobs
 from moorage.control.context import Context
 from moorage.control.edge_deployments import EdgeDeployments
@@ -58,6 +59,7 @@ from moorage.control.scaling import Scaling
 from moorage.control.tags import Tags
 from moorage.control.transform_jobs import TransformJobs
 from moorage.metrics.service import MetricsService
+from moorage.serving.launchers.ray_instance import RayLauncher
 from moorage.serving.route_table import RouteTable
 from moorage.store.artifacts import ArtifactStore, model_data_urls
 from moorage.store.locations import export_object_store
@@ -67,6 +69,12 @@ from moorage.store.objects import ObjectStore
 log = logging.getLogger("moorage.server")
 # The classic text format every Prometheus version parses.
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def ray_launcher(settings: Settings) -> RayLauncher | None:
+    """Cluster mode's launcher when a Ray cluster is named (--ray, MOORAGE_RAY_ADDRESS), else None (local)."""
+    address = settings.cluster.ray_address
+    return RayLauncher(address, settings.cluster.ray_namespace) if address else None
 
 
 class MoorageApp:
@@ -88,7 +96,8 @@ class MoorageApp:
         artifacts = ArtifactStore(settings.models_dir, max_expansion=settings.instances.max_archive_expansion,
                                   max_bytes=settings.instances.max_archive_bytes)
         self.routes = RouteTable(settings.logs_dir, shadow=settings.shadow, materialize=artifacts.materialize,
-                                 invocation_timeout=settings.instances.invocation_timeout)
+                                 invocation_timeout=settings.instances.invocation_timeout,
+                                 launcher=ray_launcher(settings))
         self.ctx = Context(settings, self.store, artifacts, self.routes)
         self.access_keys = self.verifier.keys = AccessKeys(self.ctx)
         # Before any route is built: the recorder joins routes.observers, which every route gets.
@@ -97,6 +106,8 @@ class MoorageApp:
         self.metrics.watch_capture(self.capture.stats_by_variant)
         self.routing_experiments = RoutingExperiments(self.ctx)
         self.endpoints = Endpoints(self.ctx, capture=self.capture, experiments=self.routing_experiments)
+        # Every router, leader or not, follows the endpoints other routers change (a shared database only).
+        self.cluster_sync = ClusterSync(self.endpoints)
         self.autoscaler = ScalingController(
             self.ctx, self.endpoints, self.metrics, period=max(1, round(settings.metrics.period)),
             rules=Rules(scale_out_datapoints=settings.autoscale.scale_out_datapoints,
@@ -183,9 +194,14 @@ class MoorageApp:
             message: dict[str, Any] = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    if isinstance(self.routes.launcher, RayLauncher):
+                        await asyncio.to_thread(self.routes.launcher.connect)  # before any instance is placed
+                        log.info("cluster mode: endpoint instances run on the Ray cluster at %s",
+                                 self.routes.launcher.address)
                     self.capture.start()
                     self.metrics.start()
                     resumed = self.endpoints.recover()
+                    self.cluster_sync.start()
                     self.async_inference.start()  # accepted requests queue again; they wait for instances
                     if resumed:
                         log.info("bringing back %d endpoint(s) from the store", resumed)
@@ -218,6 +234,7 @@ class MoorageApp:
                 await self.routing_experiments.stop()
                 await self.monitoring.stop()  # running executions go back to Pending, to run again on start
                 await self.async_inference.stop()  # requests running now run again on the next start
+                await self.cluster_sync.stop()
                 await self.endpoints.shutdown()
                 await self.transform_jobs.shutdown()
                 await self.processing_jobs.shutdown()

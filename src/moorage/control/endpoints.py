@@ -171,8 +171,8 @@ class Endpoints:
         doc = config.get("DataCaptureConfig")
         return CaptureConfig.parse(doc).summary() if doc else None
 
-    def _run(self, name: str, coro: Any) -> None:
-        """Run lifecycle work for ``name`` after any already running for it."""
+    def _run(self, name: str, coro: Any) -> asyncio.Task[None]:
+        """Run lifecycle work for ``name`` after any already running for it; returns its task."""
         previous = self._tasks.get(name)
 
         async def chained() -> None:
@@ -187,6 +187,7 @@ class Endpoints:
         task = asyncio.get_running_loop().create_task(chained())
         self._tasks[name] = task
         task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
+        return task
 
     def _save(self, name: str, status: str | None = None, **changes: Any) -> None:
         save_changes(self.ctx.store, ENDPOINT, name, status, **changes)
@@ -300,7 +301,7 @@ class Endpoints:
                config: dict[str, Any]) -> tuple[EndpointRoute, RoutingPolicy | None]:
         """A fleet for ``plans``, its instances not started yet, with the chooser its config's routing
         tags ask for, and data capture when configured."""
-        route = self.ctx.routes.build(name, plans)
+        route = self.ctx.routes.build(name, plans, config_name)
         policy = self.experiments.prepare(route, config_name, config) if self.experiments is not None else None
         if capture and self.capture is not None:
             capture_config = CaptureConfig.parse(capture)
@@ -322,8 +323,13 @@ class Endpoints:
         return {v["ModelName"]: self._model(v["ModelName"], kept)
                 for v in (*config["ProductionVariants"], *(config.get("ShadowProductionVariants") or []))}
 
-    async def _bring_up(self, name: str, config_name: str, *, recovering: bool = False) -> None:
-        """Deploy ``config_name`` for a new or restarted endpoint ``name`` and make it the serving fleet."""
+    async def _bring_up(self, name: str, config_name: str, *, recovering: bool = False,
+                        follower: bool = False) -> None:
+        """Deploy ``config_name`` for a new or restarted endpoint ``name`` and make it the serving fleet.
+
+        ``follower``: this router serves an endpoint whose lifecycle another router runs (cluster_sync.py):
+        it builds its own fleet and writes nothing to the store (status, desired state) of its own.
+        """
         row = self.ctx.store.get(ENDPOINT, name)
         if row is None or row.status == DELETING:
             return
@@ -346,15 +352,17 @@ class Endpoints:
             variant = f"variant {exc.variant}: " if isinstance(exc, DeployError) else ""
             if recovering:
                 self.ctx.routes.unpublish(name)
-            log.error("endpoint %s failed: %s%s", name, variant, reason)
-            self._save(name, FAILED, FailureReason=f"{variant}{reason}")
+            log.error("endpoint %s failed%s: %s%s", name, " on this router" if follower else "", variant, reason)
+            if not follower:
+                self._save(name, FAILED, FailureReason=f"{variant}{reason}")
             return
         except Exception as exc:  # a bug or a bad value nobody checked: the endpoint fails, saying why
             if recovering:
                 self.ctx.routes.unpublish(name)
             log.exception("endpoint %s failed to come up", name)
-            self._save(name, FAILED, FailureReason=f"The endpoint could not be brought up: {type(exc).__name__}: "
-                                                   f"{exc}"[:1024])
+            if not follower:
+                self._save(name, FAILED, FailureReason=f"The endpoint could not be brought up: "
+                                                   f"{type(exc).__name__}: {exc}"[:1024])
             return
         current = self.ctx.store.get(ENDPOINT, name)
         if current is None or current.status == DELETING:
@@ -362,7 +370,8 @@ class Endpoints:
                 self.ctx.routes.unpublish(name)
             await self.ctx.routes.retire(route)
             return
-        self.ctx.store.replace_desired(name, desired)
+        if not follower:
+            self.ctx.store.replace_desired(name, desired)
         self._publish_metrics(name, config)
         replaced = self.ctx.routes.publish(route)
         if self.experiments is not None:
@@ -371,15 +380,17 @@ class Endpoints:
                  ", ".join(f"{p.name}: {p.instance_count} x {p.launch.runtime}, weight {p.weight:g}" for p in plans))
         # A restart keeps the reason an update cut off by the stop left; a new endpoint has none.
         reason = row.body.get("FailureReason") if recovering else None
-        self._save(name, IN_SERVICE, EndpointConfigName=config_name, FailureReason=reason,
-                   Deployed={"EndpointConfigName": config_name, "EndpointConfig": config, "Models": models},
-                   ExperimentStartTime=row.body.get("ExperimentStartTime") or time.time(),
-                   ProductionVariants=self._variant_summaries(config, plans, models),
-                   ShadowProductionVariants=self._variant_summaries(config, plans, models, "ShadowProductionVariants")
-                   or None, DataCaptureConfig=self._capture_summary(config))
+        if not follower:
+            self._save(name, IN_SERVICE, EndpointConfigName=config_name, FailureReason=reason,
+                       Deployed={"EndpointConfigName": config_name, "EndpointConfig": config, "Models": models},
+                       ExperimentStartTime=row.body.get("ExperimentStartTime") or time.time(),
+                       ProductionVariants=self._variant_summaries(config, plans, models),
+                       ShadowProductionVariants=self._variant_summaries(config, plans, models,
+                                                                        "ShadowProductionVariants") or None,
+                       DataCaptureConfig=self._capture_summary(config))
         if replaced is not None:
             await self.ctx.routes.retire(replaced)
-        if recovering:
+        if recovering or follower:
             await self.converge(name, save=False)  # a change stored while the fleet was coming up
 
     async def _update(self, name: str, config_name: str, plan: DeploymentPlan, desired: list[DesiredVariant],
