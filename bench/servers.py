@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -302,11 +303,16 @@ class Moorage(Server):
             tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
             raise Unavailable(f"`python -m moorage serve --help` failed: {tail[0][:200]}")
 
+    extra_args: tuple[str, ...] = ()  # more `moorage serve` options (cluster mode's --ray)
+    extra_env: dict[str, str] = {}
+
     def start(self, models: list[BenchModel]) -> None:
         self.port = free_port()
         home = self.workdir / "moorage-home"
-        env = _clean_env(MOORAGE_ACCESS_KEY_ID=self.access_key, MOORAGE_SECRET_ACCESS_KEY=self.secret_key)
+        env = _clean_env(MOORAGE_ACCESS_KEY_ID=self.access_key, MOORAGE_SECRET_ACCESS_KEY=self.secret_key,
+                         **self.extra_env)
         env.pop("MOORAGE_HOME", None)
+        env.pop("MOORAGE_RAY_ADDRESS", None)
         proc = self._spawn(
             [
                 sys.executable,
@@ -319,6 +325,7 @@ class Moorage(Server):
                 str(self.port),
                 "--home",
                 str(home),
+                *self.extra_args,
             ],
             "moorage.log",
             env=env,
@@ -399,6 +406,48 @@ class Moorage(Server):
         return _pip_versions(
             Path(sys.executable), ["moorage", "uvicorn", "uvloop", "httptools", "botocore", "onnxruntime"]
         )
+
+
+class MoorageOnRay(Moorage):
+    """Cluster mode on one machine: a Ray head node started here (pinned like every server), and
+    moorage with ``--ray``: the instance is a Ray actor reached over TCP instead of a Unix socket."""
+
+    key = "r"
+    name = "moorage-ray"
+    detail = "router + 1 instance as a Ray actor (cluster mode, TCP link), SigV4-signed invocations"
+
+    def prepare(self) -> None:
+        super().prepare()
+        try:
+            import ray  # noqa: F401
+        except ImportError as exc:
+            raise Unavailable("Ray is not installed: pip install 'moorage[ray]'") from exc
+
+    def start(self, models: list[BenchModel]) -> None:
+        port = free_port()
+        temp = Path(tempfile.mkdtemp(prefix="mbr-"))  # short: Ray's socket paths live under it
+        env = _clean_env(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        head = self._spawn([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                            "--node-ip-address=127.0.0.1", "--num-cpus=4", "--include-dashboard=false",
+                            "--disable-usage-stats", "--object-store-memory=100000000", f"--temp-dir={temp}"],
+                           "ray-head.log", env=env)
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in head.log_path.read_text(errors="replace"):
+            if not head.alive() or time.monotonic() > deadline:
+                raise Unavailable(f"ray start failed: {head.log_tail()}")
+            time.sleep(0.3)
+        self.temp = temp
+        self.extra_args = ("--ray", f"127.0.0.1:{port}")
+        self.extra_env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        super().start(models)
+
+    def versions(self) -> dict[str, str]:
+        return {**super().versions(), **_pip_versions(Path(sys.executable), ["ray"])}
+
+    def stop(self) -> None:
+        super().stop()  # moorage first, then the Ray node (reverse order of start)
+        if getattr(self, "temp", None) is not None:
+            shutil.rmtree(self.temp, ignore_errors=True)
 
 
 # -- (c) KServe -----------------------------------------------------------------------------------
@@ -529,4 +578,4 @@ class MLServer(Server):
         )
 
 
-SERVERS: dict[str, type[Server]] = {cls.key: cls for cls in (Baseline, Moorage, KServe, MLServer)}
+SERVERS: dict[str, type[Server]] = {cls.key: cls for cls in (Baseline, Moorage, MoorageOnRay, KServe, MLServer)}

@@ -42,6 +42,9 @@ RPS_FLOOR = 0.6  # throughput at concurrency 32 >= 0.6x (a)
 # ... except on the microsecond ONNX model, where (a) is little more than uvicorn itself and a request
 # to moorage crosses two servers (router + instance) with SigV4 verification: the issue's target there
 RPS_FLOOR_BY_MODEL = {"onnx": 0.35}
+# cluster mode (--ray: (r) against (b), same models, same run): the TCP link to a Ray actor's instance
+RAY_P50_BUDGET_MS = 0.15  # p50 at concurrency 1 within +0.15 ms of local mode
+RAY_RPS_FLOOR = 0.9  # throughput at concurrency 32 >= 0.9x local mode
 # machine-wide CPU % (of all cores) under which the machine counts as quiet before a run
 QUIET_PCT = 8.0
 # a run during which other processes used more than this % of one core is marked in the table
@@ -323,6 +326,37 @@ def moorage_check(model: BenchModel, outcomes: list[Outcome]) -> dict | None:
     return check
 
 
+def ray_check(model: BenchModel, outcomes: list[Outcome]) -> dict | None:
+    """Cluster mode (r) against local mode (b), measured in the same run."""
+    runs = {(o.server, r.connections): r for o in outcomes for r in o.runs if not r.errors}
+    b1, r1, b32, r32 = runs.get(("b", 1)), runs.get(("r", 1)), runs.get(("b", 32)), runs.get(("r", 32))
+    if not (r1 or r32):
+        return None
+    check: dict = {"model": model.name}
+    if b1 and r1:
+        d = r1.p50_ms - b1.p50_ms
+        check["p50_c1"] = {"ray_ms": r1.p50_ms, "local_ms": b1.p50_ms, "diff_ms": round(d, 3),
+                           "target_ms": RAY_P50_BUDGET_MS, "pass": d <= RAY_P50_BUDGET_MS}
+    if b32 and r32:
+        ratio = r32.rps / b32.rps if b32.rps else 0.0
+        check["rps_c32"] = {"ray": round(r32.rps, 1), "local": round(b32.rps, 1), "ratio": round(ratio, 3),
+                            "target": RAY_RPS_FLOOR, "pass": ratio >= RAY_RPS_FLOOR}
+    return check
+
+
+def _fmt_ray_check(check: dict) -> str:
+    parts = []
+    if "p50_c1" in check:
+        c = check["p50_c1"]
+        parts.append(f"c=1 p50 {c['diff_ms']:+.3f} ms vs local (target <= +{c['target_ms']} ms: "
+                     f"{'PASS' if c['pass'] else 'FAIL'})")
+    if "rps_c32" in check:
+        c = check["rps_c32"]
+        verdict = "PASS" if c["pass"] else "FAIL"
+        parts.append(f"c=32 {c['ratio']:.2f}x local req/s (target >= {c['target']}x: {verdict})")
+    return "cluster mode (r) vs local (b): " + "; ".join(parts)
+
+
 def _fmt_check(check: dict) -> str:
     parts = []
     if "p50_c1" in check:
@@ -372,6 +406,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--servers", default="a,b,c,d", help="subset of a,b,c,d (a=baseline b=moorage c=kserve d=mlserver)")
     p.add_argument("--models", default=",".join(BUILDERS), help=f"subset of {','.join(BUILDERS)} (default: all)")
     p.add_argument("--skip-peers", action="store_true", help="leave out (c) KServe and (d) MLServer")
+    p.add_argument("--ray", action="store_true",
+                   help="also (r): moorage in cluster mode, its instance a Ray actor on a Ray node started here")
     p.add_argument("--concurrency", default="1,32", help="wrk connections per run, comma-separated")
     p.add_argument("--server-cpu", type=int, default=0, help="core every server process is pinned to")
     p.add_argument("--client-cpu", type=int, default=1, help="core wrk is pinned to")
@@ -397,6 +433,9 @@ def parse_args(argv: list[str] | None = None):
         p.error(f"unknown server(s) {bad}; choose from {','.join(SERVERS)}")
     if args.skip_peers:
         args.servers = [s for s in args.servers if s not in PEERS]
+    if args.ray and "r" not in args.servers:
+        at = args.servers.index("b") + 1 if "b" in args.servers else len(args.servers)
+        args.servers.insert(at, "r")
     args.profile = [s.strip() for s in args.profile.split(",") if s.strip()]
     return split_common_args(args)
 
@@ -496,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         if check:
             checks.append(check)
             report.append(_fmt_check(check))
+        cluster = ray_check(model, mine)
+        if cluster:
+            checks.append({"cluster_mode": cluster})
+            report.append(_fmt_ray_check(cluster))
     if shadow_rows:
         from shadow_overhead import shadow_table
 

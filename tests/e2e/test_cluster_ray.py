@@ -132,3 +132,35 @@ def test_an_instance_type_no_node_can_hold_fails_with_the_reason(
     finally:
         deployer.cleanup()
 
+
+
+def test_a_scale_out_the_cluster_has_no_room_for_waits_saying_so_then_fails_with_the_reason(
+        server: MoorageServer, ray_nodes: RayNodes, model_tarball: tuple[Path, Any]) -> None:
+    """ml.m5.xlarge asks for 4 CPU and 16 GiB: one fits a node (4 CPU, 20 GiB). One instance per node
+    comes up; scaled to one more, the new one waits for room, the listing says why, and past its start
+    bound the endpoint's FailureReason says it was pending, while the instances in service go on serving."""
+    from e2e_support import new_name, variant
+
+    tarball, X = model_tarball
+    nodes = sum(node.alive for node in ray_nodes.nodes)  # (Ray itself takes a while to see a node gone)
+    deployer = Deployer(server)
+    try:
+        name = new_name("rayfull")
+        deployer.model(name, tarball, env={"MOORAGE_STARTUP_TIMEOUT": "20"})  # the start's bound
+        deployer.config(name, [variant("AllTraffic", name, count=nodes, instance_type="ml.m5.xlarge")])
+        deployer.endpoint(name, name)
+        deployer.wait_in_service(name)
+        server.sm().update_endpoint_weights_and_capacities(EndpointName=name, DesiredWeightsAndCapacities=[
+            {"VariantName": "AllTraffic", "DesiredInstanceCount": nodes + 1}])
+        waiting = wait_for("an instance waiting for room",
+                           lambda: [i for i in server.instances(name) if i.get("Waiting")], timeout=60)
+        assert "no node of the Ray cluster has room for 4 CPU, 16.0 GiB memory" in waiting[0]["Waiting"]
+        desc = wait_for("the scale-out to fail", lambda: (lambda d: d if d.get("FailureReason") else None)(
+            server.sm().describe_endpoint(EndpointName=name)), timeout=120)
+        assert "pending: no node of the Ray cluster has room" in desc["FailureReason"], desc["FailureReason"]
+        assert desc["EndpointStatus"] == "InService"
+        assert desc["ProductionVariants"][0]["CurrentInstanceCount"] == nodes
+        rt = server.rt()
+        assert rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=csv_body(X[:2]))["Body"].read()
+    finally:
+        deployer.cleanup()

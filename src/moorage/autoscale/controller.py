@@ -45,6 +45,7 @@ from moorage.control.scaling import (
     parse_resource_id,
 )
 from moorage.errors import ApiError
+from moorage.serving.snapshot import VariantSnapshot
 from moorage.store.metadata import ListQuery, Resource
 
 log = logging.getLogger("moorage.autoscale")
@@ -281,10 +282,11 @@ class ScalingController:
                 if row is None:
                     self._finish(activity, "Failed", "The endpoint was deleted while scaling.")
                     return
-                if row.status != IN_SERVICE:
-                    continue
                 snapshot = self.ctx.routes.snapshot(endpoint)
                 live = snapshot.variants.get(variant) if snapshot is not None else None
+                activity = self._pending(activity, live, desired)
+                if row.status != IN_SERVICE:
+                    continue
                 ready = live.in_service if live is not None else 0
                 if row.body.get("FailureReason"):
                     self._finish(activity, "Failed", f"Failed to set desired instance count to {desired}. "
@@ -320,6 +322,24 @@ class ScalingController:
                                     status=status)
         self._trim(target)
         return row
+
+    def _pending(self, activity: Resource, live: VariantSnapshot | None, desired: int) -> Resource:
+        """The activity Pending while instances wait for room on the cluster (cluster mode), InProgress again
+        once they are placed: a scale-out the cluster cannot hold yet says so instead of waiting silently."""
+        waiting = [i.waiting for i in (live.instances if live is not None else ()) if i.waiting]
+        status = "Pending" if waiting else "InProgress"
+        if activity.body.get("StatusCode") == status:
+            return activity
+        message = (f"Waiting for capacity to set desired instance count to {desired}: {len(waiting)} instance(s) "
+                   f"{waiting[0]}" if waiting else None)
+        body = {k: v for k, v in activity.body.items() if k != "StatusMessage"}
+        body["StatusCode"] = status
+        if message:
+            body["StatusMessage"] = message
+            log.warning("scaling activity %s: %s", activity.body["ActivityId"], message)
+        with contextlib.suppress(Exception):
+            activity = self.ctx.store.update(SCALING_ACTIVITY, activity.name, status=status, body=body) or activity
+        return activity
 
     def _finish(self, activity: Resource, status: str, message: str) -> None:
         body = dict(activity.body, StatusCode=status, StatusMessage=message, EndTime=time.time())

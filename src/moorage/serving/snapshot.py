@@ -26,6 +26,7 @@ class InstanceSnapshot:
     setup_seconds: float | None
     node: str | None = None  # the Ray node it runs on (cluster mode); None: this machine
     address: str | None = None  # HOST:PORT it is reached at over TCP (cluster mode)
+    waiting: str | None = None  # why it is not placed yet (cluster mode: no node has room now)
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -33,6 +34,8 @@ class InstanceSnapshot:
             "LogPath": self.log_path, "ModelSetupSeconds": self.setup_seconds}
         if self.node is not None:
             out.update(Node=self.node, Address=self.address)
+        if self.waiting is not None:
+            out["Waiting"] = self.waiting
         return out
 
 
@@ -60,7 +63,8 @@ class EndpointSnapshot:
 
 def instances_of(pool: InstancePool) -> tuple[InstanceSnapshot, ...]:
     return tuple(InstanceSnapshot(i.id, i.pid, i.state, i.outstanding, str(i.log_path), i.setup_seconds,
-                                  getattr(i, "node_id", None), getattr(i, "address", None))
+                                  getattr(i, "node_id", None), getattr(i, "address", None),
+                                  getattr(i, "waiting", None))
                  for i in list(pool.instances))
 
 

@@ -43,7 +43,7 @@ from typing import Any
 from moorage.serving.chain import ContainerChain
 from moorage.serving.instance import Instance, InstanceStartError, InstanceState
 from moorage.serving.instance_client import InstanceClient, InstanceResponse, InstanceUnreachable
-from moorage.serving.instance_types import lookup, resources_for
+from moorage.serving.instance_types import lookup
 from moorage.serving.launch_spec import LaunchSpec
 from moorage.store.artifacts import ArtifactStore
 
@@ -108,9 +108,12 @@ class ActorResources:
 
     @classmethod
     def of(cls, instance_type: str) -> ActorResources:
-        resources = resources_for(instance_type)
+        """The type's own size, not capped by the router's machine as local instances are: the nodes are
+        other machines. A type moorage does not know (``local``) asks for one CPU and no memory."""
         known = lookup(instance_type)
-        return cls(float(resources.cpu_threads), resources.memory_bytes, known.gpus if known else 0)
+        if known is None:
+            return cls(1.0, None, 0)
+        return cls(float(known.vcpus), int(known.memory_gib * 2**30), known.gpus)
 
     def options(self) -> dict[str, Any]:
         out: dict[str, Any] = {"num_cpus": self.cpus}
@@ -131,6 +134,17 @@ class ActorResources:
         if self.gpus:
             parts.append(f"{self.gpus} GPU")
         return ", ".join(parts)
+
+
+def _available_per_node(ray: Any) -> dict[str, dict[str, float]]:
+    """Free resources per alive node. Ray has no public call for it: its state module's, where present;
+    else the cluster's total, as one node (which can only overstate the room)."""
+    try:
+        from ray._private.state import available_resources_per_node
+
+        return dict(available_resources_per_node())
+    except (ImportError, AttributeError):
+        return {"cluster": dict(ray.available_resources())}
 
 
 def _local_addresses() -> set[str]:
@@ -166,6 +180,8 @@ class RayInstance:
         self._idle.set()
         self._memory_excess: str | None = None
         self._resident: int | None = None
+        # Why it is not placed yet, while the cluster has no room for it (the scaling activity says so).
+        self.waiting: str | None = None
 
     # What the pool and the snapshots read ---------------------------------------------------------
     @property
@@ -193,6 +209,7 @@ class RayInstance:
             actor = await self.launcher.create_actor(self)
             self._actor = actor
             ref = actor.start.remote(self.launch.to_dict(), str(self.log_dir), self.id, timeout)
+            self.waiting = await self.launcher.pending_reason(self)
             info = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout + ACTOR_CALL_MARGIN_S)
         except InstanceStartError as exc:  # no node can hold it, or the actor's start failed (Ray wraps it)
             self.state = InstanceState.FAILED
@@ -203,10 +220,10 @@ class RayInstance:
             raise InstanceStartError(str(cause)) from exc
         except TimeoutError as exc:
             self.state = InstanceState.FAILED
-            pending = await self.launcher.pending_reason(self)
+            pending = self.waiting or await self.launcher.pending_reason(self)
             await self.kill()
             raise InstanceStartError(f"instance {self.id} did not start on the Ray cluster within {timeout:g} s"
-                                     f"{pending}") from exc
+                                     + (f": {pending}" if pending else "")) from exc
         except Exception as exc:
             self.state = InstanceState.FAILED
             await self.kill()
@@ -222,6 +239,7 @@ class RayInstance:
         self.client = InstanceClient(host=info["host"], port=info["port"])
         self._exit = asyncio.ensure_future(self._watch_actor())
         self.ready_at = time.monotonic()
+        self.waiting = None
         self.state = InstanceState.IN_SERVICE
         log.info("instance %s of %s on Ray node %s at %s", self.id, self.fleet, self.node_id, self.address)
 
@@ -363,20 +381,23 @@ class RayLauncher:
         placed[member.id] = chosen
         return chosen
 
-    async def pending_reason(self, member: RayInstance) -> str:
-        """Why a start timed out, when it is that the cluster had no room for it now."""
-        def available() -> bool:
+    async def pending_reason(self, member: RayInstance) -> str | None:
+        """Why the instance waits to be placed: no alive node has room for it now; None when one has."""
+        need = ActorResources.of(member.launch.instance_type)
+
+        def room() -> bool:
             import ray
 
-            free = ray.available_resources()
-            return ActorResources.of(member.launch.instance_type).fits(free)
+            # Per node: the cluster's total free CPU may be split over nodes none of which fits it.
+            return any(need.fits(free) for free in _available_per_node(ray).values())
 
         try:
-            room = await asyncio.to_thread(available)
+            if await asyncio.to_thread(room):
+                return None
         except Exception:
-            return ""
-        return "" if room else (": it was pending, the cluster has no room for it now (Ray's autoscaler, where "
-                                "configured, adds a node; the pool retries)")
+            return None
+        return (f"pending: no node of the Ray cluster has room for {need.describe()} now (Ray's autoscaler, where "
+                f"configured, adds a node)")
 
     @staticmethod
     def reason(exc: BaseException, instance_id: str) -> str:
