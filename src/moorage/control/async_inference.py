@@ -18,6 +18,14 @@ an object is one upload), and marks the row ``Completed`` or ``Failed``. A reque
 ``RequestTTLSeconds`` fails as expired instead of running. SNS notifications (``NotificationConfig``)
 are recorded in the row and logged, never sent: moorage has no SNS.
 
+With several routers on one database, only the controller leader (control/leadership.py) works the
+queues: any router accepts a request (its row, ``Queued``, is the queue), and the leader takes up, every
+tick (at most a second), the rows it does not hold yet (``lead``/``_adopt``). A request is claimed
+(``Queued -> Running``, naming the router as ``OWNER``) in one conditional update, so two routers that
+both hold it (a leader stepping down, the next one starting) run it once; a ``Running`` one is queued
+again only once its router is not alive. A leader that steps down puts what it ran back to ``Queued``.
+With SQLite the one server always leads: everything behaves as before.
+
 Each metrics period the backlog gauges (``ApproximateBacklogSize``, ``...PerInstance``,
 ``ApproximateAgeOfOldestRequest``, ``HasBacklogWithoutCapacity``; ``AWS/SageMaker``, dimension
 ``EndpointName``) are published from samples taken every fraction of a period, so target tracking
@@ -41,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from moorage.control.async_config import AsyncConfig
-from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
+from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, OWNER, Context
 from moorage.control.endpoints import IN_SERVICE, ROLLING_BACK, UPDATING
 from moorage.errors import RuntimeValidationError, ServiceUnavailable
 from moorage.metrics.store import StatisticSet
@@ -197,6 +205,7 @@ class AsyncInference:
         self._stopping = False
         self._endpoints: list[str] = []
         self._endpoints_at = -math.inf
+        self.leading = False  # only the controller leader works the queues (``lead``)
 
     # Configs ----------------------------------------------------------------------------------------
     def config_of(self, config_name: str) -> AsyncConfig | None:
@@ -232,7 +241,8 @@ class AsyncInference:
                 check_location(sub.input_location, "InputLocation")
             except StorageError as exc:
                 raise RuntimeValidationError(str(exc)) from None
-        queue = self._queue(sub.endpoint)
+        # Not leading: the row is the queue, and the leader takes it up; the bound is the leader's.
+        queue = self._queue(sub.endpoint) if self.leading else EndpointQueue(sub.endpoint)
         if queue.backlog + queue.storing >= self.max_backlog:
             raise ServiceUnavailable(
                 f"Endpoint {sub.endpoint} has {queue.backlog} asynchronous requests queued or running, this server's "
@@ -268,6 +278,8 @@ class AsyncInference:
                                     f"{row.arn}/async-inference/{key.rsplit('/', 1)[1]}", body, QUEUED)
         finally:
             queue.storing -= 1
+        if not self.leading:
+            return Accepted(inference_id, output, failure if config.failure_path else None)
         queue.pending.append(AsyncRequest(key, sub.endpoint, inference_id, now, sub.ttl_seconds,
                                           sub.invocation_timeout_seconds, headers, sub.input_location, sub.body,
                                           output, failure, notification))
@@ -275,11 +287,41 @@ class AsyncInference:
         return Accepted(inference_id, output, failure if config.failure_path else None)
 
     # Lifecycle --------------------------------------------------------------------------------------
-    def start(self) -> int:
-        """Queue again what the store says was accepted and not finished; returns how many."""
+    def start(self) -> None:
+        """The ticker and the backlog gauges (on every router; they sample only while leading)."""
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.add_source(self.metric_sets)
+
+    def lead(self) -> int:
+        """Work the queues (this router leads the controllers): take up what the store says was accepted
+        and not finished; returns how many."""
         self._stopping = False
-        recovered = 0
+        self.leading = True
+        return self._adopt()
+
+    async def step_down(self) -> None:
+        """Stop working the queues; what this router was running goes back to Queued for the next leader."""
+        self.leading = False
+        running = [r.key for q in self.queues.values() for r in q.running.values()]
+        await self._cancel_all()
+        self.queues.clear()
+        for key in running:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.ctx.store.transition, ASYNC_REQUEST, key, [RUNNING], QUEUED)
+
+    def _adopt(self) -> int:
+        """Queue the stored requests not held here: Queued ones, and Running ones whose router is gone."""
+        held = {r.key for q in self.queues.values() for r in (*q.pending, *q.running.values())}
+        alive = self.ctx.alive() if self.ctx.alive is not None else None
+        adopted = 0
         for row in self.ctx.store.statuses(ASYNC_REQUEST, [QUEUED, RUNNING]):  # oldest first
+            if row.name in held:
+                continue
+            if row.status == RUNNING:
+                owner = row.body.get(OWNER)
+                if alive is not None and owner in alive and owner != self.ctx.router_id:
+                    continue  # a live router runs it (a leader stepping down puts it back soon)
             try:
                 request = AsyncRequest.from_row(row)
             except (KeyError, ValueError) as exc:
@@ -287,21 +329,27 @@ class AsyncInference:
                 self.ctx.store.update(ASYNC_REQUEST, row.name, status=FAILED,
                                       body={**row.body, "FailureReason": f"Unreadable after a restart: {exc}"})
                 continue
-            if row.status == RUNNING:
-                self.ctx.store.update(ASYNC_REQUEST, row.name, status=QUEUED)
+            if row.status == RUNNING and not self.ctx.store.transition(
+                    ASYNC_REQUEST, row.name, [RUNNING], QUEUED, modified_at=row.modified_at):
+                continue
             self._queue(request.endpoint).pending.append(request)
-            recovered += 1
-        if recovered:
-            log.info("%d asynchronous request(s) queued again from the store", recovered)
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.add_source(self.metric_sets)
-        return recovered
+            self._queue(request.endpoint).wake.set()
+            adopted += 1
+        if adopted:
+            log.info("%d asynchronous request(s) queued from the store", adopted)
+        return adopted
 
     async def stop(self) -> None:
         """Stop the workers; what they were running stays Running in the store and runs again on start."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
+        await self._cancel_all()
+
+    async def _cancel_all(self) -> None:
         self._stopping = True
-        tasks = [t for t in (self._ticker, *(q.task for q in self.queues.values()), *self._workers) if t is not None]
+        tasks = [t for t in (*(q.task for q in self.queues.values()), *self._workers) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -383,7 +431,8 @@ class AsyncInference:
         if request.expired(time.time()):
             await self._finish(request, FAILED, failure=self._expired_message(request))
             return True
-        await asyncio.to_thread(self.ctx.store.update, ASYNC_REQUEST, request.key, status=RUNNING)
+        if not await asyncio.to_thread(self._claim, request.key):
+            return True  # another router runs it (two leaders for an instant): not twice
         headers = request.headers
         if request.body is not None:
             body = request.body
@@ -424,6 +473,14 @@ class AsyncInference:
             await self._finish(request, COMPLETED, output=outcome.body, variant=outcome.variant,
                                content_type=outcome.content_type)
         return True
+
+    def _claim(self, key: str) -> bool:
+        """Queued -> Running, naming this router, only if nobody else took it meanwhile."""
+        row = self.ctx.store.get(ASYNC_REQUEST, key)
+        if row is None or row.status != QUEUED:
+            return False
+        return self.ctx.store.transition(ASYNC_REQUEST, key, [QUEUED], RUNNING, {**row.body, OWNER: self.ctx.router_id},
+                                         modified_at=row.modified_at)
 
     async def _finish(self, request: AsyncRequest, status: str, *, output: bytes | None = None,
                       failure: str | None = None, variant: str | None = None, content_type: str | None = None) -> None:
@@ -484,6 +541,8 @@ class AsyncInference:
         return self._endpoints
 
     def sample(self, now: float) -> None:
+        if not self.leading:
+            return  # the leader's queues are the backlog; a router that does not lead has none to show
         for name in self._async_endpoints(now):
             queue = self.queues.get(name) or self._queue(name)
             instances = in_service(self.ctx.routes.get(name))
@@ -500,6 +559,8 @@ class AsyncInference:
         """The gauges of the endpoints whose metrics period ended (``due``: endpoint -> its timestamp);
         called by the metrics service's tick, so alarms see them in the same pass."""
         self.sample(time.time())
+        if not self.leading:
+            return []
         sets = []
         for name, timestamp in due.items():
             queue = self.queues.get(name)
@@ -521,6 +582,8 @@ class AsyncInference:
             now = time.time()
             try:
                 self.sample(now)
+                if self.leading and self.ctx.alive is not None:
+                    self._adopt()  # several routers: requests others accepted, or whose router died
                 for queue in list(self.queues.values()):
                     if any(r.expired(now) for r in queue.pending):
                         queue.wake.set()

@@ -190,7 +190,7 @@ class CompilationJobs:
         body = {key: req[key] for key in ("RoleArn", "InputConfig", "OutputConfig", "StoppingCondition") if key in req}
         body.update(S3ModelArtifacts=artifact, Options=options)
         try:
-            self.ctx.store.create(COMPILATION_JOB, name, arn, body, status=IN_PROGRESS)
+            self.ctx.store.create(COMPILATION_JOB, name, arn, self.compilations.owned(body), status=IN_PROGRESS)
         except AlreadyExists as exc:
             raise in_use from exc
         put_tags(self.ctx, arn, req.get("Tags"))
@@ -277,7 +277,7 @@ class CompilationJobs:
                                           "OutputConfig") if key in req}
         body.update(ModelArtifact=artifact, Source=compilation.body["S3ModelArtifacts"])
         try:
-            self.ctx.store.create(PACKAGING_JOB, name, arn, body, status=IN_PROGRESS)
+            self.ctx.store.create(PACKAGING_JOB, name, arn, self.packagings.owned(body), status=IN_PROGRESS)
         except AlreadyExists as exc:
             raise in_use from exc
         put_tags(self.ctx, arn, req.get("Tags"))
@@ -410,9 +410,10 @@ class CompilationJobs:
         save_changes(self.ctx.store, kind, name, status, **{end_field: time.time()}, **changes)
 
     # -- server lifecycle ------------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Settle the jobs a stopped server left running; returns how many."""
-        return self.compilations.recover() + self.packagings.recover()
+    def recover(self, alive: set[str] | None = None) -> int:
+        """Settle the jobs a stopped server (or, given ``alive``, a router not in it) left running;
+        returns how many."""
+        return self.compilations.settle_cut_off(alive) + self.packagings.settle_cut_off(alive)
 
     async def shutdown(self) -> None:
         await self.compilations.shutdown()

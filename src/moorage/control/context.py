@@ -5,6 +5,7 @@ Also the resource kinds the store keys rows by, and SageMaker's ARN for each.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 MODEL = "model"
 ENDPOINT_CONFIG = "endpoint-config"
 ENDPOINT = "endpoint"
+OWNER = "OwnerRouter"  # the body field naming the router that runs a job, an execution or a request
 
 
 @dataclass
@@ -29,6 +31,12 @@ class Context:
     routes: RouteTable
     # Time series, business metrics and alarms (``ctx.metrics.statistics(...)``); set by the app.
     metrics: MetricsService | None = None
+    # This router's id (control/routers.py), recorded on the work it starts (OWNER in a job's body), so
+    # that only work whose router died is settled when several routers share the store; set by the app.
+    router_id: str | None = None
+    # The ids of the routers alive now, where several share the store (None with SQLite: this server
+    # alone, so whatever another id left running was cut off by the last stop); set by the app.
+    alive: Callable[[], set[str]] | None = None
 
     def arn(self, kind: str, name: str) -> str:
         # SageMaker lower-cases resource names inside ARNs.

@@ -3,8 +3,13 @@ StopX by cancelling it, and what a stop or a restart leaves in the store.
 
 A job's own module runs the work and records how it ended; this module owns what every kind of job
 does alike: the task table, telling a stop asked for (Stopped) from a server going away (Failed, with
-the kind's restart reason), a task cancelled before its first step, and settling on start what the
-last server left InProgress or Stopping.
+the kind's restart reason), a task cancelled before its first step, and settling what a router that
+is gone left InProgress or Stopping.
+
+A job runs on the router whose API call created it; its row names that router (``OWNER``, written with
+the row). The controller leader settles only the jobs whose router is not alive (``settle_cut_off``,
+control/settling.py), so with several routers on one database a starting router never fails a job
+another one is running; with SQLite, the one server's earlier runs are all gone, as before.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from moorage.control.context import Context
+from moorage.control.context import OWNER, Context
 from moorage.control.resources import save_changes
 from moorage.errors import ValidationException
 
@@ -38,6 +43,10 @@ class JobRuns:
 
     def _save(self, name: str, status: str, **changes: Any) -> None:
         save_changes(self.ctx.store, self.kind, name, status, **{self.end_field: time.time(), **changes})
+
+    def owned(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A new job's body, naming this router as the one that runs it."""
+        return {**body, OWNER: self.ctx.router_id} if self.ctx.router_id else body
 
     def start(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``run()`` as the job ``name``'s task (from a request handler, on the server's loop)."""
@@ -77,10 +86,16 @@ class JobRuns:
         else:
             self._save(name, STOPPED)
 
-    def recover(self) -> int:
-        """Settle the jobs a stopped server left running (Stopping ones end Stopped, the others Failed);
-        returns how many."""
-        rows = self.ctx.store.statuses(self.kind, [IN_PROGRESS, STOPPING])
+    def recover(self, alive: set[str] | None = None) -> int:
+        """Settle what a stopped server left running (Stopping jobs end Stopped, the others Failed): every
+        job, or, given ``alive``, those of routers not in it; returns how many."""
+        return self.settle_cut_off(alive)
+
+    def settle_cut_off(self, alive: set[str] | None) -> int:
+        """Settle the jobs left InProgress or Stopping by a router not in ``alive`` (None: any router),
+        never one running here; returns how many."""
+        rows = [row for row in self.ctx.store.statuses(self.kind, [IN_PROGRESS, STOPPING])
+                if row.name not in self._tasks and (alive is None or row.body.get(OWNER) not in alive)]
         for row in rows:
             if row.status == STOPPING:
                 self._save(row.name, STOPPED)

@@ -2,9 +2,18 @@
 
 State lives in the store, not in this object: a schedule's row holds its status and its next fire
 time (``NextFireTime``, epoch seconds), an execution's row its status and results. So a restarted
-server picks up where the last one stopped: due schedules fire once (missed fires are not
-replayed one by one, as SageMaker does not backfill either), and executions that were pending or
-running when it stopped run again.
+server picks up where the last one stopped: a schedule whose fire times passed while no scheduler
+ran fires once, for the latest of them (missed fires are not replayed one by one, as SageMaker does
+not backfill either), and executions that were pending or running when it stopped run again.
+
+With several routers on one database only the controller leader runs this scheduler
+(control/leadership.py), and a leader switch must neither repeat nor skip a fire time: a fired
+execution's name is derived from (schedule, scheduled time), so a second scheduler firing the same time
+gets AlreadyExists and moves on, and the execution row is written before the schedule's next fire
+time, so a leader dying in between leaves the fire for the next one. An execution is claimed
+(Pending -> InProgress, naming this router as ``OWNER``) in one conditional update, so of two
+schedulers that both see it Pending only one runs it; an InProgress one is run again only once its
+router is not alive (``Context.alive``).
 
 One task ticks every ``MOORAGE_MONITOR_TICK_SECONDS`` (default 1 s; API calls wake it at once);
 at most ``MOORAGE_MONITOR_CONCURRENCY`` executions (default 2) run at a time, each in its own
@@ -19,11 +28,12 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import uuid
 from typing import Any
 
-from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, MODEL, Context
+from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, MODEL, OWNER, Context
 from moorage.control.launch import launch_specs
 from moorage.control.logs import execution_log_path
 from moorage.control.schedule_expressions import ScheduleExpression
@@ -49,7 +59,7 @@ from moorage.monitor.model_quality import execution as model_quality
 from moorage.serving.instance import Instance, InstanceStartError
 from moorage.serving.pool import Member
 from moorage.store.artifacts import ArtifactError
-from moorage.store.metadata import Resource
+from moorage.store.metadata import AlreadyExists, Resource
 
 log = logging.getLogger("moorage.monitor")
 
@@ -74,6 +84,26 @@ METRICS_NAMESPACES = {DATA_QUALITY: "aws/sagemaker/Endpoints/data-metrics",
 
 def utc(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
+
+
+def latest_fire(expression: ScheduleExpression, due: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """The last fire time at or before ``now``, from ``due`` (itself one): the one missed fire to run."""
+    if expression.interval is not None:  # rate(...): multiples of the interval since the epoch
+        return max(due, utc((now.timestamp() // expression.interval) * expression.interval))
+    fire = due
+    for _ in range(100_000):  # a cron's fires over years of downtime; bounded all the same
+        following = expression.next_after(fire)
+        if following is None or following > now:
+            break
+        fire = following
+    return fire
+
+
+def fired_execution_name(schedule: Resource, scheduled: dt.datetime) -> str:
+    """The name of the execution a schedule fires for ``scheduled``: the same in every router (the
+    schedule's ARN and creation time tell a schedule re-created under the same name apart)."""
+    digest = hashlib.sha256(f"{schedule.arn}|{schedule.created_at!r}".encode()).hexdigest()[:8]
+    return f"model-monitoring-{scheduled:%Y%m%d%H%M%S}-{digest}"
 
 
 class MonitoringScheduler:
@@ -120,22 +150,42 @@ class MonitoringScheduler:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Run the schedules (on the controller leader): fire what is due, run what was cut off."""
+        self._stopping = False
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
-        resumed = 0
-        for row in self.ctx.store.statuses(EXECUTION, [PENDING, IN_PROGRESS]):
-            self._launch(row.name)
-            resumed += 1
+        resumed = self._adopt()
         if resumed:
-            log.info("resuming %d monitoring execution(s) cut off by the last stop", resumed)
+            log.info("resuming %d monitoring execution(s) cut off by a stop", resumed)
         self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """Stop the schedules and the executions running here (they go back to Pending, to run again)."""
         self._stopping = True
         tasks = [t for t in (self._loop_task, *self._running.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = None
+
+    def _adopt(self) -> int:
+        """Launch the executions nobody runs: Pending ones not running here, and InProgress ones whose
+        router is gone (back to Pending first, guarded by the row's version); returns how many."""
+        alive = self.ctx.alive() if self.ctx.alive is not None else None
+        adopted = 0
+        for row in self.ctx.store.statuses(EXECUTION, [PENDING, IN_PROGRESS]):
+            if row.name in self._running:
+                continue
+            if row.status == IN_PROGRESS:
+                owner = row.body.get(OWNER)
+                if alive is not None and owner in alive and owner != self.ctx.router_id:
+                    continue  # another live router runs it
+                body = {k: v for k, v in row.body.items() if k != OWNER}
+                if not self.ctx.store.transition(EXECUTION, row.name, [IN_PROGRESS], PENDING, body,
+                                                 modified_at=row.modified_at):
+                    continue
+            self._launch(row.name)
+            adopted += 1
+        return adopted
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -146,6 +196,7 @@ class MonitoringScheduler:
         while True:
             try:
                 self._fire_due(dt.datetime.now(dt.UTC))
+                self._adopt()
             except Exception:
                 log.exception("monitoring scheduler tick failed")
             with contextlib.suppress(TimeoutError):
@@ -166,9 +217,14 @@ class MonitoringScheduler:
             except ValidationException as exc:
                 self.ctx.store.update(SCHEDULE, row.name, status=FAILED, body={**body, "FailureReason": exc.message})
                 continue
-            body["NextFireTime"] = following.timestamp() if following else None
-            self.ctx.store.update(SCHEDULE, row.name, body=body, touch=False)
-            self.submit(row.name, utc(due))
+            # The execution first, named by its fire time: a scheduler that stops right after leaves the
+            # fire time due, and the next one finds the execution there (AlreadyExists) instead of a gap.
+            scheduled = latest_fire(expression, utc(due), now) if expression else utc(due)
+            self.submit(row.name, scheduled, fired=True)
+            latest = self.ctx.store.get(SCHEDULE, row.name)
+            if latest is not None:
+                self.ctx.store.update(SCHEDULE, row.name, touch=False, body={
+                    **latest.body, "NextFireTime": following.timestamp() if following else None})
 
     def _activate(self, row: Resource, now: dt.datetime) -> None:
         """Pending -> Scheduled (with its first fire time), or Failed saying why it cannot run."""
@@ -194,11 +250,13 @@ class MonitoringScheduler:
 
     # -- executions -------------------------------------------------------------------------------------
     def submit(self, schedule_name: str, scheduled: dt.datetime, *, start: str | None = None,
-               end: str | None = None) -> Resource:
+               end: str | None = None, fired: bool = False) -> Resource:
         """Create an execution of ``schedule_name`` for ``scheduled`` and start it (bounded by the slots).
 
         ``start``/``end`` (an ISO-8601 time, or an offset from ``scheduled`` such as -PT1H) override
-        the job's window; a bad one raises ValidationException before anything is created.
+        the job's window; a bad one raises ValidationException before anything is created. ``fired``:
+        the schedule fired for ``scheduled``; the execution's name is derived from both, and when it
+        exists already (another scheduler fired it) that one is returned and nothing is started.
         """
         schedule = self.ctx.store.get(SCHEDULE, schedule_name)
         if schedule is None:
@@ -210,7 +268,8 @@ class MonitoringScheduler:
             start = config.get("DataAnalysisStartTime") or "-PT1H"
             end = config.get("DataAnalysisEndTime") or "-PT0H"
         window_start, window_end = window_of(definition, scheduled, start=start, end=end)
-        name = f"model-monitoring-{scheduled:%Y%m%d%H%M}-{uuid.uuid4().hex[:8]}"
+        name = (fired_execution_name(schedule, scheduled) if fired
+                else f"model-monitoring-{scheduled:%Y%m%d%H%M}-{uuid.uuid4().hex[:8]}")
         body: dict[str, Any] = {
             "MonitoringScheduleName": schedule_name, "ScheduledTime": scheduled.timestamp(),
             "EndpointName": definition.endpoint_name, "MonitoringType": definition.monitoring_type,
@@ -218,7 +277,14 @@ class MonitoringScheduler:
         }
         if definition_name:
             body["MonitoringJobDefinitionName"] = definition_name
-        row = self.ctx.store.create(EXECUTION, name, self.ctx.arn("processing-job", name), body, status=PENDING)
+        try:
+            row = self.ctx.store.create(EXECUTION, name, self.ctx.arn("processing-job", name), body, status=PENDING)
+        except AlreadyExists:
+            existing = self.ctx.store.get(EXECUTION, name)
+            if existing is None or not fired:
+                raise
+            log.info("monitoring execution %s of schedule %s was fired already", name, schedule_name)
+            return existing
         self.ctx.store.update(SCHEDULE, schedule_name, body={**schedule.body, "LastExecutionName": name},
                               touch=False)
         log.info("monitoring execution %s of schedule %s: window %s to %s", name, schedule_name,
@@ -246,13 +312,19 @@ class MonitoringScheduler:
         return self.ctx.store.update(EXECUTION, name, status=status, body=body)
 
     async def _run(self, name: str) -> None:
-        assert self._slots is not None
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        claimed = False
         try:
             async with self._slots:
                 row = self.ctx.store.get(EXECUTION, name)
-                if row is None:
-                    return  # its schedule was deleted while it waited
-                self._save(name, IN_PROGRESS)
+                if row is None or row.status != PENDING:
+                    return  # its schedule was deleted while it waited, or another router runs it
+                claimed = self.ctx.store.transition(EXECUTION, name, [PENDING], IN_PROGRESS,
+                                                    {**row.body, OWNER: self.ctx.router_id},
+                                                    modified_at=row.modified_at)
+                if not claimed:
+                    return  # another router claimed it first
                 result = await self._execute(row)
                 status = result.get("Status", FAILED)
                 saved = self._save(name, status, **{k: v for k, v in result.items() if k != "Metrics"})
@@ -261,10 +333,10 @@ class MonitoringScheduler:
                 if saved is not None and status in (COMPLETED, WITH_VIOLATIONS) and result.get("Metrics"):
                     await self._emit(saved, result["Metrics"])
         except asyncio.CancelledError:
-            if self._stopping:
-                # run again when the server comes back
+            if self._stopping and claimed:
+                # run again when the server comes back, or by the router that leads next
                 with contextlib.suppress(Exception):
-                    self._save(name, PENDING)
+                    self._save(name, PENDING, **{OWNER: None})
             raise
         except Exception as exc:
             log.exception("monitoring execution %s failed", name)

@@ -201,7 +201,7 @@ class ProcessingJobs:
         self._checked(req)
         body = {key: req[key] for key in _DESCRIBED if key in req}
         try:
-            self.ctx.store.create(PROCESSING_JOB, name, arn, body, status=IN_PROGRESS)
+            self.ctx.store.create(PROCESSING_JOB, name, arn, self.runs.owned(body), status=IN_PROGRESS)
         except AlreadyExists as exc:
             raise in_use from exc
         put_tags(self.ctx, arn, req.get("Tags"))
@@ -425,9 +425,10 @@ class ProcessingJobs:
         }
 
     # -- server lifecycle ----------------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Settle jobs that a stopped server left running; returns how many."""
-        return self.runs.recover()
+    def recover(self, alive: set[str] | None = None) -> int:
+        """Settle the jobs a stopped server (or, given ``alive``, a router not in it) left running;
+        returns how many."""
+        return self.runs.settle_cut_off(alive)
 
     async def shutdown(self) -> None:
         await self.runs.shutdown()

@@ -22,6 +22,11 @@ restart resumes from them; each new weight is also a metric (``moorage/Experimen
 
 The read-modify-write of a variant's state is serialised per endpoint by a lock: one server writes
 an endpoint's state (several routers over one database would take the row lock the store asks for).
+
+With several routers on one database every router stores the assignments it answered and credits the
+rewards it is sent, but only the controller leader (control/leadership.py; ``leading``) looks: business
+metric rewards, p-values and bandit weights are written by one router, so no look is counted twice.
+Another router's live weights follow the store (control/cluster_sync.py).
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ class RoutingExperiments:
         self._rng = np.random.default_rng()
         self._task: asyncio.Task[None] | None = None
         self._last_purge = 0.0
+        self.leading = True  # the looks (and the purge) run only on the controller leader; set by the app
 
     # Fleets -----------------------------------------------------------------------------------------
     def prepare(self, route: EndpointRoute, config_name: str, config: Mapping[str, Any]) -> RoutingPolicy:
@@ -293,6 +299,8 @@ class RoutingExperiments:
     async def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         await self.flush()
+        if not self.leading:
+            return
         for endpoint, policy in list(self.policies.items()):
             try:
                 if policy.reward_metric is not None:

@@ -97,7 +97,7 @@ class TransformJobs:
         body = {key: req[key] for key in _DESCRIBED if key in req}
         body.update(Backend=backend, RayAddress=address)
         try:
-            self.ctx.store.create(TRANSFORM_JOB, name, arn, body, status=IN_PROGRESS)
+            self.ctx.store.create(TRANSFORM_JOB, name, arn, self.runs.owned(body), status=IN_PROGRESS)
         except AlreadyExists as exc:
             raise ValidationException("Job name must be unique within an AWS account and region, and a job with "
                                       f"this name already exists ({arn})") from exc
@@ -212,9 +212,10 @@ class TransformJobs:
         return progress.to_dict() if progress else None
 
     # Server lifecycle -------------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Settle jobs that a stopped server left running; returns how many."""
-        return self.runs.recover()
+    def recover(self, alive: set[str] | None = None) -> int:
+        """Settle the jobs a stopped server (or, given ``alive``, a router not in it) left running;
+        returns how many."""
+        return self.runs.settle_cut_off(alive)
 
     async def shutdown(self) -> None:
         await self.runs.shutdown()

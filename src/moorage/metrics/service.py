@@ -4,7 +4,9 @@ One ticker task, aligned to the period's boundaries, closes the recorder's windo
 instances, writes both to the store (in a worker thread: the event loop only swaps a dict), folds
 the window into the Prometheus totals, purges what is past retention, and then evaluates the
 alarms, so an alarm always sees the period that has just been written. ``stop`` writes the last,
-partial period (flush on shutdown).
+partial period (flush on shutdown). With several routers every one writes its own datapoints, and
+only the controller leader evaluates the alarms (``evaluate_alarms``): once per period, whatever the
+number of routers, and a transition's webhook is sent once.
 
 Each endpoint publishes at its own period: its config's ``MetricsConfig.MetricPublishFrequencyInSeconds``
 (10 to 300 s, so a rollback alarm with a 10 s period sees every period), else the server's. The
@@ -78,6 +80,9 @@ class MetricsService:
         self._publish_periods: dict[str, int] = {}  # endpoint -> its own period, where not the server's
         self._published: dict[str, float] = {}  # endpoint -> the start of the period it is now recording
         self._last_tick = time.time()
+        # Alarms are evaluated by one router (the controller leader, control/leadership.py) over the
+        # datapoints every router wrote; the others only write theirs. Set by the app.
+        self.evaluate_alarms = True
 
     # -- publishing periods ------------------------------------------------------------------------
     def publish_period(self, endpoint: str) -> int:
@@ -265,7 +270,7 @@ class MetricsService:
                     log.info("purged %d metric datapoint(s) older than %g s", purged, self.retention)
 
         await asyncio.to_thread(work)
-        if not final:
+        if not final and self.evaluate_alarms:
             await self.alarms.evaluate_all(now)
 
 

@@ -194,6 +194,21 @@ class MetadataStore:
             )
         return self.get(kind, name)
 
+    def transition(self, kind: str, name: str, expected: Sequence[str], status: str,
+                   body: dict[str, Any] | None = None, *, modified_at: float | None = None) -> bool:
+        """Set ``status`` (and ``body``) only while the row's status is one of ``expected`` (and, given
+        ``modified_at``, the row is unchanged since it was read), in one statement: how one of several
+        routers claims a piece of work; False when another got there first."""
+        values: dict[str, Any] = {"status": status, "modified_at": time.time()}
+        if body is not None:
+            values["body"] = body
+        where = [resources.c.kind == kind, resources.c.name == name, resources.c.status.in_(list(expected))]
+        if modified_at is not None:
+            where.append(resources.c.modified_at == modified_at)
+        with self._tx() as conn:
+            result = conn.execute(update(resources).where(and_(*where)).values(**values))
+        return bool(result.rowcount)
+
     def delete(self, kind: str, name: str) -> bool:
         with self._tx() as conn:
             found = conn.execute(
