@@ -49,13 +49,16 @@ from moorage.control.endpoint_configs import EndpointConfigs
 from moorage.control.endpoints import Endpoints
 from moorage.control.identity import SecurityTokenService
 from moorage.control.inference_experiments import InferenceExperiments
+from moorage.control.leadership import Leadership
 from moorage.control.logs import Logs
 from moorage.control.models import Models
 from moorage.control.monitoring import Monitoring
 from moorage.control.monitoring_scheduler import MonitoringScheduler
 from moorage.control.processing_jobs import ProcessingJobs
+from moorage.control.routers import Routers
 from moorage.control.routing_experiments import RoutingExperiments
 from moorage.control.scaling import Scaling
+from moorage.control.settling import Settling
 from moorage.control.tags import Tags
 from moorage.control.transform_jobs import TransformJobs
 from moorage.metrics.service import MetricsService
@@ -99,6 +102,12 @@ class MoorageApp:
                                  invocation_timeout=settings.instances.invocation_timeout,
                                  launcher=ray_launcher(settings))
         self.ctx = Context(settings, self.store, artifacts, self.routes)
+        # This router among those sharing the store (a heartbeat row; control/routers.py): work it starts
+        # names it, and only work whose router is gone is settled by the leader.
+        self.routers = Routers(settings, self.store)
+        self.ctx.router_id = self.routers.id
+        if not self.routers.single:
+            self.ctx.alive = self.routers.alive
         self.access_keys = self.verifier.keys = AccessKeys(self.ctx)
         # Before any route is built: the recorder joins routes.observers, which every route gets.
         self.metrics = self.ctx.metrics = MetricsService(settings, self.store, self.routes)
@@ -123,6 +132,15 @@ class MoorageApp:
                                         region=settings.region)
         self.compilation_jobs = CompilationJobs(self.ctx)
         self.experiments = InferenceExperiments(self.ctx, self.endpoints)
+        # The controllers run on one router, the leader (control/leadership.py; with SQLite, this server):
+        # _lead starts them, _step_down stops them; alarms and experiment looks wait for it too.
+        self.settling = Settling(self.ctx, {"transform job": self.transform_jobs,
+                                            "processing job": self.processing_jobs,
+                                            "compilation/packaging job": self.compilation_jobs})
+        self.leadership = Leadership(settings.database_url, settings.cluster.leader_check_interval,
+                                     on_lead=self._lead, on_step_down=self._step_down,
+                                     while_leading=self._while_leading, router_id=self.routers.id)
+        self.metrics.evaluate_alarms = self.routing_experiments.leading = False
         sagemaker = JsonProtocolService("sagemaker", "SageMaker", [
             Models(self.ctx), EndpointConfigs(self.ctx), self.endpoints, Tags(self.ctx), self.transform_jobs,
             Monitoring(self.ctx, self.monitoring), self.experiments, self.processing_jobs, self.edge_fleets,
@@ -189,6 +207,26 @@ class MoorageApp:
             else:
                 await send({"type": "websocket.close", "code": 1008})
 
+    # The controllers: only on the router that leads (control/leadership.py) --------------------------
+    async def _lead(self) -> None:
+        self.metrics.evaluate_alarms = self.routing_experiments.leading = True
+        await asyncio.to_thread(self.settling.settle)  # jobs and updates cut off by routers that are gone
+        self.monitoring.start()  # due schedules fire; executions nobody runs run again
+        self.experiments.start()  # due schedules start, passed EndTimes end
+        self.autoscaler.start()
+        self.async_inference.lead()  # accepted requests queue again; they wait for instances
+
+    async def _step_down(self) -> None:
+        self.metrics.evaluate_alarms = self.routing_experiments.leading = False
+        await self.autoscaler.stop()
+        await self.experiments.stop()
+        await self.monitoring.stop()  # running executions go back to Pending, for the next leader
+        await self.async_inference.step_down()  # likewise running requests, to Queued
+
+    async def _while_leading(self) -> None:
+        if self.ctx.alive is not None:  # several routers: one of them may have died since the last look
+            await asyncio.to_thread(self.settling.settle)
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message: dict[str, Any] = await receive()
@@ -198,23 +236,16 @@ class MoorageApp:
                         await asyncio.to_thread(self.routes.launcher.connect)  # before any instance is placed
                         log.info("cluster mode: endpoint instances run on the Ray cluster at %s",
                                  self.routes.launcher.address)
+                    self.routers.start()  # the heartbeat, before any work names this router
                     self.capture.start()
                     self.metrics.start()
                     resumed = self.endpoints.recover()
                     self.cluster_sync.start()
-                    self.async_inference.start()  # accepted requests queue again; they wait for instances
+                    self.async_inference.start()  # the ticker; the leader works the queues
                     if resumed:
                         log.info("bringing back %d endpoint(s) from the store", resumed)
-                    if settled := self.transform_jobs.recover():
-                        log.info("%d transform job(s) were cut off by the last stop; marked ended", settled)
-                    if settled := self.processing_jobs.recover():
-                        log.info("%d processing job(s) were cut off by the last stop; marked ended", settled)
-                    if settled := self.compilation_jobs.recover():
-                        log.info("%d compilation/packaging job(s) were cut off by the last stop; marked ended", settled)
-                    self.monitoring.start()
-                    self.experiments.start()  # due schedules start, passed EndTimes end
-                    self.routing_experiments.start()
-                    self.autoscaler.start()
+                    self.routing_experiments.start()  # assignments stored here; the leader looks
+                    await self.leadership.start()  # leads now if no router does (SQLite: always)
                 except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -229,11 +260,10 @@ class MoorageApp:
                 gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.autoscaler.stop()
-                await self.experiments.stop()
+                await self.leadership.stop()  # the controllers stop; executions and requests go back to wait
+                await self.monitoring.stop()  # on-demand executions another router's API call started here
                 await self.routing_experiments.stop()
-                await self.monitoring.stop()  # running executions go back to Pending, to run again on start
-                await self.async_inference.stop()  # requests running now run again on the next start
+                await self.async_inference.stop()
                 await self.cluster_sync.stop()
                 await self.endpoints.shutdown()
                 await self.transform_jobs.shutdown()
@@ -242,6 +272,7 @@ class MoorageApp:
                 await self.routes.shutdown()
                 await self.capture.shutdown()  # after the routes: every answered invocation is written
                 await self.metrics.stop()  # likewise: the last partial period is written, alarms' webhooks sent
+                await self.routers.stop()  # last: what it ran is settled by the next leader at once
                 self.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -22,7 +22,7 @@ from typing import Any
 
 from moorage.capture import CaptureConfig, CaptureObserver, CaptureWriter, ServedBy
 from moorage.control.blue_green import BlueGreenUpdate, RolledBack, UpdateContext
-from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, Context
+from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG, OWNER, Context
 from moorage.control.deployment_config import DeploymentPlan
 from moorage.control.launch import launch_specs
 from moorage.control.models import containers_of
@@ -616,7 +616,7 @@ class Endpoints:
         capture_config_name = (row.body.get("CaptureConfigName") or row.body.get("EndpointConfigName")
                                if keep_capture else config_name)
         self._save(name, UPDATING, PendingDeploymentSummary={
-            "EndpointConfigName": config_name, "StartTime": time.time()})
+            "EndpointConfigName": config_name, "StartTime": time.time()}, **{OWNER: self.ctx.router_id})
         self._run(name, self._update(name, config_name, plan, desired, capture_config_name))
         return {"EndpointArn": row.arn}
 
@@ -644,7 +644,7 @@ class Endpoints:
                 name, change["VariantName"],
                 weight=float(change["DesiredWeight"]) if "DesiredWeight" in change else None,
                 instance_count=int(change["DesiredInstanceCount"]) if "DesiredInstanceCount" in change else None)
-        self.ctx.store.update(ENDPOINT, name, status=UPDATING)
+        self._save(name, UPDATING, **{OWNER: self.ctx.router_id})  # the router running the update (settling.py)
         self._run(name, self.converge(name))
         return {"EndpointArn": row.arn}
 
@@ -655,17 +655,23 @@ class Endpoints:
     def recover(self) -> int:
         """Bring back what the store says should be serving; returns how many endpoints it resumes."""
         resumed = 0
+        alive = self.ctx.alive() if self.ctx.alive is not None else set()
         for row in self.ctx.store.statuses(ENDPOINT, [IN_SERVICE, CREATING, UPDATING, DELETING, ROLLING_BACK]):
             if row.status == DELETING:
                 self._run(row.name, self._tear_down(row.name))
                 continue
             config_name = row.body.get("EndpointConfigName")
-            if row.status in (UPDATING, ROLLING_BACK):
+            # An update another live router runs is its own: serve the old fleet as a follower meanwhile.
+            elsewhere = row.status in (UPDATING, ROLLING_BACK) and row.body.get(OWNER) in alive - {self.ctx.router_id}
+            if elsewhere:
+                self._run(row.name, self._bring_up(row.name, config_name, follower=True))
+            elif row.status in (UPDATING, ROLLING_BACK):
                 # An update cut off by the stop: the row still names the old config, which comes back.
                 # (PendingEndpointConfigName: what rows written before blue/green updates kept instead.)
                 self._save(row.name, IN_SERVICE, PendingEndpointConfigName=None, PendingDeploymentSummary=None,
                            FailureReason="Update rolled back: the server stopped before the update finished.")
-            self._run(row.name, self._bring_up(row.name, config_name, recovering=row.status != CREATING))
+            if not elsewhere:
+                self._run(row.name, self._bring_up(row.name, config_name, recovering=row.status != CREATING))
             resumed += 1
         return resumed
 

@@ -411,7 +411,7 @@ class MonitoringScheduler:
         if len(launches) > 1:
             raise ValidationException("Explaining a serial inference pipeline is not supported: explain its "
                                       "model's container on an endpoint of its own.")
-        member = self.ctx.routes.launcher.member(launches, self.ctx.settings.logs_dir / "monitoring" / execution)
+        member = self.ctx.routes.local_launcher.member(launches, self.ctx.settings.logs_dir / "monitoring" / execution)
         assert isinstance(member, Instance)
         await member.start(self.ctx.settings.monitor.explainer_start_timeout)
         return member
