@@ -212,3 +212,61 @@ def test_a_restarted_router_comes_back_serving_everything(routers: Routers, via_
     # ...and it still follows A afterwards.
     routers.a.sm().delete_endpoint(EndpointName=made)
     wait_until(lambda: gone(routers.b, made), CHANGE_WAIT, 0.1, f"router B to drop {made}")
+
+
+SLOW_LOAD = """
+import os
+import time
+
+import joblib
+
+
+def model_fn(model_dir):
+    time.sleep(8)  # the creating router is killed meanwhile
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+"""
+
+
+@pytest.fixture
+def router_c(routers: Routers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
+    """A third router that reads the store only at its start (an hour's sync interval): it has no fleet of
+    an endpoint made after it started until something makes it need one."""
+    env = {**routers.a.extra_env, "MOORAGE_CLUSTER_SYNC_SECONDS": "3600"}
+    c = MoorageServer(tmp_path_factory.mktemp("router-c"), env=env)
+    c.start(timeout=90)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_an_update_through_a_router_that_has_no_fleet_of_the_endpoint_yet_goes_ahead(
+        routers: Routers, via_a: Deployer, router_c: MoorageServer) -> None:
+    name = deploy(via_a, routers.models, [("AllTraffic", "classifier", 1)])
+    model = via_a.model(new_name("cluster-reg"), routers.models["regressor"][0])
+    config = via_a.config(new_name("cluster-reg"), [variant("AllTraffic", model)])
+    router_c.sm().update_endpoint(EndpointName=name, EndpointConfigName=config)
+    desc = Deployer(router_c, via_a.sm).wait_status(name, {"InService"}, timeout=SERVE_WAIT)
+    assert desc["EndpointConfigName"] == config, desc.get("FailureReason")
+    assert not desc.get("FailureReason")
+    assert served(router_c, name, routers.models, "regressor")
+    wait_until(lambda: served(routers.a, name, routers.models, "regressor"), SERVE_WAIT, 0.1,
+               f"router A to serve {name}'s new model, updated through C")
+
+
+def test_an_endpoint_whose_creating_router_died_is_finished_by_the_leader(
+        routers: Routers, via_a: Deployer, router_c: MoorageServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _, estimator, _ = routers.models["classifier"]
+    slow = file_url(pack_model(tmp_path_factory.mktemp("slow"), estimator, inference_py=SLOW_LOAD))
+    name = new_name("cluster-cut")
+    via_a.model(name, slow)
+    via_a.config(name, [variant("AllTraffic", name)])
+    router_c.sm().create_endpoint(EndpointName=name, EndpointConfigName=name)
+    via_a.endpoints.append(name)
+    assert routers.a.sm().describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
+    assert router_c.proc is not None
+    router_c.proc.kill()  # mid-creation: its instance is still loading the model
+    router_c.proc.wait(30)
+    desc = via_a.wait_status(name, {"InService", "Failed"}, timeout=SERVE_WAIT)
+    assert desc["EndpointStatus"] == "InService", desc.get("FailureReason")
+    assert served(routers.a, name, routers.models, "classifier")

@@ -211,6 +211,8 @@ class MoorageApp:
     async def _lead(self) -> None:
         self.metrics.evaluate_alarms = self.routing_experiments.leading = True
         await asyncio.to_thread(self.settling.settle)  # jobs and updates cut off by routers that are gone
+        if self.ctx.alive is not None:
+            self.endpoints.settle_cut_off(self.ctx.alive())  # creations and deletions likewise
         self.monitoring.start()  # due schedules fire; executions nobody runs run again
         self.experiments.start()  # due schedules start, passed EndTimes end
         self.autoscaler.start()
@@ -226,6 +228,7 @@ class MoorageApp:
     async def _while_leading(self) -> None:
         if self.ctx.alive is not None:  # several routers: one of them may have died since the last look
             await asyncio.to_thread(self.settling.settle)
+            self.endpoints.settle_cut_off(self.ctx.alive())
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

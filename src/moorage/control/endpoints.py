@@ -398,7 +398,15 @@ class Endpoints:
         """UpdateEndpoint: a blue/green update of the serving fleet to ``config_name`` (``blue_green.py``)."""
         row = self.ctx.store.get(ENDPOINT, name)
         blue = self.ctx.routes.fleet(name)
+        if blue is None and row is not None and row.status != DELETING and self.ctx.alive is not None:
+            # Among several routers, this one may not serve the endpoint yet (it learns of endpoints made
+            # elsewhere within a sync interval): its fleet first, then the update from it.
+            await self._bring_up(name, row.body.get("EndpointConfigName", ""), follower=True)
+            blue = self.ctx.routes.fleet(name)
         if row is None or row.status == DELETING or blue is None:
+            if row is not None and row.status == UPDATING:
+                self._save(name, IN_SERVICE, PendingDeploymentSummary=None, **{OWNER: None},
+                           FailureReason="The update could not start: this router has no fleet of the endpoint.")
             return
         config = self._config(config_name)
         capture_source = self.ctx.store.get(ENDPOINT_CONFIG, capture_config_name)
@@ -538,7 +546,7 @@ class Endpoints:
         if config.get("DataCaptureConfig"):
             body["DataCaptureConfig"] = self._capture_summary(config)
         try:
-            self.ctx.store.create(ENDPOINT, name, arn, body, status=CREATING)
+            self.ctx.store.create(ENDPOINT, name, arn, {**body, OWNER: self.ctx.router_id}, status=CREATING)
         except AlreadyExists as exc:
             raise ValidationException(f'Cannot create already existing endpoint "{arn}".') from exc
         self.ctx.store.replace_desired(name, self._initial_desired(config))
@@ -584,7 +592,7 @@ class Endpoints:
         if row is None:
             raise self._not_found(name)
         if row.status != DELETING:
-            self.ctx.store.update(ENDPOINT, name, status=DELETING)
+            self._save(name, DELETING, **{OWNER: self.ctx.router_id})  # the router deleting it (settling)
         # Deletion goes ahead of queued work: cancel a bring-up in progress rather than wait for it.
         task = self._tasks.get(name)
         if task is not None and not task.done():
@@ -653,27 +661,52 @@ class Endpoints:
 
     # Server lifecycle -------------------------------------------------------------------------------
     def recover(self) -> int:
-        """Bring back what the store says should be serving; returns how many endpoints it resumes."""
+        """Bring back what the store says should be serving; returns how many endpoints it resumes.
+
+        Alone on its store (SQLite), the server also settles what its last stop cut off. Among several
+        routers it writes nothing: it serves every endpoint as a follower (cluster_sync.py), and what a
+        router that is gone left half done is the leader's to settle (``settle_cut_off``)."""
+        if self.ctx.alive is not None:
+            return self._follow_all()
         resumed = 0
-        alive = self.ctx.alive() if self.ctx.alive is not None else set()
         for row in self.ctx.store.statuses(ENDPOINT, [IN_SERVICE, CREATING, UPDATING, DELETING, ROLLING_BACK]):
             if row.status == DELETING:
                 self._run(row.name, self._tear_down(row.name))
                 continue
             config_name = row.body.get("EndpointConfigName")
-            # An update another live router runs is its own: serve the old fleet as a follower meanwhile.
-            elsewhere = row.status in (UPDATING, ROLLING_BACK) and row.body.get(OWNER) in alive - {self.ctx.router_id}
-            if elsewhere:
-                self._run(row.name, self._bring_up(row.name, config_name, follower=True))
-            elif row.status in (UPDATING, ROLLING_BACK):
+            if row.status in (UPDATING, ROLLING_BACK):
                 # An update cut off by the stop: the row still names the old config, which comes back.
                 # (PendingEndpointConfigName: what rows written before blue/green updates kept instead.)
                 self._save(row.name, IN_SERVICE, PendingEndpointConfigName=None, PendingDeploymentSummary=None,
                            FailureReason="Update rolled back: the server stopped before the update finished.")
-            if not elsewhere:
-                self._run(row.name, self._bring_up(row.name, config_name, recovering=row.status != CREATING))
+            self._run(row.name, self._bring_up(row.name, config_name, recovering=row.status != CREATING))
             resumed += 1
         return resumed
+
+    def _follow_all(self) -> int:
+        resumed = 0
+        for row in self.ctx.store.statuses(ENDPOINT, [IN_SERVICE, CREATING, UPDATING, ROLLING_BACK]):
+            self._run(row.name, self._bring_up(row.name, row.body.get("EndpointConfigName"), follower=True))
+            resumed += 1
+        return resumed
+
+    def settle_cut_off(self, alive: set[str]) -> int:
+        """The leader's part (control/settling.py): an endpoint whose creation or deletion was cut off by a
+        router that is gone is finished here: brought up (and saved InService) or torn down."""
+        settled = 0
+        for row in self.ctx.store.statuses(ENDPOINT, [CREATING, DELETING]):
+            owner = row.body.get(OWNER)
+            if owner in alive or row.name in self._tasks:
+                continue  # a live router does it (this one included)
+            log.warning("endpoint %s: its %s was cut off (router %s is gone); finishing it here", row.name,
+                        "creation" if row.status == CREATING else "deletion", owner or "unknown")
+            self._save(row.name, **{OWNER: self.ctx.router_id})
+            if row.status == DELETING:
+                self._run(row.name, self._tear_down(row.name))
+            else:
+                self._run(row.name, self._bring_up(row.name, row.body.get("EndpointConfigName"), recovering=True))
+            settled += 1
+        return settled
 
     async def shutdown(self) -> None:
         for task in list(self._tasks.values()):
