@@ -10,6 +10,7 @@ test makes its own endpoints and waits on conditions, never on time.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -270,3 +271,32 @@ def test_an_endpoint_whose_creating_router_died_is_finished_by_the_leader(
     desc = via_a.wait_status(name, {"InService", "Failed"}, timeout=SERVE_WAIT)
     assert desc["EndpointStatus"] == "InService", desc.get("FailureReason")
     assert served(routers.a, name, routers.models, "classifier")
+
+
+def test_a_transform_job_stopped_through_another_router_is_stopped_by_its_own(
+        routers: Routers, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from batch_support import create_model, csv_rows, job_request, slow_model
+
+    _, estimator, X = routers.models["classifier"]
+    work = tmp_path_factory.mktemp("stop-elsewhere")
+    tarball, env = slow_model(work / "slow", estimator)
+    sm_a, sm_b = routers.a.sm(), routers.b.sm()
+    model = create_model(sm_a, new_name("cluster-slow"), tarball, env)
+    (work / "in").mkdir()
+    (work / "in" / "rows.csv").write_text("\n".join(csv_rows(X[:200])) + "\n")
+    name = new_name("cluster-stop")
+    sm_a.create_transform_job(**job_request(name, model, str(work / "in"), str(work / "out"), strategy="SingleRecord"))
+    def running_pids() -> list[int]:
+        _, _, body = routers.a.signed_request("GET", f"/moorage/v1/transform-jobs/{name}")
+        progress = json.loads(body)["Progress"]
+        return [p for i in progress.get("Instances", []) for p in i["Pids"]] if progress.get("RecordsDone") else []
+
+    pids = wait_until(running_pids, CHANGE_WAIT, 0.2, f"{name}'s first records on router A")
+    sm_b.stop_transform_job(TransformJobName=name)  # B does not run it: A must notice and stop it
+    assert sm_b.describe_transform_job(TransformJobName=name)["TransformJobStatus"] in ("Stopping", "Stopped")
+    wait_until(lambda: sm_a.describe_transform_job(TransformJobName=name)["TransformJobStatus"] == "Stopped",
+               CHANGE_WAIT, 0.2, f"{name} to be stopped by router A")
+    # A really stopped it: its instance is gone and it wrote no output.
+    assert wait_pids_gone(pids, timeout=CHANGE_WAIT) == []
+    assert not (work / "out").exists() or list((work / "out").iterdir()) == []
+    sm_a.delete_model(ModelName=model)

@@ -24,6 +24,7 @@ from moorage.control.resources import save_changes
 from moorage.errors import ValidationException
 
 IN_PROGRESS, STOPPING, STOPPED, FAILED = "InProgress", "Stopping", "Stopped", "Failed"
+STOP_POLL_S = 1.0  # how often a router looks for StopX calls other routers took for its jobs
 
 
 class JobRuns:
@@ -40,6 +41,7 @@ class JobRuns:
         self.cleanup = cleanup  # what a job leaves on disk while it runs, removed when a restart settles it
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[str] = set()
+        self._watcher: asyncio.Task[None] | None = None
 
     def _save(self, name: str, status: str, **changes: Any) -> None:
         save_changes(self.ctx.store, self.kind, name, status, **{self.end_field: time.time(), **changes})
@@ -50,9 +52,25 @@ class JobRuns:
 
     def start(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``run()`` as the job ``name``'s task (from a request handler, on the server's loop)."""
-        task = asyncio.get_running_loop().create_task(run())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(run())
         self._tasks[name] = task
         task.add_done_callback(lambda t: self._settle(name, t))
+        if self.ctx.alive is not None and (self._watcher is None or self._watcher.done()):
+            self._watcher = loop.create_task(self._watch_stops())
+
+    async def _watch_stops(self) -> None:
+        """Among several routers: a StopX that reached another router left the row Stopping; the job's own
+        router sees it here (within a second) and stops the job as a stop asked of it would."""
+        while self._tasks:
+            await asyncio.sleep(STOP_POLL_S)
+            for name in list(self._tasks):
+                row = await asyncio.to_thread(self.ctx.store.get, self.kind, name)
+                if row is not None and row.status == STOPPING and name not in self._stopping:
+                    self._stopping.add(name)
+                    task = self._tasks.get(name)
+                    if task is not None and not task.done():
+                        task.cancel()
 
     def _settle(self, name: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(name) is task:
@@ -72,17 +90,21 @@ class JobRuns:
         """In a run's ``finally``: the job no longer runs, whatever asked it to stop."""
         self._stopping.discard(name)
 
-    def stop(self, name: str, status: str) -> None:
-        """StopX of a job whose row has ``status``: idempotent while it stops, refused once it ended."""
+    def stop(self, name: str, status: str, owner: str | None = None) -> None:
+        """StopX of a job whose row has ``status``: idempotent while it stops, refused once it ended.
+        ``owner``: the router running it; another live router's job is left Stopping for it to stop."""
         if status in (STOPPING, STOPPED):
             return
         if status != IN_PROGRESS:
             raise ValidationException(f"The {self.noun} {name} is {status}; only an InProgress job can be stopped.")
         self.ctx.store.update(self.kind, name, status=STOPPING)
-        self._stopping.add(name)
         task = self._tasks.get(name)
         if task is not None and not task.done():
+            self._stopping.add(name)
             task.cancel()
+        elif (self.ctx.alive is not None and owner is not None and owner != self.ctx.router_id
+              and owner in self.ctx.alive()):
+            return  # its router sees Stopping and stops it (``_watch_stops``)
         else:
             self._save(name, STOPPED)
 
@@ -106,6 +128,8 @@ class JobRuns:
         return len(rows)
 
     async def shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from moorage.control.analyzer import CONTAINER_ROOT, DEFAULT_OUTPUT, RUNNER, AnalyzerError, reader_options
-from moorage.control.context import Context
+from moorage.control.context import OWNER, Context
 from moorage.control.job_runs import IN_PROGRESS, STOPPED, JobRuns
 from moorage.control.logs import PROCESSING_JOB, processing_log_path
 from moorage.control.monitoring_scheduler import EXECUTION, JOB_DEFINITION_KINDS, SCHEDULE, MonitoringScheduler
@@ -254,7 +254,7 @@ class ProcessingJobs:
             raise ValidationException(f"The processing job {name} is a monitoring execution of schedule "
                                       f"{row.body.get('MonitoringScheduleName')}; its schedule runs it "
                                       "(StopMonitoringSchedule stops further executions).")
-        self.runs.stop(name, row.status)
+        self.runs.stop(name, row.status, row.body.get(OWNER))
         return {}
 
     # -- descriptions ------------------------------------------------------------------------------------

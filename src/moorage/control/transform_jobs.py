@@ -31,7 +31,7 @@ from moorage.batch.local import LocalBackend, batch_launch
 from moorage.batch.progress import Progress
 from moorage.batch.ray_backend import RayBackend
 from moorage.batch.spec import SpecError, TransformSpec
-from moorage.control.context import MODEL, Context
+from moorage.control.context import MODEL, OWNER, Context
 from moorage.control.job_runs import FAILED, IN_PROGRESS, STOPPED, JobRuns
 from moorage.control.launch import launch_specs
 from moorage.control.paging import list_query, page
@@ -136,7 +136,7 @@ class TransformJobs:
         row = self.ctx.store.get(TRANSFORM_JOB, name)
         if row is None:
             raise self._not_found(name)
-        self.runs.stop(name, row.status)
+        self.runs.stop(name, row.status, row.body.get(OWNER))
         return {}
 
     # The job itself ---------------------------------------------------------------------------------
