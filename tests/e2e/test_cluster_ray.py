@@ -164,3 +164,62 @@ def test_a_scale_out_the_cluster_has_no_room_for_waits_saying_so_then_fails_with
         assert rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=csv_body(X[:2]))["Body"].read()
     finally:
         deployer.cleanup()
+
+
+def test_a_serial_pipeline_and_a_multi_model_endpoint_run_on_ray_too(
+        server: MoorageServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same placement for a model of several containers (a chain of actors, the chain's logic in the
+    router) and for a multi-model variant (each loaded model an actor of its own)."""
+    import io
+    import json
+    import sys
+    import tarfile
+
+    from e2e_support import ROLE_ARN, new_name, variant
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "inference_pipeline"))
+    from deploy import containers
+    from pipeline import build
+
+    work = tmp_path_factory.mktemp("ray-shapes")
+    pipeline = build(work / "pipeline")
+    deployer = Deployer(server)
+    sm, rt = server.sm(), server.rt()
+    try:
+        name = new_name("raypipe")
+        sm.create_model(ModelName=name, ExecutionRoleArn=ROLE_ARN, Containers=containers(pipeline.archives))
+        deployer.models.append(name)
+        deployer.config(name, [variant("AllTraffic", name)])
+        deployer.endpoint(name, name)
+        deployer.wait_in_service(name)
+        rows = pipeline.held_out[:10]
+        body = "\n".join(",".join(repr(float(v)) for v in row) for row in rows)
+        answer = rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Accept="text/csv", Body=body)
+        assert answer["Body"].read().decode().split() == pipeline.expected(rows)
+
+        code = ("import json, os\n"
+                "def model_fn(model_dir, context=None):\n"
+                "    return open(os.path.join(model_dir, 'name.txt')).read().strip()\n"
+                "def transform_fn(name, body, content_type, accept):\n"
+                "    return json.dumps({'model': name}), 'application/json'\n")
+        prefix = work / "models"
+        prefix.mkdir()
+        for model in ("alpha", "beta"):
+            with tarfile.open(prefix / f"{model}.tar.gz", "w:gz") as tar:
+                for member, data in (("name.txt", model.encode()), ("code/inference.py", code.encode())):
+                    info = tarfile.TarInfo(member)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        mme = new_name("raymme")
+        sm.create_model(ModelName=mme, ExecutionRoleArn=ROLE_ARN, PrimaryContainer={
+            "Image": "sklearn", "Mode": "MultiModel", "ModelDataUrl": prefix.as_uri()})
+        deployer.models.append(mme)
+        deployer.config(mme, [variant("AllTraffic", mme)])
+        deployer.endpoint(mme, mme)
+        deployer.wait_in_service(mme)
+        for model in ("alpha", "beta", "alpha"):
+            reply = rt.invoke_endpoint(EndpointName=mme, ContentType="text/csv", Body=b"x",
+                                       TargetModel=f"{model}.tar.gz")
+            assert json.loads(reply["Body"].read()) == {"model": model}
+    finally:
+        deployer.cleanup()

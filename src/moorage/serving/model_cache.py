@@ -204,9 +204,17 @@ def process_tree_rss(pid: int | None) -> int | None:
 
 
 def _alive(instance: Instance) -> bool:
-    process = instance.process
-    return (instance.state == InstanceState.IN_SERVICE and process is not None
-            and process.returncode is None)
+    if instance.state != InstanceState.IN_SERVICE:
+        return False
+    process = getattr(instance, "process", None)  # a Ray actor's instance (cluster mode) has no local process
+    return process is None or process.returncode is None
+
+
+def _resident(instance: Instance) -> int | None:
+    """The model's resident memory: its process tree here, or what its actor measured on its node."""
+    if getattr(instance, "process", None) is None:
+        return instance.resident_bytes()
+    return process_tree_rss(instance.pid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,7 +482,7 @@ class ModelHost:
         loading = min(elapsed, instance.setup_seconds or elapsed)
         self._record(MODEL_DOWNLOADING_TIME, (elapsed - loading) * 1e6, MICROSECONDS)
         self._record(MODEL_LOADING_TIME, loading * 1e6, MICROSECONDS)
-        size = process_tree_rss(instance.pid) or estimate
+        size = _resident(instance) or estimate
         self._sizes[key] = size
         now = time.time()
         model = LoadedModel(key, instance, size, loaded_at=now, last_used=now)
@@ -500,7 +508,7 @@ class ModelHost:
                 if drop_dead:
                     self._drop_dead(key, model)
                 continue
-            size = process_tree_rss(model.instance.pid)
+            size = _resident(model.instance)
             if size is not None:
                 model.size_bytes = size
                 self._sizes[key] = size

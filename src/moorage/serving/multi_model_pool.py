@@ -20,6 +20,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
+from moorage.serving.chain import ContainerChain
 from moorage.serving.instance import Instance
 from moorage.serving.launch_spec import LaunchSpec
 from moorage.serving.launchers import Launcher
@@ -81,8 +82,10 @@ class MultiModelPool:
         model_dir = await asyncio.to_thread(self.materialize, url)
         launch = dataclasses.replace(self.launch, model_dir=model_dir, model_data_url=url,
                                      environment={**self.launch.environment, "SM_MODEL_DIR": str(model_dir)})
+        # A process beside the server, or, in cluster mode, an actor on a Ray node (the host's models spread
+        # over nodes like a variant's instances; the budget counts them together, as measured there).
         instance = self.launcher.member([launch], self.log_dir / host_id)
-        assert isinstance(instance, Instance)
+        assert not isinstance(instance, ContainerChain)
         try:
             await instance.start(self.start_timeout)
         except BaseException:

@@ -250,6 +250,8 @@ class RayInstance:
             await asyncio.wait({wait, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
+        if self.state == InstanceState.IN_SERVICE:
+            self.state = InstanceState.FAILED  # out of service whoever watches it (a pool, a model host)
         if wait.done() and not wait.cancelled() and wait.exception() is None:
             return int(wait.result())
         wait.cancel()
