@@ -26,6 +26,7 @@ from e2e_support import (
     err_message,
     err_status,
     file_url,
+    http_request,
     invoke,
     new_name,
     pack_model,
@@ -85,6 +86,9 @@ def test_timed_out_work_is_isolated_and_a_bomb_is_refused(fresh_server: Callable
             assert invoke(rt, endpoint, b"1,2")["Body"] == b"fast"
         assert not (gate / "release").exists()
         assert "recycling instance" in server.log_tail(400)
+        # ...and counted, by cause, in the server's Prometheus exposition.
+        line = f'moorage_instance_replacements_total{{cause="timeout",endpoint="{endpoint}",variant="AllTraffic"}} 1.0'
+        assert line in http_request("GET", server.url + "/metrics")[2].decode()
 
         # A 16 MB expansion from a few KiB, past the server's 8 MB cap: the endpoint fails with the reason.
         bomb = tmp_path / "bomb.tar.gz"

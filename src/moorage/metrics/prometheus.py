@@ -100,6 +100,8 @@ class PrometheusExposition:
         self.dropped_samples = lambda: 0
         # Data capture's cumulative counts per (endpoint, variant): set by whoever owns the writer.
         self.capture_counts: Callable[[], Mapping[tuple[str, str], Mapping[str, int]]] = dict
+        # Instances replaced per (endpoint, variant), by cause (exited, timeout, memory): set by the metrics service.
+        self.replacements: Callable[[], Mapping[tuple[str, str], Mapping[str, int]]] = dict
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]  # a collector is anything with collect()
 
@@ -147,6 +149,7 @@ class PrometheusExposition:
         yield from self._gauge_families(gauges)
         yield from self._business_families(business)
         yield from self._capture_families(self.capture_counts())
+        yield from self._replacement_families(self.replacements())
         dropped = CounterMetricFamily("moorage_metrics_dropped_samples",
                                       "Latency samples the recorder dropped because its buffer was full.")
         dropped.add_metric([], float(self.dropped_samples()))
@@ -160,6 +163,18 @@ class PrometheusExposition:
         for (endpoint, variant), outcomes in sorted(counts.items()):
             for outcome in CAPTURE_OUTCOMES:
                 family.add_metric([endpoint, variant, outcome], float(outcomes.get(outcome, 0)))
+        yield family
+
+    @staticmethod
+    def _replacement_families(counts: Mapping[tuple[str, str], Mapping[str, int]]) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "moorage_instance_replacements",
+            "Instances replaced since the variant's fleet started, by cause: exited (the process or its node died, "
+            "or failed its health checks), timeout (recycled after a request timed out), memory (recycled past "
+            "its resident-memory limit).", labels=("endpoint", "variant", "cause"))
+        for (endpoint, variant), causes in sorted(counts.items()):
+            for cause, count in sorted(causes.items()):
+                family.add_metric([endpoint, variant, cause], float(count))
         yield family
 
     @staticmethod

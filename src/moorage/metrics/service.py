@@ -65,6 +65,7 @@ class MetricsService:
         self.sampler = UtilizationSampler(settings.home) if self.recording else None
         self.prometheus = PrometheusExposition(lambda: self.recorder.windows if self.recorder else {})
         self.prometheus.dropped_samples = lambda: self.recorder.dropped_total if self.recorder else 0
+        self.prometheus.replacements = self.replacements
         # An alarm's period must be a multiple of the finest period an endpoint may publish at.
         self.alarms = AlarmService(store, self.store, settings.region, settings.account_id,
                                    data_period=math.gcd(self.period, min(PUBLISH_FREQUENCIES)))
@@ -146,6 +147,18 @@ class MetricsService:
         self.store.write(sets)
         for s in sets:
             self.prometheus.add_business(s.namespace, s.metric_name, s.dimensions, s.total, s.sample_count)
+
+    def replacements(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Instances replaced per live variant, by cause (the pools count them; ``restarts`` is every one)."""
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for endpoint in self.routes.snapshots():
+            for variant in endpoint.variants.values():
+                causes = out.setdefault((endpoint.name, variant.name), {"exited": 0, "timeout": 0, "memory": 0})
+                recycled = sum(variant.recycled.values())
+                causes["exited"] += max(0, variant.restarts - recycled)
+                for cause, count in variant.recycled.items():
+                    causes[cause] = causes.get(cause, 0) + count
+        return out
 
     def watch_capture(self, counts: Callable[[], Mapping[tuple[str, str], Mapping[str, int]]]) -> None:
         """Publish data capture's per-variant counters (captured, written, dropped, failed) each period."""
