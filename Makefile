@@ -28,7 +28,8 @@ test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # System tools some tests drive for real: a Prometheus server scrapes GET /metrics; a throwaway
-# PostgreSQL (tests/postgres_support.py) holds the store and the cluster tests' shared database.
+# PostgreSQL (tests/postgres_support.py) holds the store and the cluster tests' shared database; a
+# headless chromium (driven by Playwright) loads the dashboard's pages.
 # Installed with apt-get when missing and we are root; otherwise those tests skip and say why.
 test-tools:
 	@command -v prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
@@ -38,6 +39,9 @@ test-tools:
 		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 		|| echo "PostgreSQL is not installed: the PostgreSQL store and cluster tests will skip"; }
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium is not installed: the dashboard's browser tests will skip"; }
 
 # lint-imports: the layers of src/moorage/ and the other import contracts in pyproject.toml
 lint: $(STAMP)
