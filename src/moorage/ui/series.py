@@ -1,0 +1,74 @@
+"""The charts' JSON: metrics-store statistics over the last hour or day, one x axis, one list per line.
+
+A chart's URL answers ``{"x": [epoch seconds], "series": [{"label": ..., "values": [...]}], "unit": ...}``
+(``ui/static/app.js`` draws it with uPlot). Every line shares the x axis: the window's buckets from its
+aligned start to now, a value or ``null`` (no data) per bucket, so lines from different series line up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from moorage.metrics.store import Datapoint, MetricStore
+
+# window name -> (span, bucket) in seconds: 60 points over an hour, 144 over a day.
+WINDOWS: dict[str, tuple[int, int]] = {"hour": (3600, 60), "day": (86400, 600)}
+DEFAULT_WINDOW = "hour"
+
+
+@dataclass(frozen=True)
+class Window:
+    name: str
+    start: float  # the first bucket's start, a multiple of period
+    end: float
+    period: int
+
+    def buckets(self) -> list[float]:
+        return [self.start + i * self.period for i in range(math.ceil((self.end - self.start) / self.period))]
+
+
+def window(name: str | None, now: float | None = None) -> Window:
+    """The named window ending now (an unknown name: the default), its buckets aligned to its period."""
+    key = name if name in WINDOWS else DEFAULT_WINDOW
+    span, period = WINDOWS[key]
+    end = time.time() if now is None else now
+    start = math.floor((end - span) / period) * period + period
+    return Window(key, float(start), end, period)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a chart: a label and its statistic's datapoints (``scale`` multiplies each value)."""
+
+    label: str
+    points: Sequence[Datapoint]
+    scale: float = 1.0
+
+
+def chart(win: Window, lines: Iterable[Line], unit: str = "") -> dict[str, Any]:
+    """The chart JSON of ``lines`` over ``win``."""
+    xs = win.buckets()
+    index = {x: i for i, x in enumerate(xs)}
+    series = []
+    for line in lines:
+        values: list[float | None] = [None] * len(xs)
+        for point in line.points:
+            i = index.get(point.timestamp)
+            if i is not None:
+                values[i] = point.value * line.scale
+        series.append({"label": line.label, "values": values})
+    return {"x": xs, "series": series, "unit": unit, "window": win.name, "period": win.period}
+
+
+def statistic(store: MetricStore, win: Window, namespace: str, metric: str, dimensions: dict[str, str],
+              stat: str) -> list[Datapoint]:
+    """One statistic of one series, per bucket of ``win``."""
+    return store.statistics(namespace, metric, dimensions, stat, win.start, win.end + 1, win.period)
+
+
+def total(points: Iterable[Datapoint]) -> float:
+    return float(sum(p.value for p in points))
