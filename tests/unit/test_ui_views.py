@@ -130,8 +130,8 @@ def test_rebin_and_categories() -> None:
         {"features": [{"name": "s", "inferred_type": "String", "string_statistics": {
             "distribution": {"categorical": {"buckets": [{"value": "y", "count": 2}, {"value": "z", "count": 2}]}}}}]},
         set())
-    assert cats[0]["labels"] == ["y", "x", "z"] and cats[0]["baseline"] == [0.25, 0.75, 0.0]
-    assert cats[0]["current"] == [0.5, 0.0, 0.5]
+    assert cats[0]["labels"] == ["x", "y", "z"] and cats[0]["baseline"] == [0.75, 0.25, 0.0]
+    assert cats[0]["current"] == [0.0, 0.5, 0.5]
     violations = {"violations": [{"feature_name": "b", "constraint_check_type": "baseline_drift_check",
                                   "description": "d"}]}
     assert monitoring.drifted_features(violations) == {"b"}

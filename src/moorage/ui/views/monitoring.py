@@ -176,7 +176,7 @@ def feature_distributions(baseline: Mapping[str, Any] | None, current: Mapping[s
                          baseline=rebin(b_buckets, edges), current=rebin(c_buckets, edges))
         else:
             b_counts, c_counts = _categories(b), _categories(c)
-            keys = sorted(set(b_counts) | set(c_counts), key=lambda k: -(b_counts.get(k, 0) + c_counts.get(k, 0)))
+            keys = sorted(set(b_counts) | set(c_counts), key=lambda k: (-(b_counts.get(k, 0) + c_counts.get(k, 0)), k))
             keys = keys[:TOP_VALUES]
             entry.update(kind="categorical" if keys else "none", labels=keys, edges=None,
                          baseline=_fractions(b_counts, keys), current=_fractions(c_counts, keys))
