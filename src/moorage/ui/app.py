@@ -57,7 +57,7 @@ def build_ui(ui: UiContext) -> Callable[..., Any]:
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return render(request, "error.html", exc.status_code, status=exc.status_code, message=exc.detail)
+        return render(request, "error.html", exc.status_code, code=exc.status_code, message=exc.detail)
 
     routes: list[BaseRoute] = [Route("/", landing), *login_routes(sessions),
                                Mount("/static", StaticFiles(directory=STATIC), name="static")]

@@ -13,7 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from moorage.metrics.store import Datapoint, MetricStore
+from sqlalchemy import and_, func, select
+
+from moorage.metrics.store import Datapoint, MetricStore, datapoints
+from moorage.metrics.vocabulary import dimensions_of
 
 # window name -> (span, bucket) in seconds: 60 points over an hour, 144 over a day.
 WINDOWS: dict[str, tuple[int, int]] = {"hour": (3600, 60), "day": (86400, 600)}
@@ -70,5 +73,35 @@ def statistic(store: MetricStore, win: Window, namespace: str, metric: str, dime
     return store.statistics(namespace, metric, dimensions, stat, win.start, win.end + 1, win.period)
 
 
+def rebucket(points: Iterable[Datapoint], win: Window, how: str = "average") -> list[Datapoint]:
+    """Finer datapoints gathered into ``win``'s buckets: their average or maximum per bucket."""
+    gathered: dict[float, list[Datapoint]] = {}
+    for point in points:
+        slot = win.start + math.floor((point.timestamp - win.start) / win.period) * win.period
+        gathered.setdefault(slot, []).append(point)
+    pick = max if how == "maximum" else (lambda values: sum(values) / len(values))
+    return [Datapoint(slot, float(pick([p.value for p in found])), float(sum(p.sample_count for p in found)),
+                      found[0].unit) for slot, found in sorted(gathered.items())]
+
+
 def total(points: Iterable[Datapoint]) -> float:
     return float(sum(p.value for p in points))
+
+
+def sums_by_series(store: MetricStore, namespace: str, metric: str, since: float,
+                   dimension_names: frozenset[str]) -> dict[tuple[str, ...], float]:
+    """The Sum of every series of ``metric`` with exactly ``dimension_names`` since ``since``, in one
+    query (a list of 100 endpoints reads its traffic once, not once per endpoint); keyed by the
+    dimensions' values in the order of their sorted names."""
+    stmt = (select(datapoints.c.dimensions, func.sum(datapoints.c.value_sum).label("total"))
+            .where(and_(datapoints.c.namespace == namespace, datapoints.c.metric_name == metric,
+                        datapoints.c.timestamp >= since))
+            .group_by(datapoints.c.dimensions))
+    names = sorted(dimension_names)
+    out: dict[tuple[str, ...], float] = {}
+    with store.engine.connect() as conn:
+        for row in conn.execute(stmt):
+            dims = dimensions_of(row.dimensions)
+            if dims.keys() == dimension_names:
+                out[tuple(dims[n] for n in names)] = float(row.total or 0.0)
+    return out

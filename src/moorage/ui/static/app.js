@@ -10,6 +10,11 @@
     try { return localStorage.getItem(WINDOW_KEY) || "hour"; } catch (e) { return "hour"; }
   }
 
+  // The server renders tables over the same window as the charts: it reads this cookie (not a secret).
+  function shareWindow() {
+    document.cookie = "moorage_window=" + currentWindow() + "; path=/ui; SameSite=Strict";
+  }
+
   function withWindow(src) {
     var url = new URL(src, location.href);
     url.searchParams.set("window", currentWindow());
@@ -20,7 +25,7 @@
     return function (u, v) {
       if (v == null) { return "—"; }
       var abs = Math.abs(v);
-      var text = abs >= 1e6 ? (v / 1e6).toFixed(1) + "M" : abs >= 1e4 ? (v / 1e3).toFixed(1) + "k"
+      var text = Number.isInteger(v) && abs < 1e4 ? String(v) : abs >= 1e6 ? (v / 1e6).toFixed(1) + "M" : abs >= 1e4 ? (v / 1e3).toFixed(1) + "k"
         : abs >= 100 ? v.toFixed(0) : abs >= 1 ? v.toFixed(2) : v.toPrecision(2);
       return unit ? text + " " + unit : text;
     };
@@ -38,7 +43,9 @@
     var opts = {
       width: Math.max(el.clientWidth, 240), height: 200, series: series,
       axes: [{}, { values: function (u, vals) { return vals.map(function (v) { return formatValue("")(u, v); }); }, size: 60 }],
-      scales: { x: { time: true } }, legend: { live: true }
+      // Counts, latencies and rates start at zero: a flat line of 25 requests should not look like a drop.
+      scales: { x: { time: true }, y: { range: function (u, min, max) { return [Math.min(0, min), max > 0 ? max * 1.1 : 1]; } } },
+      legend: { live: true }
     };
     return new uPlot(opts, toColumns(data), el);
   }
@@ -113,7 +120,9 @@
         document.querySelectorAll(".window-switch button").forEach(function (b) {
           b.setAttribute("aria-pressed", String(b.dataset.window === button.dataset.window));
         });
+        shareWindow();
         charts.forEach(refresh);
+        refreshLive();
       });
     });
   }
@@ -127,6 +136,7 @@
 
   function start() {
     document.querySelectorAll(".chart-plot[data-src]").forEach(function (el) { charts.push({ el: el, plot: null }); });
+    shareWindow();
     setupWindowSwitch();
     setupConfirms();
     charts.forEach(refresh);
