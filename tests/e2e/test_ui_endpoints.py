@@ -135,6 +135,9 @@ def test_an_endpoint_appears_and_its_invocation_chart_follows_traffic(
     assert page.locator("#instances tbody tr").count() == 2
     page.wait_for_timeout(200)  # let uPlot finish its paint before the picture
     screenshot(page, "endpoint")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the same page, one column
+    screenshot(page, "endpoint-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
     page.click(".window-switch button[data-window=day]")
     page.wait_for_function("() => document.querySelector('#chart-invocations .chart-plot').dataset.renders >= 2")
     day = page.request.get(f"{ui_server.url}/ui/endpoints/{name}/charts/invocations?window=day").json()
