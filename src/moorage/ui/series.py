@@ -31,7 +31,8 @@ class Window:
     period: int
 
     def buckets(self) -> list[float]:
-        return [self.start + i * self.period for i in range(math.ceil((self.end - self.start) / self.period))]
+        """Every bucket's start; the last one holds ``end`` (the period now under way)."""
+        return [self.start + i * self.period for i in range(round((self.end - self.start) // self.period) + 1)]
 
 
 def window(name: str | None, now: float | None = None) -> Window:
@@ -39,7 +40,7 @@ def window(name: str | None, now: float | None = None) -> Window:
     key = name if name in WINDOWS else DEFAULT_WINDOW
     span, period = WINDOWS[key]
     end = time.time() if now is None else now
-    start = math.floor((end - span) / period) * period + period
+    start = (math.floor(end / period) - (span // period - 1)) * period
     return Window(key, float(start), end, period)
 
 
