@@ -72,12 +72,18 @@ def signing_key(home: Path) -> bytes:
     """The home's session-signing key, made once (0600); a restart keeps sessions valid."""
     path = Path(home) / KEY_FILE
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    # Written whole under another name, then renamed: a crash never leaves a short key behind.
     key = secrets.token_bytes(32)
+    partial = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(key)
+    os.replace(partial, path)
     return key
 
 
