@@ -7,7 +7,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from moorage.ui.render import render
-from moorage.ui.session import COOKIE, LOGIN_PATH, PREFIX, Sessions, cookie_header, is_tls, session_of
+from moorage.ui.session import COOKIE, LOGIN_PATH, PREFIX, Sessions, cookie_header, form_of, is_tls, session_of
 
 LOGIN_COOKIE = "moorage_ui_login"
 
@@ -24,7 +24,7 @@ def login_routes(sessions: Sessions) -> list[BaseRoute]:
         return _form(request, sessions, None, 200)
 
     async def login(request: Request) -> Response:
-        form = await request.form()
+        form = await form_of(request)
         if not sessions.login_token_ok(request.cookies.get(LOGIN_COOKIE), str(form.get("login_token") or "")):
             return _form(request, sessions, "The sign-in form expired: try again.", 403)
         key_id, secret = str(form.get("access_key_id") or "").strip(), str(form.get("secret_access_key") or "")

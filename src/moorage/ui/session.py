@@ -187,6 +187,16 @@ def require(request: Request, role: str, endpoint: str | None = None) -> Princip
     return session.principal
 
 
+async def form_of(request: Request) -> dict[str, str]:
+    """A dashboard form's fields (urlencoded; the first value of each): parsed here rather than by
+    Starlette's ``request.form()``, which needs python-multipart, not a dependency of moorage."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type != "application/x-www-form-urlencoded":
+        return {}
+    body = await request.body()
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+
+
 def sees(request: Request, endpoint: str) -> bool:
     session = session_of(request)
     return session is not None and session.principal.sees(endpoint)
@@ -220,6 +230,12 @@ class SessionGuard:
 
         path, method = scope["path"], scope["method"]
         if path.startswith(STATIC_PREFIX) or path == LOGIN_PATH:  # the login checks its own form token
+            if method not in SAFE_METHODS:
+                body = await _read_body(receive)
+                if body is None:
+                    await _plain(send_secured, 413, "A dashboard form is at most 64 KiB.")
+                    return
+                receive = _replay(body, receive)
             await self.app(scope, receive, send_secured)
             return
         session = self.sessions.read(cookies_of(scope).get(COOKIE))

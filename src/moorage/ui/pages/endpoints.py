@@ -45,7 +45,7 @@ from moorage.store.metadata import DesiredVariant, ListQuery, Resource
 from moorage.ui import series
 from moorage.ui.context import DEPLOYER, UiContext
 from moorage.ui.render import render
-from moorage.ui.session import PREFIX, require, session_of
+from moorage.ui.session import PREFIX, form_of, require, session_of
 
 log = logging.getLogger("moorage.ui")
 
@@ -296,7 +296,7 @@ def routes(ui: UiContext) -> list[BaseRoute]:
     async def change_variant(request: Request) -> Response:
         name, variant = request.path_params["name"], request.path_params["variant"]
         principal = require(request, DEPLOYER, endpoint=name)
-        form = await request.form()
+        form = await form_of(request)
         change: dict[str, Any] = {"VariantName": variant}
         try:
             weight_text = str(form.get("weight") or "").strip()
