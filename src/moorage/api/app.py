@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 import time
 from typing import Any
@@ -68,16 +69,24 @@ from moorage.store.artifacts import ArtifactStore, model_data_urls
 from moorage.store.locations import export_object_store
 from moorage.store.metadata import MetadataStore
 from moorage.store.objects import ObjectStore
+from moorage.ui.app import build_ui
+from moorage.ui.context import Principal as UiPrincipal
+from moorage.ui.context import UiContext
 
 log = logging.getLogger("moorage.server")
 # The classic text format every Prometheus version parses.
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+ACTOR_SWEEP_S = 15.0  # how often the leader looks for shared instance actors no fleet uses (cluster mode)
 
 
 def ray_launcher(settings: Settings) -> RayLauncher | None:
     """Cluster mode's launcher when a Ray cluster is named (--ray, MOORAGE_RAY_ADDRESS), else None (local)."""
     address = settings.cluster.ray_address
-    return RayLauncher(address, settings.cluster.ray_namespace) if address else None
+    if not address:
+        return None
+    # Over a database other routers may share, a fleet's actors are shared by all of them (the leader's).
+    shared = not settings.database_url.startswith("sqlite")
+    return RayLauncher(address, settings.cluster.ray_namespace, shared=shared)
 
 
 class MoorageApp:
@@ -104,6 +113,7 @@ class MoorageApp:
         self.ctx = Context(settings, self.store, artifacts, self.routes)
         # This router among those sharing the store (a heartbeat row; control/routers.py): work it starts
         # names it, and only work whose router is gone is settled by the leader.
+        self._next_sweep = 0.0
         self.routers = Routers(settings, self.store)
         self.ctx.router_id = self.routers.id
         if not self.routers.single:
@@ -161,6 +171,25 @@ class MoorageApp:
                                         *experiment_routes(self.routing_experiments),
                                         *edge_admin_routes(self.edge_fleets, self.device_keys, self.edge_deployments),
                                         *access_key_routes(self.access_keys, list(secrets))])
+        # The dashboard at /ui (ui/): it signs in with the same keys, looked up here (ui never imports api).
+        self._admin_secrets = secrets
+        self.ui = build_ui(UiContext(
+            self.ctx, self.endpoints, self.metrics, authenticate=self._ui_authenticate, lookup=self._ui_lookup,
+            routing_experiments=self.routing_experiments, experiments=self.experiments, monitoring=self.monitoring,
+            transform_jobs=self.transform_jobs))
+
+    def _ui_lookup(self, key_id: str) -> UiPrincipal | None:
+        if key_id in self._admin_secrets:
+            return UiPrincipal(key_id, "admin")
+        key = self.access_keys.get(key_id)
+        return UiPrincipal(key.access_key_id, key.role, key.endpoints) if key is not None else None
+
+    def _ui_authenticate(self, key_id: str, secret: str) -> UiPrincipal | None:
+        key = self.access_keys.get(key_id)
+        expected = self._admin_secrets.get(key_id) or (key.secret_access_key if key is not None else None)
+        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
+            return None
+        return self._ui_lookup(key_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -190,6 +219,8 @@ class MoorageApp:
                 await self.edge_door(scope, receive, send)
             elif path.startswith("/moorage/"):
                 await self.native(scope, receive, send)
+            elif path == "/ui" or path.startswith("/ui/"):
+                await self.ui(scope, receive, send)
             else:
                 await respond_error(send, "UnknownOperationException", f"No route for {path}.", 404, JSON)
         elif kind == "lifespan":
@@ -210,6 +241,8 @@ class MoorageApp:
     # The controllers: only on the router that leads (control/leadership.py) --------------------------
     async def _lead(self) -> None:
         self.metrics.evaluate_alarms = self.routing_experiments.leading = True
+        if isinstance(self.routes.launcher, RayLauncher):
+            self.routes.launcher.leading = True  # shared instance actors: created, replaced, retired here
         await asyncio.to_thread(self.settling.settle)  # jobs and updates cut off by routers that are gone
         if self.ctx.alive is not None:
             self.endpoints.settle_cut_off(self.ctx.alive())  # creations and deletions likewise
@@ -220,6 +253,8 @@ class MoorageApp:
 
     async def _step_down(self) -> None:
         self.metrics.evaluate_alarms = self.routing_experiments.leading = False
+        if isinstance(self.routes.launcher, RayLauncher) and self.routes.launcher.shared:
+            self.routes.launcher.leading = False
         await self.autoscaler.stop()
         await self.experiments.stop()
         await self.monitoring.stop()  # running executions go back to Pending, for the next leader
@@ -229,6 +264,10 @@ class MoorageApp:
         if self.ctx.alive is not None:  # several routers: one of them may have died since the last look
             await asyncio.to_thread(self.settling.settle)
             self.endpoints.settle_cut_off(self.ctx.alive())
+        launcher = self.routes.launcher
+        if isinstance(launcher, RayLauncher) and launcher.shared and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + ACTOR_SWEEP_S
+            await asyncio.to_thread(launcher.sweep)  # shared actors no fleet uses any more
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -272,6 +311,10 @@ class MoorageApp:
                 await self.transform_jobs.shutdown()
                 await self.processing_jobs.shutdown()
                 await self.compilation_jobs.shutdown()
+                launcher = self.routes.launcher
+                if isinstance(launcher, RayLauncher) and launcher.shared and self.ctx.alive is not None:
+                    # Other routers serve on with the shared actors: leave them running (the next leader's).
+                    launcher.detaching = bool(self.ctx.alive() - {self.ctx.router_id})
                 await self.routes.shutdown()
                 await self.capture.shutdown()  # after the routes: every answered invocation is written
                 await self.metrics.stop()  # likewise: the last partial period is written, alarms' webhooks sent

@@ -45,9 +45,14 @@ class NoCapacity(Exception):
 class InstancePool:
     multi_model = False  # see multi_model_pool.py
     def __init__(self, endpoint: str, variant: str, launch: LaunchSpec | Sequence[LaunchSpec], launcher: Launcher,
-                 log_dir: Path, start_timeout: float = 120.0, on_change: Callable[[], None] | None = None):
+                 log_dir: Path, start_timeout: float = 120.0, on_change: Callable[[], None] | None = None,
+                 fleet: str | None = None):
         self.endpoint = endpoint
         self.variant = variant
+        # Names the pool's members where every router shares them (cluster mode on Ray over a shared
+        # database): slot N of the fleet is the same actor for all routers. None: members are this pool's.
+        self.fleet = fleet
+        self._slots: dict[str, int] = {}  # member id -> its slot (0, 1, ...), shared members only
         # The containers of each member, in order; ``launch`` is the first (its runtime and type).
         self.launches: list[LaunchSpec] = [launch] if isinstance(launch, LaunchSpec) else list(launch)
         self.launch = self.launches[0]
@@ -124,12 +129,34 @@ class InstancePool:
         if count > len(live):
             await self._add(count - len(live))
         elif count < len(live):
-            # Retire the least busy first: they drain fastest.
-            victims = sorted(live, key=lambda i: i.outstanding)[: len(live) - count]
+            # Retire the least busy first: they drain fastest. Shared members go from the highest slot down,
+            # so that every router retires the same ones.
+            def order(member: Member) -> int:
+                return -self._slots.get(member.id, 0) if self._shared() else member.outstanding
+
+            victims = sorted(live, key=order)[: len(live) - count]
             await asyncio.gather(*(self._retire(v, drain_timeout) for v in victims))
 
+    def _shared(self) -> bool:
+        return self.fleet is not None and bool(getattr(self.launcher, "shared", False))
+
+    def _new_members(self, count: int) -> list[Member]:
+        if not self._shared():
+            return [self.launcher.member(self.launches, self.log_dir) for _ in range(count)]
+        # The lowest free slots; a member being replaced (failed, not yet removed) frees its slot at once.
+        taken = {self._slots[i.id] for i in self.instances if i.id in self._slots and i.state != InstanceState.FAILED}
+        free = [n for n in range(len(taken) + count) if n not in taken][:count]
+        out = []
+        for slot in free:
+            member = self.launcher.member(  # type: ignore[call-arg]
+                self.launches, self.log_dir, shared_name=f"{self.endpoint}/{self.fleet}/{self.variant}/{slot}",
+                wanted=lambda slot=slot: not self.closed and slot < self.desired)
+            self._slots[member.id] = slot
+            out.append(member)
+        return out
+
     async def _add(self, count: int) -> None:
-        new = [self.launcher.member(self.launches, self.log_dir) for _ in range(count)]
+        new = self._new_members(count)
         self.instances.extend(new)
         results = await asyncio.gather(*(i.start(self.start_timeout) for i in new), return_exceptions=True)
         if self.closed:
@@ -150,6 +177,7 @@ class InstancePool:
                 if isinstance(result, BaseException):
                     with contextlib.suppress(ValueError):
                         self.instances.remove(instance)
+                    self._slots.pop(instance.id, None)
             first = failures[0]
             if isinstance(first, InstanceStartError):
                 raise first
@@ -164,6 +192,7 @@ class InstancePool:
         await instance.stop(drain_timeout)
         with contextlib.suppress(ValueError):
             self.instances.remove(instance)
+        self._slots.pop(instance.id, None)
         self._set_ready()
 
     # Supervision ----------------------------------------------------------------------------------
@@ -234,6 +263,7 @@ class InstancePool:
         self._supervisors.pop(instance.id, None)
         with contextlib.suppress(ValueError):
             self.instances.remove(instance)
+        self._slots.pop(instance.id, None)
         self._set_ready()
         self.restarts += 1
         loop = asyncio.get_running_loop()

@@ -140,7 +140,7 @@ class RouteTable:
                     endpoint, plan.name, plan.launches, self.launcher, log_dir, plan.serverless, self.start_timeout))
             return VariantRoute(plan.name, plan.weight,
                                 InstancePool(endpoint, plan.name, plan.launches, self.launcher, log_dir,
-                                             self.start_timeout))
+                                             self.start_timeout, fleet=config_name))
 
         route = EndpointRoute(endpoint, [variant(p) for p in plans if not p.shadow],
                               invocation_timeout=self.invocation_timeout)

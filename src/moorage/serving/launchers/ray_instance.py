@@ -18,6 +18,16 @@ chosen node filled up meanwhile. A type no node of the cluster can ever hold is 
 that fits a node but finds no room now waits (Ray's autoscaler may add a node) until the start
 timeout, and the reason then says it was pending.
 
+Sharing. Over a database several routers share, every router serves every endpoint with the same
+instances: a pool's member in slot N of a fleet (endpoint, endpoint config, variant) is the named,
+detached actor ``ENDPOINT/CONFIG/VARIANT/N`` in the cluster's moorage namespace, got or created by
+whichever router needs it first (Ray's get-if-exists is atomic), so N routers run the variant's count
+once, not N times. Only the controller leader kills one (a slot scaled in, a fleet retired, a lost
+node's instance replaced); another router that lets go of a slot only detaches, and a router that
+stops while others serve on leaves them running. A slot's actor that outlived every use (a router
+re-created it just as the leader retired it) is killed by the leader's sweep. With SQLite (one
+router) actors are unnamed and belong to the router that made them.
+
 Failure. The member watches its actor: the actor's ``wait_exit`` call ends when the instance process
 exits, and fails when the actor or its node dies; a request that cannot even connect marks the
 member lost at once (the router sends that request to another instance: it was never sent). Either
@@ -35,7 +45,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +71,19 @@ class InstanceActor:
     def __init__(self) -> None:
         self.instance: Instance | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="moorage-ray-"))
+        self._starting: asyncio.Task[dict[str, Any]] | None = None
 
     async def start(self, launch: dict[str, Any], log_dir: str, instance_id: str, timeout: float) -> dict[str, Any]:
+        """Start the instance, or, for an actor every router shares, join the start under way or return
+        the one running; an instance that exited is started again (once, whoever asks first)."""
+        task = self._starting
+        exited = self.instance is not None and self.instance.process is not None \
+            and self.instance.process.returncode is not None
+        if task is None or (task.done() and (task.exception() is not None or exited)):
+            task = self._starting = asyncio.ensure_future(self._start(launch, log_dir, instance_id, timeout))
+        return await asyncio.shield(task)
+
+    async def _start(self, launch: dict[str, Any], log_dir: str, instance_id: str, timeout: float) -> dict[str, Any]:
         import ray
 
         logs = Path(log_dir)
@@ -157,10 +178,16 @@ def _local_addresses() -> set[str]:
 class RayInstance:
     """A pool member whose instance runs in a Ray actor; requests go straight to its TCP port."""
 
-    def __init__(self, launcher: RayLauncher, launch: LaunchSpec, log_dir: Path, fleet: str):
+    def __init__(self, launcher: RayLauncher, launch: LaunchSpec, log_dir: Path, fleet: str,
+                 shared_name: str | None = None, wanted: Callable[[], bool] | None = None):
         self.launcher = launcher
         self.launch = launch
         self.fleet = fleet  # the variant's log folder names it: its members spread over nodes together
+        # Every router's member of this fleet slot is the same named, detached actor (several routers over
+        # one database): the leader creates and retires it, the others attach to it. None: this router's own.
+        self.shared_name = shared_name
+        self.wanted = wanted or (lambda: True)  # False once the pool no longer wants this slot
+        self._held = False
         self.id = f"i-{uuid.uuid4().hex[:12]}"
         self.log_dir = log_dir
         self.log_path: Path = log_dir / f"{self.id}.log"
@@ -206,7 +233,12 @@ class RayInstance:
         timeout = self.launch.startup_timeout or timeout
         self.started_at = time.monotonic()
         try:
-            actor = await self.launcher.create_actor(self)
+            if self.shared_name:
+                actor = await self.launcher.shared_actor(self)
+                self.launcher.hold(self.shared_name)  # the leader's sweep leaves it alone while held
+                self._held = True
+            else:
+                actor = await self.launcher.create_actor(self)
             self._actor = actor
             ref = actor.start.remote(self.launch.to_dict(), str(self.log_dir), self.id, timeout)
             self.waiting = await self.launcher.pending_reason(self)
@@ -233,6 +265,7 @@ class RayInstance:
             await self.kill()
             raise
         self.node_id = info["node_id"]
+        self.launcher.placed(self, self.node_id)  # where it really is (a shared slot may predate this member)
         self.address = f"{info['host']}:{info['port']}"
         self.log_path = Path(info["log_path"])
         self._pid = info["pid"] if info["host"] in self.launcher.local_addresses else None
@@ -307,6 +340,9 @@ class RayInstance:
         await self.drain(drain_timeout)
         self.state = InstanceState.STOPPED
         self.close_connections()
+        if self.shared_name and not self.launcher.retires_shared():
+            self._detach()  # the leader's to stop (or, on this router's stop, the other routers' to keep)
+            return
         if self._actor is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.wrap_future(self._actor.stop.remote(term_timeout).future()),
@@ -314,19 +350,41 @@ class RayInstance:
         await self.kill()
 
     async def kill(self) -> None:
+        if self.shared_name and not self.launcher.retires_shared():
+            self._detach()  # a router that does not lead never kills a shared actor; the leader replaces it
+            return
         actor, self._actor = self._actor, None
         if actor is not None:
             await asyncio.to_thread(self.launcher.kill_actor, actor)
         self._lost.set()
+        self._release()
         self.launcher.forget(self)
+
+    def _detach(self) -> None:
+        self._actor = None
+        self._lost.set()
+        self._release()
+
+    def _release(self) -> None:
+        if self._held and self.shared_name:
+            self._held = False
+            self.launcher.release(self.shared_name)
 
 
 class RayLauncher:
     """Makes pool members whose instances are Ray actors; connects to the cluster on first use."""
 
-    def __init__(self, address: str, namespace: str = "moorage"):
+    def __init__(self, address: str, namespace: str = "moorage", *, shared: bool = False):
         self.address = address
         self.namespace = namespace
+        # Several routers over one database: a fleet's instances are named, detached actors shared by all of
+        # them (see shared_actor): any router gets or creates a slot's actor, only the leader (``leading``)
+        # kills one, and a router stopping while others serve on (``detaching``) leaves them running.
+        self.shared = shared
+        self.leading = not shared
+        self.detaching = False
+        self._names: dict[str, int] = {}  # shared actors this router's members use now -> how many members
+        self._orphans: dict[str, int] = {}  # shared actors no member here uses -> sweeps they were seen in
         self.local_addresses = _local_addresses()
         self._placed: dict[str, dict[str, str]] = {}  # fleet -> member id -> node id (placed or placing)
         # Nodes where an instance stopped answering, and when: Ray takes a while (its health checks) to
@@ -343,19 +401,44 @@ class RayLauncher:
         if self._actor_class is None:
             self._actor_class = ray.remote(max_restarts=0)(InstanceActor)
 
-    def member(self, launches: Sequence[LaunchSpec], log_dir: Path) -> RayInstance | ContainerChain:
+    def member(self, launches: Sequence[LaunchSpec], log_dir: Path, shared_name: str | None = None,
+               wanted: Callable[[], bool] | None = None) -> RayInstance | ContainerChain:
         if len(launches) == 1:
-            return RayInstance(self, launches[0], log_dir, str(log_dir))
+            return RayInstance(self, launches[0], log_dir, str(log_dir), shared_name, wanted)
         # A serial pipeline: a chain of actors, each container one; the chain's logic stays in the router.
         return ContainerChain([RayInstance(self, launch, log_dir, str(log_dir)) for launch in launches])  # type: ignore[list-item]
 
-    async def create_actor(self, member: RayInstance) -> Any:
+    def retires_shared(self) -> bool:
+        """Whether this router stops shared actors: it leads and is not leaving the others to serve on."""
+        return self.leading and not self.detaching
+
+    async def shared_actor(self, member: RayInstance) -> Any:
+        """The fleet slot's actor: the one alive under its name, whichever router made it, else a new one
+        (Ray's get-if-exists is atomic, so routers racing for a slot get one actor)."""
+        name = member.shared_name
+        assert name is not None
+        if not member.wanted():
+            raise InstanceStartError(f"instance slot {name} is no longer wanted (scaled in or retired)")
+        return await self.create_actor(member, name=name)
+
+    def hold(self, name: str) -> None:
+        self._names[name] = self._names.get(name, 0) + 1
+
+    def release(self, name: str) -> None:
+        if name in self._names:
+            self._names[name] -= 1
+            if self._names[name] <= 0:
+                del self._names[name]
+
+    async def create_actor(self, member: RayInstance, name: str | None = None) -> Any:
         need = ActorResources.of(member.launch.instance_type)
         node = await asyncio.to_thread(self._choose_node, member, need)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         options = need.options()
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        if name is not None:  # shared: the slot's actor if it lives (whichever router made it), else a new one
+            options.update(name=name, namespace=self.namespace, get_if_exists=True, lifetime="detached")
         return self._actor_class.options(**options).remote()
 
     def _choose_node(self, member: RayInstance, need: ActorResources) -> str:
@@ -409,9 +492,39 @@ class RayLauncher:
             return str(cause)
         return f"instance {instance_id} could not start on the Ray cluster: {type(exc).__name__}: {exc}"[:1000]
 
+    def placed(self, member: RayInstance, node_id: str | None) -> None:
+        if node_id is not None:
+            self._placed.setdefault(member.fleet, {})[member.id] = node_id
+
     def suspect(self, node_id: str | None) -> None:
         if node_id is not None:
             self._suspects[node_id] = time.monotonic()
+
+    def sweep(self) -> list[str]:
+        """The leader's clean-up: shared actors no member of this router uses, seen so in two sweeps in a row
+        (a fleet retired while another router was replacing one of its slots, say), are killed."""
+        import ray
+
+        if not self.shared or not self.leading:
+            self._orphans.clear()
+            return []
+        try:
+            named = {entry["name"] if isinstance(entry, dict) else entry
+                     for entry in ray.util.list_named_actors(all_namespaces=False)}
+        except Exception:
+            return []
+        orphans = {name for name in named if name.count("/") >= 3 and name not in self._names}
+        self._orphans = {name: self._orphans.get(name, 0) + 1 for name in orphans}
+        killed = []
+        for name, seen in list(self._orphans.items()):
+            if seen >= 2:
+                with contextlib.suppress(Exception):
+                    ray.kill(ray.get_actor(name, self.namespace), no_restart=True)
+                    killed.append(name)
+                self._orphans.pop(name, None)
+        if killed:
+            log.warning("killed %d instance actor(s) no fleet uses: %s", len(killed), ", ".join(sorted(killed)))
+        return killed
 
     def forget(self, member: RayInstance) -> None:
         placed = self._placed.get(member.fleet)
