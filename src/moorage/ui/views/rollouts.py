@@ -76,7 +76,7 @@ def rollout_view(row: Resource, alarm_state: Callable[[str], str | None]) -> dic
                .get("TrafficRoutingConfiguration") or {})
     return {"name": row.name, "status": row.status, "config": body.get("EndpointConfigName"),
             "failure_reason": body.get("FailureReason"), "in_flight": row.status in IN_FLIGHT,
-            "update": {"target": update.get("EndpointConfigName"), "phase": update.get("Phase"),
+            "current_update": {"target": update.get("EndpointConfigName"), "phase": update.get("Phase"),
                        "green_share": float(update.get("GreenShare") or 0.0),
                        "started": _clock(update.get("StartTime"))} if update else None,
             "outcome": outcome(row.status, update), "rolled_back": any(s["rollback"] for s in steps),
