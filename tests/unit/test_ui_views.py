@@ -158,3 +158,13 @@ def test_job_progress_and_rate() -> None:
     done = jobs.job_view({**state, "TransformJobStatus": "Failed", "FailureReason": "boom", "TransformEndTime": 130.0},
                          now=999.0)
     assert done["records_per_s"] == 25.0 and done["failure_reason"] == "boom" and not done["running"]
+
+
+def test_execution_windows_read_as_epochs_or_iso_times() -> None:
+    pending = monitoring.execution_summary(_row("e", "Pending", {"WindowStart": 0.0, "WindowEnd": 3600.0},
+                                                "monitoring-execution"))
+    assert pending["window"] == "1970-01-01 00:00:00 to 1970-01-01 01:00:00" and not pending["finished"]
+    done = monitoring.execution_summary(_row("e", "Completed", {"WindowStart": "2026-12-06T08:00:00Z",
+                                                                "WindowEnd": "2026-12-06T09:00:00Z"},
+                                             "monitoring-execution"))
+    assert done["window"] == "2026-12-06 08:00:00 to 2026-12-06 09:00:00" and done["finished"]

@@ -29,6 +29,9 @@ FINISHED = ("Completed", "CompletedWithViolations", "Failed", "Stopped")
 
 
 def _clock(epoch: Any) -> str:
+    """Epoch seconds (or the ISO-8601 time a finished execution keeps instead) as UTC wall time."""
+    if isinstance(epoch, str) and epoch:
+        return epoch.replace("T", " ").removesuffix("Z")
     if not isinstance(epoch, int | float):
         return "-"
     return dt.datetime.fromtimestamp(float(epoch), tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
