@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -392,5 +394,55 @@ def test_the_batch_page_shows_a_transform_jobs_progress(srv: MoorageServer, clas
         page.goto(f"{srv.url}/ui/jobs/{job}")
         assert page.inner_text("#job-records").startswith("400 ")
         screenshot(page, "batch-job")
+    finally:
+        dep.cleanup()
+
+
+MME_MODEL = '''
+import json, os
+
+
+def model_fn(model_dir, context=None):
+    with open(os.path.join(model_dir, "name.txt")) as fh:
+        return fh.read().strip()
+
+
+def transform_fn(name, body, content_type, accept):
+    return json.dumps({"model": name}), "application/json"
+'''
+
+
+def test_the_batch_page_shows_what_each_multi_model_host_loaded(srv: MoorageServer, tmp_path: Path,
+                                                                ui_page: Any) -> None:
+    prefix = tmp_path / "models"
+    prefix.mkdir()
+    for name in ("m1", "m2"):
+        with tarfile.open(prefix / f"{name}.tar.gz", "w:gz") as tar:
+            for member, data in (("name.txt", name.encode()), ("code/inference.py", MME_MODEL.encode())):
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    dep = Deployer(srv)
+    try:
+        endpoint = new_name("ui-mme")
+        srv.sm().create_model(ModelName=endpoint, ExecutionRoleArn=ROLE_ARN, PrimaryContainer={
+            "Image": "sklearn", "Mode": "MultiModel", "ModelDataUrl": prefix.as_uri()})
+        dep.models.append(endpoint)
+        dep.config(endpoint, [variant("AllTraffic", endpoint)])
+        dep.endpoint(endpoint, endpoint)
+        dep.wait_in_service(endpoint)
+        rt = srv.rt()
+        for target in ("m1.tar.gz", "m2.tar.gz", "m2.tar.gz"):
+            reply = rt.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Body=b"1", TargetModel=target)
+            assert json.loads(reply["Body"].read())["model"] == target.split(".")[0]
+        page = ui_page
+        login(page, srv, srv.access_key_id, srv.secret_access_key)
+        page.goto(f"{srv.url}/ui/jobs")
+        section = f"section.mme[data-endpoint='{endpoint}']"
+        loaded = {row.get_attribute("data-model"): row.inner_text()
+                  for row in page.query_selector_all(f"{section} tr[data-model]")}
+        assert set(loaded) == {"m1.tar.gz", "m2.tar.gz"}, page.inner_text("main")
+        assert loaded["m2.tar.gz"].split("\t")[2] == "1"  # hits: the second request found it loaded
+        screenshot(page, "batch-multi-model")
     finally:
         dep.cleanup()
