@@ -446,3 +446,40 @@ def test_the_batch_page_shows_what_each_multi_model_host_loaded(srv: MoorageServ
         screenshot(page, "batch-multi-model")
     finally:
         dep.cleanup()
+
+
+def test_the_experiments_page_compares_a_shadow_with_production(srv: MoorageServer, classifier: Path,
+                                                                ui_page: Any) -> None:
+    dep = Deployer(srv)
+    try:
+        production = dep.model(new_name("ui-prod"), classifier.as_uri())
+        shadow = dep.model(new_name("ui-shadow"), classifier.as_uri())
+        config = new_name("ui-shadowed")
+        srv.sm().create_endpoint_config(EndpointConfigName=config,
+                                        ProductionVariants=[variant("AllTraffic", production)],
+                                        ShadowProductionVariants=[variant("Shadow", shadow)])
+        dep.configs.append(config)
+        endpoint = dep.endpoint(new_name("ui-shadowed"), config)
+        dep.wait_in_service(endpoint)
+        rows = np.random.default_rng(2).normal(size=(20, 4))
+        rt = srv.rt()
+        for row in rows:
+            rt.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv",
+                               Body=",".join(f"{v:.4f}" for v in row).encode())
+
+        def compared() -> bool:
+            shadows = srv.native_endpoint(endpoint)["ShadowVariants"]
+            return bool(shadows) and (shadows[0]["Shadow"] or {}).get("Compared") == len(rows)
+
+        wait_until(compared, 60, what="the shadow's answers compared")
+        page = ui_page
+        login(page, srv, srv.access_key_id, srv.secret_access_key)
+        page.goto(f"{srv.url}/ui/experiments")
+        assert "Shadow" in page.inner_text(f"#experiments tr[data-endpoint='{endpoint}']")
+        page.goto(f"{srv.url}/ui/experiments/{endpoint}")
+        cells = page.inner_text("#shadows tr[data-shadow='Shadow']").split("\t")
+        # sent, errors, compared, agreement exact: the same model agrees with itself on every request
+        assert (cells[4], cells[5], cells[6], cells[7]) == ("20", "0 (0.0%)", "20", "100.0%"), cells
+        screenshot(page, "experiment-shadow")
+    finally:
+        dep.cleanup()
