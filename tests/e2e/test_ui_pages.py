@@ -176,10 +176,20 @@ def test_the_rollout_pages_buttons_update_and_roll_back(srv: MoorageServer, cana
         page.click("#start-update")
     assert "LinearStepSize" in page.inner_text("#form-error")
     assert sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"] == green
-    # An update back to blue from the form (admin: allowed), all at once after a second's wait.
+    # An update back to blue from the form (admin: allowed), all at once after a second's wait, watched by
+    # two rollback alarms (on a metric with no data: they stay out of ALARM).
+    alarms = [new_name("ui-alarm") for _ in range(2)]
+    cloudwatch = srv.client("cloudwatch")
+    for alarm in alarms:
+        cloudwatch.put_metric_alarm(AlarmName=alarm, Namespace="ui/Test", MetricName=f"{alarm}-errors",
+                                    Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1.0,
+                                    ComparisonOperator="GreaterThanOrEqualToThreshold")
+    page.reload()
     page.select_option("#update-form select[name=config]", blue)
     page.select_option("#update-form select[name=policy]", "ALL_AT_ONCE")
     page.fill("#update-form input[name=wait]", "1")
+    for alarm in alarms:
+        page.check(f"#update-form input[name=alarm][value='{alarm}']")
     with page.expect_navigation():
         page.click("#start-update")
     reload_until(page, lambda p: p.inner_text("#update-outcome") == "completed"
@@ -188,6 +198,11 @@ def test_the_rollout_pages_buttons_update_and_roll_back(srv: MoorageServer, cana
     routing = sm.describe_endpoint(EndpointName=endpoint)["LastDeploymentConfig"]["BlueGreenUpdatePolicy"][
         "TrafficRoutingConfiguration"]
     assert routing == {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 1}
+    assert sm.describe_endpoint(EndpointName=endpoint)["LastDeploymentConfig"]["AutoRollbackConfiguration"] == {
+        "Alarms": [{"AlarmName": a} for a in alarms]}
+    watched = {row.inner_text().split("\t")[0]: row.inner_text().split("\t")[1].strip()
+               for row in page.query_selector_all("#baking-alarms tbody tr")}
+    assert watched == dict.fromkeys(alarms, "INSUFFICIENT_DATA"), watched
     # Roll back: an update back to the config the dashboard's update left.
     assert not page.is_disabled("#roll-back") and green in page.inner_text("#rollback-form")
     with page.expect_navigation():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,7 +26,7 @@ from moorage.errors import ValidationException
 from moorage.store.metadata import ListQuery
 from moorage.ui.context import DEPLOYER, UiContext
 from moorage.ui.render import render
-from moorage.ui.session import PREFIX, require, sees
+from moorage.ui.session import PREFIX, form_of, require, sees
 from moorage.ui.views.rollouts import (
     PREVIOUS_CONFIG,
     deployment_config,
@@ -83,12 +84,14 @@ def routes(ui: UiContext) -> list[BaseRoute]:
     async def update(request: Request) -> Response:
         row = endpoint_row(request)
         require(request, DEPLOYER, row.name)
-        form = await request.form()
-        config_name = str(form.get("config") or "")
+        form = await form_of(request)
+        config_name = form.get("config") or ""
         try:
             if not config_name:
                 raise ValidationException("Choose the endpoint config to update to.")
-            alarms = [str(a) for a in form.getlist("alarm") if str(a)]
+            # Several rollback alarms may be ticked: every value of the field (form_of keeps the first).
+            ticked = parse_qs((await request.body()).decode("utf-8", "replace")).get("alarm", [])
+            alarms = list(dict.fromkeys(a for a in ticked if a))
             await start(request, row, config_name, deployment_config(form, alarms))
         except ValidationException as exc:
             return page(request, store.get(ENDPOINT, row.name) or row, exc.message, 400)
