@@ -397,6 +397,7 @@ class Endpoints:
                       capture_config_name: str) -> None:
         """UpdateEndpoint: a blue/green update of the serving fleet to ``config_name`` (``blue_green.py``)."""
         row = self.ctx.store.get(ENDPOINT, name)
+        blue_config = (row.body.get("EndpointConfigName") if row is not None else None) or ""
         blue = self.ctx.routes.fleet(name)
         if blue is None and row is not None and row.status != DELETING and self.ctx.alive is not None:
             # Among several routers, this one may not serve the endpoint yet (it learns of endpoints made
@@ -487,7 +488,10 @@ class Endpoints:
                    or None,
                    DataCaptureConfig=self._capture_summary({"DataCaptureConfig": capture} if capture else {}),
                    CaptureConfigName=capture_config_name if capture_config_name != config_name else None,
-                   LastDeploymentConfig=plan.document or current.body.get("LastDeploymentConfig"))
+                   LastDeploymentConfig=plan.document or current.body.get("LastDeploymentConfig"),
+                   # The config this update left: what the dashboard's "roll back" updates to.
+                   PreviousEndpointConfigName=blue_config if blue_config != config_name else
+                   current.body.get("PreviousEndpointConfigName"))
         log.info("endpoint %s in service with config %s after a %s update", name, config_name, plan.routing)
         await self.ctx.routes.retire(blue)
 

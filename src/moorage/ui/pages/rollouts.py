@@ -21,7 +21,6 @@ from starlette.routing import BaseRoute, Route
 
 from moorage.control.context import ENDPOINT, ENDPOINT_CONFIG
 from moorage.control.deployment_config import ALL_AT_ONCE
-from moorage.control.resources import save_changes
 from moorage.errors import ValidationException
 from moorage.store.metadata import ListQuery
 from moorage.ui.context import DEPLOYER, UiContext
@@ -74,12 +73,10 @@ def routes(ui: UiContext) -> list[BaseRoute]:
                             headers={"cache-control": "no-store"})
 
     async def start(request: Request, row: Any, config_name: str, document: dict[str, Any]) -> None:
-        leaving = row.body.get("EndpointConfigName")
+        # The config it leaves is noted by the update itself when it completes (PreviousEndpointConfigName),
+        # whoever started it: the page's "roll back" updates back to that.
         await ui.endpoints.update_endpoint({"EndpointName": row.name, "EndpointConfigName": config_name,
                                             "DeploymentConfig": document})
-        # The config it left, for "roll back": noted once the update is accepted, before its task first runs
-        # (nothing awaits in between), so the update's own saves keep it.
-        save_changes(store, ENDPOINT, row.name, None, **{PREVIOUS_CONFIG: leaving})
 
     async def update(request: Request) -> Response:
         row = endpoint_row(request)
