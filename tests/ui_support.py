@@ -7,6 +7,7 @@ Playwright or Debian's chromium is missing (``make test`` installs both). Screen
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -32,6 +33,11 @@ def browser() -> Iterator[Any]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         pytest.skip("no chromium on PATH (Debian's `chromium` package; `make test` installs it)")
+    # Playwright's sync API refuses to start where the thread has a running event loop. Tests here are
+    # synchronous, so one found now is a marker an earlier test's loop left behind on this worker (a loop
+    # stopped by a BaseException, such as pytest's own outcomes, may not clear it): clear it.
+    if asyncio._get_running_loop() is not None:
+        asyncio._set_running_loop(None)
     with sync_playwright() as playwright:
         args = ["--no-sandbox"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
         chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=args)

@@ -111,31 +111,26 @@ def test_one_of_two_leads_and_the_other_takes_over(postgres_server: PostgresServ
     asyncio.run(scenario())
 
 
-def test_a_closed_connection_steps_down_before_anyone_else_leads(postgres_server: PostgresServer) -> None:  # noqa: F811
+def test_a_closed_connection_steps_down_within_an_interval_and_another_leads(
+        postgres_server: PostgresServer) -> None:  # noqa: F811
+    """The leader's own connection closes under it (the session ends: PostgreSQL frees the lock at once):
+    it stops its controllers at its next check, and the other router leads. Which comes first is a race
+    of two checks one interval apart (docs/cluster.md says so); both happen within the bound."""
     url = postgres_server.new_database()
 
     async def scenario() -> None:
-        order: list[str] = []
         a_events, b_events = Events(), Events()
-
-        async def a_down() -> None:
-            order.append("a stepped down")
-            await a_events.step_down()
-
-        async def b_lead() -> None:
-            order.append("b leads")
-            await b_events.lead()
-
-        a = Leadership(url, INTERVAL, on_lead=a_events.lead, on_step_down=a_down)
-        b = Leadership(url, INTERVAL, on_lead=b_lead, on_step_down=b_events.step_down)
+        a = Leadership(url, INTERVAL, on_lead=a_events.lead, on_step_down=a_events.step_down)
+        b = Leadership(url, INTERVAL, on_lead=b_events.lead, on_step_down=b_events.step_down)
         await a.start()
         await b.start()
         try:
-            assert a.leading
-            # The leader's own connection closes under it (what a network cut looks like from the client).
+            assert a.leading and not b.leading
             a._conn.pgconn.finish()
+            await until(lambda: not a.leading, INTERVAL + 3, "a to step down within its check interval")
+            assert a_events.seen == ["lead", "step_down"]
             await until(lambda: b.leading, 5, "b leads")
-            assert order == ["a stepped down", "b leads"]
+            assert b_events.seen == ["lead"]
         finally:
             await a.stop()
             await b.stop()
