@@ -26,7 +26,8 @@ pytest.importorskip("ray", reason="cluster mode needs moorage[ray]")
 
 @pytest.fixture(scope="module")
 def ray_nodes() -> Iterator[RayNodes]:
-    nodes = RayNodes(cpus_per_node=4)
+    # CPUs are counters to Ray: 8 per node, so memory (20 GiB a node) is what bounds the instances here.
+    nodes = RayNodes(cpus_per_node=8)
     try:
         yield nodes.start(workers=2)
     finally:
@@ -52,6 +53,14 @@ def model_tarball(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 def in_service(server: MoorageServer, name: str) -> list[dict[str, Any]]:
     return [i for i in server.instances(name) if i["State"] == "InService"]
+
+
+def _exists(sm: Any, endpoint: str) -> bool:
+    try:
+        sm.describe_endpoint(EndpointName=endpoint)
+    except ClientError:
+        return False
+    return True
 
 
 def wait_for(what: str, check: Any, timeout: float = 120.0, interval: float = 0.5) -> Any:
@@ -136,7 +145,7 @@ def test_an_instance_type_no_node_can_hold_fails_with_the_reason(
 
 def test_a_scale_out_the_cluster_has_no_room_for_waits_saying_so_then_fails_with_the_reason(
         server: MoorageServer, ray_nodes: RayNodes, model_tarball: tuple[Path, Any]) -> None:
-    """ml.m5.xlarge asks for 4 CPU and 16 GiB: one fits a node (4 CPU, 20 GiB). One instance per node
+    """ml.m5.xlarge asks for 4 CPU and 16 GiB: one fits a node (8 CPU, 20 GiB). One instance per node
     comes up; scaled to one more, the new one waits for room, the listing says why, and past its start
     bound the endpoint's FailureReason says it was pending, while the instances in service go on serving."""
     from e2e_support import new_name, variant
@@ -204,6 +213,9 @@ def test_a_serial_pipeline_and_a_multi_model_endpoint_run_on_ray_too(
                 "    return json.dumps({'model': name}), 'application/json'\n")
         prefix = work / "models"
         prefix.mkdir()
+        # The pipeline's three containers hold 24 GiB of the nodes' 40: gone before the models load.
+        sm.delete_endpoint(EndpointName=name)
+        wait_for("the pipeline's instances to go", lambda: not _exists(sm, name), timeout=120)
         for model in ("alpha", "beta"):
             with tarfile.open(prefix / f"{model}.tar.gz", "w:gz") as tar:
                 for member, data in (("name.txt", model.encode()), ("code/inference.py", code.encode())):
