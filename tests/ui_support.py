@@ -1,13 +1,12 @@
 """The dashboard's browser tests: a headless chromium driven by Playwright, signing in, screenshots.
 
-``browser`` is a session-scoped fixture (import it into a test module) that skips, saying why, where
+``browser`` is a module-scoped fixture (import it into a test module) that skips, saying why, where
 Playwright or Debian's chromium is missing (``make test`` installs both). Screenshots go to
 ``test-artifacts/ui/<name>.png`` at the repository root.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -24,8 +23,11 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
 TIMEOUT_MS = 30_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Headless chromium for one test module. Not for the session: while Playwright's sync API is open it
+    runs its event loop on this thread, so an ``asyncio.run`` in a later test on the same xdist worker
+    would find a loop running (and a second module's Playwright would refuse to start)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -33,11 +35,6 @@ def browser() -> Iterator[Any]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         pytest.skip("no chromium on PATH (Debian's `chromium` package; `make test` installs it)")
-    # Playwright's sync API refuses to start where the thread has a running event loop. Tests here are
-    # synchronous, so one found now is a marker an earlier test's loop left behind on this worker (a loop
-    # stopped by a BaseException, such as pytest's own outcomes, may not clear it): clear it.
-    if asyncio._get_running_loop() is not None:
-        asyncio._set_running_loop(None)
     with sync_playwright() as playwright:
         args = ["--no-sandbox"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
         chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=args)
