@@ -238,13 +238,21 @@ def test_chunked_bodies_held_before_verification_share_one_budget(fresh_server) 
                 sock.sendall(_head("POST", "/", headers) + chunk(2 * MiB) + b"0\r\n\r\n")
                 return _status(_reply(sock))
 
+        def holder_answered() -> bool:
+            readable, _, _ = select.select([holder], [], [], 0)
+            return bool(readable)
+
         # Until the server has read the holder's 3 MiB, a second 2 MiB body fits (and is refused unsigned, 403).
+        # On a loaded machine the server may still be reading the holder when a second body arrives: then
+        # the holder is the request whose next bytes pass the budget, and it gets the 503.
         deadline = time.monotonic() + 30
         status = second()
-        while status != 503 and time.monotonic() < deadline:
+        while status != 503 and not holder_answered() and time.monotonic() < deadline:
             time.sleep(0.1)
             status = second()
-        assert status == 503
-        holder.sendall(b"0\r\n\r\n")
-        assert _status(_reply(holder)) == 403  # the held request itself went on to its signature check
+        if status == 503:
+            holder.sendall(b"0\r\n\r\n")
+            assert _status(_reply(holder)) == 403  # the held request itself went on to its signature check
+        else:
+            assert _status(_reply(holder)) == 503, "no request got a 503 though 5 MiB were held against a 4 MiB budget"
     assert second() == 403  # what it held was given back
