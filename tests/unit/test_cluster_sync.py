@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from moorage.control.cluster_sync import Action, Here, decide, shared_database
+from moorage.control.cluster_sync import Action, Here, decide
 from moorage.store.endpoint_states import StoredEndpoint, read_endpoint_states
-from moorage.store.metadata import DesiredVariant, MetadataStore
+from moorage.store.metadata import DesiredVariant, MetadataStore, shared_database
 from postgres_support import PostgresServer, postgres_server  # noqa: F401 - a fixture
 
 DESIRED = (("A", 1.0, 1), ("B", 0.5, 2))

@@ -79,14 +79,13 @@ PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 ACTOR_SWEEP_S = 15.0  # how often the leader looks for shared instance actors no fleet uses (cluster mode)
 
 
-def ray_launcher(settings: Settings) -> RayLauncher | None:
+def ray_launcher(settings: Settings, store: MetadataStore) -> RayLauncher | None:
     """Cluster mode's launcher when a Ray cluster is named (--ray, MOORAGE_RAY_ADDRESS), else None (local)."""
     address = settings.cluster.ray_address
     if not address:
         return None
     # Over a database other routers may share, a fleet's actors are shared by all of them (the leader's).
-    shared = not settings.database_url.startswith("sqlite")
-    return RayLauncher(address, settings.cluster.ray_namespace, shared=shared)
+    return RayLauncher(address, settings.cluster.ray_namespace, shared=store.shared)
 
 
 class MoorageApp:
@@ -109,7 +108,7 @@ class MoorageApp:
                                   max_bytes=settings.instances.max_archive_bytes)
         self.routes = RouteTable(settings.logs_dir, shadow=settings.shadow, materialize=artifacts.materialize,
                                  invocation_timeout=settings.instances.invocation_timeout,
-                                 launcher=ray_launcher(settings))
+                                 launcher=ray_launcher(settings, self.store))
         self.ctx = Context(settings, self.store, artifacts, self.routes)
         # This router among those sharing the store (a heartbeat row; control/routers.py): work it starts
         # names it, and only work whose router is gone is settled by the leader.

@@ -55,11 +55,6 @@ NOT_SERVED = (DELETING, FAILED)  # a row in these, or no row, has no fleet anywh
 RETRY_SECONDS = 30.0
 
 
-def shared_database(url: str | None) -> bool:
-    """Whether other routers may share this database: anything but SQLite (a file of one server's home)."""
-    return bool(url) and not str(url).startswith("sqlite")
-
-
 class Action(enum.Enum):
     NOTHING = "nothing"
     BRING_UP = "bring up"  # nothing serves it here: build the row's config, published first
@@ -104,7 +99,7 @@ class ClusterSync:
         self.endpoints = endpoints
         self.ctx = endpoints.ctx
         self.interval = self.ctx.settings.cluster.sync_interval
-        self.enabled = shared_database(self.ctx.settings.database_url)
+        self.enabled = self.ctx.store.shared
         self._task: asyncio.Task[None] | None = None
         self._known: set[str] = set()  # endpoints the last pass read: one gone since is retired here
         self._applied: dict[str, DesiredVector] = {}  # the desired state last converged on, per endpoint

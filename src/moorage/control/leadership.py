@@ -41,6 +41,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from moorage.store.metadata import shared_database
+
 log = logging.getLogger("moorage.cluster")
 
 LOCK_NAME = "moorage-controllers"
@@ -90,7 +92,7 @@ class Leadership:
         self.on_step_down = on_step_down
         self.while_leading = while_leading
         self.router_id = router_id
-        self.sqlite = make_url(database_url).get_backend_name() == "sqlite"
+        self.sqlite = not shared_database(database_url)
         self.leading = False
         self.led_since: float | None = None
         self._conn: Any = None  # psycopg.Connection holding the lock (or trying to)

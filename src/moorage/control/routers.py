@@ -48,7 +48,7 @@ class Routers:
         self.id = str(uuid.uuid4())
         self.interval = float(settings.cluster.leader_check_interval)
         self.lease = lease_seconds(self.interval)
-        self.single = store.engine.dialect.name == "sqlite"  # one server per home: nobody else can be alive
+        self.single = not store.shared  # one server per home: nobody else can be alive
         self.started = time.time()
         self._info: dict[str, Any] = {"RouterId": self.id, "Url": settings.url, "Host": socket.gethostname(),
                                       "Pid": os.getpid(), "StartTime": self.started}

@@ -142,9 +142,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def shared_database(url: str | None) -> bool:
+    """Whether other routers may share this database (cluster mode): anything but SQLite, a file of one
+    server's home. The one rule the router registry, the leader election, the store sync and the Ray
+    launcher go by."""
+    return bool(url) and not str(url).startswith("sqlite")
+
+
 class MetadataStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
+        self.shared = shared_database(url)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
