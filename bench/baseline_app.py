@@ -5,6 +5,10 @@
 real server does beyond this (routing, auth, validation, process hops) shows up as the difference
 to this one.
 
+With ``--input-fn path/inference.py`` (the large-payload models) the body is not JSON: it goes as is
+to that file's ``input_fn(body, content_type)`` (the very function moorage's instance runs) and its
+result to ``predict``.
+
     python bench/baseline_app.py --runtime sklearn --model path/model.joblib --port 8080
 """
 
@@ -54,7 +58,17 @@ def load_predict(runtime: str, path: str) -> Callable[[Any], list]:
     raise SystemExit(f"unknown runtime {runtime!r}")
 
 
-def make_app(predict: Callable[[Any], list]):
+def load_input_fn(path: str) -> Callable[[bytes, str], Any]:
+    """``input_fn`` from a SageMaker-style inference.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("baseline_inference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.input_fn
+
+
+def make_app(predict: Callable[[Any], list], input_fn: Callable[[bytes, str], Any] | None = None):
     def start(status: int, body: bytes) -> dict:
         # with a content-length uvicorn writes the body as is, not chunked (one less write per reply)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -91,7 +105,11 @@ def make_app(predict: Callable[[Any], list]):
                 chunks.append(message.get("body", b""))
             body = b"".join(chunks)
         try:
-            out = orjson.dumps({"predictions": predict(orjson.loads(body)["instances"])})
+            if input_fn is not None:
+                content_type = next((v.decode() for k, v in scope["headers"] if k == b"content-type"), "")
+                out = orjson.dumps({"predictions": predict(input_fn(body, content_type))})
+            else:
+                out = orjson.dumps({"predictions": predict(orjson.loads(body)["instances"])})
         except Exception as exc:
             await reply(send, 400, orjson.dumps({"error": repr(exc)}))
             return
@@ -104,13 +122,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runtime", default="sklearn", choices=["sklearn", "onnx"])
     parser.add_argument("--model", required=True)
+    parser.add_argument("--input-fn", default=None, help="inference.py whose input_fn decodes the raw body")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
 
     import uvicorn
 
-    app = make_app(load_predict(args.runtime, args.model))
+    input_fn = load_input_fn(args.input_fn) if args.input_fn else None
+    app = make_app(load_predict(args.runtime, args.model), input_fn)
     uvicorn.run(
         app,
         host=args.host,

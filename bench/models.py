@@ -10,6 +10,13 @@ input, plain tensor outputs): an onnxruntime call costs a few microseconds inste
 millisecond, so what its numbers show is almost entirely each server's own overhead. Its expected
 answer is what onnxruntime gives locally (float32 input), not scikit-learn's.
 
+The ``image1mb`` and ``image5mb`` models measure large payloads (SageMaker takes up to 6 MB): each request
+is one raw uint8 image (1 MiB and 5,000,000 bytes, ``application/octet-stream``), and the model is
+cheap per byte, so the serving path dominates: ``code/inference.py``'s ``input_fn`` reduces the
+bytes to one feature (the fraction of pixels >= 128, one numpy pass, ~0.05 ms per MiB) and a
+one-feature LogisticRegression (model.joblib) labels the image bright or dark. The baseline app runs
+that same ``input_fn`` (``--input-fn``) and ``predict``, so both do the same work per request.
+
 Adding a model is one more builder in ``BUILDERS``: set ``runtime`` and ``artifact``; moorage gets
 ``Image=runtime``, and a server without that runtime reports ``n/a`` (``Server.supports``).
 """
@@ -49,10 +56,24 @@ class BenchModel:
     environment: dict[str, str] = field(default_factory=dict)
     # local predict cost for one record, microseconds (median of repeated calls)
     predict_us: float = 0.0
+    # large-payload models: the raw request body every server gets as is (``record`` then only
+    # describes it), its Content-Type, and the inference.py whose input_fn turns it into a row
+    body: bytes | None = None
+    content_type: str = "application/octet-stream"
+    input_fn: Path | None = None
 
     @property
     def is_text(self) -> bool:
         return isinstance(self.record, str)
+
+    @property
+    def is_binary(self) -> bool:
+        return self.body is not None
+
+    @property
+    def body_mb(self) -> float:
+        """Request body size in MB (10^6 bytes) for binary models, else 0."""
+        return len(self.body) / 1e6 if self.body is not None else 0.0
 
     def csv_body(self) -> bytes:
         """The record as a one-line ``text/csv`` body (moorage's SageMaker-style request)."""
@@ -180,6 +201,18 @@ def input_fn(body, content_type):
 """
 
 
+# the large-payload models: the raw image bytes to one feature row, in one cheap numpy pass (the
+# baseline app imports this same file with --input-fn)
+IMAGE_INFERENCE_PY = """\
+import numpy as np
+
+
+def input_fn(body, content_type):
+    pixels = np.frombuffer(body, dtype=np.uint8)
+    return np.array([[np.count_nonzero(pixels >= 128) / max(pixels.size, 1)]])
+"""
+
+
 def _to_jsonable(values) -> list:
     return np.asarray(values).tolist()
 
@@ -298,10 +331,68 @@ def build_onnx(workdir: Path) -> BenchModel:
     )
 
 
+@functools.cache
+def _image_classifier():
+    """A one-feature LogisticRegression: the bright-pixel fraction -> dark (0) / bright (1)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(SEED)
+    x = rng.uniform(0.0, 1.0, size=(2000, 1))
+    y = (x[:, 0] + rng.normal(0.0, 0.05, size=2000) > 0.5).astype(int)
+    return LogisticRegression(random_state=0).fit(x, y)
+
+
+def _build_image(workdir: Path, name: str, shape: tuple[int, ...], label: str) -> BenchModel:
+    import importlib.util
+
+    model = _image_classifier()
+    out = workdir / name
+    (out / "code").mkdir(parents=True, exist_ok=True)
+    artifact = out / "model.joblib"
+    joblib.dump(model, artifact)
+    program = out / "code" / "inference.py"
+    program.write_text(IMAGE_INFERENCE_PY)
+    tarball = _tarball(out / "model.tar.gz", {"model.joblib": artifact, "code/inference.py": program})
+    # a bright-ish noisy image (pixels uniform in 40..255: ~59 % of them >= 128), fixed seed
+    body = np.random.default_rng(SEED).integers(40, 256, size=shape, dtype=np.uint8).tobytes()
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_inference", program)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the same input_fn moorage and the baseline run
+
+    def predict():
+        return model.predict(module.input_fn(body, "application/octet-stream"))
+
+    return BenchModel(
+        name=name,
+        description=f"{label} raw uint8 image {'x'.join(map(str, shape))} ({len(body):,} bytes, "
+        "application/octet-stream) -> bright-pixel fraction (numpy) -> 1-feature LogisticRegression",
+        runtime="sklearn",
+        artifact=artifact,
+        tarball=tarball,
+        record={"shape": list(shape), "dtype": "uint8", "bytes": len(body)},
+        expected=_to_jsonable(predict()),
+        environment={"SAGEMAKER_PROGRAM": "inference.py"},
+        predict_us=_predict_cost_us(predict, n=100),
+        body=body,
+        input_fn=program,
+    )
+
+
+def build_image1mb(workdir: Path) -> BenchModel:
+    return _build_image(workdir, "image1mb", (1024, 1024), "1 MiB")
+
+
+def build_image5mb(workdir: Path) -> BenchModel:
+    # 5,000,000 bytes: under moorage's (and SageMaker's) 6 MiB InvokeEndpoint limit
+    return _build_image(workdir, "image5mb", (2000, 2500), "5 MB")
+
+
 BUILDERS: dict[str, Callable[[Path], BenchModel]] = {
     "text": build_text,
     "tabular": build_tabular,
     "onnx": build_onnx,
+    "image1mb": build_image1mb,
+    "image5mb": build_image5mb,
 }
 
 

@@ -262,6 +262,7 @@ class Baseline(Server):
                     str(model.artifact),
                     "--port",
                     str(port),
+                    *(["--input-fn", str(model.input_fn)] if model.input_fn else []),
                 ],
                 f"baseline-{model.name}.log",
             )
@@ -272,6 +273,8 @@ class Baseline(Server):
         return f"http://127.0.0.1:{self.ports[model.name]}"
 
     def request(self, model: BenchModel) -> HttpRequest:
+        if model.is_binary:  # the raw bytes, as moorage gets them
+            return HttpRequest("/invocations", model.body, {"Content-Type": model.content_type})
         body = json.dumps({"instances": [model.record]}).encode()
         return HttpRequest("/invocations", body, {"Content-Type": "application/json"})
 
@@ -383,12 +386,13 @@ class Moorage(Server):
         from botocore.credentials import Credentials
 
         path = f"/endpoints/{self.endpoint(model)}/invocations"
-        body = model.csv_body()
+        # large payloads: the raw bytes (signed once here, with their SHA-256, however big they are)
+        body, content_type = (model.body, model.content_type) if model.is_binary else (model.csv_body(), "text/csv")
         aws = AWSRequest(
             method="POST",
             url=self.base_url(model) + path,
             data=body,
-            headers={"Content-Type": "text/csv", "Accept": "application/json"},
+            headers={"Content-Type": content_type, "Accept": "application/json"},
         )
         SigV4Auth(Credentials(self.access_key, self.secret_key), "sagemaker", self.region).add_auth(aws)
         return HttpRequest(path, body, {k: v for k, v in aws.headers.items()})
@@ -459,6 +463,8 @@ class KServe(Server):
     detail = "kserve.ModelServer, sklearn / onnxruntime Model subclasses, v1 :predict"
 
     def supports(self, model: BenchModel) -> str | None:
+        if model.is_binary:
+            return "no raw-bytes input (its protocol takes JSON tensors)"
         return None if model.runtime in ("sklearn", "onnx") else f"no {model.runtime} runtime"
 
     def prepare(self) -> None:
@@ -508,6 +514,8 @@ class MLServer(Server):
     )
 
     def supports(self, model: BenchModel) -> str | None:
+        if model.is_binary:
+            return "no raw-bytes input (its protocol takes JSON tensors)"
         return None if model.runtime in ("sklearn", "onnx") else f"no {model.runtime} runtime"
 
     def prepare(self) -> None:
