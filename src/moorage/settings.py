@@ -454,6 +454,10 @@ class InstanceSettings(Section):
     health_check_failures: int = setting(3, "MOORAGE_HEALTH_CHECK_FAILURES", WHOLE,
                                          "Health checks failed in a row after which an instance is replaced.",
                                          minimum=1)
+    link: str = setting("frames", "MOORAGE_INSTANCE_LINK", _choice("frames", "http"),
+                        "How the router talks to a built-in runtime's instances: frames (length-prefixed, "
+                        "pipelined, on a Unix socket) or http (the container contract as bring-your-own "
+                        "servers speak it).")
     invocation_timeout: float = setting(60.0, "MOORAGE_INVOCATION_TIMEOUT", DURATION,
                                         "Time an instance has to answer InvokeEndpoint (SageMaker's is 60 s).",
                                         positive=True)

@@ -36,6 +36,7 @@ from moorage.serving.launchers.local import LocalLauncher
 from moorage.serving.pool import InstancePool, NoCapacity
 from moorage.serving.router import EndpointRoute, InvocationFailed, UnknownVariant, VariantRoute
 from moorage.serving.snapshot import instances_of
+from moorage.settings import InstanceSettings
 
 T = TypeVar("T")
 
@@ -261,12 +262,16 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def instance(loop: LoopThread, model_dir: Path, run_dirs: tuple[Path, Path]) -> Iterator[Instance]:
+@pytest.fixture(scope="module", params=["frames", "http"])
+def instance(request: pytest.FixtureRequest, loop: LoopThread, model_dir: Path,
+             run_dirs: tuple[Path, Path]) -> Iterator[Instance]:
+    """One instance per link from the router (MOORAGE_INSTANCE_LINK): the contract holds over both."""
     socket_dir, log_dir = run_dirs
-    inst = Instance(LaunchSpec(runtime="sklearn", model_dir=model_dir), socket_dir, log_dir)
+    inst = Instance(LaunchSpec(runtime="sklearn", model_dir=model_dir, instances=InstanceSettings(link=request.param)),
+                    socket_dir, log_dir)
     try:
         loop.run(inst.start(timeout=90), timeout=120)
+        assert inst.link == request.param
         yield inst
     finally:
         with contextlib.suppress(Exception):

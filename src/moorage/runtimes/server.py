@@ -10,6 +10,11 @@ next model call takes all of them (up to ``MOORAGE_MAX_BATCH_SIZE``) in one stac
 low load a request never waits for others (``MOORAGE_MAX_BATCH_DELAY_MS`` defaults to 0), so
 batching costs single requests nothing and multiplies throughput under concurrency.
 
+The router reaches a built-in runtime over a framed link (``frames.py``) on ``<socket>.frames``:
+``FrameConnection`` below feeds the same batcher and answers the same operations as the HTTP app,
+which stays for everything else (bring-your-own-style clients, batch jobs, the monitors' explainer
+calls, and a router told ``MOORAGE_INSTANCE_LINK=http``).
+
 Health has a listener of its own: ``<socket>.health`` answers ``GET /ping`` from a thread, so that a
 prediction running on the event loop (the fast path above) or holding the model thread for minutes
 never makes a busy instance look dead to the platform's health checks.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -35,6 +41,7 @@ from typing import Any
 
 import orjson
 
+from moorage.runtimes import frames
 from moorage.runtimes.frameworks import FRAMEWORK_CLASSES, load_framework
 from moorage.runtimes.handler import HandlerError, InferenceHandler
 
@@ -52,7 +59,7 @@ class _Work:
     body: bytes
     content_type: str | None
     accept: str | None
-    future: asyncio.Future[tuple[int, bytes, str]] = field(repr=False)
+    future: asyncio.Future[tuple[int, bytes, str]] | None = field(repr=False)
 
 
 class Batcher:
@@ -79,6 +86,27 @@ class Batcher:
         # would belong to no loop (or the wrong one).
         self._wakeup: asyncio.Event | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._in_thread = False  # a batch is running in the worker thread
+
+    def run_now(self, requests: list[tuple[bytes, str | None, str | None]]) -> list[tuple[int, bytes, str]] | None:
+        """Answer ``(body, content_type, accept)`` requests on the caller's stack, when the model is fast
+        (inline) and nothing is queued or running: the framed link hands over every request of one
+        read this way, so a fast model answers them without a trip through the queue and the loop.
+        None when they must be submitted instead."""
+        if not self.inline or self.pending or self._in_thread or self.max_delay_s:
+            return None
+        results: list[tuple[int, bytes, str]] = []
+        size = self.max_batch_size
+        for first in range(0, len(requests), size):
+            batch = [_Work(body, content_type, accept, None) for body, content_type, accept in
+                     requests[first:first + size]]
+            started = time.perf_counter()
+            try:
+                results.extend(self._run(batch))
+            except BaseException as exc:  # as in _consume: fail the batch, keep serving
+                results.extend([(500, f"{type(exc).__name__}: {exc}".encode(), "text/plain")] * len(batch))
+            self._observe(time.perf_counter() - started)
+        return results
 
     def submit(self, body: bytes, content_type: str | None, accept: str | None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -107,12 +135,16 @@ class Batcher:
                     if self.inline:
                         results = self._run(batch)
                     else:
-                        results = await loop.run_in_executor(self.executor, self._run, batch)
+                        self._in_thread = True
+                        try:
+                            results = await loop.run_in_executor(self.executor, self._run, batch)
+                        finally:
+                            self._in_thread = False
                 except BaseException as exc:  # the worker itself failed: fail the batch, keep serving
                     results = [(500, f"{type(exc).__name__}: {exc}".encode(), "text/plain")] * len(batch)
                 self._observe(time.perf_counter() - started)
                 for work, result in zip(batch, results, strict=True):
-                    if not work.future.done():
+                    if work.future is not None and not work.future.done():
                         work.future.set_result(result)
 
     def _observe(self, seconds: float) -> None:
@@ -203,6 +235,156 @@ class InstanceApp:
             body = b"".join(chunks)
         status, payload, out_type = await self.batcher.submit(body, content_type, accept)
         await _respond(send, status, payload, [(b"content-type", out_type.encode("latin-1"))])
+
+
+_TEXT_TYPE = _TEXT[0][1]
+_JSON_TYPE = b"application/json"
+# A reply body at least this big is written beside its head rather than joined into one frame (a copy).
+_JOIN_LIMIT = 64 * 1024
+
+
+class FrameConnection(asyncio.BufferedProtocol):
+    """One router connection on the framed link: requests in, replies out, many in flight at once.
+
+    Every frame that arrived in one read goes to the batcher before any is answered, so they share a
+    model call; replies finished in one turn of the loop leave in one write.
+    """
+
+    in_flight = 0  # requests of all connections submitted and not answered (for a graceful stop)
+
+    def __init__(self, app: InstanceApp, max_frame: int) -> None:
+        self.app = app
+        self.reader = frames.FrameReader(self._on_frame, max_frame, self._on_oversize,
+                                         min_head=frames.REQUEST_HEAD.size)
+        self.transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        # The invocations cut from the read being handled: (id, body, content type, accept).
+        self._arrived: list[tuple[int, bytes, str | None, str | None]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # replies still being computed are dropped: their requester is gone
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.reader.buffer_updated(nbytes)
+        except frames.FrameError as exc:
+            log.error("framed link: %s; closing the connection", exc)
+            if self.transport is not None:
+                self.transport.close()
+        if self._arrived:
+            arrived, self._arrived = self._arrived, []
+            self._invoke(arrived)
+
+    def _invoke(self, arrived: list[tuple[int, bytes, str | None, str | None]]) -> None:
+        batcher = self.app.batcher
+        results = batcher.run_now([(body, content_type, accept) for _, body, content_type, accept in arrived])
+        if results is not None:
+            for (request_id, *_), result in zip(arrived, results, strict=True):
+                self._reply(request_id, *result)
+            return
+        for request_id, body, content_type, accept in arrived:
+            future = batcher.submit(body, content_type, accept)
+            FrameConnection.in_flight += 1
+            future.add_done_callback(functools.partial(self._answer, request_id))
+
+    def _on_oversize(self, head: bytes, length: int) -> bool:
+        request_id = frames.REQUEST_HEAD.unpack_from(head)[1] if len(head) >= frames.REQUEST_HEAD.size else 0
+        self._send(frames.encode_reply(request_id, 413, _TEXT_TYPE,
+                                       f"request frame of {length} bytes is over this instance's limit of "
+                                       f"{self.reader.max_frame} bytes".encode()))
+        return True
+
+    def _on_frame(self, buffer: bytearray, start: int, end: int) -> None:
+        if end - start < frames.REQUEST_FIELDS.size:
+            raise frames.FrameError(f"a request frame of {end - start} bytes, shorter than its head")
+        request_id, op, headers_length = frames.REQUEST_FIELDS.unpack_from(buffer, start)
+        offset = start + frames.REQUEST_FIELDS.size
+        if offset + headers_length > end:
+            raise frames.FrameError(f"request {request_id}: {headers_length} bytes of headers in a frame of "
+                                    f"{end - start}")
+        if op == frames.INVOKE:
+            headers = bytes(buffer[offset:offset + headers_length])
+            body = bytes(buffer[offset + headers_length:end])
+            content_type = frames.header_value(headers, b"content-type")
+            accept = frames.header_value(headers, b"accept")
+            self._arrived.append((request_id, body, None if content_type is None else content_type.decode("latin-1"),
+                                  None if accept is None else accept.decode("latin-1")))
+        elif op == frames.PING:
+            self._send(frames.encode_reply(request_id, 200, _TEXT_TYPE, b""))
+        elif op == frames.EXECUTION_PARAMETERS:
+            self._send(frames.encode_reply(request_id, 200, _JSON_TYPE, self.app.execution_parameters))
+        else:
+            self._send(frames.encode_reply(request_id, 404, _TEXT_TYPE, f"no operation {op}".encode()))
+
+    def _answer(self, request_id: int, future: asyncio.Future[tuple[int, bytes, str]]) -> None:
+        FrameConnection.in_flight -= 1
+        if future.cancelled():
+            status, payload, content_type = 500, b"the request was cancelled", "text/plain"
+        else:
+            status, payload, content_type = future.result()
+        self._reply(request_id, status, payload, content_type)
+
+    def _reply(self, request_id: int, status: int, payload: bytes, content_type: str) -> None:
+        kind = content_type.encode("latin-1")
+        if len(payload) < _JOIN_LIMIT:
+            self._send(frames.encode_reply(request_id, status, kind, payload))
+        else:
+            self._send(frames.encode_reply_head(request_id, status, kind, len(payload)), payload)
+
+    def _send(self, data: bytes, more: bytes | None = None) -> None:
+        if self.transport is None:
+            return
+        self._out.append(data)
+        if more is not None:
+            self._out.append(more)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self.transport is None or self.transport.is_closing():
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.writelines(out)
+
+
+async def serve_frames(app: InstanceApp, path: str, max_frame: int) -> asyncio.AbstractServer | None:
+    """Listen for the router's framed link on ``path``; None (and a warning) when it cannot."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.create_unix_server(lambda: FrameConnection(app, max_frame), path)
+    except OSError as exc:  # e.g. a path past the Unix socket limit: the router then speaks HTTP
+        log.warning("no framed link at %s: %s", path, exc)
+        return None
+
+
+async def _serve(app: InstanceApp, options: dict[str, Any], frames_path: str | None, max_frame: int) -> None:
+    import uvicorn
+
+    listener = await serve_frames(app, frames_path, max_frame) if frames_path else None
+    try:
+        await uvicorn.Server(uvicorn.Config(app, **options)).serve()
+    finally:
+        if listener is not None:
+            listener.close()
+            # The router drains an instance before stopping it; this bounds what a stop without a
+            # drain (a signal from elsewhere) waits for.
+            deadline = time.monotonic() + options.get("timeout_graceful_shutdown", 30)
+            while FrameConnection.in_flight > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -303,15 +485,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     app = InstanceApp(batcher, {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6})
 
-    import uvicorn
-
     options: dict[str, Any] = {
         "loop": "uvloop", "http": "httptools", "lifespan": "off", "access_log": False,
         "log_level": "warning", "timeout_keep_alive": 3600, "timeout_graceful_shutdown": 30,
         "proxy_headers": False, "server_header": False, "date_header": False,
     }
+    frames_path = None
     if args.socket:
         options["uds"] = args.socket
+        frames_path = args.socket + frames.SOCKET_SUFFIX
         try:
             serve_health(args.socket + HEALTH_SUFFIX)
         except OSError as exc:  # e.g. a path past the Unix socket limit: health then shares /ping
@@ -324,7 +506,11 @@ def main(argv: list[str] | None = None) -> int:
                 serve_health(args.health_socket)
             except OSError as exc:
                 log.warning("no health listener at %s: %s", args.health_socket, exc)
-    uvicorn.run(app, **options)
+    import uvloop
+
+    max_frame = _env_int(env, "MOORAGE_MAX_FRAME_BYTES", frames.DEFAULT_MAX_FRAME)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(app, options, frames_path, max_frame))
     return 0
 
 

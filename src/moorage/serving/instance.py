@@ -36,7 +36,9 @@ from pathlib import Path
 
 import psutil
 
+from moorage.runtimes.frames import SOCKET_SUFFIX as FRAMES_SUFFIX
 from moorage.serving.environments import RequirementsError, ensure_environment, server_environment
+from moorage.serving.frame_client import FrameClient
 from moorage.serving.instance_client import InstanceClient, InstanceConnectionError, InstanceResponse, InstanceTimeout
 from moorage.serving.instance_types import (
     MemoryLimit,
@@ -170,7 +172,10 @@ class Instance:
         self.outstanding = 0
         self.process: asyncio.subprocess.Process | None = None
         self.port: int | None = None
-        self.client = InstanceClient(socket_path=self.socket_path)
+        self.client: InstanceClient | FrameClient = InstanceClient(socket_path=self.socket_path)
+        # A built-in runtime also listens for the router's framed link (runtimes/frames.py) here; the
+        # client moves to it once the instance is ready, unless MOORAGE_INSTANCE_LINK says http.
+        self.frames_path = self.socket_path + FRAMES_SUFFIX
         # A built-in runtime answers health checks on a listener of its own (runtimes/server.py), so
         # that they never wait behind predictions; a BYO server has only its /ping.
         self.health_socket_path = self.socket_path + HEALTH_SUFFIX
@@ -376,6 +381,7 @@ class Instance:
                      and await self._ping(min(2.0, max(0.1, remaining))))
             if ready:
                 self.ready_at = time.monotonic()
+                self._choose_link()
                 self.state = InstanceState.IN_SERVICE
                 return
             if time.monotonic() > deadline:
@@ -389,6 +395,18 @@ class Instance:
                 # A server that is up but not ready yet answers every ping (and may log each one):
                 # ask less often as the wait grows.
                 interval = min(0.5, interval * 1.2)
+
+    def _choose_link(self) -> None:
+        """The framed link where the instance offers it (a built-in runtime on this machine, its
+        ``.frames`` socket bound) and the settings want it; HTTP otherwise."""
+        if (self.launch.instances.link == "frames" and not self.byo and self.listen_host is None
+                and os.path.exists(self.frames_path)):
+            self.client.close()
+            self.client = FrameClient(self.frames_path)
+
+    @property
+    def link(self) -> str:
+        return "frames" if isinstance(self.client, FrameClient) else "http"
 
     async def _wait_drained(self) -> None:
         if self._pump is not None:
@@ -507,7 +525,7 @@ class Instance:
         self._release()
         if self.health_client is not None:
             self.health_client.close()
-        for path in (self.socket_path, self.health_socket_path, self.group_record):
+        for path in (self.socket_path, self.health_socket_path, self.frames_path, self.group_record):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
