@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from moorage.credentials import admin_credentials
+from moorage.runtimes.allocator import reuse_large_buffers
 from moorage.settings import SERVER_FILE, Settings
 
 
@@ -70,6 +71,7 @@ def serve(settings: Settings) -> None:
             print(f"warning: serving on {settings.host} with the admin key generated just now as the only key; "
                   f"whoever holds {settings.credentials_path} can do anything", file=sys.stderr, flush=True)
     server = settings.server
+    reuse_large_buffers()
     fd_soft, fd_hard = raise_fd_limit()
     max_connections = effective_max_connections(server.max_connections, fd_soft)
     logging.getLogger("moorage.server").info(

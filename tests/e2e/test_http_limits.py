@@ -256,3 +256,37 @@ def test_chunked_bodies_held_before_verification_share_one_budget(fresh_server) 
         else:
             assert _status(_reply(holder)) == 503, "no request got a 503 though 5 MiB were held against a 4 MiB budget"
     assert second() == 403  # what it held was given back
+
+
+def test_invoke_bodies_received_into_one_buffer_keep_the_budget_and_the_body_timeout(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    # An InvokeEndpoint body of 64 KiB or more is received straight into a buffer of its Content-Length
+    # (http_limits.DirectBody): it holds its whole declared size against the shared budget from its header
+    # block on, gives it back when the connection goes, and a body that stalls is still cut.
+    srv = fresh_server(env={"MOORAGE_HTTP_MAX_PENDING_BODY_BYTES": "4M", "MOORAGE_HTTP_BODY_TIMEOUT": "3"})
+    path = "/endpoints/nothing/invocations"
+
+    def invoke(size: int) -> int:
+        with contextlib.closing(_connect(srv.port)) as sock:
+            sock.sendall(_head("POST", path, {"Content-Type": "application/octet-stream",
+                                              "Content-Length": str(size)}) + b"x" * size)
+            return _status(_reply(sock))
+
+    assert invoke(2 * MiB) == 403  # whole, then refused unsigned by the door
+    with contextlib.closing(_connect(srv.port)) as holder:
+        holder.sendall(_head("POST", path, {"Content-Type": "application/octet-stream",
+                                            "Content-Length": str(3 * MiB)}) + b"x" * MiB)
+        deadline = time.monotonic() + 30
+        status = invoke(2 * MiB)
+        while status != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = invoke(2 * MiB)
+        assert status == 503, "a 2 MiB body fitted beside 3 MiB held against a 4 MiB budget"
+        # The holder stalls: the body timeout cuts it (the edge answers 408, or closes).
+        assert select.select([holder], [], [], 30)[0], "the stalled body was kept for 30 s"
+        assert _status(_reply(holder)) in (408, 0)
+    deadline = time.monotonic() + 30
+    status = invoke(2 * MiB)
+    while status != 403 and time.monotonic() < deadline:  # the holder's connection is gone: its share too
+        time.sleep(0.1)
+        status = invoke(2 * MiB)
+    assert status == 403

@@ -93,6 +93,16 @@ def transform_fn(model, request_body, content_type, accept):
     return json.dumps({"proba": model.predict_proba(data).tolist()}), "application/json"
 """
 
+DIGEST_INFERENCE = """
+import hashlib
+import json
+
+
+def transform_fn(model, request_body, content_type, accept):
+    return json.dumps({"sha256": hashlib.sha256(request_body).hexdigest(), "length": len(request_body),
+                       "type": type(request_body).__name__}), "application/json"
+"""
+
 OFFSET = 1000.5
 
 
@@ -162,6 +172,10 @@ def fleet(module_deployer: Deployer, artifacts: Path, classifier: Any, regressor
     m_pkl = d.model(new_name("inv-pkl"), str(pkl_dir))  # a directory
     f.create("pkl", [variant("AllTraffic", m_pkl)])
 
+    digest_tar = pack_model(root / "digest", clf, inference_py=DIGEST_INFERENCE)
+    m_digest = d.model(new_name("inv-digest"), file_url(digest_tar), env={"SAGEMAKER_PROGRAM": "inference.py"})
+    f.create("digest", [variant("AllTraffic", m_digest)])
+
     skops_tar = pack_model(root / "skops", clf, filename="model.skops")
     m_skops = d.model(new_name("inv-skops"), file_url(skops_tar))
     f.create("skops", [variant("AllTraffic", m_skops)])
@@ -228,6 +242,28 @@ def test_large_batch(rt: Any, fleet: Fleet, regressor: Any) -> None:
     rows = rng.normal(size=(5000, 4))
     resp = invoke(rt, fleet["reg"], csv_body(rows), "text/csv", Accept="application/json")
     assert_predictions(decode_predictions(resp["Body"], resp["ContentType"]), model.predict(rows))
+
+
+@pytest.mark.parametrize("size", [64 * 1024 - 1, 64 * 1024, 1024 * 1024 + 7, 6 * 1024 * 1024],
+                         ids=["under-64k", "64k", "1m", "6mb"])
+def test_large_bodies_arrive_whole(server: Any, fleet: Fleet, size: int) -> None:
+    """Bodies from 64 KiB up are received into one buffer by the HTTP edge (http_limits.py) and framed to
+    the instance: every byte arrives, in order, as the bytes a handler expects, up to InvokeEndpoint's
+    6 MB; several at once do not mix."""
+    import hashlib
+
+    rt = server.rt(read_timeout=60)
+    name = fleet["digest"]
+    bodies = [np.random.default_rng(size + i).integers(0, 256, size, dtype=np.uint8).tobytes() for i in range(3)]
+
+    def one(body: bytes) -> dict[str, Any]:
+        resp = rt.invoke_endpoint(EndpointName=name, Body=body, ContentType="application/octet-stream")
+        return json.loads(resp["Body"].read())
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(one, bodies))
+    for body, answer in zip(bodies, answers, strict=True):
+        assert answer == {"sha256": hashlib.sha256(body).hexdigest(), "length": size, "type": "bytes"}
 
 
 def test_concurrent_requests(server: Any, fleet: Fleet, classifier: Any) -> None:

@@ -646,6 +646,15 @@ def test_malformed_frame_never_gets_a_reply_for_an_id_not_sent(limited: Instance
     assert set(ids) <= {5}, f"replies under ids {ids}; the only id sent was 5"
 
 
+def refuses(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return True
+    return False
+
+
 async def wait_for_file(path: Path, timeout: float) -> None:
     await wait_until(path.exists, timeout, f"{path} to exist")
 
@@ -679,6 +688,8 @@ def test_instance_killed_while_computing_fails_the_request_then_is_unreachable(
             except (InstanceConnectionError, InstanceTimeout, TimeoutError) as exc:
                 in_flight.append(exc)
         await wait_until(lambda: gone(inst.pid), 10, "the killed instance to exit")
+        # On a loaded machine the kernel may still be closing the dead process's listener for a moment.
+        await wait_until(lambda: refuses(inst.frames_path), 10, "the dead instance's socket to refuse connections")
         after = None
         try:
             await asyncio.wait_for(client.request(b"POST", b"/invocations", b"1,2", GATED_CSV, 30), 20)

@@ -12,6 +12,9 @@ and how many it opens. This module bounds each of those, at the layer that sees 
   within ``header_timeout`` (408) or whose body stops arriving for ``body_timeout`` (408), and
   refuses a connection beyond ``max_connections`` overall or ``max_connections_per_client`` from one
   address with a fixed 503 written before a byte is read.
+* The same subclass receives the body of an InvokeEndpoint of at least ``DIRECT_MIN`` bytes straight
+  into a buffer of its declared length (``responses.DirectBody``) instead of uvicorn's chunk-by-chunk
+  copies, and hands it to the runtime door in the scope.
 * ``ContentLengthLimits`` wraps the application and refuses a declared ``Content-Length`` above the
   control plane's limit before its body is read, in the shape of the door it was sent to (the
   runtime, native, device and S3 doors check their own limits on ``Content-Length`` already).
@@ -30,10 +33,11 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from moorage.api.query_protocol import QueryFrontDoor, is_query_request
-from moorage.api.responses import Receive, Scope, Send, respond_error
+from moorage.api.responses import DIRECT_BODY, PENDING_BODIES, DirectBody, Receive, Scope, Send, respond_error
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
 from moorage.api.s3 import s3_scope_in
 from moorage.api.sagemaker import MAX_CONTROL_BODY
+from moorage.errors import ApiError
 
 log = logging.getLogger("moorage.http")
 
@@ -41,6 +45,10 @@ log = logging.getLogger("moorage.http")
 FD_RESERVE = 256
 # Refusal warnings are rate-limited: an attacker's flood must not become a flood of log lines.
 _WARN_EVERY = 10.0
+# InvokeEndpoint bodies from this size up are received into one buffer (smaller ones copy for nothing),
+# up to the runtime's own limit (a larger one is refused by the door from its Content-Length).
+DIRECT_MIN = 64 * 1024
+DIRECT_MAX = 6 * 1024 * 1024
 
 
 def _fixed_response(status: bytes, message: bytes) -> bytes:
@@ -97,6 +105,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             self._header_timer: Any = None
             self._body_timer: Any = None
             self._body_progress = 0.0
+            self._direct: DirectBody | None = None
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -114,6 +123,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
             self._cancel_body_timer()
+            self._release_direct()
             host = self._client_host
             if host is not None:
                 self._client_host = None
@@ -177,17 +187,51 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
 
         def on_body(self, body: bytes) -> None:
             self._body_progress = self.loop.time()
+            direct = self._direct
+            if direct is not None and not self.cycle.response_complete:
+                direct.add(body)
+                return
             super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._cancel_body_timer()
+            self._release_direct()
             super().on_message_complete()
 
         def on_headers_complete(self) -> None:
             self._reading_headers = False
             self._header_bytes = 0
             self._cancel_header_timer()
+            self._release_direct()
             super().on_headers_complete()
+            scope = self.scope
+            path = scope["path"]
+            if scope["method"] == "POST" and path.startswith("/endpoints/") and path.endswith("/invocations"):
+                self._receive_directly(scope)
+
+        # -- large InvokeEndpoint bodies, received into one buffer ------------------------------------
+        def _receive_directly(self, scope: Scope) -> None:
+            length = next((value for name, value in self.headers if name == b"content-length"), None)
+            if length is None or not length.isdigit() or not DIRECT_MIN <= int(length) <= DIRECT_MAX:
+                return  # chunked, small or refused by the door: uvicorn's way
+            size = int(length)
+            try:
+                PENDING_BODIES.take(size)
+            except ApiError:
+                return  # over the shared budget: the door's read_body says so in its own shape
+            direct = DirectBody(size)
+            direct.held = size
+            self._direct = direct
+            scope[DIRECT_BODY] = direct
+
+        def _release_direct(self) -> None:
+            """The body is whole (or will never be): its bytes no longer count as pending; the door keeps
+            the buffer through the scope."""
+            direct = self._direct
+            if direct is not None:
+                self._direct = None
+                PENDING_BODIES.give(direct.held)
+                direct.held = 0
 
         # -- the header-read timeout ----------------------------------------------------------------
         def _arm_header_timer(self) -> None:

@@ -76,6 +76,39 @@ class PendingBodies:
 PENDING_BODIES = PendingBodies()  # one event loop serves every door: no lock needed
 
 
+# The scope key under which the HTTP edge (http_limits.py) hands over a body it received straight into
+# one buffer; the door that asked for it (the runtime's) reads it once read_body says the body is whole.
+DIRECT_BODY = "moorage.direct_body"
+
+
+class DirectBody:
+    """A request body received into a buffer of its declared Content-Length as it arrives.
+
+    uvicorn hands an application its body by appending each chunk to a bytearray and copying that
+    into a new ``bytes`` per message, and the door joins the messages: three copies of every byte.
+    Received this way a body is copied once (from the parser's chunk into its place), which is what
+    a megabyte-sized image or audio clip costs most of its time in. ``buffer`` is a bytearray, which
+    hashing, framing and the handlers' decoders take as they take bytes.
+    """
+
+    __slots__ = ("buffer", "filled", "held")
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.filled = 0
+        self.held = 0  # bytes of the PENDING_BODIES budget this body holds while it arrives
+
+    def add(self, chunk: bytes) -> None:
+        end = self.filled + len(chunk)
+        if end <= len(self.buffer):  # the parser never gives more than Content-Length; never overrun
+            self.buffer[self.filled:end] = chunk
+        self.filled = end
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == len(self.buffer)
+
+
 async def read_body(receive: Receive, limit: int | None = None) -> bytes:
     """The whole request body; raises BodyTooLarge as soon as it passes ``limit`` bytes, ServiceUnavailable
     when the bodies being read together pass ``PENDING_BODIES.limit``, and Starlette's ClientDisconnect

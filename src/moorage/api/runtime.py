@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import ClientDisconnect
 
 from moorage.api.responses import (
+    DIRECT_BODY,
     JSON,
     BodyTooLarge,
     Receive,
@@ -104,6 +105,11 @@ class RuntimeFrontDoor:
                 return
         try:
             body = await read_body(receive, MAX_PAYLOAD)
+            direct = scope.get(DIRECT_BODY)
+            if direct is not None:  # received into one buffer by the HTTP edge (http_limits.py)
+                if not direct.complete:
+                    return  # the connection went before the body was whole: nobody to answer
+                body = direct.buffer
         except BodyTooLarge as exc:
             await self._too_large(send, exc.args[0])
             return

@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 
 from moorage.runtimes import frames
+from moorage.runtimes.allocator import reuse_large_buffers
 from moorage.runtimes.frameworks import FRAMEWORK_CLASSES, load_framework
 from moorage.runtimes.handler import HandlerError, InferenceHandler
 
@@ -311,7 +312,7 @@ class FrameConnection(asyncio.BufferedProtocol):
                                     f"{end - start}")
         if op == frames.INVOKE:
             headers = bytes(buffer[offset:offset + headers_length])
-            body = bytes(buffer[offset + headers_length:end])
+            body = bytes(memoryview(buffer)[offset + headers_length:end])  # one copy, not two
             content_type = frames.header_value(headers, b"content-type")
             accept = frames.header_value(headers, b"accept")
             self._arrived.append((request_id, body, None if content_type is None else content_type.decode("latin-1"),
@@ -462,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = dict(os.environ)
+    reuse_large_buffers()
     if env.get("MOORAGE_PARENT_PID", "").isdigit():
         _exit_with_parent(int(env["MOORAGE_PARENT_PID"]))
 

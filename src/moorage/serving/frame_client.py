@@ -82,7 +82,7 @@ class _FrameConnection(asyncio.BufferedProtocol):
         offset += type_length
         custom = bytes(buffer[offset:offset + custom_length]) if custom_length else None
         offset += custom_length
-        pending.future.set_result(InstanceResponse(status, content_type, bytes(buffer[offset:end]), custom))
+        pending.future.set_result(InstanceResponse(status, content_type, bytes(memoryview(buffer)[offset:end]), custom))
 
     # requests
     def send(self, op: int, body: bytes, headers: bytes, timeout: float) -> asyncio.Future[InstanceResponse]:
