@@ -15,6 +15,9 @@ and how many it opens. This module bounds each of those, at the layer that sees 
 * The same subclass receives the body of an InvokeEndpoint of at least ``DIRECT_MIN`` bytes straight
   into a buffer of its declared length (``responses.DirectBody``) instead of uvicorn's chunk-by-chunk
   copies, and hands it to the runtime door in the scope.
+* For the same requests it offers the door ``respond_whole``: the response written in one ``write``
+  with its Content-Length, where uvicorn's ASGI ``send`` writes head and body apart (two segments
+  to the client) in chunked encoding, after a pass in Python over every header.
 * ``ContentLengthLimits`` wraps the application and refuses a declared ``Content-Length`` above the
   control plane's limit before its body is read, in the shape of the door it was sent to (the
   runtime, native, device and S3 doors check their own limits on ``Content-Length`` already).
@@ -24,16 +27,26 @@ and how many it opens. This module bounds each of those, at the layer that sees 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from moorage.api.query_protocol import QueryFrontDoor, is_query_request
-from moorage.api.responses import DIRECT_BODY, PENDING_BODIES, DirectBody, Receive, Scope, Send, respond_error
+from moorage.api.responses import (
+    DIRECT_BODY,
+    PENDING_BODIES,
+    RESPOND_WHOLE,
+    DirectBody,
+    Receive,
+    Scope,
+    Send,
+    respond_error,
+)
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
 from moorage.api.s3 import s3_scope_in
 from moorage.api.sagemaker import MAX_CONTROL_BODY
@@ -208,6 +221,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             path = scope["path"]
             if scope["method"] == "POST" and path.startswith("/endpoints/") and path.endswith("/invocations"):
                 self._receive_directly(scope)
+                scope[RESPOND_WHOLE] = functools.partial(respond_whole, self.cycle)
 
         # -- large InvokeEndpoint bodies, received into one buffer ------------------------------------
         def _receive_directly(self, scope: Scope) -> None:
@@ -284,6 +298,40 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
 
     EdgeProtocol.refusals = refusals  # type: ignore[attr-defined]
     return EdgeProtocol
+
+
+def respond_whole(cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    """Write a whole response for ``cycle`` at once, keeping uvicorn's state of it as its ``send`` would;
+    False (nothing written) when ``send`` must do it: the response began already, the client is gone,
+    its writes are paused (``send`` waits for them to drain), access logging is on, or a header value
+    carries a line break (``send`` refuses it)."""
+    if cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log:
+        return False
+    parts = [STATUS_LINE[status]]
+    for name, value in cycle.default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        if b"\n" in value or b"\r" in value:
+            return False
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"content-length: %d\r\n" % len(body))
+    keep_alive = cycle.keep_alive
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    if len(body) < 65536:
+        parts.append(body)
+        cycle.transport.write(b"".join(parts))
+    else:
+        cycle.transport.writelines((b"".join(parts), body))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True
 
 
 def raise_fd_limit() -> tuple[int, int]:

@@ -29,6 +29,12 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
+# The scope key under which the HTTP edge (http_limits.py) offers a door a way to write a whole response
+# at once: ``scope[RESPOND_WHOLE](status, headers, body)`` writes it and returns True, or returns False
+# when the door must use ASGI's ``send`` after all (the connection's writes are paused, say).
+RESPOND_WHOLE = "moorage.respond_whole"
+
+
 async def respond_error(send: Send, code: str, message: str, status: int, content_type: bytes = JSON_11,
                         fields: dict[str, Any] | None = None,
                         extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from moorage.api.responses import (
     DIRECT_BODY,
     JSON,
+    RESPOND_WHOLE,
     BodyTooLarge,
     Receive,
     Scope,
@@ -165,7 +166,9 @@ class RuntimeFrontDoor:
                        (b"x-amzn-invoked-production-variant", invocation.variant.encode())]
             if invocation.custom_attributes is not None:
                 headers.append((b"x-amzn-sagemaker-custom-attributes", invocation.custom_attributes))
-            await respond(send, 200, invocation.body, headers)
+            whole = scope.get(RESPOND_WHOLE)  # one write, from the HTTP edge (http_limits.py)
+            if whole is None or not whole(200, headers, invocation.body):
+                await respond(send, 200, invocation.body, headers)
         if route.observers:
             route.observe(body, forwarded_headers, arrived, started, invocation)
 
