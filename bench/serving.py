@@ -37,12 +37,16 @@ from models import BUILDERS, BenchModel, build  # noqa: E402
 from servers import SERVERS, Moorage, Server, Unavailable, http_call  # noqa: E402
 
 PEERS = ("c", "d")
-# moorage's targets against the floor (a)
-P50_BUDGET_MS = 0.5  # p50 at concurrency 1 within +0.5 ms of (a)
-RPS_FLOOR = 0.6  # throughput at concurrency 32 >= 0.6x (a)
+# moorage's targets against the floor (a), the fast-path issue's: p50 at concurrency 1 within +0.2 ms of
+# (a), and throughput at concurrency 32 above (a)'s (moorage batches what arrives together; (a) calls
+# predict once per request)
+P50_BUDGET_MS = 0.2
+RPS_FLOOR = 1.0
 # ... except on the microsecond ONNX model, where (a) is little more than uvicorn itself and a request
-# to moorage crosses two servers (router + instance) with SigV4 verification: the issue's target there
-RPS_FLOOR_BY_MODEL = {"onnx": 0.35}
+# to moorage crosses two servers (router + instance) with SigV4 verification: p50 within +0.1 ms and
+# at least half of (a)'s throughput
+P50_BUDGET_BY_MODEL_MS = {"onnx": 0.1}
+RPS_FLOOR_BY_MODEL = {"onnx": 0.5}
 # large payloads (the image models' raw 1 MiB / 5 MB bodies): MB/s at concurrency 32 >= 0.7x (a);
 # c=1 is reported beside it. The p50 budget does not apply: moving megabytes through two servers
 # costs more than 0.5 ms by itself
@@ -317,12 +321,13 @@ def moorage_check(model: BenchModel, outcomes: list[Outcome]) -> dict | None:
         return _mbps_check(model, check, {1: (a1, b1), 32: (a32, b32)})
     if a1 and b1:
         d = b1.p50_ms - a1.p50_ms
+        budget = P50_BUDGET_BY_MODEL_MS.get(model.name, P50_BUDGET_MS)
         check["p50_c1"] = {
             "moorage_ms": b1.p50_ms,
             "baseline_ms": a1.p50_ms,
             "diff_ms": round(d, 3),
-            "target_ms": P50_BUDGET_MS,
-            "pass": d <= P50_BUDGET_MS,
+            "target_ms": budget,
+            "pass": d <= budget,
         }
     if a32 and b32:
         ratio = b32.rps / a32.rps if a32.rps else 0.0
