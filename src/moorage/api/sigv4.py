@@ -213,14 +213,27 @@ def _s3_canonical_uri(raw_path: bytes) -> str:
     return raw_path.decode("latin-1") if raw_path else "/"
 
 
+# Canonical URIs of the paths seen last: a client invokes the same endpoint's path again and again.
+_CANONICAL_URIS: dict[bytes, str] = {}
+_CANONICAL_URIS_SIZE = 1024
+
+
 def _canonical_uri(raw_path: bytes) -> str:
     # botocore signs quote(remove_dot_segments(path), safe='/~') over the path as already
     # percent-encoded in the URL, so non-S3 services see "double" encoding: %20 -> %2520.
-    if not raw_path:
+    known = _CANONICAL_URIS.get(raw_path)
+    if known is not None:
+        return known
+    path = raw_path
+    if not path:
         return "/"
-    if b"/." in raw_path or b"//" in raw_path:
-        raw_path = normalize_url_path(raw_path.decode("latin-1")).encode("latin-1")
-    return quote_from_bytes(raw_path, "/~")
+    if b"/." in path or b"//" in path:
+        path = normalize_url_path(path.decode("latin-1")).encode("latin-1")
+    canonical = quote_from_bytes(path, "/~")
+    if len(_CANONICAL_URIS) >= _CANONICAL_URIS_SIZE:
+        _CANONICAL_URIS.clear()  # bounded whatever paths a client makes up; the hot ones come back at once
+    _CANONICAL_URIS[raw_path] = canonical
+    return canonical
 
 
 def _query_pairs(query: bytes, drop_signature: bool) -> list[bytes]:
