@@ -218,8 +218,9 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             self._release_direct()
             super().on_headers_complete()
             scope = self.scope
-            path = scope["path"]
-            if scope["method"] == "POST" and path.startswith("/endpoints/") and path.endswith("/invocations"):
+            path = scope.get("path")  # unset on an upgrade, which uvicorn takes elsewhere
+            if (path is not None and scope["method"] == "POST" and path.startswith("/endpoints/")
+                    and path.endswith("/invocations")):
                 self._receive_directly(scope)
                 scope[RESPOND_WHOLE] = functools.partial(respond_whole, self.cycle)
 
