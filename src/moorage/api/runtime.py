@@ -89,7 +89,16 @@ class RuntimeFrontDoor:
         name = path[_PREFIX:-_SUFFIX]
         forwarded = []
         target_variant = None
+        # The headers by name, built in this pass for the SigV4 check (which would otherwise make its own).
+        single: dict[bytes, bytes] = {}
+        repeated: dict[bytes, list[bytes]] | None = None
         for key, value in scope["headers"]:
+            if key in single:
+                if repeated is None:
+                    repeated = {}
+                repeated.setdefault(key, [single[key]]).append(value)
+            else:
+                single[key] = value
             header = _FORWARDED.get(key)
             if header is not None:
                 limit = _LIMITED.get(key)
@@ -122,7 +131,7 @@ class RuntimeFrontDoor:
         try:
             principal = self.verifier.verify("POST", scope.get("raw_path") or path.encode(),
                                              scope.get("query_string", b""), scope["headers"], body,
-                                             service=SIGNING_NAME)
+                                             service=SIGNING_NAME, by_name=(single, repeated))
             self.verifier.authorize(principal, Action(SIGNING_NAME, "InvokeEndpoint", (name,)))
         except AuthError as exc:
             await respond_error(send, exc.code, exc.message, exc.status, JSON)

@@ -33,7 +33,8 @@ from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from botocore.utils import normalize_url_path
 
-__all__ = ["ALGORITHM", "Action", "AuthError", "ChunkChain", "Principal", "S3Signature", "ScopeError", "SigV4Verifier"]
+__all__ = ["ALGORITHM", "Action", "AuthError", "ChunkChain", "Principal", "S3Signature", "ScopeError", "SigV4Verifier",
+           "headers_by_name"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -295,7 +296,7 @@ def _is_hex(text: str) -> bool:
     return True
 
 
-def _headers_by_name(headers: Sequence[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes],
+def headers_by_name(headers: Sequence[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes],
                                                                        dict[bytes, list[bytes]] | None]:
     """ASGI header pairs by name; a name sent more than once also has all its values, in order."""
     single: dict[bytes, bytes] = {}
@@ -367,6 +368,7 @@ class SigV4Verifier:
         *,
         service: str | None = None,
         allow_presigned: bool = True,
+        by_name: tuple[dict[bytes, bytes], dict[bytes, list[bytes]] | None] | None = None,
     ) -> Principal:
         """Return who signed the request, or raise AuthError with the code AWS would send.
 
@@ -376,8 +378,9 @@ class SigV4Verifier:
         it, and the caller must check that the bytes it keeps hash to it. ``service``: the signing
         name the credential scope must carry (None: the caller checks it). ``allow_presigned=False``
         refuses a signature carried in the query, for APIs where a URL that works for days is a leak.
+        ``by_name``: the headers by name (``headers_by_name``), when the caller has them already.
         """
-        single, repeated = _headers_by_name(headers)
+        single, repeated = by_name if by_name is not None else headers_by_name(headers)
 
         authorization = single.get(b"authorization")
         presigned = _is_presigned(query_string)
@@ -411,7 +414,7 @@ class SigV4Verifier:
         signatures (``ChunkChain``); UNSIGNED-PAYLOAD and STREAMING-UNSIGNED-PAYLOAD-TRAILER leave it
         outside the signature, as S3 allows.
         """
-        single, repeated = _headers_by_name(headers)
+        single, repeated = headers_by_name(headers)
         authorization = single.get(b"authorization")
         presigned = _is_presigned(query_string)
         if authorization is None:
