@@ -566,3 +566,33 @@ def test_property_botocore_signed_requests_verify(
     if body:
         expect(_flip_body(wire), "InvalidSignatureException")
     expect(replace(wire, raw_path=wire.raw_path + b"x"), "InvalidSignatureException")
+
+
+def test_a_remembered_authorization_prefix_still_checks_every_signature_scope_and_key() -> None:
+    """The part of the Authorization header before its Signature is parsed once per verifier; each
+    request's own signature, date, scope and key are still checked."""
+    secrets = dict(SECRETS)
+    v = SigV4Verifier(secrets.get, max_skew_seconds=900)
+    first = sign(path="/endpoints/e/invocations", body=b"1,2,3")
+    second = sign(path="/endpoints/e/invocations", body=b"4,5,6")  # same prefix, another signature
+    assert first.header(b"authorization").rsplit(b"Signature=", 1)[0] == \
+        second.header(b"authorization").rsplit(b"Signature=", 1)[0]
+    assert verify(first, v).access_key_id == AKID
+    assert len(v._authorizations) == 1
+    assert verify(second, v).access_key_id == AKID
+    # Another body under the first signature, a signature altered, a signature missing: refused.
+    expect(replace(first, body=b"4,5,6"), "InvalidSignatureException", v=v)
+    signature = first.header(b"authorization").rsplit(b"=", 1)[1]
+    altered = signature[:-1] + (b"0" if signature[-1:] != b"0" else b"1")
+    expect(first.with_header(b"authorization", first.header(b"authorization")[:-len(signature)] + altered),
+           "InvalidSignatureException", v=v)
+    expect(first.with_header(b"authorization", first.header(b"authorization")[:-len(signature)]),
+           "IncompleteSignatureException", v=v)
+    expect(first.without_header(b"x-amz-date"), "IncompleteSignatureException", v=v)
+    # The scope is checked against what each door expects, not what was remembered.
+    with pytest.raises(AuthError) as info:
+        v.verify(first.method, first.raw_path, first.query, first.headers, first.body, now=NOW, service="s3")
+    assert info.value.code == "InvalidSignatureException" and "service" in info.value.message
+    # A key deleted since is unknown at once.
+    del secrets[AKID]
+    expect(second, "UnrecognizedClientException", v=v)

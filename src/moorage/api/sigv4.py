@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from botocore.utils import normalize_url_path
@@ -52,6 +53,9 @@ _AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 # AWS refuses presigned URLs valid for longer than a week.
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 _SIGNING_KEY_CACHE_SIZE = 256
+# Authorization headers (the part before the signature) parsed and checked, remembered at most.
+_AUTHORIZATIONS_SIZE = 1024
+_SIGNATURE_SEPARATOR = ", Signature="
 _PRESIGN_PARAMS = (
     "X-Amz-Algorithm",
     "X-Amz-Credential",
@@ -352,6 +356,7 @@ class SigV4Verifier:
         self._max_skew = max_skew_seconds
         self.region = region
         self._signing_keys: dict[tuple[str, str, str, str], bytes] = {}
+        self._authorizations: dict[str, tuple[Any, ...]] = {}
         # Requests signed in the same second share X-Amz-Date; remembering the last one parsed
         # skips the datetime construction for most of them.
         self._last_date: tuple[str, float] = ("19700101T000000Z", 0.0)
@@ -459,44 +464,43 @@ class SigV4Verifier:
         service: str | None = None,
     ) -> Principal | S3Signature:
         text = authorization.decode("latin-1").strip()
-        algorithm, _, rest = text.partition(" ")
-        if algorithm != ALGORITHM:
-            # The header is not echoed here: with another scheme it may carry a bearer secret.
-            raise _incomplete(f"Authorization header requires the '{ALGORITHM}' algorithm, not '{algorithm}'.")
-        params = _auth_params(rest)
-        credential = params.get("Credential")
-        signed_headers = params.get("SignedHeaders")
-        signature = params.get("Signature")
-
-        amz_date_raw = single.get(b"x-amz-date")
-        if amz_date_raw is not None:
-            amz_date = amz_date_raw.decode("latin-1").strip()
-        elif b"date" in single:
-            amz_date = self._from_http_date(single[b"date"])
+        # A client signs with the same key, scope and headers all day: what the part of the header
+        # before its Signature says is parsed and checked once (bounded: _remember_authorization).
+        cut = text.rfind(_SIGNATURE_SEPARATOR)
+        tail = text[cut + len(_SIGNATURE_SEPARATOR):] if cut > 0 else ""
+        known = self._authorizations.get(text[:cut]) if cut > 0 and "," not in tail else None
+        if known is not None:
+            signature = tail
+            credential, signed_headers, access_key, scope, region, signed_for, header_names = known
+            amz_date = self._amz_date(single)
+            if amz_date is None or not signature:
+                raise _incomplete(self._missing(credential, signature, signed_headers, amz_date)
+                                  + f" Authorization={text}")
+            self._check_scope(region, signed_for, service)
+            epoch = self._parse_date(amz_date)
         else:
-            amz_date = None
-
-        if not credential or not signed_headers or not signature or amz_date is None:
-            # AWS lists every missing piece in one message, then echoes the header.
-            missing = [
-                f"Authorization header requires '{n}' parameter."
-                for n, v in (
-                    ("Credential", credential),
-                    ("Signature", signature),
-                    ("SignedHeaders", signed_headers),
-                )
-                if not v
-            ]
-            if amz_date is None:
-                missing.append("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.")
-            raise _incomplete(" ".join(missing) + f" Authorization={text}")
-
-        access_key, scope, region, signed_for = self._parse_credential(credential)
-        self._check_scope(region, signed_for, service)
-        epoch = self._parse_date(amz_date)
-        header_names = signed_headers.split(";")
-        if "host" not in header_names and ":authority" not in header_names:
-            raise _incomplete(MSG_HOST_UNSIGNED)
+            algorithm, _, rest = text.partition(" ")
+            if algorithm != ALGORITHM:
+                # The header is not echoed here: with another scheme it may carry a bearer secret.
+                raise _incomplete(f"Authorization header requires the '{ALGORITHM}' algorithm, not '{algorithm}'.")
+            params = _auth_params(rest)
+            credential = params.get("Credential")
+            signed_headers = params.get("SignedHeaders")
+            signature = params.get("Signature")
+            amz_date = self._amz_date(single)
+            if not credential or not signed_headers or not signature or amz_date is None:
+                # AWS lists every missing piece in one message, then echoes the header.
+                raise _incomplete(self._missing(credential, signature, signed_headers, amz_date)
+                                  + f" Authorization={text}")
+            access_key, scope, region, signed_for = self._parse_credential(credential)
+            self._check_scope(region, signed_for, service)
+            epoch = self._parse_date(amz_date)
+            header_names = signed_headers.split(";")
+            if "host" not in header_names and ":authority" not in header_names:
+                raise _incomplete(MSG_HOST_UNSIGNED)
+            if cut > 0 and signature == tail and "," not in tail:
+                self._remember_authorization(text[:cut], (credential, signed_headers, access_key, scope, region,
+                                                          signed_for, header_names))
         signing_key = self._signing_key(access_key, amz_date, scope, region, signed_for)
         self._check_clock(amz_date, epoch, now)
 
@@ -650,6 +654,29 @@ class SigV4Verifier:
         if expected_service is not None and service != expected_service:
             raise ScopeError(f"Credential should be scoped to correct service: '{expected_service}'.", region=region,
                              expected_region=expected_region, service=service, expected_service=expected_service)
+
+    def _amz_date(self, single: dict[bytes, bytes]) -> str | None:
+        raw = single.get(b"x-amz-date")
+        if raw is not None:
+            return raw.decode("latin-1").strip()
+        if b"date" in single:
+            return self._from_http_date(single[b"date"])
+        return None
+
+    @staticmethod
+    def _missing(credential: str | None, signature: str | None, signed_headers: str | None,
+                 amz_date: str | None) -> str:
+        missing = [f"Authorization header requires '{n}' parameter."
+                   for n, v in (("Credential", credential), ("Signature", signature), ("SignedHeaders", signed_headers))
+                   if not v]
+        if amz_date is None:
+            missing.append("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.")
+        return " ".join(missing)
+
+    def _remember_authorization(self, prefix: str, parsed: tuple[Any, ...]) -> None:
+        if len(self._authorizations) >= _AUTHORIZATIONS_SIZE:
+            self._authorizations.clear()  # bounded whatever headers clients make up
+        self._authorizations[prefix] = parsed
 
     def _parse_date(self, amz_date: str) -> float:
         last = self._last_date
