@@ -289,6 +289,7 @@ class FrameConnection(asyncio.BufferedProtocol):
         if results is not None:
             for (request_id, *_), result in zip(arrived, results, strict=True):
                 self._reply(request_id, *result)
+            self._flush()  # every reply of this read is ready: no reason to wait for the loop's next turn
             return
         for request_id, body, content_type, accept in arrived:
             future = batcher.submit(body, content_type, accept)
@@ -352,7 +353,7 @@ class FrameConnection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         out, self._out = self._out, []
-        if self.transport is None or self.transport.is_closing():
+        if not out or self.transport is None or self.transport.is_closing():
             return
         if len(out) == 1:
             self.transport.write(out[0])

@@ -96,7 +96,11 @@ class _FrameConnection(asyncio.BufferedProtocol):
         else:
             self._out.append(head)
             self._out.append(body)
-        if not self._flush_scheduled:
+        if len(self.pending) == 1 and self.transport is not None:
+            # Nothing else in flight (low load): write now rather than a turn of the loop later.
+            self._flush()
+        elif not self._flush_scheduled:
+            # Others in flight: the requests of this turn leave together, in one write, at its end.
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return future
@@ -104,8 +108,8 @@ class _FrameConnection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         out, self._out = self._out, []
-        if self.transport is None or self.transport.is_closing():
-            return  # connection_lost fails their futures
+        if not out or self.transport is None or self.transport.is_closing():
+            return  # (closing: connection_lost fails their futures)
         if len(out) == 1:
             self.transport.write(out[0])
         else:
