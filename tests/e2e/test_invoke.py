@@ -361,3 +361,61 @@ def test_pickle_model_from_directory(rt: Any, fleet: Fleet, regressor: Any) -> N
 def test_skops_model(rt: Any, fleet: Fleet, classifier: Any) -> None:
     model, X = classifier
     assert_predictions(predict(rt, fleet["skops"], X[:9]), model.predict(X[:9]))
+
+
+def _signed_invoke(server: Any, name: str, body: bytes, extra: dict[str, str], version: str = "1.1") -> bytes:
+    """One InvokeEndpoint request as raw bytes, signed as boto3 signs it."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = f"http://127.0.0.1:{server.port}/endpoints/{name}/invocations"
+    request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "text/csv", **extra})
+    SigV4Auth(Credentials(server.access_key_id, server.secret_access_key), "sagemaker", "us-east-1").add_auth(request)
+    lines = [f"POST /endpoints/{name}/invocations HTTP/{version}", f"Host: 127.0.0.1:{server.port}",
+             f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in request.headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _read_response(sock: Any) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a whole head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the whole body"
+        body += chunk
+    return head, body
+
+
+def test_invocation_responses_on_the_wire(server: Any, fleet: Fleet, classifier: Any) -> None:
+    """A successful InvokeEndpoint is answered in one write with its Content-Length (not chunked), keeps a
+    kept-alive connection open for the next request, and closes it when the client asked (Connection:
+    close, or HTTP/1.0)."""
+    import socket
+
+    model, X = classifier
+    name = fleet["clf"]
+    body = csv_body(X[:3])
+    expected = model.predict(X[:3])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        for _ in range(2):  # the same connection, twice
+            sock.sendall(_signed_invoke(server, name, body, {}))
+            head, answer = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            lowered = head.lower()
+            assert b"transfer-encoding" not in lowered and b"connection: close" not in lowered
+            assert b"x-amzn-invoked-production-variant: alltraffic" in lowered
+            assert_predictions(decode_predictions(answer, "application/json"), expected)
+    for extra, version in (({"Connection": "close"}, "1.1"), ({}, "1.0")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(_signed_invoke(server, name, body, extra, version))
+            head, answer = _read_response(sock)
+            assert head.split(b" ", 2)[1] == b"200" and b"connection: close" in head.lower(), head
+            assert_predictions(decode_predictions(answer, "application/json"), expected)
+            assert sock.recv(1) == b"", "the connection stayed open"
