@@ -419,3 +419,33 @@ def test_invocation_responses_on_the_wire(server: Any, fleet: Fleet, classifier:
             assert head.split(b" ", 2)[1] == b"200" and b"connection: close" in head.lower(), head
             assert_predictions(decode_predictions(answer, "application/json"), expected)
             assert sock.recv(1) == b"", "the connection stayed open"
+
+
+def test_pipelined_and_100_continue_invocations(server: Any, fleet: Fleet, classifier: Any) -> None:
+    """A second request pipelined behind the first on one connection is answered after it, in order (both
+    in one write each); Expect: 100-continue gets its interim response before the body is sent."""
+    import socket
+
+    model, X = classifier
+    name = fleet["clf"]
+    first, second = csv_body(X[:2]), csv_body(X[5:9])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(_signed_invoke(server, name, first, {}) + _signed_invoke(server, name, second, {}))
+        for rows in (X[:2], X[5:9]):
+            head, answer = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert_predictions(decode_predictions(answer, "application/json"), model.predict(rows))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        request = _signed_invoke(server, name, first, {"Expect": "100-continue"})
+        head_block, _, body = request.partition(b"\r\n\r\n")
+        sock.sendall(head_block + b"\r\n\r\n")
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = sock.recv(1)
+            assert chunk, "closed before the interim response"
+            interim += chunk
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        sock.sendall(body)
+        head, answer = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[:2]))
