@@ -32,6 +32,7 @@ image is copied once in Python (into the ``bytes`` the handler gets), however ma
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
 
@@ -48,6 +49,7 @@ __all__ = [
     "UNKNOWN",
     "FrameError",
     "FrameReader",
+    "FramedProtocol",
     "encode_reply",
     "encode_reply_head",
     "encode_request_head",
@@ -205,6 +207,65 @@ class FrameReader:
             self._start = self._end = 0
         elif len(buffer) - self._end < 4096:
             self._compact()
+
+
+# A body at least this big is written beside its frame's head rather than joined to it (a copy).
+JOIN_LIMIT = 64 * 1024
+
+
+class FramedProtocol(asyncio.BufferedProtocol):
+    """Either end of a framed connection: frames in through a ``FrameReader``, frames out gathered.
+
+    ``queue`` collects what is to be written and ``flush`` writes it in one call; what is queued in
+    one turn of the event loop is flushed at its end, unless the caller flushes sooner. Subclasses
+    give the reader its ``on_frame`` and say what a malformed stream means (``malformed``).
+    """
+
+    def __init__(self, reader: FrameReader) -> None:
+        self.reader = reader
+        self.transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.reader.buffer_updated(nbytes)
+        except FrameError as exc:
+            self.malformed(exc)
+
+    def malformed(self, exc: FrameError) -> None:
+        """The peer sent something that is not a frame: the connection cannot go on."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def queue(self, head: bytes, body: bytes = b"", *, now: bool = False) -> None:
+        """A frame to write (its head, and its body when that is large enough to travel apart)."""
+        if len(body) < JOIN_LIMIT:
+            self._out.append(head + body if body else head)
+        else:
+            self._out.append(head)
+            self._out.append(body)
+        if now:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if not out or self.transport is None or self.transport.is_closing():
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.writelines(out)
 
 
 def next_id(current: int) -> int:

@@ -240,11 +240,9 @@ class InstanceApp:
 
 _TEXT_TYPE = _TEXT[0][1]
 _JSON_TYPE = b"application/json"
-# A reply body at least this big is written beside its head rather than joined into one frame (a copy).
-_JOIN_LIMIT = 64 * 1024
 
 
-class FrameConnection(asyncio.BufferedProtocol):
+class FrameConnection(frames.FramedProtocol):
     """One router connection on the framed link: requests in, replies out, many in flight at once.
 
     Every frame that arrived in one read goes to the batcher before any is answered, so they share a
@@ -254,31 +252,21 @@ class FrameConnection(asyncio.BufferedProtocol):
     in_flight = 0  # requests of all connections submitted and not answered (for a graceful stop)
 
     def __init__(self, app: InstanceApp, max_frame: int) -> None:
+        super().__init__(frames.FrameReader(self._on_frame, max_frame, self._on_oversize,
+                                            min_head=frames.REQUEST_HEAD.size))
         self.app = app
-        self.reader = frames.FrameReader(self._on_frame, max_frame, self._on_oversize,
-                                         min_head=frames.REQUEST_HEAD.size)
-        self.transport: asyncio.Transport | None = None
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
         # The invocations cut from the read being handled: (id, body, content type, accept).
         self._arrived: list[tuple[int, bytes, str | None, str | None]] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None  # replies still being computed are dropped: their requester is gone
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.reader.get_buffer(sizehint)
+    def malformed(self, exc: frames.FrameError) -> None:
+        log.error("framed link: %s; closing the connection", exc)
+        super().malformed(exc)
 
     def buffer_updated(self, nbytes: int) -> None:
-        try:
-            self.reader.buffer_updated(nbytes)
-        except frames.FrameError as exc:
-            log.error("framed link: %s; closing the connection", exc)
-            if self.transport is not None:
-                self.transport.close()
+        super().buffer_updated(nbytes)
         if self._arrived:
             arrived, self._arrived = self._arrived, []
             self._invoke(arrived)
@@ -289,7 +277,7 @@ class FrameConnection(asyncio.BufferedProtocol):
         if results is not None:
             for (request_id, *_), result in zip(arrived, results, strict=True):
                 self._reply(request_id, *result)
-            self._flush()  # every reply of this read is ready: no reason to wait for the loop's next turn
+            self.flush()  # every reply of this read is ready: no reason to wait for the loop's next turn
             return
         for request_id, body, content_type, accept in arrived:
             future = batcher.submit(body, content_type, accept)
@@ -298,7 +286,7 @@ class FrameConnection(asyncio.BufferedProtocol):
 
     def _on_oversize(self, head: bytes, length: int) -> bool:
         request_id = frames.REQUEST_HEAD.unpack_from(head)[1] if len(head) >= frames.REQUEST_HEAD.size else 0
-        self._send(frames.encode_reply(request_id, 413, _TEXT_TYPE,
+        self.queue(frames.encode_reply(request_id, 413, _TEXT_TYPE,
                                        f"request frame of {length} bytes is over this instance's limit of "
                                        f"{self.reader.max_frame} bytes".encode()))
         return True
@@ -319,11 +307,11 @@ class FrameConnection(asyncio.BufferedProtocol):
             self._arrived.append((request_id, body, None if content_type is None else content_type.decode("latin-1"),
                                   None if accept is None else accept.decode("latin-1")))
         elif op == frames.PING:
-            self._send(frames.encode_reply(request_id, 200, _TEXT_TYPE, b""))
+            self.queue(frames.encode_reply(request_id, 200, _TEXT_TYPE, b""))
         elif op == frames.EXECUTION_PARAMETERS:
-            self._send(frames.encode_reply(request_id, 200, _JSON_TYPE, self.app.execution_parameters))
+            self.queue(frames.encode_reply(request_id, 200, _JSON_TYPE, self.app.execution_parameters))
         else:
-            self._send(frames.encode_reply(request_id, 404, _TEXT_TYPE, f"no operation {op}".encode()))
+            self.queue(frames.encode_reply(request_id, 404, _TEXT_TYPE, f"no operation {op}".encode()))
 
     def _answer(self, request_id: int, future: asyncio.Future[tuple[int, bytes, str]]) -> None:
         FrameConnection.in_flight -= 1
@@ -334,31 +322,9 @@ class FrameConnection(asyncio.BufferedProtocol):
         self._reply(request_id, status, payload, content_type)
 
     def _reply(self, request_id: int, status: int, payload: bytes, content_type: str) -> None:
-        kind = content_type.encode("latin-1")
-        if len(payload) < _JOIN_LIMIT:
-            self._send(frames.encode_reply(request_id, status, kind, payload))
-        else:
-            self._send(frames.encode_reply_head(request_id, status, kind, len(payload)), payload)
-
-    def _send(self, data: bytes, more: bytes | None = None) -> None:
-        if self.transport is None:
-            return
-        self._out.append(data)
-        if more is not None:
-            self._out.append(more)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if not out or self.transport is None or self.transport.is_closing():
-            return
-        if len(out) == 1:
-            self.transport.write(out[0])
-        else:
-            self.transport.writelines(out)
+        if self.transport is not None:
+            self.queue(frames.encode_reply_head(request_id, status, content_type.encode("latin-1"), len(payload)),
+                       payload)
 
 
 async def serve_frames(app: InstanceApp, path: str, max_frame: int) -> asyncio.AbstractServer | None:

@@ -24,9 +24,6 @@ from moorage.serving.instance_client import (
     InstanceUnreachable,
 )
 
-# A body at least this big is written beside its frame's head rather than joined to it (a copy).
-_JOIN_LIMIT = 64 * 1024
-
 
 class _Pending:
     __slots__ = ("future", "timer")
@@ -36,29 +33,16 @@ class _Pending:
         self.timer = timer
 
 
-class _FrameConnection(asyncio.BufferedProtocol):
+class _FrameConnection(frames.FramedProtocol):
     def __init__(self, max_frame: int) -> None:
-        self.reader = frames.FrameReader(self._on_frame, max_frame)
-        self.transport: asyncio.Transport | None = None
+        super().__init__(frames.FrameReader(self._on_frame, max_frame))
         self.pending: dict[int, _Pending] = {}
         self.closed = False
         self._next_id = 0
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
 
-    # asyncio.BufferedProtocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.reader.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        try:
-            self.reader.buffer_updated(nbytes)
-        except frames.FrameError as exc:
-            self._fail_all(InstanceConnectionError(f"malformed reply from the instance: {exc}"))
-            self.close()
+    def malformed(self, exc: frames.FrameError) -> None:
+        self._fail_all(InstanceConnectionError(f"malformed reply from the instance: {exc}"))
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -90,30 +74,11 @@ class _FrameConnection(asyncio.BufferedProtocol):
         self._next_id = request_id = frames.next_id(self._next_id)
         future: asyncio.Future[InstanceResponse] = loop.create_future()
         self.pending[request_id] = _Pending(future, loop.call_later(timeout, self._on_timeout, request_id, timeout))
-        head = frames.encode_request_head(request_id, op, headers, len(body))
-        if len(body) < _JOIN_LIMIT:
-            self._out.append(head + body)
-        else:
-            self._out.append(head)
-            self._out.append(body)
-        if len(self.pending) == 1 and self.transport is not None:
-            # Nothing else in flight (low load): write now rather than a turn of the loop later.
-            self._flush()
-        elif not self._flush_scheduled:
-            # Others in flight: the requests of this turn leave together, in one write, at its end.
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        # Nothing else in flight (low load): written now, not a turn of the loop later; otherwise the
+        # requests of this turn leave together, in one write, at its end.
+        self.queue(frames.encode_request_head(request_id, op, headers, len(body)), body,
+                   now=len(self.pending) == 1 and self.transport is not None)
         return future
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if not out or self.transport is None or self.transport.is_closing():
-            return  # (closing: connection_lost fails their futures)
-        if len(out) == 1:
-            self.transport.write(out[0])
-        else:
-            self.transport.writelines(out)
 
     def _on_timeout(self, request_id: int, timeout: float) -> None:
         pending = self.pending.pop(request_id, None)
