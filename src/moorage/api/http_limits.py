@@ -48,6 +48,7 @@ from moorage.api.responses import (
     respond_error,
 )
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
+from moorage.api.runtime import MAX_PAYLOAD
 from moorage.api.s3 import s3_scope_in
 from moorage.api.sagemaker import MAX_CONTROL_BODY
 from moorage.errors import ApiError
@@ -61,7 +62,7 @@ _WARN_EVERY = 10.0
 # InvokeEndpoint bodies from this size up are received into one buffer (smaller ones copy for nothing),
 # up to the runtime's own limit (a larger one is refused by the door from its Content-Length).
 DIRECT_MIN = 64 * 1024
-DIRECT_MAX = 6 * 1024 * 1024
+DIRECT_MAX = MAX_PAYLOAD
 
 
 def _fixed_response(status: bytes, message: bytes) -> bytes:
