@@ -25,7 +25,7 @@ from moorage.api.responses import (
     respond_api_error,
     respond_error,
 )
-from moorage.api.sigv4 import Action, AuthError, SigV4Verifier
+from moorage.api.sigv4 import Action, AuthError, SigV4Verifier, headers_by_name
 from moorage.control.context import ENDPOINT
 from moorage.errors import (
     ApiError,
@@ -87,32 +87,29 @@ class RuntimeFrontDoor:
                                 404, JSON)
             return
         name = path[_PREFIX:-_SUFFIX]
+        # The headers by name, once: the forwarded block and the SigV4 check (by_name) both read them.
+        single, repeated = headers_by_name(scope["headers"])
         forwarded = []
-        target_variant = None
-        # The headers by name, built in this pass for the SigV4 check (which would otherwise make its own).
-        single: dict[bytes, bytes] = {}
-        repeated: dict[bytes, list[bytes]] | None = None
-        for key, value in scope["headers"]:
-            if key in single:
-                if repeated is None:
-                    repeated = {}
-                repeated.setdefault(key, [single[key]]).append(value)
-            else:
-                single[key] = value
-            header = _FORWARDED.get(key)
-            if header is not None:
-                limit = _LIMITED.get(key)
-                if limit is not None and len(value) > limit[1]:
+        for key, header in _FORWARDED.items():
+            value = single.get(key)
+            if value is None:
+                continue
+            # A header sent more than once goes on as sent, each value checked.
+            values = repeated[key] if repeated is not None and key in repeated else (value,)
+            limit = _LIMITED.get(key)
+            for one in values:
+                if limit is not None and len(one) > limit[1]:
                     await respond_api_error(send, RuntimeValidationError(
                         f"1 validation error detected: Value at '{limit[0][0].lower() + limit[0][1:]}' failed to "
                         f"satisfy constraint: Member must have length less than or equal to {limit[1]}"), JSON)
                     return
-                forwarded.append(b"%s: %s\r\n" % (header, value))
-            elif key == b"x-amzn-sagemaker-target-variant":
-                target_variant = value.decode("latin-1")
-            elif key == b"content-length" and int(value) > MAX_PAYLOAD:
-                await self._too_large(send, int(value))
-                return
+                forwarded.append(b"%s: %s\r\n" % (header, one))
+        variant_header = single.get(b"x-amzn-sagemaker-target-variant")
+        target_variant = None if variant_header is None else variant_header.decode("latin-1")
+        declared = single.get(b"content-length")
+        if declared is not None and int(declared) > MAX_PAYLOAD:
+            await self._too_large(send, int(declared))
+            return
         try:
             body = await read_body(receive, MAX_PAYLOAD)
             direct = scope.get(DIRECT_BODY)
