@@ -48,7 +48,7 @@ from moorage.api.responses import (
     respond_error,
 )
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
-from moorage.api.runtime import MAX_PAYLOAD
+from moorage.api.runtime import MAX_PAYLOAD, is_invocation
 from moorage.api.s3 import s3_scope_in
 from moorage.api.sagemaker import MAX_CONTROL_BODY
 from moorage.errors import ApiError
@@ -220,8 +220,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             super().on_headers_complete()
             scope = self.scope
             path = scope.get("path")  # unset on an upgrade, which uvicorn takes elsewhere
-            if (path is not None and scope["method"] == "POST" and path.startswith("/endpoints/")
-                    and path.endswith("/invocations")):
+            if path is not None and is_invocation(scope["method"], path):
                 self._receive_directly(scope)
                 scope[RESPOND_WHOLE] = functools.partial(respond_whole, self.cycle)
 
@@ -235,10 +234,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                 PENDING_BODIES.take(size)
             except ApiError:
                 return  # over the shared budget: the door's read_body says so in its own shape
-            direct = DirectBody(size)
-            direct.held = size
-            self._direct = direct
-            scope[DIRECT_BODY] = direct
+            self._direct = scope[DIRECT_BODY] = DirectBody(size)  # holds its size of the budget while it arrives
 
         def _release_direct(self) -> None:
             """The body is whole (or will never be): its bytes no longer count as pending; the door keeps
@@ -246,8 +242,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             direct = self._direct
             if direct is not None:
                 self._direct = None
-                PENDING_BODIES.give(direct.held)
-                direct.held = 0
+                PENDING_BODIES.give(len(direct.buffer))
 
         # -- the header-read timeout ----------------------------------------------------------------
         def _arm_header_timer(self) -> None:

@@ -97,12 +97,11 @@ class DirectBody:
     hashing, framing and the handlers' decoders take as they take bytes.
     """
 
-    __slots__ = ("buffer", "filled", "held")
+    __slots__ = ("buffer", "filled")
 
     def __init__(self, size: int) -> None:
         self.buffer = bytearray(size)
         self.filled = 0
-        self.held = 0  # bytes of the PENDING_BODIES budget this body holds while it arrives
 
     def add(self, chunk: bytes) -> None:
         end = self.filled + len(chunk)

@@ -65,6 +65,11 @@ _FORWARDED = {
 }
 
 
+def is_invocation(method: str, path: str) -> bool:
+    """InvokeEndpoint's ``POST /endpoints/{name}/invocations`` (InvokeEndpointAsync's path ends otherwise)."""
+    return method == "POST" and path.startswith("/endpoints/") and path.endswith("/invocations")
+
+
 class RuntimeFrontDoor:
     def __init__(self, verifier: SigV4Verifier, routes: RouteTable, store: MetadataStore, account_id: str,
                  async_door: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None):
@@ -79,7 +84,7 @@ class RuntimeFrontDoor:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived, started = time.time(), time.perf_counter()
         path: str = scope["path"]
-        if scope["method"] != "POST" or not path.endswith("/invocations"):
+        if not is_invocation(scope["method"], path):
             if self.async_door is not None and path.endswith("/async-invocations"):
                 await self.async_door(scope, receive, send)
                 return

@@ -99,14 +99,8 @@ class Batcher:
         results: list[tuple[int, bytes, str]] = []
         size = self.max_batch_size
         for first in range(0, len(requests), size):
-            batch = [_Work(body, content_type, accept, None) for body, content_type, accept in
-                     requests[first:first + size]]
-            started = time.perf_counter()
-            try:
-                results.extend(self._run(batch))
-            except BaseException as exc:  # as in _consume: fail the batch, keep serving
-                results.extend([(500, f"{type(exc).__name__}: {exc}".encode(), "text/plain")] * len(batch))
-            self._observe(time.perf_counter() - started)
+            results += self._run_here([_Work(body, content_type, accept, None) for body, content_type, accept in
+                                       requests[first:first + size]])
         return results
 
     def submit(self, body: bytes, content_type: str | None, accept: str | None) -> asyncio.Future[Any]:
@@ -131,22 +125,31 @@ class Batcher:
                     await asyncio.sleep(self.max_delay_s)
                 batch = self.pending[: self.max_batch_size]
                 del self.pending[: self.max_batch_size]
-                started = time.perf_counter()
-                try:
-                    if self.inline:
-                        results = self._run(batch)
-                    else:
-                        self._in_thread = True
-                        try:
-                            results = await loop.run_in_executor(self.executor, self._run, batch)
-                        finally:
-                            self._in_thread = False
-                except BaseException as exc:  # the worker itself failed: fail the batch, keep serving
-                    results = [(500, f"{type(exc).__name__}: {exc}".encode(), "text/plain")] * len(batch)
-                self._observe(time.perf_counter() - started)
+                if self.inline:
+                    results = self._run_here(batch)
+                else:
+                    started = time.perf_counter()
+                    self._in_thread = True
+                    try:
+                        results = await loop.run_in_executor(self.executor, self._run, batch)
+                    except BaseException as exc:  # the worker itself failed: fail the batch, keep serving
+                        results = _batch_failed(exc, len(batch))
+                    finally:
+                        self._in_thread = False
+                    self._observe(time.perf_counter() - started)
                 for work, result in zip(batch, results, strict=True):
                     if work.future is not None and not work.future.done():
                         work.future.set_result(result)
+
+    def _run_here(self, batch: list[_Work]) -> list[tuple[int, bytes, str]]:
+        """One batch on the event loop, timed for the inline switch; a failure fails the batch, not the loop."""
+        started = time.perf_counter()
+        try:
+            results = self._run(batch)
+        except BaseException as exc:
+            results = _batch_failed(exc, len(batch))
+        self._observe(time.perf_counter() - started)
+        return results
 
     def _observe(self, seconds: float) -> None:
         ewma = seconds if self._ewma_s is None else 0.8 * self._ewma_s + 0.2 * seconds
@@ -189,6 +192,10 @@ class Batcher:
             return 200, body, content_type
         except Exception as exc:
             return _error_result(exc)
+
+
+def _batch_failed(exc: BaseException, size: int) -> list[tuple[int, bytes, str]]:
+    return [(500, f"{type(exc).__name__}: {exc}".encode(), "text/plain")] * size
 
 
 def _error_result(exc: BaseException) -> tuple[int, bytes, str]:

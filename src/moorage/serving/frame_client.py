@@ -119,9 +119,7 @@ class FrameClient:
         self._connecting: asyncio.Future[_FrameConnection] | None = None
 
     async def _connected(self) -> _FrameConnection:
-        conn = self._connection
-        if conn is not None and not conn.closed:
-            return conn
+        """A new connection, one for all the requests that find none open meanwhile."""
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
         connecting = self._connecting
