@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 import pytest
 
+from loop_support import LoopThread
 from moorage.runtimes import frames
 from moorage.runtimes.frames import FrameError, FrameReader, encode_request_head, header_value
 from moorage.serving.frame_client import FrameClient
@@ -46,7 +47,7 @@ from moorage.serving.launch_spec import LaunchSpec
 from moorage.serving.launchers.local import LocalLauncher
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, VariantRoute
-from unit.test_serving import LoopThread, csv_body, force_kill, gone, instance_processes, json_body, wait_until
+from unit.test_serving import csv_body, force_kill, gone, instance_processes, json_body, wait_until
 
 CSV = b"content-type: text/csv\r\naccept: application/json\r\n"
 JSON = b"content-type: application/json\r\naccept: application/json\r\n"
@@ -284,15 +285,6 @@ def transform_fn(model, body, content_type, accept):
         return "slow-done", "text/csv"
     return "fast", "text/csv"
 '''
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +27,7 @@ import orjson
 import psutil
 import pytest
 
+from loop_support import LoopThread
 from moorage.serving.chain import ContainerChain
 from moorage.serving.instance import Instance, InstanceStartError, InstanceState
 from moorage.serving.instance_client import InstanceClient, InstanceConnectionError, InstanceTimeout
@@ -140,46 +140,8 @@ def test_reweigh_after_weight_changes() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# an event loop in a thread, and the model
+# the model (the event loop in a thread: tests/loop_support.py, the loop fixture: conftest.py)
 # --------------------------------------------------------------------------------------------------
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Awaitable[T], timeout: float = 60.0) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
-    def close(self) -> None:
-        async def cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.wait(tasks, timeout=10) if tasks else None
-
-        with contextlib.suppress(Exception):
-            self.run(cancel_rest(), timeout=15)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
-
-
 @pytest.fixture(scope="module")
 def model(classifier: tuple[Any, np.ndarray]) -> Any:
     return classifier[0]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from loop_support import LoopThread
 from moorage.serving.instance import InstanceState
 from moorage.serving.instance_client import InstanceResponse
 from moorage.serving.launch_spec import LaunchSpec
@@ -25,7 +26,7 @@ from moorage.serving.launchers.local import LocalLauncher
 from moorage.serving.pool import InstancePool
 from moorage.serving.router import EndpointRoute, InvocationFailed, VariantRoute
 from moorage.settings import InstanceSettings
-from unit.test_serving import LoopThread, force_kill, gone, wait_until
+from unit.test_serving import force_kill, gone, wait_until
 
 CSV = b"content-type: text/csv\r\naccept: text/csv\r\n"
 
@@ -55,15 +56,6 @@ def transform_fn(model, body, content_type, accept):
         return str(len(HELD)), "text/csv"
     return "fast", "text/csv"
 '''
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
 
 
 @pytest.fixture
