@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -391,6 +392,64 @@ def _read_response(sock: Any) -> tuple[bytes, bytes]:
         assert chunk, "closed before the whole body"
         body += chunk
     return head, body
+
+
+class _Replies:
+    """Responses read off one connection in order, keeping what one recv brought of the next."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.data = b""
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        assert chunk, f"closed with {self.data[:200]!r} unanswered"
+        self.data += chunk
+
+    def next(self) -> tuple[bytes, bytes]:
+        while b"\r\n\r\n" not in self.data:
+            self._more()
+        head, _, rest = self.data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(rest) < length:
+            self._more()
+            rest = self.data.partition(b"\r\n\r\n")[2]
+        self.data = rest[length:]
+        return head, rest[:length]
+
+
+def test_large_bodies_in_pieces_and_pipelined_keep_the_connection_in_step(server: Any, fleet: Fleet,
+                                                                          classifier: Any) -> None:
+    """What the header block's read left of a large body is read straight into its buffer (http_limits'
+    _DirectReceiver), and the connection's parsing picks up exactly where that body ends: a body sent in
+    pieces, then a large and a small request pipelined behind it in one write, are each answered whole
+    and in order on the same connection."""
+    import hashlib
+    import socket
+
+    model, X = classifier
+    octets = {"Content-Type": "application/octet-stream"}
+    big = np.random.default_rng(1).integers(0, 256, 1024 * 1024 + 3, dtype=np.uint8).tobytes()
+    middle = np.random.default_rng(2).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    small = csv_body(X[:2])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        replies = _Replies(sock)
+        first = _signed_invoke(server, fleet["digest"], big, octets)
+        cut = first.index(b"\r\n\r\n") + 4 + 1000  # the header block and the body's first bytes together
+        for start, end in ((0, cut), (cut, cut + 300_000), (cut + 300_000, len(first))):
+            sock.sendall(first[start:end])
+            time.sleep(0.05)  # separate reads, whatever the loop's timing
+        sock.sendall(_signed_invoke(server, fleet["digest"], middle, octets)
+                     + _signed_invoke(server, fleet["clf"], small, {}))
+        for body in (big, middle):
+            head, answer = replies.next()
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert json.loads(answer) == {"sha256": hashlib.sha256(body).hexdigest(), "length": len(body),
+                                          "type": "bytes"}
+        head, answer = replies.next()
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[:2]))
 
 
 def test_invocation_responses_on_the_wire(server: Any, fleet: Fleet, classifier: Any) -> None:

@@ -14,7 +14,10 @@ and how many it opens. This module bounds each of those, at the layer that sees 
   address with a fixed 503 written before a byte is read.
 * The same subclass receives the body of an InvokeEndpoint of at least ``DIRECT_MIN`` bytes straight
   into a buffer of its declared length (``responses.DirectBody``) instead of uvicorn's chunk-by-chunk
-  copies, and hands it to the runtime door in the scope.
+  copies, and hands it to the runtime door in the scope. What the header block's read left of such
+  a body is read by the kernel into that buffer (``_DirectReceiver``, an ``asyncio.BufferedProtocol``
+  the transport switches to): no parser pass, no chunk objects, no copy in Python at all. httptools
+  cannot be told to skip bytes, so the connection gets a fresh parser for the request after it.
 * For the same requests it offers the door ``respond_whole``: the response written in one ``write``
   with its Content-Length, where uvicorn's ASGI ``send`` writes head and body apart (two segments
   to the client) in chunked encoding, after a pass in Python over every header.
@@ -27,6 +30,7 @@ and how many it opens. This module bounds each of those, at the layer that sees 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -184,6 +188,9 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                 # Armed only when a feed ends inside a body: a request whose body came whole costs no timer.
                 self._body_progress = self.loop.time()
                 self._body_timer = self.loop.call_later(body_timeout, self._body_timed_out)
+            direct = self._direct
+            if direct is not None and not direct.complete and not self.transport.is_closing():
+                self.transport.set_protocol(_DirectReceiver(self, direct))
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -235,6 +242,14 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             except ApiError:
                 return  # over the shared budget: the door's read_body says so in its own shape
             self._direct = scope[DIRECT_BODY] = DirectBody(size)  # holds its size of the budget while it arrives
+
+        def direct_received(self) -> None:
+            """``_DirectReceiver`` filled the body: this protocol reads the connection again, with a parser
+            that starts at the next request (the old one is still counting the body's bytes)."""
+            self.transport.set_protocol(self)
+            self.parser = httptools.HttpRequestParser(self)
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own parser
+            self.on_message_complete()
 
         def _release_direct(self) -> None:
             """The body is whole (or will never be): its bytes no longer count as pending; the door keeps
@@ -295,6 +310,42 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
 
     EdgeProtocol.refusals = refusals  # type: ignore[attr-defined]
     return EdgeProtocol
+
+
+class _DirectReceiver(asyncio.BufferedProtocol):
+    """The connection's protocol while the rest of a direct body arrives: the kernel reads into the body's
+    own buffer, and the edge protocol takes the connection back once the body is whole. What happens
+    to the connection meanwhile (lost, closed by the client, paused for writing) is the edge's."""
+
+    __slots__ = ("direct", "edge")
+
+    def __init__(self, edge: Any, direct: DirectBody) -> None:
+        self.edge = edge
+        self.direct = direct
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        direct = self.direct
+        return memoryview(direct.buffer)[direct.filled:]  # never past the body: the next request is the parser's
+
+    def buffer_updated(self, nbytes: int) -> None:
+        direct = self.direct
+        direct.filled += nbytes
+        edge = self.edge
+        edge._body_progress = edge.loop.time()
+        if direct.complete:
+            edge.direct_received()
+
+    def eof_received(self) -> bool | None:
+        return self.edge.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.edge.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.edge.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.edge.resume_writing()
 
 
 def respond_whole(cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
