@@ -89,7 +89,16 @@ def serve(settings: Settings) -> None:
                             # No proxy in front by default; its middleware would run on every request.
                             proxy_headers=False, server_header=False,
                             ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
-    _uvicorn_server_class()(config).run(sockets=[listener])
+    workers = None
+    if server.router_workers:
+        if tls is not None:
+            print("error: MOORAGE_ROUTER_WORKERS needs plain HTTP (a worker hands connections to the router, which "
+                  "cannot be done inside TLS); terminate TLS in front of the server", file=sys.stderr, flush=True)
+            raise SystemExit(1)
+        workers = _worker_plan(settings, app, listener, max_connections)
+        listener.listen(2048)  # uvicorn's backlog: connections wait here until a worker accepts them
+    # With workers, they accept the port's connections; this process serves what they hand over.
+    _uvicorn_server_class(workers)(config).run(sockets=[] if workers else [listener])
     logging.getLogger("moorage.server").info("stopped")
 
 
@@ -214,7 +223,29 @@ def _private_database(settings: Settings) -> None:
                 os.chmod(path + suffix, 0o600)
 
 
-def _uvicorn_server_class() -> type:
+def _worker_plan(settings: Settings, app: Any, listener: socket.socket, max_connections: int) -> Any:
+    """The router link, the handoff listener's path and the workers, started once the app is up."""
+    from moorage.api.router_link import RouterLink
+    from moorage.api.router_worker import WorkerConfig
+    from moorage.api.router_workers import RouterWorkers
+
+    server = settings.server
+    folder = app.routes.socket_dir
+    link = RouterLink(str(folder / "router.link"), app.invocation_answers, dict(app.verifier.admin_secrets),
+                      app.access_keys)
+    config = WorkerConfig(
+        listener_fd=listener.fileno(), link_path=link.path, handoff_path=str(folder / "router.handoff"),
+        account_id=settings.account_id, region=settings.region,
+        invocation_timeout=settings.instances.invocation_timeout, max_header_bytes=server.max_header_bytes,
+        max_headers=server.max_headers, header_timeout=server.header_timeout, body_timeout=server.body_timeout,
+        keep_alive_timeout=server.keep_alive_timeout, max_connections=max_connections,
+        max_connections_per_client=server.max_connections_per_client,
+        max_pending_body_bytes=server.max_pending_body_bytes, shutdown_grace=server.shutdown_grace,
+        log_level=server.log_level)
+    return link, RouterWorkers(server.router_workers, listener, config)
+
+
+def _uvicorn_server_class(workers: Any = None) -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -224,6 +255,22 @@ def _uvicorn_server_class() -> type:
         SIGTERM"; for a service manager or a script a requested, completed stop is a success.
         """
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if workers is None or self.should_exit:
+                return
+            from moorage.api.router_link import HandoffListener
+
+            link, processes = workers
+            config, state, app_state = self.config, self.server_state, self.lifespan.state
+            self._handoff = HandoffListener(processes.config.handoff_path, lambda: config.http_protocol_class(
+                config=config, server_state=state, app_state=app_state))
+            self._handoff.start()
+            await link.start()
+            processes.start()
+            logging.getLogger("moorage.server").info("%d router worker(s) accept the port's connections",
+                                                     processes.count)
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             """uvicorn's graceful shutdown, saying what it does: new connections refused (the listener
             closed), idle ones closed, requests in flight given the grace period, then counted as
@@ -231,6 +278,14 @@ def _uvicorn_server_class() -> type:
             log = logging.getLogger("moorage.server")
             state = self.server_state
             grace = self.config.timeout_graceful_shutdown or 0.0
+            if workers is not None:
+                link, processes = workers
+                processes.listener.close()  # this copy; the workers close theirs as they stop accepting
+                await processes.stop(grace)  # their requests in flight are answered over the link first
+                await link.stop()
+                handoff = getattr(self, "_handoff", None)
+                if handoff is not None:
+                    handoff.stop()
             in_flight = {task for task in state.tasks if not task.done()}
             log.info("stopping: new connections refused; %d request(s) in flight have up to %gs to finish",
                      len(in_flight), grace)

@@ -135,6 +135,14 @@ class KeyedVerifier(SigV4Verifier):
         # Set once the store is open (the server builds its verifier first); until then only the admin signs.
         self.keys = keys
 
+    @property
+    def admin_secrets(self) -> dict[str, str]:
+        return dict(self._admin)
+
+    def replace_admin(self, admin_secrets: Mapping[str, str]) -> None:
+        """A router worker's: the admin keys as the router sent them."""
+        self._admin = dict(admin_secrets)
+
     def _secret_for(self, access_key_id: str) -> str | None:
         secret = self._admin.get(access_key_id)
         if secret is not None or self.keys is None:

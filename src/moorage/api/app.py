@@ -30,7 +30,7 @@ from moorage.api.native import build_native_app
 from moorage.api.query_protocol import QueryFrontDoor, is_query_request
 from moorage.api.responses import JSON, PENDING_BODIES, Receive, Scope, Send, respond, respond_error
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
-from moorage.api.runtime import RuntimeFrontDoor
+from moorage.api.runtime import RouteAnswers, RuntimeFrontDoor
 from moorage.api.s3 import S3FrontDoor, s3_scope_in
 from moorage.api.sagemaker import JsonFrontDoor, JsonProtocolService
 from moorage.autoscale.controller import ScalingController
@@ -163,7 +163,8 @@ class MoorageApp:
         self.query_door = QueryFrontDoor(self.verifier, [cloudwatch, sts])
         self.cbor_door = RpcV2CborFrontDoor(self.verifier, [cloudwatch])
         self.async_inference = AsyncInference(self.ctx)
-        self.runtime_door = RuntimeFrontDoor(self.verifier, self.routes, self.store, settings.account_id,
+        self.invocation_answers = RouteAnswers(self.routes, self.store, settings.account_id)
+        self.runtime_door = RuntimeFrontDoor(self.verifier, self.invocation_answers,
                                              async_door=AsyncRuntimeDoor(self.verifier, self.async_inference))
         self.native = build_native_app(self.ctx, self.verifier, self.transform_jobs,
                                        [*monitoring_routes(self.ctx, self.monitoring, self.routing_experiments),

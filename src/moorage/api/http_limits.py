@@ -89,6 +89,11 @@ class _TooManyHeaders(Exception):
     pass
 
 
+class HandedOver(Exception):
+    """Raised from a parser callback by a subclass that handed the connection to another process: the
+    parser stops, nothing more is read or answered here."""
+
+
 class _Refusals:
     """Counts what the edge refused, and says so in the log at most every few seconds."""
 
@@ -168,6 +173,8 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserError as exc:
+                if isinstance(exc.__context__, HandedOver):
+                    return  # a subclass gave the connection to another process (api/router_worker.py)
                 if isinstance(exc.__context__, _TooManyHeaders):
                     self._refuse(_TOO_MANY_HEADERS, f"more than {max_headers} header fields", self._host())
                     return

@@ -35,9 +35,10 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
 RESPOND_WHOLE = "moorage.respond_whole"
 
 
-async def respond_error(send: Send, code: str, message: str, status: int, content_type: bytes = JSON_11,
-                        fields: dict[str, Any] | None = None,
-                        extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+def error_parts(code: str, message: str, status: int, content_type: bytes = JSON_11,
+                fields: dict[str, Any] | None = None,
+                extra_headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An AWS JSON error as (status, headers, body)."""
     payload: dict[str, Any] = {"__type": code, "message": message}
     if fields:
         payload.update(fields)
@@ -45,11 +46,23 @@ async def respond_error(send: Send, code: str, message: str, status: int, conten
                (b"x-amzn-requestid", request_id())]
     if extra_headers:
         headers += extra_headers
-    await respond(send, status, orjson.dumps(payload), headers)
+    return status, headers, orjson.dumps(payload)
+
+
+def error_response(error: ApiError, content_type: bytes = JSON_11) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    return error_parts(error.code, error.message, error.status, content_type, error.fields)
+
+
+async def respond_error(send: Send, code: str, message: str, status: int, content_type: bytes = JSON_11,
+                        fields: dict[str, Any] | None = None,
+                        extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    status, headers, body = error_parts(code, message, status, content_type, fields, extra_headers)
+    await respond(send, status, body, headers)
 
 
 async def respond_api_error(send: Send, error: ApiError, content_type: bytes = JSON_11) -> None:
-    await respond_error(send, error.code, error.message, error.status, content_type, error.fields)
+    status, headers, body = error_response(error, content_type)
+    await respond(send, status, body, headers)
 
 
 class BodyTooLarge(Exception):

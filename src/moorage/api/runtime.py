@@ -6,9 +6,11 @@ for the endpoint's route, and the pooled hop to an instance. Nothing here touche
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from starlette.requests import ClientDisconnect
 
@@ -20,6 +22,7 @@ from moorage.api.responses import (
     Receive,
     Scope,
     Send,
+    error_response,
     read_body,
     respond,
     respond_api_error,
@@ -38,7 +41,7 @@ from moorage.errors import (
 from moorage.serving.chain import UnknownContainer
 from moorage.serving.model_cache import TargetModelError
 from moorage.serving.route_table import RouteTable
-from moorage.serving.router import InvocationFailed, UnknownVariant
+from moorage.serving.router import Invocation, InvocationFailed, UnknownVariant
 from moorage.serving.serverless import Throttled
 from moorage.store.metadata import MetadataStore
 
@@ -71,12 +74,13 @@ def is_invocation(method: str, path: str) -> bool:
 
 
 class RuntimeFrontDoor:
-    def __init__(self, verifier: SigV4Verifier, routes: RouteTable, store: MetadataStore, account_id: str,
+    """``answers`` is this process's route table (``RouteAnswers``), or, in a router worker, the link to
+    the process that owns it (``api/router_worker.py``)."""
+
+    def __init__(self, verifier: SigV4Verifier, answers: InvocationAnswers,
                  async_door: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None):
         self.verifier = verifier
-        self.routes = routes
-        self.store = store
-        self.account_id = account_id
+        self.answers = answers
         # InvokeEndpointAsync (``/endpoints/{name}/async-invocations``: api/async_runtime.py), looked for
         # only once a path is not the synchronous one, so the hot path pays nothing for it.
         self.async_door = async_door
@@ -141,62 +145,88 @@ class RuntimeFrontDoor:
         except ApiError as exc:  # AccessDeniedException
             await respond_api_error(send, exc, JSON)
             return
-        route = self.routes.get(name)
-        if route is None:
-            await self._not_serving(send, name)
-            return
-        forwarded_headers = b"".join(forwarded)
-        try:
-            invocation = await route.invoke(body, forwarded_headers, target_variant)
-        except UnknownVariant:
-            await respond_api_error(send, RuntimeValidationError(
-                                f"Invalid target variant '{target_variant}' for endpoint '{name}': "
-                                f"it has variants {', '.join(route.variants)}."), JSON)
-            return
-        except UnknownContainer as exc:
-            await respond_api_error(send, RuntimeValidationError(f"Endpoint {name}: {exc}."), JSON)
-            return
-        except TargetModelError as exc:  # a multi-model endpoint's TargetModel that cannot be served
-            await respond_api_error(send, exc, JSON)
-            return
-        except Throttled as exc:  # a serverless variant at its MaxConcurrency
-            await respond_api_error(send, ThrottlingException(
-                f"Endpoint {name} of account {self.account_id}: {exc}. Reduce the request rate or raise "
-                f"ServerlessConfig.MaxConcurrency."), JSON)
-            return
-        except InvocationFailed as exc:
-            await respond_api_error(send, ModelError(str(exc), OriginalStatusCode=exc.status,
-                                                     OriginalMessage=str(exc)), JSON)
-            if route.observers:
-                route.observe(body, forwarded_headers, arrived, started, exc)
-            return
-        if invocation.status >= 300:
-            await self._model_error(send, name, invocation)
-        else:
-            headers = [(b"content-type", invocation.content_type.encode("latin-1")),
-                       (b"x-amzn-invoked-production-variant", invocation.variant.encode())]
-            if invocation.custom_attributes is not None:
-                headers.append((b"x-amzn-sagemaker-custom-attributes", invocation.custom_attributes))
-            whole = scope.get(RESPOND_WHOLE)  # one write, from the HTTP edge (http_limits.py)
-            if whole is None or not whole(200, headers, invocation.body):
-                await respond(send, 200, invocation.body, headers)
-        if route.observers:
-            route.observe(body, forwarded_headers, arrived, started, invocation)
+        status, headers, answer, after = await self.answers.answer(name, body, b"".join(forwarded), target_variant,
+                                                                   arrived, started)
+        whole = scope.get(RESPOND_WHOLE)  # one write, from the HTTP edge (http_limits.py)
+        if whole is None or not whole(status, headers, answer):
+            await respond(send, status, answer, headers)
+        if after is not None:
+            after()
 
     async def _too_large(self, send: Send, size: int) -> None:
         await respond_api_error(send, PayloadTooLarge(
             f"Request has oversize body: {size} bytes exceed the InvokeEndpoint limit of {MAX_PAYLOAD} bytes (6 MB)."),
             JSON)
 
-    async def _not_serving(self, send: Send, name: str) -> None:
+
+# An answer: status, headers, body, and what to run once it is written (the route's observers), if anything.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None]
+
+
+class InvocationAnswers(Protocol):
+    """What the door asks once a request is admitted: the answer to an InvokeEndpoint."""
+
+    async def answer(self, name: str, body: bytes, forwarded_headers: bytes, target_variant: str | None,
+                     arrived: float, started: float) -> Answer: ...
+
+
+class RouteAnswers:
+    """Answers from this process's route table: the endpoint's route invokes an instance, and its outcome
+    becomes SageMaker's response (the variant's answer, or ModelError and the other runtime errors)."""
+
+    def __init__(self, routes: RouteTable, store: MetadataStore, account_id: str) -> None:
+        self.routes = routes
+        self.store = store
+        self.account_id = account_id
+
+    async def answer(self, name: str, body: bytes, forwarded_headers: bytes, target_variant: str | None,
+                     arrived: float, started: float) -> Answer:
+        route = self.routes.get(name)
+        if route is None:
+            return self._not_serving(name)
+        try:
+            invocation = await route.invoke(body, forwarded_headers, target_variant)
+        except UnknownVariant:
+            return api_error_response(RuntimeValidationError(
+                f"Invalid target variant '{target_variant}' for endpoint '{name}': "
+                f"it has variants {', '.join(route.variants)}."), JSON)
+        except UnknownContainer as exc:
+            return api_error_response(RuntimeValidationError(f"Endpoint {name}: {exc}."), JSON)
+        except TargetModelError as exc:  # a multi-model endpoint's TargetModel that cannot be served
+            return api_error_response(exc, JSON)
+        except Throttled as exc:  # a serverless variant at its MaxConcurrency
+            return api_error_response(ThrottlingException(
+                f"Endpoint {name} of account {self.account_id}: {exc}. Reduce the request rate or raise "
+                f"ServerlessConfig.MaxConcurrency."), JSON)
+        except InvocationFailed as exc:
+            status, headers, answer = error_response(ModelError(str(exc), OriginalStatusCode=exc.status,
+                                                                OriginalMessage=str(exc)), JSON)
+            if not route.observers:
+                return status, headers, answer, None
+            return status, headers, answer, functools.partial(route.observe, body, forwarded_headers, arrived,
+                                                              started, exc)
+        if invocation.status >= 300:
+            status, headers, answer = self._model_error(name, invocation)
+        else:
+            status, answer = 200, invocation.body
+            headers = [(b"content-type", invocation.content_type.encode("latin-1")),
+                       (b"x-amzn-invoked-production-variant", invocation.variant.encode())]
+            if invocation.custom_attributes is not None:
+                headers.append((b"x-amzn-sagemaker-custom-attributes", invocation.custom_attributes))
+        if not route.observers:
+            return status, headers, answer, None
+        return status, headers, answer, functools.partial(route.observe, body, forwarded_headers, arrived, started,
+                                                          invocation)
+
+    def _not_serving(self, name: str) -> Answer:
         row = self.store.get(ENDPOINT, name)
         if row is None:
             message = f"Endpoint {name} of account {self.account_id} not found."
         else:
             message = f"Endpoint {name} of account {self.account_id} is not in service (status {row.status})."
-        await respond_api_error(send, RuntimeValidationError(message), JSON)
+        return api_error_response(RuntimeValidationError(message), JSON)
 
-    async def _model_error(self, send: Send, name: str, invocation) -> None:  # type: ignore[no-untyped-def]
+    def _model_error(self, name: str, invocation: Invocation) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         kind = "client" if invocation.status < 500 else "server"
         original = invocation.body.decode("utf-8", "replace")
         log_path = self.routes.logs_dir / name / invocation.variant / f"{invocation.instance_id}.log"
@@ -204,6 +234,9 @@ class RuntimeFrontDoor:
                   else invocation.variant)
         message = (f'Received {kind} error ({invocation.status}) from {source} with message '
                    f'"{original}". See {log_path} for more information.')
-        await respond_api_error(send, ModelError(message, OriginalStatusCode=invocation.status,
-                                                 OriginalMessage=original, LogStreamArn=str(log_path)), JSON)
+        return error_response(ModelError(message, OriginalStatusCode=invocation.status, OriginalMessage=original,
+                                         LogStreamArn=str(log_path)), JSON)
 
+
+def api_error_response(error: ApiError, content_type: bytes) -> Answer:
+    return (*error_response(error, content_type), None)

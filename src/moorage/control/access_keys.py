@@ -18,6 +18,7 @@ import secrets
 import string
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,8 @@ class AccessKeys:
         self.ctx = ctx
         self._lock = threading.Lock()
         self._cache: dict[str, AccessKey] | None = None
+        # Called after every change (from whichever thread made it): the router's workers hold copies.
+        self.on_change: list[Callable[[], None]] = []
 
     def _keys(self) -> dict[str, AccessKey]:
         cache = self._cache
@@ -103,6 +106,8 @@ class AccessKeys:
     def _invalidate(self) -> None:
         with self._lock:
             self._cache = None
+        for listener in self.on_change:
+            listener()
 
     def get(self, access_key_id: str) -> AccessKey | None:
         """The key with this id (the verifier's lookup), or None."""

@@ -141,7 +141,10 @@ class FrameClient:
     async def request(self, method: bytes, path: bytes, body: bytes = b"", headers: bytes = b"",
                       timeout: float = 60.0) -> InstanceResponse:
         # Anything else is no operation of the contract: the instance answers it 404, as over HTTP.
-        op = frames.OPERATIONS.get((method, path), frames.UNKNOWN)
+        return await self.call(frames.OPERATIONS.get((method, path), frames.UNKNOWN), body, headers, timeout)
+
+    async def call(self, op: int, body: bytes = b"", headers: bytes = b"", timeout: float = 60.0) -> InstanceResponse:
+        """A request by its frame operation (the router link's own operations, api/router_link.py)."""
         conn = self._connection
         if conn is None or conn.closed:
             conn = await self._connected()

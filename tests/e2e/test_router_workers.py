@@ -1,0 +1,201 @@
+"""Router workers (MOORAGE_ROUTER_WORKERS, api/router_worker.py): worker processes accept the port's
+connections, admit InvokeEndpoint themselves and ask the router for the answer over the router link;
+every other request's connection is handed to the router. One server with two workers serves the
+whole module: invocations (and what the router observes of them), the control plane on the same
+port and on a connection an invocation used first, keys created and revoked while workers hold
+copies, a worker killed and replaced, and a restart."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from e2e_support import (
+    REGION,
+    Deployer,
+    MoorageServer,
+    assert_predictions,
+    csv_body,
+    decode_predictions,
+    file_url,
+    http_request,
+    pack_model,
+)
+
+pytestmark = pytest.mark.e2e
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, regressor: Any) -> Iterator[tuple[MoorageServer, str]]:
+    home = tmp_path_factory.mktemp("workers-home")
+    srv = MoorageServer(home, env={"MOORAGE_ROUTER_WORKERS": str(WORKERS)})
+    srv.start(timeout=90)
+    try:
+        tar = pack_model(tmp_path_factory.mktemp("workers-model"), regressor[0])
+        name = Deployer(srv).deploy("workers", file_url(tar))
+        yield srv, name
+    finally:
+        srv.stop()
+
+
+def _workers(srv: MoorageServer) -> list[psutil.Process]:
+    assert srv.pid is not None
+    found = []
+    for child in psutil.Process(srv.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "moorage.api.router_worker" in child.cmdline():
+                found.append(child)
+        except psutil.Error:
+            continue  # gone meanwhile
+    return found
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not seen within {timeout}s"
+        time.sleep(0.05)
+
+
+def _invocations(srv: MoorageServer, name: str) -> float:
+    """The router's count of the endpoint's invocations, from its Prometheus exposition."""
+    status, _, text = http_request("GET", srv.url + "/metrics")
+    assert status == 200
+    total = 0.0
+    for line in text.decode().splitlines():
+        if line.startswith("moorage_invocations_total{") and f'endpoint="{name}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _signed(srv: MoorageServer, key: tuple[str, str], method: str, path: str, body: bytes,
+            headers: dict[str, str], service: str = "sagemaker") -> dict[str, str]:
+    request = AWSRequest(method=method, url=srv.url + path, data=body, headers=headers)
+    SigV4Auth(Credentials(*key), service, REGION).add_auth(request)
+    return dict(request.headers.items())
+
+
+def _call(conn: http.client.HTTPConnection, srv: MoorageServer, key: tuple[str, str], method: str, path: str,
+          body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """One request on ``conn`` (kept alive between calls), as the SDKs sign it."""
+    conn.request(method, path, body, _signed(srv, key, method, path, body, headers))
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def test_workers_run_and_answer_invocations_the_router_observes(served: tuple[MoorageServer, str],
+                                                                regressor: Any) -> None:
+    srv, name = served
+    assert len(_workers(srv)) == WORKERS
+    model, X = regressor
+    rt = srv.rt()
+    before = _invocations(srv, name)
+    for start in range(0, 40, 4):
+        reply = rt.invoke_endpoint(EndpointName=name, Body=csv_body(X[start:start + 4]), ContentType="text/csv",
+                                   Accept="application/json")
+        assert reply["InvokedProductionVariant"] == "AllTraffic"
+        assert_predictions(decode_predictions(reply["Body"].read(), reply["ContentType"]),
+                           model.predict(X[start:start + 4]))
+    # The router observed each one (metrics are its observers): the workers asked it for every answer.
+    _wait_for(lambda: _invocations(srv, name) - before >= 10, 30, "10 invocations counted by the router")
+    with pytest.raises(ClientError) as missing:
+        rt.invoke_endpoint(EndpointName="no-such-endpoint", Body=b"1,2,3,4", ContentType="text/csv")
+    assert missing.value.response["Error"]["Code"] == "ValidationError"
+    assert "not found" in missing.value.response["Error"]["Message"]
+
+
+def test_the_control_plane_is_served_on_the_same_port(served: tuple[MoorageServer, str], regressor: Any) -> None:
+    srv, name = served
+    sm = srv.sm()
+    assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
+    assert name in [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]]
+    # One connection: an invocation (the worker's), then a control-plane call (handed to the router).
+    key = (srv.access_key_id, srv.secret_access_key)
+    _, X = regressor
+    invoke = ("POST", f"/endpoints/{name}/invocations", csv_body(X[:2]), {"Content-Type": "text/csv"})
+    describe = ("POST", "/", json.dumps({"EndpointName": name}).encode(),
+                {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "SageMaker.DescribeEndpoint"})
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        assert _call(conn, srv, key, *invoke)[0] == 200
+        sock = conn.sock
+        status, answer = _call(conn, srv, key, *describe)
+        assert status == 200, answer
+        assert json.loads(answer)["EndpointName"] == name
+        # ... and the connection, now the router's, goes on serving both kinds.
+        assert _call(conn, srv, key, *invoke)[0] == 200
+        assert conn.sock is sock, "the client had to reconnect"
+    finally:
+        conn.close()
+
+
+def test_keys_created_and_revoked_reach_the_workers(served: tuple[MoorageServer, str], regressor: Any) -> None:
+    srv, name = served
+    _, X = regressor
+    status, _, reply = srv.signed_request("POST", "/moorage/v1/access-keys",
+                                          json.dumps({"Role": "invoker", "EndpointNames": [name]}).encode())
+    assert status == 200, reply
+    doc = json.loads(reply)
+    key = (doc["AccessKeyId"], doc["SecretAccessKey"])
+
+    def invoke_status() -> int:
+        # A new connection each time: the kernel gives it to either worker.
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        try:
+            return _call(conn, srv, key, "POST", f"/endpoints/{name}/invocations", csv_body(X[:1]),
+                         {"Content-Type": "text/csv"})[0]
+        finally:
+            conn.close()
+
+    _wait_for(lambda: all(invoke_status() == 200 for _ in range(6)), 10, "the new key accepted by every worker")
+    status, _, reply = srv.signed_request("DELETE", f"/moorage/v1/access-keys/{key[0]}")
+    assert status == 200, reply
+    _wait_for(lambda: all(invoke_status() == 403 for _ in range(6)), 10, "the revoked key refused by every worker")
+
+
+def test_a_killed_worker_is_replaced_and_serving_goes_on(served: tuple[MoorageServer, str], regressor: Any) -> None:
+    srv, name = served
+    model, X = regressor
+    victim = _workers(srv)[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    _wait_for(lambda: len([p for p in _workers(srv) if p.pid != victim.pid]) == WORKERS, 30,
+              "a new worker in the dead one's place")
+    rt = srv.rt()
+    for _ in range(6):
+        reply = rt.invoke_endpoint(EndpointName=name, Body=csv_body(X[:3]), ContentType="text/csv",
+                                   Accept="application/json")
+        assert_predictions(decode_predictions(reply["Body"].read(), reply["ContentType"]), model.predict(X[:3]))
+
+
+def test_a_restart_with_workers_serves_the_endpoint_again(served: tuple[MoorageServer, str], regressor: Any,
+                                                          tmp_path: Path) -> None:
+    srv, name = served
+    model, X = regressor
+    old = {p.pid for p in _workers(srv)}
+    assert srv.stop() == 0
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in old), \
+        "a worker outlived its router"
+    srv.start(timeout=90)
+    Deployer(srv).wait_in_service(name)
+    assert len(_workers(srv)) == WORKERS
+    reply = srv.rt().invoke_endpoint(EndpointName=name, Body=csv_body(X[:2]), ContentType="text/csv",
+                                     Accept="application/json")
+    assert_predictions(decode_predictions(reply["Body"].read(), reply["ContentType"]), model.predict(X[:2]))
