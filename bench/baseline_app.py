@@ -15,6 +15,7 @@ result to ``predict``.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -125,13 +126,23 @@ def main() -> None:
     parser.add_argument("--input-fn", default=None, help="inference.py whose input_fn decodes the raw body")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes accepting on the port (forked after the model is loaded)")
     args = parser.parse_args()
+
+    import socket
 
     import uvicorn
 
     input_fn = load_input_fn(args.input_fn) if args.input_fn else None
     app = make_app(load_predict(args.runtime, args.model), input_fn)
-    uvicorn.run(
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((args.host, args.port))
+    for _ in range(args.workers - 1):
+        if os.fork() == 0:
+            break  # a child serves the same socket; the parent forks the rest and serves too
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -146,6 +157,7 @@ def main() -> None:
         server_header=False,
         date_header=False,
     )
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def process_label(p: psutil.Process) -> str:
 class PinnedProcess:
     """A command run in its own session (so its whole group can be stopped) pinned to one core."""
 
-    def __init__(self, cmd: list[str], log_path: Path, *, cpu: int | None, env=None, cwd=None):
+    def __init__(self, cmd: list[str], log_path: Path, *, cpu: int | str | None, env=None, cwd=None):
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
@@ -243,6 +243,7 @@ class Baseline(Server):
     key = "a"
     name = "baseline"
     detail = "raw ASGI + uvicorn(uvloop, httptools), predict in-process"
+    workers = 1  # processes sharing the port (--baseline-workers), for runs on several cores
 
     def supports(self, model: BenchModel) -> str | None:
         return None
@@ -263,6 +264,8 @@ class Baseline(Server):
                     "--port",
                     str(port),
                     *(["--input-fn", str(model.input_fn)] if model.input_fn else []),
+                    "--workers",
+                    str(self.workers),
                 ],
                 f"baseline-{model.name}.log",
             )
@@ -586,4 +589,20 @@ class MLServer(Server):
         )
 
 
-SERVERS: dict[str, type[Server]] = {cls.key: cls for cls in (Baseline, Moorage, MoorageOnRay, KServe, MLServer)}
+class MoorageWorkers(Moorage):
+    """(w) moorage with router workers (MOORAGE_ROUTER_WORKERS): InvokeEndpoint's HTTP and SigV4 in
+    worker processes, the route table and the instance in the router's; for the bench's runs on
+    several cores."""
+
+    key = "w"
+    name = "moorage+workers"
+    detail = "router + N router workers + 1 instance process, SigV4-signed invocations"
+    workers = 2
+
+    def start(self, models: list[BenchModel]) -> None:
+        self.extra_env = {"MOORAGE_ROUTER_WORKERS": str(self.workers)}
+        super().start(models)
+
+
+SERVERS: dict[str, type[Server]] = {cls.key: cls for cls in (Baseline, Moorage, MoorageWorkers, MoorageOnRay, KServe,
+                                                             MLServer)}

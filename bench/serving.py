@@ -34,7 +34,7 @@ import psutil  # noqa: E402
 from hotspots import format_profile, profile_run  # noqa: E402
 from loadgen import HttpRequest, LoadgenError, WrkResult, ensure_wrk, run_wrk, wrk_version  # noqa: E402
 from models import BUILDERS, BenchModel, build  # noqa: E402
-from servers import SERVERS, Moorage, Server, Unavailable, http_call  # noqa: E402
+from servers import SERVERS, Baseline, Moorage, MoorageWorkers, Server, Unavailable, http_call  # noqa: E402
 
 PEERS = ("c", "d")
 # moorage's targets against the floor (a), the fast-path issue's: p50 at concurrency 1 within +0.2 ms of
@@ -226,7 +226,8 @@ def bench_server(server: Server, models: list[BenchModel], args) -> tuple[dict, 
                 log(f"({server.key}) {server.name}/{model.name}: {outcome.error}")
                 continue
             info["affinity"] = {str(pid): cpus for pid, cpus in server.affinity().items()}
-            stray = {pid: cpus for pid, cpus in info["affinity"].items() if cpus != [args.server_cpu]}
+            pinned = sorted(int(c) for c in str(args.server_cpu).split(",")) if args.server_cpu is not None else []
+            stray = {pid: cpus for pid, cpus in info["affinity"].items() if sorted(cpus) != pinned}
             if stray and args.server_cpu is not None:
                 log(f"({server.key}) WARNING: processes not pinned to core {args.server_cpu}: {stray}")
             for conns in args.concurrency:
@@ -450,14 +451,20 @@ def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up before each measured run")
-    p.add_argument("--servers", default="a,b,c,d", help="subset of a,b,c,d (a=baseline b=moorage c=kserve d=mlserver)")
+    p.add_argument("--servers", default="a,b,c,d",
+                   help="subset of a,b,w,c,d (a=baseline b=moorage w=moorage+workers c=kserve d=mlserver)")
     p.add_argument("--models", default=",".join(BUILDERS), help=f"subset of {','.join(BUILDERS)} (default: all)")
     p.add_argument("--skip-peers", action="store_true", help="leave out (c) KServe and (d) MLServer")
     p.add_argument("--ray", action="store_true",
                    help="also (r): moorage in cluster mode, its instance a Ray actor on a Ray node started here")
     p.add_argument("--concurrency", default="1,32", help="wrk connections per run, comma-separated")
-    p.add_argument("--server-cpu", type=int, default=0, help="core every server process is pinned to")
-    p.add_argument("--client-cpu", type=int, default=1, help="core wrk is pinned to")
+    p.add_argument("--server-cpu", default="0",
+                   help="core(s) every server process is pinned to, as taskset takes them (0, or 0,1)")
+    p.add_argument("--client-cpu", default="1", help="core(s) wrk is pinned to")
+    p.add_argument("--router-workers", type=int, default=2,
+                   help="(w) moorage+workers: its MOORAGE_ROUTER_WORKERS")
+    p.add_argument("--baseline-workers", type=int, default=1,
+                   help="(a) baseline: processes sharing its port (for runs on several cores)")
     p.add_argument("--repeat", type=int, default=1, help="measured runs per point; the median is reported")
     p.add_argument(
         "--quiet-wait", type=float, default=120.0,
@@ -551,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         outcomes: list[Outcome] = []
         for key in args.servers:
             server = SERVERS[key](workdir / f"server-{key}", cpu=args.server_cpu)
+            if isinstance(server, MoorageWorkers):
+                server.workers = args.router_workers
+            if isinstance(server, Baseline):
+                server.workers = args.baseline_workers
             if args.routing and isinstance(server, Moorage):
                 server.routing = args.routing
             info, outs = bench_server(server, models, args)

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +200,64 @@ def test_a_restart_with_workers_serves_the_endpoint_again(served: tuple[MoorageS
     reply = srv.rt().invoke_endpoint(EndpointName=name, Body=csv_body(X[:2]), ContentType="text/csv",
                                      Accept="application/json")
     assert_predictions(decode_predictions(reply["Body"].read(), reply["ContentType"]), model.predict(X[:2]))
+
+
+def test_a_handed_over_request_whose_body_comes_later_arrives_whole(served: tuple[MoorageServer, str]) -> None:
+    """The worker hands the connection over once it has the header block; the router reads the rest of the
+    body from the socket itself, after what the worker had read."""
+    import hashlib
+
+    srv, _ = served
+    key = (srv.access_key_id, srv.secret_access_key)
+    body = os.urandom(300_000)
+    sm = srv.sm()
+    bucket = "workers-handover"
+    srv.client("s3").create_bucket(Bucket=bucket)
+    path = f"/{bucket}/piece"
+    headers = _signed(srv, key, "PUT", path, body, {"Content-Type": "application/octet-stream",
+                                                    "X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()},
+                      service="s3")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nContent-Length: {len(body)}\r\n{head}\r\n"
+                     .encode() + body[:1000])
+        time.sleep(0.1)  # the header block alone first, whatever the loop's timing
+        for start in range(1000, len(body), 100_000):
+            sock.sendall(body[start:start + 100_000])
+        reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    got = srv.client("s3").get_object(Bucket=bucket, Key="piece")["Body"].read()
+    assert got == body
+    assert sm.list_endpoints()["Endpoints"] is not None
+
+
+def test_a_request_pipelined_behind_an_invocation_is_told_to_use_a_new_connection(
+        served: tuple[MoorageServer, str], regressor: Any) -> None:
+    """Where a second request starts inside the worker's read is not known, so it cannot be handed over:
+    it is answered 503 (retried by the SDKs) and the connection closed, after the invocation's answer."""
+    srv, name = served
+    _, X = regressor
+    key = (srv.access_key_id, srv.secret_access_key)
+    invoke_body = csv_body(X[:2])
+    invoke = _signed(srv, key, "POST", f"/endpoints/{name}/invocations", invoke_body, {"Content-Type": "text/csv"})
+    describe_body = json.dumps({"EndpointName": name}).encode()
+    describe = _signed(srv, key, "POST", "/", describe_body, {"Content-Type": "application/x-amz-json-1.1",
+                                                               "X-Amz-Target": "SageMaker.DescribeEndpoint"})
+
+    def raw(method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{srv.port}", f"Content-Length: {len(body)}",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(raw("POST", f"/endpoints/{name}/invocations", invoke, invoke_body)
+                     + raw("POST", "/", describe, describe_body))
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    first, _, rest = received.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200"), received[:300]
+    assert b"HTTP/1.1 503" in rest and b"connection: close" in rest.lower(), rest[:500]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -165,6 +166,7 @@ def worker_protocol(base: type[HttpToolsProtocol], handover: Handover) -> type[H
             self._at_start = True  # the next read begins a request
             self._begun = False  # a request began in the reads kept
             self._ended = False  # the last thing parsed ended a request
+            self._refuse_next = False  # a request that could not be handed over waits for the answer before it
 
         def data_received(self, data: bytes) -> None:
             if self._at_start:
@@ -203,9 +205,24 @@ def worker_protocol(base: type[HttpToolsProtocol], handover: Handover) -> type[H
                 if sock is not None and handover.send(sock.fileno(), b"".join(read)):
                     transport.close()  # this process's copy; the router's keeps the connection open
                     raise HandedOver
-            transport.write(_RETRY_ELSEWHERE)
-            transport.close()
+            # Pipelined behind a request still being answered: that answer first, then this refusal.
+            transport.pause_reading()
+            if quiet:
+                self._retry_elsewhere()
+            else:
+                self._refuse_next = True
             raise HandedOver
+
+        def on_response_complete(self) -> None:
+            if self._refuse_next:
+                self.server_state.total_requests += 1
+                self._retry_elsewhere()
+                return
+            super().on_response_complete()
+
+        def _retry_elsewhere(self) -> None:
+            self.transport.write(_RETRY_ELSEWHERE)
+            self.transport.close()
 
     return WorkerEdge
 
@@ -269,6 +286,7 @@ def run(config: WorkerConfig) -> None:
         follow = asyncio.ensure_future(_follow_keys(link, keys, verifier, first,
                                                     lambda: setattr(server, "should_exit", True)))
         await first  # no request is admitted before the keys are here
+        gc.freeze()  # as the router does: what is loaded lives as long as the worker, out of the collector's scans
         try:
             await server.serve(sockets=[listener])
         finally:
