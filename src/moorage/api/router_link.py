@@ -115,9 +115,16 @@ class _LinkConnection(frames.FramedProtocol):
         super().malformed(exc)
 
     def _on_frame(self, buffer: bytearray, start: int, end: int) -> None:
+        if end - start < frames.REQUEST_FIELDS.size:
+            raise frames.FrameError(f"a request frame of {end - start} bytes, shorter than its head")
         request_id, op, headers_length = frames.REQUEST_FIELDS.unpack_from(buffer, start)
         offset = start + frames.REQUEST_FIELDS.size
+        if offset + headers_length > end:
+            raise frames.FrameError(f"request {request_id}: {headers_length} bytes of headers in a frame of "
+                                    f"{end - start}")
         if op == frames.INVOKE:
+            if headers_length < LINK_HEAD.size:
+                raise frames.FrameError(f"request {request_id}: an invocation without its link head")
             arrived, started, name_length, variant_length = LINK_HEAD.unpack_from(buffer, offset)
             at = offset + LINK_HEAD.size
             name = buffer[at:at + name_length].decode("latin-1")
@@ -128,6 +135,8 @@ class _LinkConnection(frames.FramedProtocol):
             body = bytes(memoryview(buffer)[offset + headers_length:end])
             self._spawn(self._invoke(request_id, name, body, forwarded, variant, arrived, started))
         elif op == KEYS:
+            if headers_length < KEYS_VERSION.size:
+                raise frames.FrameError(f"request {request_id}: a keys request without the version held")
             self._spawn(self._keys(request_id, KEYS_VERSION.unpack_from(buffer, offset)[0]))
         else:
             self.queue(frames.encode_reply(request_id, 404, b"text/plain", f"no link operation {op}".encode()))

@@ -194,6 +194,7 @@ def worker_protocol(base: type[HttpToolsProtocol], handover: Handover) -> type[H
             path = httptools.parse_url(self.url).path.decode("latin-1")
             if not is_invocation(method, path):
                 self._hand_over()
+            self._read = None  # this request is served here: its body need not be kept twice
             super().on_headers_complete()
 
         def _hand_over(self) -> None:
