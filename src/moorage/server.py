@@ -278,17 +278,16 @@ def _uvicorn_server_class(workers: Any = None) -> type:
             log = logging.getLogger("moorage.server")
             state = self.server_state
             grace = self.config.timeout_graceful_shutdown or 0.0
-            if workers is not None:
-                link, processes = workers
-                processes.listener.close()  # this copy; the workers close theirs as they stop accepting
-                await processes.stop(grace)  # their requests in flight are answered over the link first
-                await link.stop()
-                handoff = getattr(self, "_handoff", None)
-                if handoff is not None:
-                    handoff.stop()
             in_flight = {task for task in state.tasks if not task.done()}
+            # With workers, their invocations in flight are the router link's until answered.
+            linked = workers[0].invocations() if workers is not None else set()
             log.info("stopping: new connections refused; %d request(s) in flight have up to %gs to finish",
-                     len(in_flight), grace)
+                     len(in_flight) + len(linked), grace)
+            stopping_workers = None
+            if workers is not None:
+                workers[1].listener.close()  # this copy; the workers close theirs as they stop accepting
+                # Their requests are answered over the link meanwhile; the grace period runs for both at once.
+                stopping_workers = asyncio.ensure_future(workers[1].stop(grace))
             for server in self.servers:
                 server.close()
             for sock in sockets or []:
@@ -304,10 +303,17 @@ def _uvicorn_server_class(workers: Any = None) -> type:
                 cut = set(state.tasks)
                 for task in cut:
                     task.cancel(msg=f"cut at the end of the {grace:g}s shutdown grace period")
-            drained = len(in_flight - cut)
-            if cut:
+            if stopping_workers is not None and workers is not None:
+                await stopping_workers
+                await workers[0].stop()  # what is still being answered for a worker now has nobody to answer
+                handoff = getattr(self, "_handoff", None)
+                if handoff is not None:
+                    handoff.stop()
+            cut_linked = {task for task in linked if task.cancelled()}
+            drained = len(in_flight - cut) + len(linked - cut_linked)
+            if cut or cut_linked:
                 log.warning("%d request(s) drained, %d cut after the %gs grace period (MOORAGE_SHUTDOWN_GRACE_SECONDS)",
-                            drained, len(cut), grace)
+                            drained, len(cut) + len(cut_linked), grace)
             else:
                 log.info("%d request(s) drained, 0 cut", drained)
             if not self.force_exit:

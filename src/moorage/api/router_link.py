@@ -103,6 +103,7 @@ class _LinkConnection(frames.FramedProtocol):
         super().__init__(frames.FrameReader(self._on_frame, frames.DEFAULT_MAX_FRAME))
         self.server = server
         self.tasks: set[asyncio.Task[None]] = set()
+        self.invoking: set[asyncio.Task[None]] = set()  # the invocations among them (not the keys' wait)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -133,7 +134,9 @@ class _LinkConnection(frames.FramedProtocol):
             at += variant_length
             forwarded = bytes(buffer[at:offset + headers_length])
             body = bytes(memoryview(buffer)[offset + headers_length:end])
-            self._spawn(self._invoke(request_id, name, body, forwarded, variant, arrived, started))
+            task = self._spawn(self._invoke(request_id, name, body, forwarded, variant, arrived, started))
+            self.invoking.add(task)
+            task.add_done_callback(self.invoking.discard)
         elif op == KEYS:
             if headers_length < KEYS_VERSION.size:
                 raise frames.FrameError(f"request {request_id}: a keys request without the version held")
@@ -141,10 +144,11 @@ class _LinkConnection(frames.FramedProtocol):
         else:
             self.queue(frames.encode_reply(request_id, 404, b"text/plain", f"no link operation {op}".encode()))
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def _invoke(self, request_id: int, name: str, body: bytes, forwarded: bytes, variant: str | None,
                       arrived: float, started: float) -> None:
@@ -180,6 +184,10 @@ class RouterLink:
         self.connections: set[_LinkConnection] = set()
         self.versions: KeyVersions | None = None
         self._server: asyncio.AbstractServer | None = None
+
+    def invocations(self) -> set[asyncio.Task[None]]:
+        """The workers' invocations being answered now."""
+        return {task for connection in self.connections for task in connection.invoking}
 
     def snapshot(self, version: int) -> bytes:
         return keys_snapshot(version, self.admin, self.keys)
