@@ -42,6 +42,10 @@ def serve(settings: Settings) -> None:
     # Bound before anything says "serving": a busy port is the first and only thing reported.
     listener = _bind(settings)
     tls = _tls_files(settings)
+    if settings.server.router_workers and tls is not None:
+        print("error: MOORAGE_ROUTER_WORKERS needs plain HTTP (a worker hands connections to the router, which "
+              "cannot be done inside TLS); terminate TLS in front of the server", file=sys.stderr, flush=True)
+        raise SystemExit(1)
     creds, generated = admin_credentials(settings)
     app = MoorageApp(settings, [creds])
     _private_database(settings)
@@ -91,10 +95,6 @@ def serve(settings: Settings) -> None:
                             ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
     workers = None
     if server.router_workers:
-        if tls is not None:
-            print("error: MOORAGE_ROUTER_WORKERS needs plain HTTP (a worker hands connections to the router, which "
-                  "cannot be done inside TLS); terminate TLS in front of the server", file=sys.stderr, flush=True)
-            raise SystemExit(1)
         workers = _worker_plan(settings, app, listener, max_connections)
         listener.listen(2048)  # uvicorn's backlog: connections wait here until a worker accepts them
     # With workers, they accept the port's connections; this process serves what they hand over.

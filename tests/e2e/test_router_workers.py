@@ -261,3 +261,16 @@ def test_a_request_pipelined_behind_an_invocation_is_told_to_use_a_new_connectio
     first, _, rest = received.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200"), received[:300]
     assert b"HTTP/1.1 503" in rest and b"connection: close" in rest.lower(), rest[:500]
+
+
+def test_workers_with_tls_are_refused_at_start(tmp_path: Path) -> None:
+    """A worker hands plain TCP connections over; inside TLS it could not, so the server says so and stops."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MOORAGE_ROUTER_WORKERS": "2", "MOORAGE_TLS_SELF_SIGNED": "true"}
+    done = subprocess.run([sys.executable, "-m", "moorage", "serve", "--host", "127.0.0.1", "--port", "0",
+                           "--home", str(tmp_path / "home")], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "MOORAGE_ROUTER_WORKERS needs plain HTTP" in done.stderr
