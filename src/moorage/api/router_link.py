@@ -116,13 +116,8 @@ class _LinkConnection(frames.FramedProtocol):
         super().malformed(exc)
 
     def _on_frame(self, buffer: bytearray, start: int, end: int) -> None:
-        if end - start < frames.REQUEST_FIELDS.size:
-            raise frames.FrameError(f"a request frame of {end - start} bytes, shorter than its head")
-        request_id, op, headers_length = frames.REQUEST_FIELDS.unpack_from(buffer, start)
+        request_id, op, headers_length = frames.request_fields(buffer, start, end)
         offset = start + frames.REQUEST_FIELDS.size
-        if offset + headers_length > end:
-            raise frames.FrameError(f"request {request_id}: {headers_length} bytes of headers in a frame of "
-                                    f"{end - start}")
         if op == frames.INVOKE:
             if headers_length < LINK_HEAD.size:
                 raise frames.FrameError(f"request {request_id}: an invocation without its link head")

@@ -55,6 +55,7 @@ __all__ = [
     "encode_request_head",
     "header_value",
     "next_id",
+    "request_fields",
 ]
 
 SOCKET_SUFFIX = ".frames"  # the framed listener's socket: the instance's HTTP socket path plus this
@@ -102,6 +103,17 @@ def encode_reply_head(request_id: int, status: int, content_type: bytes, body_le
     return REPLY_HEAD.pack(REPLY_HEAD.size - 4 + len(content_type) + len(custom_attributes) + body_length,
                            request_id, status, len(content_type), len(custom_attributes)) + content_type \
         + custom_attributes
+
+
+def request_fields(buffer: bytearray, start: int, end: int) -> tuple[int, int, int]:
+    """A request frame's id, operation and header-lines length (they follow the fields), or FrameError
+    when the frame is too short for its head or its header lines."""
+    if end - start < REQUEST_FIELDS.size:
+        raise FrameError(f"a request frame of {end - start} bytes, shorter than its head")
+    request_id, op, headers_length = REQUEST_FIELDS.unpack_from(buffer, start)
+    if start + REQUEST_FIELDS.size + headers_length > end:
+        raise FrameError(f"request {request_id}: {headers_length} bytes of headers in a frame of {end - start}")
+    return request_id, op, headers_length
 
 
 def header_value(headers: bytes, name: bytes) -> bytes | None:

@@ -299,13 +299,8 @@ class FrameConnection(frames.FramedProtocol):
         return True
 
     def _on_frame(self, buffer: bytearray, start: int, end: int) -> None:
-        if end - start < frames.REQUEST_FIELDS.size:
-            raise frames.FrameError(f"a request frame of {end - start} bytes, shorter than its head")
-        request_id, op, headers_length = frames.REQUEST_FIELDS.unpack_from(buffer, start)
+        request_id, op, headers_length = frames.request_fields(buffer, start, end)
         offset = start + frames.REQUEST_FIELDS.size
-        if offset + headers_length > end:
-            raise frames.FrameError(f"request {request_id}: {headers_length} bytes of headers in a frame of "
-                                    f"{end - start}")
         if op == frames.INVOKE:
             headers = bytes(buffer[offset:offset + headers_length])
             body = bytes(memoryview(buffer)[offset + headers_length:end])  # one copy, not two
