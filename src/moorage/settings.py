@@ -340,11 +340,11 @@ class ServerSettings(Section):
                                     "Serve HTTPS with a development certificate for 127.0.0.1/localhost, made "
                                     "once under HOME/tls (clients pass it as verify=).", flag="--tls-self-signed")
     router_workers: int = setting(0, "MOORAGE_ROUTER_WORKERS", WHOLE,
-                                  "Worker processes that accept the port's connections and do InvokeEndpoint's "
-                                  "HTTP and SigV4 on cores of their own, asking this process for the answers "
-                                  "(docs/architecture.md, Router workers); the connection limits then hold per "
-                                  "worker. 0: this process does everything. Plain HTTP only (terminate TLS in "
-                                  "front of the server).", minimum=0)
+                                  "Worker processes that accept the port's connections beside the router and "
+                                  "do InvokeEndpoint's HTTP and SigV4 on cores of their own, asking it for the "
+                                  "answers (docs/architecture.md, Router workers); the connection limits then "
+                                  "hold per process. 0: the router does everything. Plain HTTP only (terminate "
+                                  "TLS in front of the server).", minimum=0)
     shutdown_grace: float = setting(30.0, "MOORAGE_SHUTDOWN_GRACE_SECONDS", DURATION,
                                     "On SIGTERM, how long requests in flight may take to finish (new connections "
                                     "are refused meanwhile), endpoints' instances draining included.",

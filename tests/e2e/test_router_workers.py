@@ -1,5 +1,5 @@
 """Router workers (MOORAGE_ROUTER_WORKERS, api/router_worker.py): worker processes accept the port's
-connections, admit InvokeEndpoint themselves and ask the router for the answer over the router link;
+connections beside the router, admit InvokeEndpoint themselves and ask it for the answer over the router link;
 every other request's connection is handed to the router. One server with two workers serves the
 whole module: invocations (and what the router observes of them), the control plane on the same
 port and on a connection an invocation used first, keys created and revoked while workers hold
@@ -64,6 +64,39 @@ def _workers(srv: MoorageServer) -> list[psutil.Process]:
         except psutil.Error:
             continue  # gone meanwhile
     return found
+
+
+def _holder(srv: MoorageServer, client_port: int) -> psutil.Process | None:
+    """The server process (router or worker) that accepted the connection from ``client_port``."""
+    assert srv.pid is not None
+    router = psutil.Process(srv.pid)
+    for process in (router, *_workers(srv)):
+        try:
+            if any(c.raddr and c.raddr.port == client_port for c in process.net_connections("tcp")):
+                return process
+        except psutil.Error:
+            continue
+    return None
+
+
+def _connect_to(srv: MoorageServer, *, worker: bool) -> socket.socket:
+    """A connection that a worker (or the router itself) accepted: the kernel gives each new connection to
+    whichever process takes it, so connect until one lands where the test needs it."""
+    router_pid = srv.pid
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        port = sock.getsockname()[1]
+        holder = _wait_for(lambda: _holder(srv, port), 10, "the connection accepted")  # noqa: B023
+        if (holder.pid != router_pid) == worker:
+            return sock
+        sock.close()
+    raise AssertionError(f"200 connections and none accepted by {'a worker' if worker else 'the router'}")
+
+
+def _on(sock: socket.socket, srv: MoorageServer) -> http.client.HTTPConnection:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn.sock = sock
+    return conn
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
@@ -134,7 +167,7 @@ def test_the_control_plane_is_served_on_the_same_port(served: tuple[MoorageServe
     invoke = ("POST", f"/endpoints/{name}/invocations", csv_body(X[:2]), {"Content-Type": "text/csv"})
     describe = ("POST", "/", json.dumps({"EndpointName": name}).encode(),
                 {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "SageMaker.DescribeEndpoint"})
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn = _on(_connect_to(srv, worker=True), srv)
     try:
         assert _call(conn, srv, key, *invoke)[0] == 200
         sock = conn.sock
@@ -157,19 +190,20 @@ def test_keys_created_and_revoked_reach_the_workers(served: tuple[MoorageServer,
     doc = json.loads(reply)
     key = (doc["AccessKeyId"], doc["SecretAccessKey"])
 
-    def invoke_status() -> int:
-        # A new connection each time: the kernel gives it to either worker.
-        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    def invoke_status(worker: bool) -> int:
+        conn = _on(_connect_to(srv, worker=worker), srv)
         try:
             return _call(conn, srv, key, "POST", f"/endpoints/{name}/invocations", csv_body(X[:1]),
                          {"Content-Type": "text/csv"})[0]
         finally:
             conn.close()
 
-    _wait_for(lambda: all(invoke_status() == 200 for _ in range(6)), 10, "the new key accepted by every worker")
+    _wait_for(lambda: all(invoke_status(worker) == 200 for worker in (True, True, True, False)), 10,
+              "the new key accepted by the workers and the router")
     status, _, reply = srv.signed_request("DELETE", f"/moorage/v1/access-keys/{key[0]}")
     assert status == 200, reply
-    _wait_for(lambda: all(invoke_status() == 403 for _ in range(6)), 10, "the revoked key refused by every worker")
+    _wait_for(lambda: all(invoke_status(worker) == 403 for worker in (True, True, True, False)), 10,
+              "the revoked key refused by the workers and the router")
 
 
 def test_a_killed_worker_is_replaced_and_serving_goes_on(served: tuple[MoorageServer, str], regressor: Any) -> None:
@@ -218,7 +252,7 @@ def test_a_handed_over_request_whose_body_comes_later_arrives_whole(served: tupl
                                                     "X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()},
                       service="s3")
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+    with _connect_to(srv, worker=True) as sock:
         sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nContent-Length: {len(body)}\r\n{head}\r\n"
                      .encode() + body[:1000])
         time.sleep(0.1)  # the header block alone first, whatever the loop's timing
@@ -249,7 +283,7 @@ def test_a_request_pipelined_behind_an_invocation_is_told_to_use_a_new_connectio
                  *(f"{k}: {v}" for k, v in headers.items())]
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+    with _connect_to(srv, worker=True) as sock:
         sock.sendall(raw("POST", f"/endpoints/{name}/invocations", invoke, invoke_body)
                      + raw("POST", "/", describe, describe_body))
         received = b""

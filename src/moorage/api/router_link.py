@@ -1,7 +1,7 @@
 """The router's side of its workers: the link that answers their invocations, and the connections they hand over.
 
-With ``MOORAGE_ROUTER_WORKERS`` = N > 0 (docs/performance.md), N worker processes
-(``api/router_worker.py``) accept every connection on the server's port. A worker does the part of
+With ``MOORAGE_ROUTER_WORKERS`` = N > 0 (docs/architecture.md, Router workers), N worker processes
+(``api/router_worker.py``) accept connections on the server's port beside this process. A worker does the part of
 InvokeEndpoint that needs nothing but the request (HTTP, the header block, the body, SigV4 and the
 key's role) and asks this process, which owns the route table and every instance, for the answer over
 the **router link**: the framed protocol of ``runtimes/frames.py`` on a Unix socket, many requests in

@@ -1,8 +1,8 @@
 """A router worker: one more core for InvokeEndpoint's HTTP, header block, body and SigV4.
 
 ``moorage serve`` with ``MOORAGE_ROUTER_WORKERS`` = N starts N of these (``python -m
-moorage.api.router_worker CONFIG``), each with the server's listening socket: they, not the router
-process, accept the port's connections (the kernel gives each new connection to one of them). A
+moorage.api.router_worker CONFIG``), each with the server's listening socket: they accept the port's
+connections beside the router process (each new connection goes to whichever of them takes it). A
 connection whose first request is InvokeEndpoint stays with the worker, which admits each request as
 the router's own door does (``RuntimeFrontDoor``: limits, the forwarded headers, SigV4, the key's
 role, from a copy of the keys the router keeps current) and asks the router for the answer over the

@@ -1,5 +1,5 @@
 """The router's workers (``api/router_worker.py``): started with the server, restarted when one dies,
-stopped before the router stops.
+stopped as the router stops (they drain beside it, within its grace period).
 
 A worker is a child process (``python -m moorage.api.router_worker``) given the listening socket and
 the paths of the router link and the handoff listener (``api/router_link.py``). One that exits while
