@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import sys
 import tarfile
@@ -126,11 +127,15 @@ def test_a_server_killed_with_sigkill_leaves_nothing_behind_at_the_next_start(
         for child in sorted(root.iterdir()):
             tar.add(child, arcname=child.name)
 
-    server = fresh_server()
+    # Socket folders of dead servers are reaped by whichever server starts next on the machine: this
+    # server's live in a temporary folder of its own, so that the one reaping them is its successor
+    # here, not a server another test starts meanwhile.
+    private_tmp = Path(tempfile.mkdtemp(prefix="mrg", dir="/tmp"))  # short: socket paths live under it
+    server = fresh_server(env={"TMPDIR": str(private_tmp)})
     Deployer(server).deploy("byokill", file_url(archive), image=CUSTOM_IMAGE)
     helper = int(wait_until(lambda: helper_pid.exists() and helper_pid.read_text().strip(), 30, what="the helper"))
     assert server.proc is not None
-    marks = [m for m in Path(tempfile.gettempdir()).glob("moorage-*/server.pid")
+    marks = [m for m in private_tmp.glob("moorage-*/server.pid")
              if m.read_text().split()[0] == str(server.proc.pid)]
     assert len(marks) == 1, marks
     folder = marks[0].parent
@@ -146,6 +151,8 @@ def test_a_server_killed_with_sigkill_leaves_nothing_behind_at_the_next_start(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(helper, signal.SIGKILL)
+        server.stop()
+        shutil.rmtree(private_tmp, ignore_errors=True)
 
 
 def test_the_extraction_cache_keeps_only_what_models_use_across_a_restart(
