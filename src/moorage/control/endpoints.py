@@ -370,7 +370,10 @@ class Endpoints:
                 self.ctx.routes.unpublish(name)
             await self.ctx.routes.retire(route)
             return
-        if not follower:
+        if not follower and not (recovering and [d.variant for d in self.ctx.store.desired(name)]
+                                 == [d.variant for d in desired]):
+            # A restart's fleet was built from the stored desired state; what changed in it while the
+            # instances came up (a reward credited, a bandit's weights) must not be written over.
             self.ctx.store.replace_desired(name, desired)
         self._publish_metrics(name, config)
         replaced = self.ctx.routes.publish(route)
