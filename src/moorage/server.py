@@ -224,7 +224,7 @@ def _private_database(settings: Settings) -> None:
 
 
 def _worker_plan(settings: Settings, app: Any, listener: socket.socket, max_connections: int) -> Any:
-    """The router link, the handoff listener's path and the workers, started once the app is up."""
+    """The workers and their router link, started once the app is up."""
     from moorage.api.router_link import RouterLink
     from moorage.api.router_worker import WorkerConfig
     from moorage.api.router_workers import RouterWorkers
@@ -242,7 +242,7 @@ def _worker_plan(settings: Settings, app: Any, listener: socket.socket, max_conn
         max_connections_per_client=server.max_connections_per_client,
         max_pending_body_bytes=server.max_pending_body_bytes, shutdown_grace=server.shutdown_grace,
         log_level=server.log_level)
-    return link, RouterWorkers(server.router_workers, listener, config)
+    return RouterWorkers(server.router_workers, listener, config, link)
 
 
 def _uvicorn_server_class(workers: Any = None) -> type:
@@ -259,17 +259,11 @@ def _uvicorn_server_class(workers: Any = None) -> type:
             await super().startup(sockets)
             if workers is None or self.should_exit:
                 return
-            from moorage.api.router_link import HandoffListener
-
-            link, processes = workers
             config, state, app_state = self.config, self.server_state, self.lifespan.state
-            self._handoff = HandoffListener(processes.config.handoff_path, lambda: config.http_protocol_class(
-                config=config, server_state=state, app_state=app_state))
-            self._handoff.start()
-            await link.start()
-            processes.start()
+            await workers.start(lambda: config.http_protocol_class(config=config, server_state=state,
+                                                                   app_state=app_state))
             logging.getLogger("moorage.server").info(
-                "%d router worker(s) accept the port's connections beside this process", processes.count)
+                "%d router worker(s) accept the port's connections beside this process", workers.count)
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             """uvicorn's graceful shutdown, saying what it does: new connections refused (the listener
@@ -280,13 +274,13 @@ def _uvicorn_server_class(workers: Any = None) -> type:
             grace = self.config.timeout_graceful_shutdown or 0.0
             in_flight = {task for task in state.tasks if not task.done()}
             # With workers, their invocations in flight are the router link's until answered.
-            linked = workers[0].invocations() if workers is not None else set()
+            linked = workers.invocations() if workers is not None else set()
             log.info("stopping: new connections refused; %d request(s) in flight have up to %gs to finish",
                      len(in_flight) + len(linked), grace)
             stopping_workers = None
             if workers is not None:
                 # Their requests are answered over the link meanwhile; the grace period runs for both at once.
-                stopping_workers = asyncio.ensure_future(workers[1].stop(grace))
+                stopping_workers = asyncio.ensure_future(workers.stop(grace))
             for server in self.servers:
                 server.close()
             for sock in sockets or []:
@@ -302,12 +296,8 @@ def _uvicorn_server_class(workers: Any = None) -> type:
                 cut = set(state.tasks)
                 for task in cut:
                     task.cancel(msg=f"cut at the end of the {grace:g}s shutdown grace period")
-            if stopping_workers is not None and workers is not None:
+            if stopping_workers is not None:
                 await stopping_workers
-                await workers[0].stop()  # what is still being answered for a worker now has nobody to answer
-                handoff = getattr(self, "_handoff", None)
-                if handoff is not None:
-                    handoff.stop()
             cut_linked = {task for task in linked if task.cancelled()}
             drained = len(in_flight - cut) + len(linked - cut_linked)
             if cut or cut_linked:

@@ -36,8 +36,10 @@ from typing import Any
 
 import orjson
 
-from moorage.api.runtime import InvocationAnswers
+from moorage.api.responses import JSON
+from moorage.api.runtime import InvocationAnswers, api_error_response
 from moorage.control.access_keys import AccessKeys
+from moorage.errors import ApiError
 from moorage.runtimes import frames
 
 log = logging.getLogger("moorage.router_link")
@@ -152,9 +154,8 @@ class _LinkConnection(frames.FramedProtocol):
                                                                               arrived, started)
         except Exception:  # the worker's caller gets an answer whatever happens here
             log.exception("router link: invoking endpoint %s failed", name)
-            status, headers, answer, after = 500, [(b"content-type", b"application/json")], orjson.dumps(
-                {"__type": "InternalFailure", "message": "The request processing has failed because of an "
-                                                         "unknown error."}), None
+            status, headers, answer, after = api_error_response(ApiError(
+                "The request processing has failed because of an unknown error."), JSON)
         self.queue(frames.encode_reply_head(request_id, status, encode_headers(headers), len(answer)), answer)
         if after is not None:
             after()
@@ -214,9 +215,10 @@ class RouterLink:
 
 
 class HandoffListener:
-    """Connections the workers hand over: each arrives as one datagram on a ``SOCK_SEQPACKET`` socket, its
-    descriptor attached and the bytes the worker read of it as the message; it is served from here on by
-    ``protocol_factory`` (the HTTP edge's, as for a connection this process accepted), fed those bytes first."""
+    """Connections the workers hand over, on a ``SOCK_SEQPACKET`` socket: each one's descriptor comes with
+    the first of the messages that carry the bytes the worker read of it (``HANDOFF_HEAD``); it is served
+    from here on by ``protocol_factory`` (the HTTP edge's, as for a connection this process accepted), fed
+    those bytes first."""
 
     def __init__(self, path: str, protocol_factory: Callable[[], asyncio.Protocol]) -> None:
         self.path = path

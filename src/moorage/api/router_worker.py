@@ -37,7 +37,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from moorage.api.access import KeyedVerifier
 from moorage.api.http_limits import HandedOver, edge_protocol
-from moorage.api.responses import JSON, PENDING_BODIES, Receive, Scope, Send, error_response
+from moorage.api.responses import JSON, PENDING_BODIES, error_response
 from moorage.api.router_link import (
     HANDOFF_HEAD,
     HANDOFF_PART,
@@ -228,18 +228,6 @@ def worker_protocol(base: type[HttpToolsProtocol], handover: Handover) -> type[H
     return WorkerEdge
 
 
-class WorkerApp:
-    """ASGI: InvokeEndpoint's door, answered over the link. Nothing else reaches it (handed over first)."""
-
-    def __init__(self, door: RuntimeFrontDoor) -> None:
-        self.door = door
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            return
-        await self.door(scope, receive, send)
-
-
 async def _follow_keys(link: FrameClient, keys: KeyCopy, verifier: KeyedVerifier, first: asyncio.Future[None],
                        stop: Callable[[], None]) -> None:
     while True:
@@ -276,7 +264,7 @@ def run(config: WorkerConfig) -> None:
         header_timeout=config.header_timeout, body_timeout=config.body_timeout,
         max_connections=config.max_connections, max_connections_per_client=config.max_connections_per_client),
         handover)
-    uv_config = uvicorn.Config(WorkerApp(door), loop="uvloop", http=protocol, lifespan="off", access_log=False,
+    uv_config = uvicorn.Config(door, loop="uvloop", http=protocol, lifespan="off", access_log=False,
                                log_level="warning", timeout_graceful_shutdown=config.shutdown_grace,
                                timeout_keep_alive=config.keep_alive_timeout, proxy_headers=False,
                                server_header=False)
