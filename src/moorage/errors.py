@@ -19,6 +19,10 @@ class ApiError(Exception):
         self.fields = fields
 
 
+class InternalFailure(ApiError):
+    """A failure of moorage itself (a bug), not of the request or the model."""
+
+
 class ValidationException(ApiError):
     code = "ValidationException"
     status = 400

@@ -85,7 +85,8 @@ def serve(settings: Settings) -> None:
     protocol = edge_protocol(max_header_bytes=server.max_header_bytes, max_headers=server.max_headers,
                              header_timeout=server.header_timeout, body_timeout=server.body_timeout,
                              max_connections=max_connections,
-                             max_connections_per_client=server.max_connections_per_client)
+                             max_connections_per_client=server.max_connections_per_client,
+                             invocations=app.runtime_door)
     config = uvicorn.Config(ContentLengthLimits(app), host=settings.host, port=settings.port, loop="uvloop",
                             http=protocol, lifespan="on", access_log=False, log_level="warning",
                             timeout_graceful_shutdown=server.shutdown_grace,

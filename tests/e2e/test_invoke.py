@@ -410,6 +410,9 @@ class _Replies:
         while b"\r\n\r\n" not in self.data:
             self._more()
         head, _, rest = self.data.partition(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            self.data = rest
+            return head, self._chunked()
         length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length:"))
         while len(rest) < length:
@@ -417,6 +420,21 @@ class _Replies:
             rest = self.data.partition(b"\r\n\r\n")[2]
         self.data = rest[length:]
         return head, rest[:length]
+
+    def _chunked(self) -> bytes:
+        body = b""
+        while True:
+            while b"\r\n" not in self.data:
+                self._more()
+            size_line, _, rest = self.data.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                self._more()
+                rest = self.data.partition(b"\r\n")[2]
+            body += rest[:size]
+            self.data = rest[size + 2:]
+            if size == 0:
+                return body
 
 
 def test_large_bodies_in_pieces_and_pipelined_keep_the_connection_in_step(server: Any, fleet: Fleet,
@@ -506,6 +524,55 @@ def test_pipelined_and_100_continue_invocations(server: Any, fleet: Fleet, class
             interim += chunk
         assert interim.startswith(b"HTTP/1.1 100"), interim
         sock.sendall(body)
+        head, answer = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[:2]))
+
+
+def test_invocation_lane_beside_uvicorns_way_on_one_connection(server: Any, fleet: Fleet, classifier: Any) -> None:
+    """InvokeEndpoint is read by the HTTP edge itself (http_limits' invocation lane); other requests, and
+    invocations the lane leaves (a chunked body), go uvicorn's way. On one connection: a GET pipelined
+    with two invocations is answered first; the second invocation's 100 Continue comes only after the
+    first's answer (answers in order); a chunked invocation is answered on the same connection; and a
+    client that goes before its answer leaves the server serving."""
+    import socket
+
+    model, X = classifier
+    name = fleet["clf"]
+    first, second, third = csv_body(X[:2]), csv_body(X[5:9]), csv_body(X[10:13])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        replies = _Replies(sock)
+        waiting = _signed_invoke(server, name, second, {"Expect": "100-continue"})
+        waiting_head, _, waiting_body = waiting.partition(b"\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + _signed_invoke(server, name, first, {})
+                     + waiting_head + b"\r\n\r\n")
+        head, answer = replies.next()
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(answer) == {"status": "ok"}, head
+        head, answer = replies.next()
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[:2]))
+        while b"\r\n\r\n" not in replies.data:
+            replies._more()
+        assert replies.data.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), replies.data[:100]
+        replies.data = replies.data[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        sock.sendall(waiting_body)
+        head, answer = replies.next()
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[5:9]))
+        # chunked: no Content-Length, so uvicorn's way, to the same door
+        signed = _signed_invoke(server, name, third, {})
+        head_block = b"\r\n".join(line for line in signed.partition(b"\r\n\r\n")[0].split(b"\r\n")
+                                  if not line.lower().startswith(b"content-length:"))
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in (third[:7], third[7:])) + b"0\r\n\r\n"
+        sock.sendall(head_block + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        head, answer = replies.next()
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[10:13]))
+    for _ in range(3):  # gone before the answer
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(_signed_invoke(server, name, first, {}))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(_signed_invoke(server, name, first, {}))
         head, answer = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200"), head
         assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[:2]))

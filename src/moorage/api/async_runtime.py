@@ -20,7 +20,7 @@ from moorage.api.responses import JSON, BodyTooLarge, Receive, Scope, Send, read
 from moorage.api.runtime import SIGNING_NAME
 from moorage.api.sigv4 import Action, AuthError, SigV4Verifier
 from moorage.control.async_inference import AsyncInference, Submission
-from moorage.errors import ApiError, PayloadTooLarge, RuntimeValidationError, ServiceUnavailable
+from moorage.errors import ApiError, InternalFailure, PayloadTooLarge, RuntimeValidationError, ServiceUnavailable
 from moorage.store.metadata import AlreadyExists
 
 log = logging.getLogger("moorage.runtime")
@@ -161,11 +161,6 @@ class AsyncRuntimeDoor:
 
 def _str(value: str | int | None) -> str | None:
     return None if value is None else str(value)
-
-
-class InternalFailure(ApiError):
-    code = "InternalFailure"
-    status = 500
 
 
 class _AuthFailure(ApiError):

@@ -12,15 +12,20 @@ and how many it opens. This module bounds each of those, at the layer that sees 
   within ``header_timeout`` (408) or whose body stops arriving for ``body_timeout`` (408), and
   refuses a connection beyond ``max_connections`` overall or ``max_connections_per_client`` from one
   address with a fixed 503 written before a byte is read.
-* The same subclass receives the body of an InvokeEndpoint of at least ``DIRECT_MIN`` bytes straight
-  into a buffer of its declared length (``responses.DirectBody``) instead of uvicorn's chunk-by-chunk
-  copies, and hands it to the runtime door in the scope. What the header block's read left of such
-  a body is read by the kernel into that buffer (``_DirectReceiver``, an ``asyncio.BufferedProtocol``
+* The same subclass serves InvokeEndpoint itself (the invocation lane), the product's hot path: the
+  request's header block and body go straight to the runtime door's ``invoke`` in one task, without
+  uvicorn's ASGI scope, request cycle and application wrapper, its ``receive`` messages or its ``send``
+  (measured on one core: uvicorn's ASGI machinery costs about 11 µs a request, a bare httptools
+  protocol 7). The answer is written in one ``write`` with its Content-Length (``respond_whole``),
+  where ASGI's ``send`` writes head and body apart in chunked encoding. What the lane does not take
+  goes uvicorn's way, to the same door over ASGI: a chunked or oversized body, a percent-encoded path,
+  a server with access logging. An invocation pipelined behind a request not yet answered waits in
+  uvicorn's queue of them, and is answered when its turn comes.
+* A body of at least ``DIRECT_MIN`` bytes is received straight into a buffer of its declared length
+  (``responses.DirectBody``) instead of chunk by chunk. What the header block's read left of such a
+  body is read by the kernel into that buffer (``_DirectReceiver``, an ``asyncio.BufferedProtocol``
   the transport switches to): no parser pass, no chunk objects, no copy in Python at all. httptools
   cannot be told to skip bytes, so the connection gets a fresh parser for the request after it.
-* For the same requests it offers the door ``respond_whole``: the response written in one ``write``
-  with its Content-Length, where uvicorn's ASGI ``send`` writes head and body apart (two segments
-  to the client) in chunked encoding, after a pass in Python over every header.
 * ``ContentLengthLimits`` wraps the application and refuses a declared ``Content-Length`` above the
   control plane's limit before its body is read, in the shape of the door it was sent to (the
   runtime, native, device and S3 doors check their own limits on ``Content-Length`` already).
@@ -31,31 +36,30 @@ and how many it opens. This module bounds each of those, at the layer that sees 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from moorage.api.query_protocol import QueryFrontDoor, is_query_request
 from moorage.api.responses import (
-    DIRECT_BODY,
+    JSON,
     PENDING_BODIES,
-    RESPOND_WHOLE,
     DirectBody,
     Receive,
     Scope,
     Send,
+    error_response,
     respond_error,
 )
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
-from moorage.api.runtime import MAX_PAYLOAD, is_invocation
+from moorage.api.runtime import MAX_PAYLOAD, RuntimeFrontDoor
 from moorage.api.s3 import s3_scope_in
 from moorage.api.sagemaker import MAX_CONTROL_BODY
-from moorage.errors import ApiError
+from moorage.errors import ApiError, InternalFailure
 
 log = logging.getLogger("moorage.http")
 
@@ -83,6 +87,9 @@ _TOO_MANY_HEADERS = _fixed_response(b"431 Request Header Fields Too Large",
 _HEADER_TIMEOUT = _fixed_response(b"408 Request Timeout",
                                   b"The request's header block did not arrive in time.\n")
 _BODY_TIMEOUT = _fixed_response(b"408 Request Timeout", b"The request's body stopped arriving.\n")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_INVOCATIONS_PREFIX = b"/endpoints/"
+_INVOCATIONS_SUFFIX = b"/invocations"
 
 
 class _TooManyHeaders(Exception):
@@ -110,11 +117,76 @@ class _Refusals:
                         ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items())))
 
 
+class _NoEvent:
+    """uvicorn's protocol wakes a request cycle's ``receive`` through its event; an invocation read by the
+    edge has no ``receive`` to wake."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+
+
+class _Invocation:
+    """An InvokeEndpoint the edge reads and answers itself. It stands as the protocol's ``cycle`` while it
+    lasts, with the state uvicorn's protocol and ``respond_whole`` read and write of a request cycle
+    (disconnected, keep-alive, whether the response began and ended)."""
+
+    __slots__ = (
+        "arrived",
+        "body",
+        "default_headers",
+        "disconnected",
+        "flow",
+        "headers",
+        "keep_alive",
+        "more_body",
+        "name",
+        "on_response",
+        "query",
+        "queued",
+        "raw_path",
+        "response_complete",
+        "response_started",
+        "started",
+        "transport",
+        "waiting_for_100_continue",
+    )
+    access_log = False  # the lane is not taken with access logging on
+    message_event = _NO_EVENT
+
+    def __init__(self, protocol: HttpToolsProtocol, keep_alive: bool, name: str, raw_path: bytes, query: bytes,
+                 arrived: float, started: float) -> None:
+        self.transport = protocol.transport
+        self.flow = protocol.flow
+        self.default_headers = protocol.server_state.default_headers
+        self.on_response = protocol.on_response_complete
+        self.keep_alive = keep_alive
+        self.name = name
+        self.raw_path = raw_path
+        self.query = query
+        self.headers = protocol.headers
+        self.body: bytes | bytearray = b""
+        self.arrived = arrived
+        self.started = started
+        self.more_body = True
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.waiting_for_100_continue = False
+        self.queued = False  # pipelined behind a request not yet answered
+
+
 def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: float, max_connections: int,
-                  max_connections_per_client: int, body_timeout: float | None = None) -> type[HttpToolsProtocol]:
+                  max_connections_per_client: int, body_timeout: float | None = None,
+                  invocations: RuntimeFrontDoor | None = None) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with this server's limits; pass it as ``uvicorn.Config(http=...)``.
     The per-client counts live in this class (one per server), as uvicorn's own connection set lives
-    in its server state."""
+    in its server state. ``invocations``: the runtime door the edge hands InvokeEndpoint requests to
+    itself (the invocation lane; without it they go to the application like any other)."""
     per_client: dict[str, int] = {}
     refusals = _Refusals()
 
@@ -129,6 +201,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             self._body_timer: Any = None
             self._body_progress = 0.0
             self._direct: DirectBody | None = None
+            self._invocation: _Invocation | None = None  # an invocation whose body is arriving
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -200,7 +273,10 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                 self.transport.set_protocol(_DirectReceiver(self, direct))
 
         def on_message_begin(self) -> None:
-            super().on_message_begin()
+            # uvicorn's, less its ASGI scope: built in on_headers_complete for a request that goes its way
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
             if not self._reading_headers:  # the next request on a kept-alive connection
                 self._reading_headers = True
                 self._header_bytes = 0
@@ -211,44 +287,138 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             self._header_count += 1
             if self._header_count > max_headers:
                 raise _TooManyHeaders
-            super().on_header(name, value)
+            # uvicorn's own, inlined: one call per header, not two
+            name = name.lower()
+            value = value.rstrip(b" \t")
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.expect_100_continue = True
+            self.headers.append((name, value))
 
         def on_body(self, body: bytes) -> None:
             self._body_progress = self.loop.time()
             direct = self._direct
-            if direct is not None and not self.cycle.response_complete:
+            if direct is not None:
                 direct.add(body)
+                return
+            invocation = self._invocation
+            if invocation is not None:
+                invocation.body += body  # under DIRECT_MIN in all: most often one piece, kept as it came
                 return
             super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._cancel_body_timer()
-            self._release_direct()
-            super().on_message_complete()
+            invocation = self._invocation
+            if invocation is None:
+                self._release_direct()
+                super().on_message_complete()
+                return
+            self._invocation = None
+            invocation.more_body = False
+            direct = self._direct
+            if direct is not None:
+                invocation.body = direct.buffer
+                self._release_direct()
+            if not invocation.queued:
+                self._start_answer(invocation)
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            """Where uvicorn starts the request pipelined behind the one just answered."""
+            if type(cycle) is not _Invocation:
+                super()._start_asgi_task(cycle, app)
+                return
+            cycle.queued = False
+            if cycle.more_body:
+                if cycle.waiting_for_100_continue and not self.transport.is_closing():
+                    cycle.waiting_for_100_continue = False
+                    self.transport.write(_CONTINUE)
+                return  # answered once its body is whole
+            self._start_answer(cycle)
+
+        def _start_answer(self, invocation: _Invocation) -> None:
+            task = self.loop.create_task(self._answer(invocation))
+            task.add_done_callback(self.tasks.discard)  # uvicorn's server drains these tasks on shutdown
+            self.tasks.add(task)
 
         def on_headers_complete(self) -> None:
             self._reading_headers = False
             self._header_bytes = 0
             self._cancel_header_timer()
             self._release_direct()
-            super().on_headers_complete()
-            scope = self.scope
-            path = scope.get("path")  # unset on an upgrade, which uvicorn takes elsewhere
-            if path is not None and is_invocation(scope["method"], path):
-                self._receive_directly(scope)
-                scope[RESPOND_WHOLE] = functools.partial(respond_whole, self.cycle)
+            if invocations is None or not self._read_invocation():
+                headers, url, expect = self.headers, self.url, self.expect_100_continue
+                super().on_message_begin()  # the ASGI scope
+                self.headers = self.scope["headers"] = headers
+                self.url, self.expect_100_continue = url, expect
+                super().on_headers_complete()
 
-        # -- large InvokeEndpoint bodies, received into one buffer ------------------------------------
-        def _receive_directly(self, scope: Scope) -> None:
-            length = next((value for name, value in self.headers if name == b"content-length"), None)
-            if length is None or not length.isdigit() or not DIRECT_MIN <= int(length) <= DIRECT_MAX:
-                return  # chunked, small or refused by the door: uvicorn's way
+        # -- the invocation lane ----------------------------------------------------------------------
+        def _read_invocation(self) -> bool:
+            """Take this request into the invocation lane when it is an InvokeEndpoint the lane can read;
+            False leaves it to uvicorn."""
+            parser = self.parser
+            if parser.get_method() != b"POST" or self.access_log or self.limit_concurrency is not None \
+                    or self.root_path or parser.should_upgrade():
+                return False
+            url = httptools.parse_url(self.url)
+            raw_path = url.path
+            if not raw_path.startswith(_INVOCATIONS_PREFIX) or not raw_path.endswith(_INVOCATIONS_SUFFIX) \
+                    or b"%" in raw_path or not raw_path.isascii():
+                return False
+            length = None
+            for key, value in self.headers:
+                if key == b"content-length":
+                    if length is not None:
+                        return False
+                    length = value
+                elif key == b"transfer-encoding":
+                    return False
+            if length is None or not length.isdigit() or int(length) > MAX_PAYLOAD:
+                return False  # the door refuses an oversized body before reading it; chunked is uvicorn's
             size = int(length)
+            if size >= DIRECT_MIN:
+                try:
+                    PENDING_BODIES.take(size)
+                except ApiError:
+                    return False  # over the shared budget: the door says so in its own shape
+                self._direct = DirectBody(size)  # holds its size of the budget while it arrives
+            name = raw_path[len(_INVOCATIONS_PREFIX):-len(_INVOCATIONS_SUFFIX)].decode("ascii")
+            keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+            invocation = _Invocation(self, keep_alive, name, raw_path, url.query or b"", time.time(),
+                                     time.perf_counter())
+            earlier = self.cycle
+            self.cycle = self._invocation = invocation
+            if earlier is not None and not earlier.response_complete:
+                # Pipelined behind an answer still to come: it waits its turn in uvicorn's queue, its 100
+                # Continue too (answers go out in order), with reading paused meanwhile as uvicorn does.
+                invocation.queued = True
+                invocation.waiting_for_100_continue = self.expect_100_continue
+                self.flow.pause_reading()
+                self.pipeline.appendleft((invocation, None))
+            elif self.expect_100_continue:
+                self.transport.write(_CONTINUE)  # the body is read whatever it holds: ask for it now
+            return True
+
+        async def _answer(self, invocation: _Invocation) -> None:
             try:
-                PENDING_BODIES.take(size)
-            except ApiError:
-                return  # over the shared budget: the door's read_body says so in its own shape
-            self._direct = scope[DIRECT_BODY] = DirectBody(size)  # holds its size of the budget while it arrives
+                status, headers, body, after = await invocations.invoke(  # type: ignore[union-attr]
+                    invocation.name, invocation.raw_path, invocation.query, invocation.headers, invocation.body,
+                    invocation.arrived, invocation.started)
+            except Exception:
+                # What uvicorn does for an application that raises, in the door's error shape.
+                log.exception("InvokeEndpoint %s failed in the router", invocation.name)
+                status, headers, body = error_response(InternalFailure("The router failed to answer."), JSON)
+                after = None
+            if not invocation.disconnected:
+                if invocation.flow.write_paused:
+                    await invocation.flow.drain()  # as ASGI's send does: the client reads slower than it asks
+                if not respond_whole(invocation, status, headers, body) and not invocation.disconnected:
+                    # a header the model returned carries a line break: never written as sent
+                    log.error("InvokeEndpoint %s: the answer's headers are not valid HTTP", invocation.name)
+                    respond_whole(invocation, *error_response(InternalFailure(
+                        "The model's answer carried a header that is not valid HTTP."), JSON))
+            if after is not None:
+                after()
 
         def direct_received(self) -> None:
             """``_DirectReceiver`` filled the body: this protocol reads the connection again, with a parser
@@ -259,8 +429,8 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             self.on_message_complete()
 
         def _release_direct(self) -> None:
-            """The body is whole (or will never be): its bytes no longer count as pending; the door keeps
-            the buffer through the scope."""
+            """The body is whole (or will never be): its bytes no longer count as pending; the invocation
+            keeps the buffer."""
             direct = self._direct
             if direct is not None:
                 self._direct = None
@@ -355,11 +525,11 @@ class _DirectReceiver(asyncio.BufferedProtocol):
         self.edge.resume_writing()
 
 
-def respond_whole(cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+def respond_whole(cycle: _Invocation, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
     """Write a whole response for ``cycle`` at once, keeping uvicorn's state of it as its ``send`` would;
-    False (nothing written) when ``send`` must do it: the response began already, the client is gone,
-    its writes are paused (``send`` waits for them to drain), access logging is on, or a header value
-    carries a line break (``send`` refuses it)."""
+    False (nothing written) when that cannot be: the response began already, the client is gone, its
+    writes are paused (wait for them to drain first), access logging is on, or a header value carries
+    a line break."""
     if cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log:
         return False
     parts = [STATUS_LINE[status]]

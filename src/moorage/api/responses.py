@@ -29,12 +29,6 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
-# The scope key under which the HTTP edge (http_limits.py) offers a door a way to write a whole response
-# at once: ``scope[RESPOND_WHOLE](status, headers, body)`` writes it and returns True, or returns False
-# when the door must use ASGI's ``send`` after all (the connection's writes are paused, say).
-RESPOND_WHOLE = "moorage.respond_whole"
-
-
 def error_parts(code: str, message: str, status: int, content_type: bytes = JSON_11,
                 fields: dict[str, Any] | None = None,
                 extra_headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -93,11 +87,6 @@ class PendingBodies:
 
 
 PENDING_BODIES = PendingBodies()  # one event loop serves every door: no lock needed
-
-
-# The scope key under which the HTTP edge (http_limits.py) hands over a body it received straight into
-# one buffer; the door that asked for it (the runtime's) reads it once read_body says the body is whole.
-DIRECT_BODY = "moorage.direct_body"
 
 
 class DirectBody:

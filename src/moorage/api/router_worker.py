@@ -262,8 +262,8 @@ def run(config: WorkerConfig) -> None:
     protocol = worker_protocol(edge_protocol(
         max_header_bytes=config.max_header_bytes, max_headers=config.max_headers,
         header_timeout=config.header_timeout, body_timeout=config.body_timeout,
-        max_connections=config.max_connections, max_connections_per_client=config.max_connections_per_client),
-        handover)
+        max_connections=config.max_connections, max_connections_per_client=config.max_connections_per_client,
+        invocations=door), handover)
     uv_config = uvicorn.Config(door, loop="uvloop", http=protocol, lifespan="off", access_log=False,
                                log_level="warning", timeout_graceful_shutdown=config.shutdown_grace,
                                timeout_keep_alive=config.keep_alive_timeout, proxy_headers=False,

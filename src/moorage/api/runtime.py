@@ -1,7 +1,9 @@
 """The runtime front door: ``POST /endpoints/{name}/invocations`` (sagemaker-runtime's InvokeEndpoint).
 
-This is the product's hot path: raw ASGI, one pass over the headers, the SigV4 check, a dict lookup
-for the endpoint's route, and the pooled hop to an instance. Nothing here touches the database.
+This is the product's hot path: one pass over the headers, the SigV4 check, a dict lookup for the
+endpoint's route, and the pooled hop to an instance. Nothing here touches the database. The HTTP edge
+(``http_limits.py``) reads most of these requests itself and calls ``RuntimeFrontDoor.invoke`` with the
+whole request, without an ASGI scope, task wrapper or message per body chunk; the rest come in as ASGI.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ from typing import Protocol
 from starlette.requests import ClientDisconnect
 
 from moorage.api.responses import (
-    DIRECT_BODY,
     JSON,
-    RESPOND_WHOLE,
     BodyTooLarge,
     Receive,
     Scope,
     Send,
+    error_parts,
     error_response,
     read_body,
     respond,
@@ -86,6 +87,8 @@ class RuntimeFrontDoor:
         self.async_door = async_door
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI way in, for what the HTTP edge does not serve itself (``http_limits.py``: a request
+        pipelined behind another, a chunked or oversized body, a percent-encoded path)."""
         arrived, started = time.time(), time.perf_counter()
         path: str = scope["path"]
         if not is_invocation(scope["method"], path):
@@ -95,9 +98,37 @@ class RuntimeFrontDoor:
             await respond_error(send, "UnknownOperationException", f"No operation at {scope['method']} {path}.",
                                 404, JSON)
             return
-        name = path[_PREFIX:-_SUFFIX]
+        headers = scope["headers"]
+        declared = next((value for key, value in headers if key == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > MAX_PAYLOAD:
+            status, reply, answer, _ = too_large(int(declared))
+            await respond(send, status, answer, reply)
+            return
+        try:
+            body = await read_body(receive, MAX_PAYLOAD)
+        except BodyTooLarge as exc:
+            status, reply, answer, _ = too_large(exc.args[0])
+            await respond(send, status, answer, reply)
+            return
+        except ServiceUnavailable as exc:  # too many bodies in memory at once (responses.PENDING_BODIES)
+            await respond_api_error(send, exc, JSON)
+            return
+        except ClientDisconnect:
+            return  # gone before its body was whole: nothing to invoke, nobody to answer
+        status, reply, answer, after = await self.invoke(
+            path[_PREFIX:-_SUFFIX], scope.get("raw_path") or path.encode(), scope.get("query_string", b""), headers,
+            body, arrived, started)
+        await respond(send, status, answer, reply)
+        if after is not None:
+            after()
+
+    async def invoke(self, name: str, raw_path: bytes, query_string: bytes, headers: list[tuple[bytes, bytes]],
+                     body: bytes | bytearray, arrived: float, started: float) -> Answer:
+        """Admit a whole InvokeEndpoint (the limits on its headers, SigV4, the key's role) and answer it.
+        The HTTP edge calls this for the requests it reads itself, the ASGI way in for the others;
+        ``arrived``/``started``: when its header block was whole (wall clock, performance counter)."""
         # The headers by name, once: the forwarded block and the SigV4 check (by_name) both read them.
-        single, repeated = headers_by_name(scope["headers"])
+        single, repeated = headers_by_name(headers)
         forwarded = []
         for key, header in _FORWARDED.items():
             value = single.get(key)
@@ -108,55 +139,27 @@ class RuntimeFrontDoor:
             limit = _LIMITED.get(key)
             for one in values:
                 if limit is not None and len(one) > limit[1]:
-                    await respond_api_error(send, RuntimeValidationError(
+                    return api_error_response(RuntimeValidationError(
                         f"1 validation error detected: Value at '{limit[0][0].lower() + limit[0][1:]}' failed to "
                         f"satisfy constraint: Member must have length less than or equal to {limit[1]}"), JSON)
-                    return
                 forwarded.append(b"%s: %s\r\n" % (header, one))
         variant_header = single.get(b"x-amzn-sagemaker-target-variant")
         target_variant = None if variant_header is None else variant_header.decode("latin-1")
-        declared = single.get(b"content-length")
-        if declared is not None and int(declared) > MAX_PAYLOAD:
-            await self._too_large(send, int(declared))
-            return
         try:
-            body = await read_body(receive, MAX_PAYLOAD)
-            direct = scope.get(DIRECT_BODY)
-            if direct is not None:  # received into one buffer by the HTTP edge (http_limits.py)
-                if not direct.complete:
-                    return  # the connection went before the body was whole: nobody to answer
-                body = direct.buffer
-        except BodyTooLarge as exc:
-            await self._too_large(send, exc.args[0])
-            return
-        except ServiceUnavailable as exc:  # too many bodies in memory at once (responses.PENDING_BODIES)
-            await respond_api_error(send, exc, JSON)
-            return
-        except ClientDisconnect:
-            return  # gone before its body was whole: nothing to invoke, nobody to answer
-        try:
-            principal = self.verifier.verify("POST", scope.get("raw_path") or path.encode(),
-                                             scope.get("query_string", b""), scope["headers"], body,
-                                             service=SIGNING_NAME, by_name=(single, repeated))
+            principal = self.verifier.verify("POST", raw_path, query_string, headers, body, service=SIGNING_NAME,
+                                             by_name=(single, repeated))
             self.verifier.authorize(principal, Action(SIGNING_NAME, "InvokeEndpoint", (name,)))
         except AuthError as exc:
-            await respond_error(send, exc.code, exc.message, exc.status, JSON)
-            return
+            return (*error_parts(exc.code, exc.message, exc.status, JSON), None)
         except ApiError as exc:  # AccessDeniedException
-            await respond_api_error(send, exc, JSON)
-            return
-        status, headers, answer, after = await self.answers.answer(name, body, b"".join(forwarded), target_variant,
-                                                                   arrived, started)
-        whole = scope.get(RESPOND_WHOLE)  # one write, from the HTTP edge (http_limits.py)
-        if whole is None or not whole(status, headers, answer):
-            await respond(send, status, answer, headers)
-        if after is not None:
-            after()
+            return api_error_response(exc, JSON)
+        return await self.answers.answer(name, body, b"".join(forwarded), target_variant, arrived, started)
 
-    async def _too_large(self, send: Send, size: int) -> None:
-        await respond_api_error(send, PayloadTooLarge(
-            f"Request has oversize body: {size} bytes exceed the InvokeEndpoint limit of {MAX_PAYLOAD} bytes (6 MB)."),
-            JSON)
+
+def too_large(size: int) -> Answer:
+    return api_error_response(PayloadTooLarge(
+        f"Request has oversize body: {size} bytes exceed the InvokeEndpoint limit of {MAX_PAYLOAD} bytes (6 MB)."),
+        JSON)
 
 
 # An answer: status, headers, body, and what to run once it is written (the route's observers), if anything.

@@ -210,7 +210,10 @@ def _skew_text(seconds: int) -> str:
 def _trim(value: bytes) -> str:
     # botocore's Trimall: strip and collapse whitespace runs. Header bytes are decoded as
     # latin-1 because that is how http.client encoded botocore's str values onto the wire.
-    return " ".join(value.decode("latin-1").split())
+    text = value.decode("latin-1")
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text  # the usual value: no whitespace but single spaces inside, nothing to trim
+    return " ".join(text.split())
 
 
 def _s3_canonical_uri(raw_path: bytes) -> str:
@@ -313,6 +316,11 @@ def headers_by_name(headers: Sequence[tuple[bytes, bytes]]) -> tuple[dict[bytes,
         else:
             single[name] = value
     return single, repeated
+
+
+def _header_fields(signed_headers: str) -> tuple[tuple[str, bytes], ...]:
+    """SignedHeaders' names, each with its header's key as the edge keeps it (bytes)."""
+    return tuple((name, name.encode("latin-1")) for name in signed_headers.split(";"))
 
 
 def _is_presigned(query_string: bytes) -> bool:
@@ -471,7 +479,7 @@ class SigV4Verifier:
         known = self._authorizations.get(text[:cut]) if cut > 0 and "," not in tail else None
         if known is not None:
             signature = tail
-            credential, signed_headers, access_key, scope, region, signed_for, header_names = known
+            credential, signed_headers, access_key, scope, region, signed_for, header_fields = known
             amz_date = self._amz_date(single)
             if amz_date is None or not signature:
                 raise _incomplete(self._missing(credential, signature, signed_headers, amz_date)
@@ -495,12 +503,12 @@ class SigV4Verifier:
             access_key, scope, region, signed_for = self._parse_credential(credential)
             self._check_scope(region, signed_for, service)
             epoch = self._parse_date(amz_date)
-            header_names = signed_headers.split(";")
-            if "host" not in header_names and ":authority" not in header_names:
+            header_fields = _header_fields(signed_headers)
+            if not any(name in ("host", ":authority") for name, _ in header_fields):
                 raise _incomplete(MSG_HOST_UNSIGNED)
             if cut > 0 and signature == tail and "," not in tail:
                 self._remember_authorization(text[:cut], (credential, signed_headers, access_key, scope, region,
-                                                          signed_for, header_names))
+                                                          signed_for, header_fields))
         signing_key = self._signing_key(access_key, amz_date, scope, region, signed_for)
         self._check_clock(amz_date, epoch, now)
 
@@ -515,17 +523,15 @@ class SigV4Verifier:
                 # and an unsigned body could be replayed with any other body under the same signature.
                 raise _invalid(MSG_UNSIGNED_PAYLOAD)
             canonical_uri = _canonical_uri(raw_path)
-        canonical_headers = self._canonical_headers(header_names, single, repeated)
-        pairs = _query_pairs(query_string, drop_signature=False) if query_string else []
+        canonical_headers = self._canonical_headers(header_fields, single, repeated)
         head = f"{method.upper()}\n{canonical_uri}\n"
         tail = f"\n{canonical_headers}\n{signed_headers}\n{payload}"
-        self._check_signature(
-            signature,
-            signing_key,
-            amz_date,
-            scope,
-            (head + query + tail for query in _query_candidates(pairs)),
-        )
+        if query_string:
+            pairs = _query_pairs(query_string, drop_signature=False)
+            self._check_signature(signature, signing_key, amz_date, scope,
+                                  (head + query + tail for query in _query_candidates(pairs)))
+        else:
+            self._check_signature(signature, signing_key, amz_date, scope, (head + tail,))
         if s3:
             return S3Signature(Principal(access_key, region, signed_for), payload, signing_key, amz_date, scope,
                                signature)
@@ -598,7 +604,7 @@ class SigV4Verifier:
             if not empty and unsigned:
                 raise _invalid(MSG_UNSIGNED_BODY)
             payloads = [UNSIGNED_PAYLOAD] if unsigned else [payload, UNSIGNED_PAYLOAD] if empty else [payload]
-        canonical_headers = self._canonical_headers(header_names, single, repeated)
+        canonical_headers = self._canonical_headers(_header_fields(signed_headers), single, repeated)
         pairs = _query_pairs(query_string, drop_signature=True)
         head = f"{method.upper()}\n{canonical_uri}\n"
         tail = f"\n{canonical_headers}\n{signed_headers}\n"
@@ -743,11 +749,10 @@ class SigV4Verifier:
 
     @staticmethod
     def _canonical_headers(
-        names: list[str], single: dict[bytes, bytes], repeated: dict[bytes, list[bytes]] | None
+        fields: tuple[tuple[str, bytes], ...], single: dict[bytes, bytes], repeated: dict[bytes, list[bytes]] | None
     ) -> str:
         lines = []
-        for name in names:
-            key = name.encode("latin-1")
+        for name, key in fields:
             if repeated is not None and key in repeated:
                 value = ",".join(_trim(v) for v in repeated[key])
             else:
