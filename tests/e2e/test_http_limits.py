@@ -167,6 +167,38 @@ def test_slow_and_silent_connections_are_closed_after_the_header_timeout(fresh_s
     assert srv.healthz() == 200
 
 
+def test_one_timer_keeps_the_header_and_keep_alive_timeouts_of_a_kept_alive_connection(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    """Each connection's header-read and keep-alive timeouts are deadlines on one timer (http_limits), not
+    two timers set and cancelled per request: a connection that keeps asking stays open well past both,
+    one that goes idle after an answer is closed after the keep-alive timeout, and a later request's
+    header block that never ends is cut after the header timeout (408)."""
+    srv = fresh_server(env={"MOORAGE_HTTP_HEADER_TIMEOUT": "2", "MOORAGE_HTTP_KEEP_ALIVE_TIMEOUT": "2"})
+
+    def ask(sock: socket.socket) -> None:
+        sock.sendall(_head("GET", "/healthz", {}))
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):  # the chunked answer's end
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+        assert _status(data) == 200, data
+
+    with contextlib.closing(_connect(srv.port)) as busy:
+        until = time.monotonic() + 5
+        while time.monotonic() < until:  # 5 s of requests 0.1 s apart: past both timeouts, and kept open
+            ask(busy)
+            time.sleep(0.1)
+    with contextlib.closing(_connect(srv.port)) as idle:
+        ask(idle)
+        assert select.select([idle], [], [], 30)[0], "the idle connection was kept for 30 s"
+        assert idle.recv(100) == b""  # closed without a word: the keep-alive timeout
+    with contextlib.closing(_connect(srv.port)) as stuck:
+        ask(stuck)
+        stuck.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a header block that never ends
+        assert select.select([stuck], [], [], 30)[0], "the unfinished header block was kept for 30 s"
+        assert _status(_reply(stuck)) == 408
+
+
 def test_a_stalled_body_is_cut_and_a_slow_one_that_keeps_coming_is_not(fresh_server) -> None:  # type: ignore[no-untyped-def]
     srv = fresh_server(env={"MOORAGE_HTTP_BODY_TIMEOUT": "3"})
     head = _head("POST", "/", {"X-Amz-Target": "SageMaker.ListModels", "Content-Type": "application/x-amz-json-1.1",
