@@ -249,7 +249,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                 return  # refused or timed out: what else arrives is not read
             if self._reading_headers:
                 self._header_bytes += len(data)
-            self._unset_keepalive_if_required()
+            self._idle_deadline = None  # _unset_keepalive_if_required, inlined
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserError as exc:

@@ -479,7 +479,7 @@ class SigV4Verifier:
         known = self._authorizations.get(text[:cut]) if cut > 0 and "," not in tail else None
         if known is not None:
             signature = tail
-            credential, signed_headers, access_key, scope, region, signed_for, header_fields = known
+            credential, signed_headers, access_key, scope, region, signed_for, header_fields, principal = known
             amz_date = self._amz_date(single)
             if amz_date is None or not signature:
                 raise _incomplete(self._missing(credential, signature, signed_headers, amz_date)
@@ -506,9 +506,10 @@ class SigV4Verifier:
             header_fields = _header_fields(signed_headers)
             if not any(name in ("host", ":authority") for name, _ in header_fields):
                 raise _incomplete(MSG_HOST_UNSIGNED)
+            principal = Principal(access_key, region, signed_for)
             if cut > 0 and signature == tail and "," not in tail:
                 self._remember_authorization(text[:cut], (credential, signed_headers, access_key, scope, region,
-                                                          signed_for, header_fields))
+                                                          signed_for, header_fields, principal))
         signing_key = self._signing_key(access_key, amz_date, scope, region, signed_for)
         self._check_clock(amz_date, epoch, now)
 
@@ -533,9 +534,8 @@ class SigV4Verifier:
         else:
             self._check_signature(signature, signing_key, amz_date, scope, (head + tail,))
         if s3:
-            return S3Signature(Principal(access_key, region, signed_for), payload, signing_key, amz_date, scope,
-                               signature)
-        return Principal(access_key, region, signed_for)
+            return S3Signature(principal, payload, signing_key, amz_date, scope, signature)
+        return principal
 
     def _verify_presigned(
         self,

@@ -33,6 +33,8 @@ image is copied once in Python (into the ``bytes`` the handler gets), however ma
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import struct
 from collections.abc import Callable
 
@@ -241,6 +243,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        widen_send_buffer(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.reader.get_buffer(sizehint)
@@ -278,6 +281,22 @@ class FramedProtocol(asyncio.BufferedProtocol):
             self.transport.write(out[0])
         else:
             self.transport.writelines(out)
+
+
+# A Unix stream socket holds at most its send buffer of bytes written and not yet read (212,992 by
+# default): a 1 MiB body crossed in five writes, each waking the reader for a fifth of it (measured,
+# 1 MiB bodies at c=32 on one core: the instance's wake-ups per request fell from 4.9 to 0.4; the CPU
+# a request costs hardly moved, being the body's copies and its SHA-256). The kernel caps what is
+# asked at net.core.wmem_max, taking less silently. Not for TCP (cluster mode), where a fixed buffer
+# would turn off the kernel's own sizing of it.
+SEND_BUFFER = 8 * 1024 * 1024
+
+
+def widen_send_buffer(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
 def next_id(current: int) -> int:
