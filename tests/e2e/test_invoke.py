@@ -568,6 +568,22 @@ def test_invocation_lane_beside_uvicorns_way_on_one_connection(server: Any, flee
         head, answer = replies.next()
         assert head.startswith(b"HTTP/1.1 200"), head
         assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[10:13]))
+    # a small body in many pieces (separate reads): joined whole, byte for byte
+    import hashlib
+
+    octets = {"Content-Type": "application/octet-stream"}
+    pieces = np.random.default_rng(3).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    request = _signed_invoke(server, fleet["digest"], pieces, octets)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        start = request.index(b"\r\n\r\n") + 4
+        sock.sendall(request[:start])
+        for at in range(start, len(request), 1500):
+            time.sleep(0.02)
+            sock.sendall(request[at:at + 1500])
+        head, answer = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert json.loads(answer) == {"sha256": hashlib.sha256(pieces).hexdigest(), "length": len(pieces),
+                                      "type": "bytes"}
     for _ in range(3):  # gone before the answer
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
             sock.sendall(_signed_invoke(server, name, first, {}))

@@ -309,7 +309,13 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                 return
             invocation = self._invocation
             if invocation is not None:
-                invocation.body += body  # under DIRECT_MIN in all: most often one piece, kept as it came
+                held = invocation.body
+                if not held:
+                    invocation.body = body  # under DIRECT_MIN in all: most often one piece, kept as it came
+                elif type(held) is bytes:
+                    invocation.body = held + body if len(held) + len(body) < 4096 else bytearray(held) + body
+                else:
+                    held += body  # a bytearray grows in place: many small pieces cost no quadratic copying
                 return
             super().on_body(body)
 
