@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 import threading
 from collections.abc import Coroutine
@@ -29,7 +30,7 @@ class NodeChainHost:
     def __init__(self, launches: list[dict[str, Any]], log_dir: str, start_timeout: float = START_TIMEOUT_S):
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="instance-loop", daemon=True).start()
-        scratch = Path(tempfile.mkdtemp(prefix="moorage-ray-"))
+        self.scratch = scratch = Path(tempfile.mkdtemp(prefix="moorage-ray-"))
         logs = Path(log_dir)
         try:
             logs.mkdir(parents=True, exist_ok=True)
@@ -46,3 +47,4 @@ class NodeChainHost:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.run(self.chain.stop(drain_timeout=0, term_timeout=5))
+        shutil.rmtree(self.scratch, ignore_errors=True)  # the model unpacked here (and logs kept on the node)
