@@ -568,6 +568,13 @@ def test_invocation_lane_beside_uvicorns_way_on_one_connection(server: Any, flee
         head, answer = replies.next()
         assert head.startswith(b"HTTP/1.1 200"), head
         assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[10:13]))
+        # a GET pipelined behind an invocation: uvicorn's queue, started when the lane's answer is written
+        sock.sendall(_signed_invoke(server, name, third, {}) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, answer = replies.next()
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert_predictions(decode_predictions(answer, "application/json"), model.predict(X[10:13]))
+        head, answer = replies.next()
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(answer) == {"status": "ok"}, head
     # a small body in many pieces (separate reads): joined whole, byte for byte
     import hashlib
 
