@@ -16,7 +16,7 @@ and how many it opens. This module bounds each of those, at the layer that sees 
   request's header block and body go straight to the runtime door's ``invoke`` in one task, without
   uvicorn's ASGI scope, request cycle and application wrapper, its ``receive`` messages or its ``send``
   (measured on one core: uvicorn's ASGI machinery costs about 11 µs a request, a bare httptools
-  protocol 7). The answer is written in one ``write`` with its Content-Length (``respond_whole``),
+  protocol 7). The answer is written in one ``write`` with its Content-Length (``_Invocation.respond``),
   where ASGI's ``send`` writes head and body apart in chunked encoding. What the lane does not take
   goes uvicorn's way, to the same door over ASGI: a chunked or oversized body, a percent-encoded path,
   a server with access logging. An invocation pipelined behind a request not yet answered waits in
@@ -57,7 +57,7 @@ from moorage.api.responses import (
     respond_error,
 )
 from moorage.api.rpcv2_cbor import RpcV2CborFrontDoor
-from moorage.api.runtime import MAX_PAYLOAD, RuntimeFrontDoor
+from moorage.api.runtime import MAX_PAYLOAD, RuntimeFrontDoor, invoked_endpoint
 from moorage.api.s3 import s3_scope_in
 from moorage.api.sagemaker import MAX_CONTROL_BODY
 from moorage.errors import ApiError, InternalFailure
@@ -71,7 +71,6 @@ _WARN_EVERY = 10.0
 # InvokeEndpoint bodies from this size up are received into one buffer (smaller ones copy for nothing),
 # up to the runtime's own limit (a larger one is refused by the door from its Content-Length).
 DIRECT_MIN = 64 * 1024
-DIRECT_MAX = MAX_PAYLOAD
 
 
 def _fixed_response(status: bytes, message: bytes) -> bytes:
@@ -89,8 +88,6 @@ _HEADER_TIMEOUT = _fixed_response(b"408 Request Timeout",
                                   b"The request's header block did not arrive in time.\n")
 _BODY_TIMEOUT = _fixed_response(b"408 Request Timeout", b"The request's body stopped arriving.\n")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_INVOCATIONS_PREFIX = b"/endpoints/"
-_INVOCATIONS_SUFFIX = b"/invocations"
 
 
 class _TooManyHeaders(Exception):
@@ -133,8 +130,8 @@ _NO_EVENT = _NoEvent()
 
 class _Invocation:
     """An InvokeEndpoint the edge reads and answers itself. It stands as the protocol's ``cycle`` while it
-    lasts, with the state uvicorn's protocol and ``respond_whole`` read and write of a request cycle
-    (disconnected, keep-alive, whether the response began and ended)."""
+    lasts, with the state uvicorn's protocol reads and writes of a request cycle (disconnected, keep-alive,
+    whether the response began and ended)."""
 
     __slots__ = (
         "arrived",
@@ -156,7 +153,6 @@ class _Invocation:
         "transport",
         "waiting_for_100_continue",
     )
-    access_log = False  # the lane is not taken with access logging on
     message_event = _NO_EVENT
 
     def __init__(self, protocol: HttpToolsProtocol, keep_alive: bool, name: str, raw_path: bytes, query: bytes,
@@ -179,6 +175,33 @@ class _Invocation:
         self.response_complete = False
         self.waiting_for_100_continue = False
         self.queued = False  # pipelined behind a request not yet answered
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Write the whole answer in one write with its Content-Length (ASGI's ``send`` writes head and body
+        apart, chunked), keeping the state uvicorn's protocol reads; False, with nothing written, when a
+        header value carries a line break."""
+        parts = [STATUS_LINE[status]]
+        for name, value in self.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            if b"\n" in value or b"\r" in value:
+                return False
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"content-length: %d\r\n" % len(body))
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.response_started = True
+        if len(body) < 65536:
+            parts.append(body)
+            self.transport.write(b"".join(parts))
+        else:
+            self.transport.writelines((b"".join(parts), body))
+        self.response_complete = True
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+        return True
 
 
 def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: float, max_connections: int,
@@ -313,7 +336,7 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                 if not held:
                     invocation.body = body  # under DIRECT_MIN in all: most often one piece, kept as it came
                 elif type(held) is bytes:
-                    invocation.body = held + body if len(held) + len(body) < 4096 else bytearray(held) + body
+                    invocation.body = bytearray(held) + body
                 else:
                     held += body  # a bytearray grows in place: many small pieces cost no quadratic copying
                 return
@@ -375,8 +398,8 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                 return False
             url = httptools.parse_url(self.url)
             raw_path = url.path
-            if not raw_path.startswith(_INVOCATIONS_PREFIX) or not raw_path.endswith(_INVOCATIONS_SUFFIX) \
-                    or b"%" in raw_path or not raw_path.isascii():
+            name = invoked_endpoint(raw_path)
+            if name is None:
                 return False
             length = None
             for key, value in self.headers:
@@ -395,7 +418,6 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
                 except ApiError:
                     return False  # over the shared budget: the door says so in its own shape
                 self._direct = DirectBody(size)  # holds its size of the budget while it arrives
-            name = raw_path[len(_INVOCATIONS_PREFIX):-len(_INVOCATIONS_SUFFIX)].decode("ascii")
             keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
             invocation = _Invocation(self, keep_alive, name, raw_path, url.query or b"", time.time(),
                                      time.perf_counter())
@@ -425,10 +447,10 @@ def edge_protocol(*, max_header_bytes: int, max_headers: int, header_timeout: fl
             if not invocation.disconnected:
                 if invocation.flow.write_paused:
                     await invocation.flow.drain()  # as ASGI's send does: the client reads slower than it asks
-                if not respond_whole(invocation, status, headers, body) and not invocation.disconnected:
+                if not invocation.disconnected and not invocation.respond(status, headers, body):
                     # a header the model returned carries a line break: never written as sent
                     log.error("InvokeEndpoint %s: the answer's headers are not valid HTTP", invocation.name)
-                    respond_whole(invocation, *error_response(InternalFailure(
+                    invocation.respond(*error_response(InternalFailure(
                         "The model's answer carried a header that is not valid HTTP."), JSON))
             if after is not None:
                 after()
@@ -576,40 +598,6 @@ class _DirectReceiver(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.edge.resume_writing()
-
-
-def respond_whole(cycle: _Invocation, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
-    """Write a whole response for ``cycle`` at once, keeping uvicorn's state of it as its ``send`` would;
-    False (nothing written) when that cannot be: the response began already, the client is gone, its
-    writes are paused (wait for them to drain first), access logging is on, or a header value carries
-    a line break."""
-    if cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log:
-        return False
-    parts = [STATUS_LINE[status]]
-    for name, value in cycle.default_headers:
-        parts += (name, b": ", value, b"\r\n")
-    for name, value in headers:
-        if b"\n" in value or b"\r" in value:
-            return False
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"content-length: %d\r\n" % len(body))
-    keep_alive = cycle.keep_alive
-    if not keep_alive:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
-    cycle.response_started = True
-    cycle.waiting_for_100_continue = False
-    if len(body) < 65536:
-        parts.append(body)
-        cycle.transport.write(b"".join(parts))
-    else:
-        cycle.transport.writelines((b"".join(parts), body))
-    cycle.response_complete = True
-    cycle.message_event.set()
-    if not keep_alive:
-        cycle.transport.close()
-    cycle.on_response()
-    return True
 
 
 def raise_fd_limit() -> tuple[int, int]:

@@ -56,8 +56,8 @@ MAX_CUSTOM_ATTRIBUTES = 1024
 MAX_INFERENCE_ID = 64
 _LIMITED = {b"x-amzn-sagemaker-custom-attributes": ("CustomAttributes", MAX_CUSTOM_ATTRIBUTES),
             b"x-amzn-sagemaker-inference-id": ("InferenceId", MAX_INFERENCE_ID)}
-_PREFIX = len("/endpoints/")
-_SUFFIX = len("/invocations")
+_PREFIX, _SUFFIX = "/endpoints/", "/invocations"
+_RAW_PREFIX, _RAW_SUFFIX = _PREFIX.encode(), _SUFFIX.encode()
 # Request headers passed through to the container, as SageMaker passes them.
 _FORWARDED = {
     b"content-type": b"content-type",
@@ -71,7 +71,16 @@ _FORWARDED = {
 
 def is_invocation(method: str, path: str) -> bool:
     """InvokeEndpoint's ``POST /endpoints/{name}/invocations`` (InvokeEndpointAsync's path ends otherwise)."""
-    return method == "POST" and path.startswith("/endpoints/") and path.endswith("/invocations")
+    return method == "POST" and path.startswith(_PREFIX) and path.endswith(_SUFFIX)
+
+
+def invoked_endpoint(raw_path: bytes) -> str | None:
+    """The endpoint an InvokeEndpoint path names as sent, when that needs no decoding (ASCII, nothing
+    percent-encoded: the HTTP edge's invocation lane); None for any other path."""
+    if raw_path.startswith(_RAW_PREFIX) and raw_path.endswith(_RAW_SUFFIX) and b"%" not in raw_path \
+            and raw_path.isascii():
+        return raw_path[len(_RAW_PREFIX):-len(_RAW_SUFFIX)].decode("ascii")
+    return None
 
 
 class RuntimeFrontDoor:
@@ -87,8 +96,8 @@ class RuntimeFrontDoor:
         self.async_door = async_door
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The ASGI way in, for what the HTTP edge does not serve itself (``http_limits.py``: a request
-        pipelined behind another, a chunked or oversized body, a percent-encoded path)."""
+        """The ASGI way in, for what the HTTP edge does not serve itself (``http_limits.py``: a chunked or
+        oversized body, a percent-encoded path, a server with access logging)."""
         arrived, started = time.time(), time.perf_counter()
         path: str = scope["path"]
         if not is_invocation(scope["method"], path):
@@ -116,8 +125,8 @@ class RuntimeFrontDoor:
         except ClientDisconnect:
             return  # gone before its body was whole: nothing to invoke, nobody to answer
         status, reply, answer, after = await self.invoke(
-            path[_PREFIX:-_SUFFIX], scope.get("raw_path") or path.encode(), scope.get("query_string", b""), headers,
-            body, arrived, started)
+            path[len(_PREFIX):-len(_SUFFIX)], scope.get("raw_path") or path.encode(), scope.get("query_string", b""),
+            headers, body, arrived, started)
         await respond(send, status, answer, reply)
         if after is not None:
             after()

@@ -527,12 +527,9 @@ class SigV4Verifier:
         canonical_headers = self._canonical_headers(header_fields, single, repeated)
         head = f"{method.upper()}\n{canonical_uri}\n"
         tail = f"\n{canonical_headers}\n{signed_headers}\n{payload}"
-        if query_string:
-            pairs = _query_pairs(query_string, drop_signature=False)
-            self._check_signature(signature, signing_key, amz_date, scope,
-                                  (head + query + tail for query in _query_candidates(pairs)))
-        else:
-            self._check_signature(signature, signing_key, amz_date, scope, (head + tail,))
+        pairs = _query_pairs(query_string, drop_signature=False) if query_string else []
+        self._check_signature(signature, signing_key, amz_date, scope,
+                              (head + query + tail for query in _query_candidates(pairs)))
         if s3:
             return S3Signature(principal, payload, signing_key, amz_date, scope, signature)
         return principal
