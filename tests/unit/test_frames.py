@@ -5,7 +5,9 @@ every byte boundary), then the link end to end: real ``python -m moorage.runtime
 Unix sockets, spoken to over a raw socket (pipelined frames in one write, frames in pieces, an oversize
 frame, a malformed one) and through the router's ``FrameClient`` (concurrent requests, 5 MB bodies both
 ways, a timed-out or cancelled request, an instance killed while it computes and reads), and a pool of two
-instances over frames that loses one.
+instances over frames that loses one. Large bodies go both ways: through the socket, and through the
+shared-body arena (``runtimes/shared_bodies.py``: slots, withdrawn bodies, references the instance refuses,
+slots coming back however a request ends, the memory an idle arena gives back).
 
 Every wait is bounded; every process started here is stopped by a fixture finalizer (SIGKILL as the last
 resort), and the module checks that none is left running.
@@ -35,6 +37,7 @@ import pytest
 from loop_support import LoopThread
 from moorage.runtimes import frames
 from moorage.runtimes.frames import FrameError, FrameReader, encode_request_head, header_value
+from moorage.runtimes.shared_bodies import SLOT_BODY, SLOTS, BodyArena, SharedBodies, WithdrawnBody
 from moorage.serving.frame_client import FrameClient
 from moorage.serving.instance import Instance, InstanceState
 from moorage.serving.instance_client import (
@@ -565,17 +568,33 @@ def test_concurrent_requests_through_the_frame_client(loop: LoopThread, instance
             expect_prediction(response, classifier_model, rows)
 
 
+async def shared_arena(client: FrameClient) -> BodyArena:
+    """The client's arena, once the instance has mapped it (the first request waits for the SHARE reply)."""
+    await client.request(b"GET", b"/ping", timeout=10)
+    conn = client._connection
+    assert conn is not None
+    await wait_until(lambda: conn.arena is not None, 10, "the instance to map the shared bodies")
+    assert conn.arena is not None
+    return conn.arena
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["socket", "shared"])
 def test_large_request_to_the_model(loop: LoopThread, instance: Instance, classifier_model: Any,
-                                    X: np.ndarray) -> None:
-    """Bodies past the 256 KiB receive buffer (received into a buffer of their own), beside small requests."""
+                                    X: np.ndarray, share: bool) -> None:
+    """Bodies past the 256 KiB receive buffer (received into a buffer of their own, or shared), beside
+    small requests."""
     big_rows = np.tile(X, (200, 1))  # 10,000 rows
     bodies = [(csv_body(big_rows), CSV, big_rows), (json_body(big_rows[:7000]), JSON, big_rows[:7000])]
     assert all(len(b) > CHUNK for b, _, _ in bodies)
     bodies += [(csv_body(X[i:i + 1]), CSV, X[i:i + 1]) for i in range(10)]
-    client = FrameClient(instance.frames_path)
+    client = FrameClient(instance.frames_path, share_bodies=share)
 
     async def scenario() -> list[InstanceResponse]:
-        return list(await asyncio.gather(*(client.request(b"POST", b"/invocations", b, h, 60) for b, h, _ in bodies)))
+        arena = await shared_arena(client) if share else None
+        replies = list(await asyncio.gather(*(client.request(b"POST", b"/invocations", b, h, 60)
+                                              for b, h, _ in bodies)))
+        assert arena is None or arena.free == SLOTS  # every slot back
+        return replies
 
     try:
         responses = loop.run(scenario(), timeout=90)
@@ -585,19 +604,29 @@ def test_large_request_to_the_model(loop: LoopThread, instance: Instance, classi
         expect_prediction(response, classifier_model, rows)
 
 
-def test_large_bodies_both_ways(loop: LoopThread, gated: tuple[Instance, Path]) -> None:
+OCTETS = b"content-type: application/octet-stream\r\naccept: application/octet-stream\r\n"
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["socket", "shared"])
+def test_large_bodies_both_ways(loop: LoopThread, gated: tuple[Instance, Path], share: bool) -> None:
     """5 MB in, 5 MB out (the model answers the body reversed), concurrently with small requests; then the
     same over a raw connection, the 5 MB frame written in pieces."""
     inst, _ = gated
-    octets = b"content-type: application/octet-stream\r\naccept: application/octet-stream\r\n"
+    octets = OCTETS
     rng = random.Random(9)
-    big = [rng.randbytes(5_000_000), rng.randbytes(CHUNK + 3)]
-    client = FrameClient(inst.frames_path)
+    big = [rng.randbytes(5_000_000), rng.randbytes(CHUNK + 3), rng.randbytes(SLOT_BODY + 1)]  # the last: too big
+    client = FrameClient(inst.frames_path, share_bodies=share)
 
     async def scenario() -> list[InstanceResponse]:
+        if share:
+            await shared_arena(client)
         calls = [client.request(b"POST", b"/invocations", body, octets, 60) for body in big]
         calls += [client.request(b"POST", b"/invocations", b"1,2", GATED_CSV, 60) for _ in range(10)]
-        return list(await asyncio.gather(*calls))
+        replies = list(await asyncio.gather(*calls))
+        conn = client._connection
+        assert conn is not None and (conn.arena is not None) == share
+        assert conn.arena is None or conn.arena.free == SLOTS
+        return replies
 
     try:
         responses = loop.run(scenario(), timeout=90)
@@ -617,6 +646,148 @@ def test_large_bodies_both_ways(loop: LoopThread, gated: tuple[Instance, Path]) 
         replies = read_replies(sock, 2)
     assert replies[5][0] == 200 and replies[5][3] == big[0][::-1]
     assert replies[6][0] == 200 and replies[6][3].strip() == b"fast"
+
+
+# -- shared bodies (runtimes/shared_bodies.py) ------------------------------------------------------
+def test_arena_slots_references_and_withdrawn_bodies() -> None:
+    """In one process: what the router writes the instance reads back; a reused slot withdraws the body it
+    held; references outside the arena are refused; a body too big or no free slot means the socket."""
+    arena = BodyArena(slots=3)
+    shared = SharedBodies(arena.share_request())
+    try:
+        rng = random.Random(3)
+        bodies = [rng.randbytes(n) for n in (1, 200_000, SLOT_BODY)]
+        placed = [arena.put(body) for body in bodies]
+        assert [p[0] for p in placed if p] == [0, 1, 2]  # lowest first
+        assert arena.put(b"x") is None and arena.free == 0  # no free slot
+        for body, (_, reference) in zip(bodies, placed, strict=True):  # type: ignore[misc]
+            assert shared.read(reference) == body
+        arena.release(1)
+        _, newer = arena.put(b"newer")  # type: ignore[misc]
+        with pytest.raises(WithdrawnBody):
+            shared.read(placed[1][1])  # type: ignore[index]
+        assert shared.read(newer) == b"newer"
+        for bad in (struct.pack("!QQQ", arena.size, 1, 1), struct.pack("!QQQ", 0, SLOT_BODY + 1, 1),
+                    struct.pack("!QQQ", 2 ** 63, 1, 1), b"short"):
+            with pytest.raises(ValueError):
+                shared.read(bad)
+        assert BodyArena(slots=1).put(b"x" * (SLOT_BODY + 1)) is None
+    finally:
+        shared.close()
+        arena.close()
+
+
+def _shmem_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssShmem:"))
+
+
+def test_idle_arena_gives_back_the_memory_of_its_busiest_moment() -> None:
+    arena = BodyArena(slots=10)
+    try:
+        before = _shmem_kib()
+        slots = [arena.put(b"\x01" * 1_000_000)[0] for _ in range(10)]  # type: ignore[index]
+        assert _shmem_kib() - before >= 9_000
+        trim_due = [arena.release(slot) for slot in slots]
+        assert trim_due == [False] * 9 + [True]  # only once every slot is free
+        arena.trim()
+        kept = _shmem_kib() - before
+        assert 3_000 <= kept <= 5_000, kept  # the first four slots' million bytes each
+        arena.put(b"again")  # the memory given back reads as zeros: a stale reference is withdrawn, not garbage
+    finally:
+        arena.close()
+
+
+def test_instance_reads_shared_bodies_and_refuses_what_it_cannot(gated: tuple[Instance, Path],
+                                                                 limited: Instance) -> None:
+    """Over a raw connection, with an arena of the test's own: a shared body is answered like one in its
+    frame; a withdrawn one 500, one outside the arena or before any SHARE 400, one over the frame limit
+    413, an arena that cannot be opened 500; the connection goes on after each."""
+    inst, _ = gated
+    arena = BodyArena(slots=2)
+    try:
+        rng = random.Random(4)
+        first, second = rng.randbytes(300_000), rng.randbytes(1 << 20)
+        with raw_connection(inst.frames_path) as sock:
+            sock.sendall(request_frame(1, frames.INVOKE_SHARED, OCTETS, arena.put(first)[1]))  # type: ignore[index]
+            sock.sendall(request_frame(2, frames.SHARE, b"", b"\0" * 8 + b"/nonexistent/arena"))
+            replies = read_replies(sock, 2)
+            assert replies[1][0] == 400 and b"SHARE" in replies[1][3], replies[1]
+            assert replies[2][0] == 500 and b"nonexistent" in replies[2][3], replies[2]
+            sock.sendall(request_frame(3, frames.SHARE, b"", arena.share_request()))
+            assert read_replies(sock, 1)[3][0] == 200
+            arena.release(0)
+            _, reference = arena.put(first)  # type: ignore[misc]
+            stale_slot, stale = arena.put(second)  # type: ignore[misc]
+            arena.release(stale_slot)
+            _, fresh = arena.put(second[::-1])  # type: ignore[misc]
+            outside = struct.pack("!QQQ", arena.size, 10, 1)
+            sock.sendall(b"".join([request_frame(4, frames.INVOKE_SHARED, OCTETS, reference),
+                                   request_frame(5, frames.INVOKE_SHARED, OCTETS, stale),
+                                   request_frame(6, frames.INVOKE_SHARED, OCTETS, outside),
+                                   request_frame(7, frames.INVOKE_SHARED, OCTETS, fresh),
+                                   request_frame(8, frames.INVOKE, GATED_CSV, b"1,2")]))
+            replies = read_replies(sock, 5)
+            assert replies[4][0] == 200 and replies[4][3] == first[::-1]
+            assert replies[5][0] == 500 and b"withdrawn" in replies[5][3], replies[5]
+            assert replies[6][0] == 400 and b"outside" in replies[6][3], replies[6]
+            assert replies[7][0] == 200 and replies[7][3] == second  # the reversed body, reversed back
+            assert replies[8][0] == 200 and replies[8][3].strip() == b"fast"
+        with raw_connection(limited.frames_path) as sock:  # its frame limit is MAX_FRAME
+            sock.sendall(request_frame(9, frames.SHARE, b"", arena.share_request()))
+            assert read_replies(sock, 1)[9][0] == 200
+            sock.sendall(request_frame(10, frames.INVOKE_SHARED, CSV, reference)
+                         + request_frame(11, frames.INVOKE_SHARED, b"", b"not a reference"))
+            replies = read_replies(sock, 2)
+            assert replies[10][0] == 413 and str(MAX_FRAME).encode() in replies[10][3], replies[10]
+            assert replies[11][0] == 400, replies[11]
+    finally:
+        arena.close()
+
+
+def test_shared_body_slots_come_back_however_requests_end(loop: LoopThread, gated: tuple[Instance, Path]) -> None:
+    """While the model is held: a large request times out, another's caller gives up; their slots are free at
+    once, and the next large body reuses one while the instance still holds the first two. Each reply
+    answers its own request; at the end every slot is free and the connection is the same."""
+    inst, gate = gated
+    client = FrameClient(inst.frames_path, share_bodies=True)
+    rng = random.Random(6)
+    timed_out_body, cancelled_body, later_body = (rng.randbytes(400_000) for _ in range(3))
+
+    async def scenario() -> tuple[BaseException | None, InstanceResponse, InstanceResponse, bool]:
+        arena = await shared_arena(client)
+        conn = client._connection
+        slow = asyncio.ensure_future(client.request(b"POST", b"/invocations", b"slow", GATED_CSV, 60))
+        await wait_for_file(gate / "started", 30)
+        timed_out = None
+        try:
+            await client.request(b"POST", b"/invocations", timed_out_body, OCTETS, 0.3)
+        except InstanceTimeout as exc:
+            timed_out = exc
+        held = asyncio.ensure_future(client.request(b"POST", b"/invocations", cancelled_body, OCTETS, 60))
+        await wait_until(lambda: conn is not None and conn._out == [] and len(conn.pending) == 2, 10,
+                         "the request to be written")
+        assert arena.free == SLOTS - 1
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+        assert arena.free == SLOTS
+        later = asyncio.ensure_future(client.request(b"POST", b"/invocations", later_body, OCTETS, 60))
+        (gate / "release").touch()
+        done_slow, done_later = await asyncio.wait_for(asyncio.gather(slow, later), 30)
+        # the two abandoned requests' late replies came (or come) and are dropped
+        after = await client.request(b"POST", b"/invocations", b"1,2", GATED_CSV, 30)
+        assert after.body.strip() == b"fast"
+        return timed_out, done_slow, done_later, client._connection is conn and arena.free == SLOTS
+
+    try:
+        timed_out, slow, later, same = loop.run(scenario(), timeout=90)
+    finally:
+        client.close()
+    assert isinstance(timed_out, InstanceTimeout), repr(timed_out)
+    assert (slow.status, slow.body.strip()) == (200, b"slow-done")
+    assert later.status == 200 and later.body == later_body[::-1]
+    assert same
 
 
 @pytest.mark.parametrize("malformed", [struct.pack("!I", 0), struct.pack("!I", 3) + b"abc"],
@@ -654,22 +825,25 @@ async def wait_for_file(path: Path, timeout: float) -> None:
 def test_instance_killed_while_computing_fails_the_request_then_is_unreachable(
         loop: LoopThread, gated: tuple[Instance, Path]) -> None:
     inst, gate = gated
-    client = FrameClient(inst.frames_path)
+    client = FrameClient(inst.frames_path, share_bodies=True)
 
     octets = b"content-type: application/octet-stream\r\n"
 
     async def scenario() -> tuple[InstanceResponse, list[BaseException | None], BaseException | None]:
+        await shared_arena(client)
         first = await client.request(b"POST", b"/invocations", b"1,2", GATED_CSV, 30)
         conn = client._connection
         slow = asyncio.ensure_future(client.request(b"POST", b"/invocations", b"slow", GATED_CSV, 60))
         await wait_for_file(gate / "started", 30)
         # Behind it on the same connection, while the model is held: a 30 MB body the instance has not
-        # finished reading (it is busy), and small requests after it.
-        behind = [asyncio.ensure_future(client.request(b"POST", b"/invocations", b"\x07" * 30_000_000, octets, 60))]
+        # finished reading (it is busy), a shared 1 MB one, and small requests after them.
+        behind = [asyncio.ensure_future(client.request(b"POST", b"/invocations", b"\x07" * 30_000_000, octets, 60)),
+                  asyncio.ensure_future(client.request(b"POST", b"/invocations", b"\x08" * 1_000_000, octets, 60))]
         behind += [asyncio.ensure_future(client.request(b"POST", b"/invocations", b"1,2", GATED_CSV, 60))
                    for _ in range(3)]
-        await wait_until(lambda: conn is not None and conn._out == [] and len(conn.pending) == 5, 10,
+        await wait_until(lambda: conn is not None and conn._out == [] and len(conn.pending) == 6, 10,
                          "the requests to be written")
+        assert conn is not None and conn.arena is not None and conn.arena.free == SLOTS - 1
         os.kill(inst.pid, signal.SIGKILL)  # type: ignore[arg-type]
         # Well before their 60 s timeout: the connection's loss fails them all.
         in_flight: list[BaseException | None] = []
@@ -679,6 +853,7 @@ def test_instance_killed_while_computing_fails_the_request_then_is_unreachable(
                 in_flight.append(None)
             except (InstanceConnectionError, InstanceTimeout, TimeoutError) as exc:
                 in_flight.append(exc)
+        assert conn.arena is None  # the connection's arena went with it
         await wait_until(lambda: gone(inst.pid), 10, "the killed instance to exit")
         # On a loaded machine the kernel may still be closing the dead process's listener for a moment.
         await wait_until(lambda: refuses(inst.frames_path), 10, "the dead instance's socket to refuse connections")
@@ -696,7 +871,7 @@ def test_instance_killed_while_computing_fails_the_request_then_is_unreachable(
     assert first.status == 200 and first.body.strip() == b"fast"
     # Sent before the death: a connection error, and not "unreachable" (that would let the router send it
     # again to another instance).
-    assert [type(e) for e in in_flight] == [InstanceConnectionError] * 5, in_flight
+    assert [type(e) for e in in_flight] == [InstanceConnectionError] * 6, in_flight
     # After it: nothing to connect to, so the router may take it to another instance.
     assert isinstance(after, InstanceUnreachable), repr(after)
 

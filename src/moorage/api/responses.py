@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -102,7 +103,7 @@ class DirectBody:
     __slots__ = ("buffer", "filled")
 
     def __init__(self, size: int) -> None:
-        self.buffer = bytearray(size)
+        self.buffer = _unfilled_bytearray(size)
         self.filled = 0
 
     def add(self, chunk: bytes) -> None:
@@ -114,6 +115,18 @@ class DirectBody:
     @property
     def complete(self) -> bool:
         return self.filled == len(self.buffer)
+
+
+# CPython's own constructor with no source: a bytearray of that size whose bytes are not set, where
+# ``bytearray(size)`` zeroes them first (measured: 30 µs of the router's CPU per 1 MiB body, every byte
+# then overwritten by the body). A DirectBody is handed on only once ``complete``, every byte received.
+_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_new_bytearray.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
+_new_bytearray.restype = ctypes.py_object
+
+
+def _unfilled_bytearray(size: int) -> bytearray:
+    return _new_bytearray(None, size)
 
 
 async def read_body(receive: Receive, limit: int | None = None) -> bytes:

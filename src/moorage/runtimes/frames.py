@@ -41,12 +41,14 @@ from collections.abc import Callable
 __all__ = [
     "EXECUTION_PARAMETERS",
     "INVOKE",
+    "INVOKE_SHARED",
     "OPERATIONS",
     "PING",
     "REPLY_FIELDS",
     "REPLY_HEAD",
     "REQUEST_FIELDS",
     "REQUEST_HEAD",
+    "SHARE",
     "SOCKET_SUFFIX",
     "UNKNOWN",
     "FrameError",
@@ -66,6 +68,10 @@ UNKNOWN = 0
 INVOKE = 1
 PING = 2
 EXECUTION_PARAMETERS = 3
+# No HTTP counterparts: the router asks an instance to map its shared-body arena (the frame's body
+# names it), then sends invocations whose body lies there, the frame carrying where (shared_bodies.py).
+SHARE = 4
+INVOKE_SHARED = 5
 OPERATIONS = {(b"POST", b"/invocations"): INVOKE, (b"GET", b"/ping"): PING, (b"HEAD", b"/ping"): PING,
               (b"GET", b"/execution-parameters"): EXECUTION_PARAMETERS}
 

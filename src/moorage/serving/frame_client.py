@@ -11,15 +11,21 @@ The interface is ``InstanceClient``'s (``request(method, path, body, headers, ti
 reply is ``InstanceConnectionError``, one without a reply in time is ``InstanceTimeout`` (its late
 reply is dropped when it comes; the connection and the other requests on it go on). Timeouts are one
 timer per connection, set for the earliest deadline of the requests in flight, not one per request.
+
+A connection to an instance offers it a shared-body arena first (``runtimes/shared_bodies.py``);
+once the instance has mapped it, a large invocation body is copied there and its frame says where,
+instead of crossing the socket. The body's slot is released when its request ends, however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable
 
 from moorage.runtimes import frames
+from moorage.runtimes.shared_bodies import SHARE_MIN, BodyArena
 from moorage.serving.instance_client import (
     InstanceConnectionError,
     InstanceResponse,
@@ -27,8 +33,13 @@ from moorage.serving.instance_client import (
     InstanceUnreachable,
 )
 
-# A request in flight: the future its reply sets, its deadline (loop time) and its timeout.
-_Pending = tuple[asyncio.Future[InstanceResponse], float, float]
+log = logging.getLogger("moorage.serving")
+
+# A request in flight: the future its reply sets, its deadline (loop time), its timeout, and the
+# arena slot its body is in (-1: none).
+_Pending = tuple[asyncio.Future[InstanceResponse], float, float, int]
+TRIM_AFTER_S = 1.0  # an arena idle this long gives back its memory past its first slots (BodyArena.trim)
+SHARE_TIMEOUT_S = 10.0  # for the instance to map the arena; its bodies come through the socket meanwhile
 
 
 class _FrameConnection(frames.FramedProtocol):
@@ -36,6 +47,8 @@ class _FrameConnection(frames.FramedProtocol):
         super().__init__(frames.FrameReader(self._on_frame, max_frame))
         self.pending: dict[int, _Pending] = {}
         self.closed = False
+        self.arena: BodyArena | None = None  # the shared bodies, once the instance mapped them
+        self._trim: asyncio.TimerHandle | None = None  # the arena's trim, due once it has been idle a while
         self._next_id = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -48,6 +61,26 @@ class _FrameConnection(frames.FramedProtocol):
         self.closed = True
         self.transport = None
         self._fail_all(InstanceConnectionError("the instance closed the connection before answering"))
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
+
+    def offer(self, arena: BodyArena) -> None:
+        """Ask the instance to map ``arena``; large bodies go there once it has."""
+        def mapped(future: asyncio.Future[InstanceResponse]) -> None:
+            reply = None if future.cancelled() or future.exception() is not None else future.result()
+            if reply is not None and reply.status == 200 and not self.closed:
+                self.arena = arena
+                return
+            arena.close()
+            if reply is not None and reply.status != 404:  # 404: a runtime without shared bodies
+                log.info("framed link: the instance did not map shared bodies (%s %s); they go through the socket",
+                         reply.status, reply.body[:200].decode("utf-8", "replace"))
+
+        self.send(frames.SHARE, arena.share_request(), b"", SHARE_TIMEOUT_S).add_done_callback(mapped)
 
     def _on_frame(self, buffer: bytearray, start: int, end: int) -> None:
         if end - start < frames.REPLY_FIELDS.size:
@@ -58,7 +91,9 @@ class _FrameConnection(frames.FramedProtocol):
         pending = self.pending.pop(request_id, None)
         if pending is None:
             return  # the reply to a request that timed out
-        future = pending[0]
+        future, _, _, slot = pending
+        if slot >= 0:
+            self._release(slot)
         if future.done():
             return
         offset = start + frames.REPLY_FIELDS.size
@@ -74,7 +109,13 @@ class _FrameConnection(frames.FramedProtocol):
         self._next_id = request_id = frames.next_id(self._next_id)
         future: asyncio.Future[InstanceResponse] = loop.create_future()
         deadline = loop.time() + timeout
-        self.pending[request_id] = (future, deadline, timeout)
+        slot = -1
+        if op == frames.INVOKE and self.arena is not None and len(body) >= SHARE_MIN:
+            placed = self.arena.put(body)
+            if placed is not None:
+                slot, body = placed
+                op = frames.INVOKE_SHARED
+        self.pending[request_id] = (future, deadline, timeout, slot)
         if deadline < self._timer_at:
             self._set_timer(loop, deadline)
         # Nothing else in flight (low load): written now, not a turn of the loop later; otherwise the
@@ -95,9 +136,11 @@ class _FrameConnection(frames.FramedProtocol):
         loop = asyncio.get_running_loop()
         now = loop.time()
         earliest = math.inf
-        for request_id, (future, deadline, timeout) in list(self.pending.items()):
+        for request_id, (future, deadline, timeout, slot) in list(self.pending.items()):
             if deadline <= now:
                 del self.pending[request_id]
+                if slot >= 0:
+                    self._release(slot)
                 if not future.done():
                     future.set_exception(InstanceTimeout(f"no response from the instance within {timeout:g} s"))
             elif deadline < earliest:
@@ -110,14 +153,27 @@ class _FrameConnection(frames.FramedProtocol):
         for request_id, pending in self.pending.items():
             if pending[0] is future:
                 del self.pending[request_id]
+                if pending[3] >= 0:
+                    self._release(pending[3])
                 return
+
+    def _release(self, slot: int) -> None:
+        if self.arena is not None and self.arena.release(slot) and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._trim_arena)
+
+    def _trim_arena(self) -> None:
+        self._trim = None
+        if self.arena is not None:
+            self.arena.trim()
 
     def _fail_all(self, exc: Exception) -> None:
         pending, self.pending = self.pending, {}
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
-        for future, _, _ in pending.values():
+        for future, _, _, slot in pending.values():
+            if slot >= 0:
+                self._release(slot)
             if not future.done():
                 future.set_exception(exc)
 
@@ -133,9 +189,11 @@ class FrameClient:
     """The framed link to one instance: one pipelined connection, opened on first use and again after
     it went down."""
 
-    def __init__(self, socket_path: str, max_frame: int = frames.DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, socket_path: str, max_frame: int = frames.DEFAULT_MAX_FRAME, *,
+                 share_bodies: bool = False) -> None:
         self.socket_path = socket_path
         self.max_frame = max_frame
+        self.share_bodies = share_bodies  # offer each connection a shared-body arena (an instance's link)
         self._connection: _FrameConnection | None = None
         self._connecting: asyncio.Future[_FrameConnection] | None = None
 
@@ -157,6 +215,13 @@ class FrameClient:
         except OSError as exc:
             raise InstanceUnreachable(f"cannot connect to the instance: {exc}") from exc
         self._connection = conn
+        if self.share_bodies:
+            try:
+                arena = BodyArena()
+            except OSError as exc:  # no memfd here (or no memory for one): the socket carries everything
+                log.info("framed link: no shared-body arena (%s)", exc)
+            else:
+                conn.offer(arena)
         return conn
 
     def request(self, method: bytes, path: bytes, body: bytes = b"", headers: bytes = b"",

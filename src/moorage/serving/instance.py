@@ -402,7 +402,7 @@ class Instance:
         if (self.launch.instances.link == "frames" and not self.byo and self.listen_host is None
                 and os.path.exists(self.frames_path)):
             self.client.close()
-            self.client = FrameClient(self.frames_path)
+            self.client = FrameClient(self.frames_path, share_bodies=True)
 
     @property
     def link(self) -> str:
