@@ -37,7 +37,7 @@ import pytest
 from loop_support import LoopThread
 from moorage.runtimes import frames
 from moorage.runtimes.frames import FrameError, FrameReader, encode_request_head, header_value
-from moorage.runtimes.shared_bodies import SLOT_BODY, SLOTS, BodyArena, SharedBodies, WithdrawnBody
+from moorage.runtimes.shared_bodies import AVAILABLE, SLOT_BODY, SLOTS, BodyArena, SharedBodies, WithdrawnBody
 from moorage.serving.frame_client import FrameClient
 from moorage.serving.instance import Instance, InstanceState
 from moorage.serving.instance_client import (
@@ -57,6 +57,10 @@ JSON = b"content-type: application/json\r\naccept: application/json\r\n"
 GATED_CSV = b"content-type: text/csv\r\naccept: text/csv\r\n"
 MAX_FRAME = 8192  # the frame limit of the `limited` instance and of the reader tests: an oversize frame is cheap
 CHUNK = 256 * 1024  # FrameReader's shared receive buffer (frames._CHUNK)
+# Shared bodies are Linux's (memfd, /proc): elsewhere the link sends every body through the socket.
+needs_shared = pytest.mark.skipif(not AVAILABLE, reason="shared bodies need Linux's memfd")
+SHARE_OR_NOT = pytest.mark.parametrize("share", [False, pytest.param(True, marks=needs_shared)],
+                                       ids=["socket", "shared"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -578,7 +582,7 @@ async def shared_arena(client: FrameClient) -> BodyArena:
     return conn.arena
 
 
-@pytest.mark.parametrize("share", [False, True], ids=["socket", "shared"])
+@SHARE_OR_NOT
 def test_large_request_to_the_model(loop: LoopThread, instance: Instance, classifier_model: Any,
                                     X: np.ndarray, share: bool) -> None:
     """Bodies past the 256 KiB receive buffer (received into a buffer of their own, or shared), beside
@@ -607,7 +611,7 @@ def test_large_request_to_the_model(loop: LoopThread, instance: Instance, classi
 OCTETS = b"content-type: application/octet-stream\r\naccept: application/octet-stream\r\n"
 
 
-@pytest.mark.parametrize("share", [False, True], ids=["socket", "shared"])
+@SHARE_OR_NOT
 def test_large_bodies_both_ways(loop: LoopThread, gated: tuple[Instance, Path], share: bool) -> None:
     """5 MB in, 5 MB out (the model answers the body reversed), concurrently with small requests; then the
     same over a raw connection, the 5 MB frame written in pieces."""
@@ -649,6 +653,7 @@ def test_large_bodies_both_ways(loop: LoopThread, gated: tuple[Instance, Path], 
 
 
 # -- shared bodies (runtimes/shared_bodies.py) ------------------------------------------------------
+@needs_shared
 def test_arena_slots_references_and_withdrawn_bodies() -> None:
     """In one process: what the router writes the instance reads back; a reused slot withdraws the body it
     held; references outside the arena are refused; a body too big or no free slot means the socket."""
@@ -682,6 +687,7 @@ def _shmem_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("RssShmem:"))
 
 
+@needs_shared
 def test_idle_arena_gives_back_the_memory_of_its_busiest_moment() -> None:
     arena = BodyArena(slots=10)
     try:
@@ -698,6 +704,7 @@ def test_idle_arena_gives_back_the_memory_of_its_busiest_moment() -> None:
         arena.close()
 
 
+@needs_shared
 def test_instance_reads_shared_bodies_and_refuses_what_it_cannot(gated: tuple[Instance, Path],
                                                                  limited: Instance) -> None:
     """Over a raw connection, with an arena of the test's own: a shared body is answered like one in its
@@ -745,6 +752,7 @@ def test_instance_reads_shared_bodies_and_refuses_what_it_cannot(gated: tuple[In
         arena.close()
 
 
+@needs_shared
 def test_shared_body_slots_come_back_however_requests_end(loop: LoopThread, gated: tuple[Instance, Path]) -> None:
     """While the model is held: a large request times out, another's caller gives up; their slots are free at
     once, and the next large body reuses one while the instance still holds the first two. Each reply
@@ -825,12 +833,13 @@ async def wait_for_file(path: Path, timeout: float) -> None:
 def test_instance_killed_while_computing_fails_the_request_then_is_unreachable(
         loop: LoopThread, gated: tuple[Instance, Path]) -> None:
     inst, gate = gated
-    client = FrameClient(inst.frames_path, share_bodies=True)
+    client = FrameClient(inst.frames_path, share_bodies=AVAILABLE)
 
     octets = b"content-type: application/octet-stream\r\n"
 
     async def scenario() -> tuple[InstanceResponse, list[BaseException | None], BaseException | None]:
-        await shared_arena(client)
+        if AVAILABLE:
+            await shared_arena(client)
         first = await client.request(b"POST", b"/invocations", b"1,2", GATED_CSV, 30)
         conn = client._connection
         slow = asyncio.ensure_future(client.request(b"POST", b"/invocations", b"slow", GATED_CSV, 60))
@@ -843,7 +852,7 @@ def test_instance_killed_while_computing_fails_the_request_then_is_unreachable(
                    for _ in range(3)]
         await wait_until(lambda: conn is not None and conn._out == [] and len(conn.pending) == 6, 10,
                          "the requests to be written")
-        assert conn is not None and conn.arena is not None and conn.arena.free == SLOTS - 1
+        assert conn is not None and (not AVAILABLE or (conn.arena is not None and conn.arena.free == SLOTS - 1))
         os.kill(inst.pid, signal.SIGKILL)  # type: ignore[arg-type]
         # Well before their 60 s timeout: the connection's loss fails them all.
         in_flight: list[BaseException | None] = []

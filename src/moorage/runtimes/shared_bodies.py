@@ -12,7 +12,8 @@ The memory is a ``memfd`` per framed connection (``BodyArena``), cut into fixed 
 sequence number and room for one body (the largest InvokeEndpoint takes, 6 MB). The instance opens it
 by its ``/proc/<router pid>/fd/<fd>`` path, named in the connection's first frame (``SHARE``), and
 maps it read-only (``SharedBodies``); nothing is left on disk, and the memory goes with the router's
-process. A body that finds no free slot, is bigger than one, or is below ``SHARE_MIN`` (where the
+process (Linux only: elsewhere, ``AVAILABLE`` is false and the socket carries every body). A body that
+finds no free slot, is bigger than one, or is below ``SHARE_MIN`` (where the
 socket is as cheap) travels in its frame as before, as it does on a connection whose instance did
 not map the arena (an older runtime answers ``SHARE`` 404; a sandbox without ``/proc`` fails to open
 it).
@@ -36,8 +37,12 @@ import heapq
 import mmap
 import os
 import struct
+import sys
 
-__all__ = ["SHARE_MIN", "SLOTS", "SLOT_BODY", "BodyArena", "SharedBodies", "WithdrawnBody"]
+__all__ = ["AVAILABLE", "SHARE_MIN", "SLOTS", "SLOT_BODY", "BodyArena", "SharedBodies", "WithdrawnBody"]
+
+# memfd and /proc/<pid>/fd are Linux's: elsewhere (macOS) every body goes through the socket.
+AVAILABLE = sys.platform == "linux" and hasattr(os, "memfd_create")
 
 SLOTS = 64  # bodies in flight per connection (concurrency 32 of one client finds a slot each)
 SLOT_BODY = 6 * 1024 * 1024  # the largest body a slot takes: InvokeEndpoint's limit

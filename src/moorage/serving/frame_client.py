@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Awaitable
 
-from moorage.runtimes import frames
+from moorage.runtimes import frames, shared_bodies
 from moorage.runtimes.shared_bodies import SHARE_MIN, BodyArena
 from moorage.serving.instance_client import (
     InstanceConnectionError,
@@ -215,7 +215,7 @@ class FrameClient:
         except OSError as exc:
             raise InstanceUnreachable(f"cannot connect to the instance: {exc}") from exc
         self._connection = conn
-        if self.share_bodies:
+        if self.share_bodies and shared_bodies.AVAILABLE:
             try:
                 arena = BodyArena()
             except OSError as exc:  # no memfd here (or no memory for one): the socket carries everything
