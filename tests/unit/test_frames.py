@@ -718,9 +718,12 @@ def test_instance_reads_shared_bodies_and_refuses_what_it_cannot(gated: tuple[In
         with raw_connection(inst.frames_path) as sock:
             sock.sendall(request_frame(1, frames.INVOKE_SHARED, OCTETS, arena.put(first)[1]))  # type: ignore[index]
             sock.sendall(request_frame(2, frames.SHARE, b"", b"\0" * 8 + b"/nonexistent/arena"))
-            replies = read_replies(sock, 2)
+            larger = struct.pack("!Q", arena.size + 4096) + arena.share_request()[8:]  # past the memfd's end
+            sock.sendall(request_frame(12, frames.SHARE, b"", larger))
+            replies = read_replies(sock, 3)
             assert replies[1][0] == 400 and b"SHARE" in replies[1][3], replies[1]
             assert replies[2][0] == 500 and b"nonexistent" in replies[2][3], replies[2]
+            assert replies[12][0] == 500 and b"not the" in replies[12][3], replies[12]
             sock.sendall(request_frame(3, frames.SHARE, b"", arena.share_request()))
             assert read_replies(sock, 1)[3][0] == 200
             arena.release(0)

@@ -142,6 +142,8 @@ class SharedBodies:
         (size,) = ARENA.unpack_from(request)
         fd = os.open(os.fsdecode(request[ARENA.size:]), os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if os.fstat(fd).st_size < size:  # reading past a file's end is SIGBUS, not an exception
+                raise ValueError(f"the arena is {os.fstat(fd).st_size} bytes, not the {size} named")
             self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
