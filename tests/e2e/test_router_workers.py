@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 from botocore.auth import SigV4Auth
@@ -35,6 +36,7 @@ from e2e_support import (
     http_request,
     pack_model,
 )
+from moorage.runtimes.shared_bodies import SHARE_MIN
 
 pytestmark = pytest.mark.e2e
 
@@ -148,8 +150,16 @@ def test_workers_run_and_answer_invocations_the_router_observes(served: tuple[Mo
         assert reply["InvokedProductionVariant"] == "AllTraffic"
         assert_predictions(decode_predictions(reply["Body"].read(), reply["ContentType"]),
                            model.predict(X[start:start + 4]))
+    # Bodies past the shared-body threshold (runtimes/shared_bodies.py): from a worker through its arena
+    # to the router, from the router through its own to the instance.
+    rows = X[np.arange(6000) % len(X)]
+    body = csv_body(rows)
+    assert len(body) >= SHARE_MIN
+    for _ in range(4):
+        reply = rt.invoke_endpoint(EndpointName=name, Body=body, ContentType="text/csv", Accept="application/json")
+        assert_predictions(decode_predictions(reply["Body"].read(), reply["ContentType"]), model.predict(rows))
     # The router observed each one (metrics are its observers): the workers asked it for every answer.
-    _wait_for(lambda: _invocations(srv, name) - before >= 10, 30, "10 invocations counted by the router")
+    _wait_for(lambda: _invocations(srv, name) - before >= 14, 30, "14 invocations counted by the router")
     with pytest.raises(ClientError) as missing:
         rt.invoke_endpoint(EndpointName="no-such-endpoint", Body=b"1,2,3,4", ContentType="text/csv")
     assert missing.value.response["Error"]["Code"] == "ValidationError"

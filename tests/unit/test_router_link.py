@@ -1,10 +1,12 @@
 """The router link (api/router_link.py) and the connection handover, over real Unix sockets: invocations
-answered and matched out of order, the keys' long wait, a malformed frame, and a handed-over TCP
-connection whose bytes arrive in order (what the worker read first, then the rest)."""
+answered and matched out of order, large bodies through the worker's shared-body arena, the keys' long
+wait, a malformed frame, and a handed-over TCP connection whose bytes arrive in order (what the worker
+read first, then the rest)."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import struct
 import time
@@ -18,7 +20,7 @@ from loop_support import LoopThread
 from moorage.api.router_link import KEYS, KEYS_VERSION, LINK_HEAD, HandoffListener, RouterLink, decode_headers
 from moorage.api.router_worker import Handover
 from moorage.control.access_keys import AccessKey
-from moorage.runtimes import frames
+from moorage.runtimes import frames, shared_bodies
 from moorage.serving.frame_client import FrameClient
 
 
@@ -84,6 +86,34 @@ def test_invocations_are_answered_in_any_order_and_observed_after(loop: LoopThre
     assert by_body[b"fast"][3] is None
     assert by_body[b"fast"][4:] == (1700000000.5, 12.25)  # the worker's arrival and start times, as sent
     assert sorted(answers.observed) == [b"fast", b"slow"]
+
+
+@pytest.mark.skipif(not shared_bodies.AVAILABLE, reason="shared bodies need Linux's memfd")
+def test_large_bodies_come_through_the_workers_arena(loop: LoopThread, link: Any) -> None:
+    """A worker's link offers its arena as the router's link to an instance does: large bodies reach the
+    router's answers whole through it, small ones in their frames, and every slot comes back."""
+    server, answers, _, _ = link
+    client = FrameClient(server.path, share_bodies=True)
+    rng = random.Random(8)
+    bodies = [rng.randbytes(1 << 20), rng.randbytes(shared_bodies.SHARE_MIN), b"small"]
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        await client.call(frames.INVOKE, b"warm", _head(b"ep"), 10)
+        conn = client._connection
+        deadline = time.monotonic() + 10
+        while conn.arena is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert conn.arena is not None, "the router link did not map the worker's arena"
+        replies = await asyncio.gather(*(client.call(frames.INVOKE, body, _head(b"ep"), 10) for body in bodies))
+        return conn, list(replies)
+
+    try:
+        conn, replies = loop.run(scenario())
+        assert [reply.body for reply in replies] == [b"echo " + body for body in bodies]
+        assert [call[1] for call in answers.calls[1:]] == bodies
+        assert conn.arena.free == shared_bodies.SLOTS
+    finally:
+        loop.loop.call_soon_threadsafe(client.close)
 
 
 def test_keys_come_at_once_then_only_when_they_change(loop: LoopThread, link: Any) -> None:

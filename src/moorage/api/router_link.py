@@ -16,6 +16,9 @@ Link operations (a request frame's ``op``):
 * ``INVOKE``: the headers field is ``LINK_HEAD`` (arrival time, start time, name and target variant
   lengths) + name + variant + the forwarded header lines; the body is the request's. The reply's
   status and body are the response's; its content-type field carries the response's header lines.
+* ``SHARE`` and ``INVOKE_SHARED``: as between the router and an instance (``runtimes/shared_bodies.py``):
+  the worker's link offers its arena, and an invocation's large body lies there; the headers field as
+  for ``INVOKE``.
 * ``KEYS``: the headers field is the version of the access keys the worker holds (8 bytes). The
   reply comes when this process's version differs, at once or when a key is created, revoked or
   rotated: the version and every key (JSON), so a revoked key stops working in the workers as it does
@@ -109,6 +112,7 @@ class _LinkConnection(frames.FramedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.unmap_shared()
         for task in self.tasks:
             task.cancel()  # nobody to answer; the worker's callers have their errors already
         self.server.connections.discard(self)
@@ -120,7 +124,7 @@ class _LinkConnection(frames.FramedProtocol):
     def _on_frame(self, buffer: bytearray, start: int, end: int) -> None:
         request_id, op, headers_length = frames.request_fields(buffer, start, end)
         offset = start + frames.REQUEST_FIELDS.size
-        if op == frames.INVOKE:
+        if op == frames.INVOKE or op == frames.INVOKE_SHARED:
             if headers_length < LINK_HEAD.size:
                 raise frames.FrameError(f"request {request_id}: an invocation without its link head")
             arrived, started, name_length, variant_length = LINK_HEAD.unpack_from(buffer, offset)
@@ -130,10 +134,18 @@ class _LinkConnection(frames.FramedProtocol):
             variant = buffer[at:at + variant_length].decode("latin-1") if variant_length else None
             at += variant_length
             forwarded = bytes(buffer[at:offset + headers_length])
-            body = bytes(memoryview(buffer)[offset + headers_length:end])
+            if op == frames.INVOKE:
+                body = bytes(memoryview(buffer)[offset + headers_length:end])
+            else:  # a large body, in the worker's arena (runtimes/shared_bodies.py)
+                shared = self.shared_body(request_id, memoryview(buffer)[offset + headers_length:end])
+                if shared is None:
+                    return
+                body = shared
             task = self._spawn(self._invoke(request_id, name, body, forwarded, variant, arrived, started))
             self.invoking.add(task)
             task.add_done_callback(self.invoking.discard)
+        elif op == frames.SHARE:
+            self.map_shared(request_id, bytes(buffer[offset + headers_length:end]))
         elif op == KEYS:
             if headers_length < KEYS_VERSION.size:
                 raise frames.FrameError(f"request {request_id}: a keys request without the version held")

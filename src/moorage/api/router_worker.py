@@ -256,7 +256,7 @@ def run(config: WorkerConfig) -> None:
     listener = socket.socket(fileno=config.listener_fd)
     keys = KeyCopy()
     verifier = KeyedVerifier({}, account_id=config.account_id, region=config.region, keys=keys)  # type: ignore[arg-type]
-    link = FrameClient(config.link_path)
+    link = FrameClient(config.link_path, share_bodies=True)  # a large body reaches the router through memory
     door = RuntimeFrontDoor(verifier, LinkAnswers(link, config.invocation_timeout + LINK_MARGIN_SECONDS))
     handover = Handover(config.handoff_path)
     protocol = worker_protocol(edge_protocol(

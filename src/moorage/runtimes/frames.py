@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import Callable
+
+from moorage.runtimes.shared_bodies import REFERENCE, SharedBodies, WithdrawnBody
 
 __all__ = [
     "EXECUTION_PARAMETERS",
@@ -61,6 +64,9 @@ __all__ = [
     "next_id",
     "request_fields",
 ]
+
+log = logging.getLogger("moorage.frames")
+_TEXT = b"text/plain; charset=utf-8"
 
 SOCKET_SUFFIX = ".frames"  # the framed listener's socket: the instance's HTTP socket path plus this
 
@@ -246,6 +252,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._shared: SharedBodies | None = None  # the peer's arena, once its SHARE frame had us map it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -264,6 +271,44 @@ class FramedProtocol(asyncio.BufferedProtocol):
         """The peer sent something that is not a frame: the connection cannot go on."""
         if self.transport is not None:
             self.transport.close()
+
+    # The receiving end of shared bodies (shared_bodies.py): an instance's, and the router link's.
+    def map_shared(self, request_id: int, request: bytes) -> None:
+        """Answer a SHARE frame: map the peer's arena (200), or say why not (500; the peer then sends
+        every body in its frame)."""
+        try:
+            shared = SharedBodies(request)
+        except (OSError, ValueError) as exc:
+            log.info("framed link: cannot map the peer's shared bodies (%s); they come through the socket", exc)
+            self.queue(encode_reply(request_id, 500, _TEXT, f"cannot map shared bodies: {exc}".encode()))
+            return
+        self.unmap_shared()
+        self._shared = shared
+        self.queue(encode_reply(request_id, 200, _TEXT, b""))
+
+    def shared_body(self, request_id: int, reference: memoryview) -> bytes | None:
+        """The body an INVOKE_SHARED frame's reference points at, copied out; or None, its request
+        answered: 400 (no arena mapped, a reference outside it), 413 (over the reader's frame limit),
+        500 (withdrawn: its request ended at the peer, which reads no reply to it)."""
+        if self._shared is None:
+            self.queue(encode_reply(request_id, 400, _TEXT, b"a shared body before any SHARE"))
+            return None
+        if len(reference) == REFERENCE.size and (length := REFERENCE.unpack(reference)[1]) > self.reader.max_frame:
+            self.queue(encode_reply(request_id, 413, _TEXT, f"a body of {length} bytes is over this link's limit "
+                                                            f"of {self.reader.max_frame} bytes".encode()))
+            return None
+        try:
+            return self._shared.read(reference)
+        except ValueError as exc:
+            self.queue(encode_reply(request_id, 400, _TEXT, str(exc).encode()))
+        except WithdrawnBody as exc:
+            self.queue(encode_reply(request_id, 500, _TEXT, str(exc).encode()))
+        return None
+
+    def unmap_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     def queue(self, head: bytes, body: bytes = b"", *, now: bool = False) -> None:
         """A frame to write (its head, and its body when that is large enough to travel apart)."""

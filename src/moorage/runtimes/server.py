@@ -45,7 +45,6 @@ from moorage.runtimes import frames
 from moorage.runtimes.allocator import reuse_large_buffers
 from moorage.runtimes.frameworks import FRAMEWORK_CLASSES, load_framework
 from moorage.runtimes.handler import HandlerError, InferenceHandler
-from moorage.runtimes.shared_bodies import REFERENCE, SharedBodies, WithdrawnBody
 
 log = logging.getLogger("moorage.instance")
 
@@ -265,13 +264,10 @@ class FrameConnection(frames.FramedProtocol):
         self.app = app
         # The invocations cut from the read being handled: (id, body, content type, accept).
         self._arrived: list[tuple[int, bytes, str | None, str | None]] = []
-        self._shared: SharedBodies | None = None  # the router's arena, once it asked us to map it
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None  # replies still being computed are dropped: their requester is gone
-        if self._shared is not None:
-            self._shared.close()
-            self._shared = None
+        self.unmap_shared()
 
     def malformed(self, exc: frames.FrameError) -> None:
         log.error("framed link: %s; closing the connection", exc)
@@ -311,7 +307,7 @@ class FrameConnection(frames.FramedProtocol):
             if op == frames.INVOKE:
                 body = bytes(memoryview(buffer)[offset + headers_length:end])  # one copy, not two
             else:
-                body = self._shared_body(request_id, memoryview(buffer)[offset + headers_length:end])
+                body = self.shared_body(request_id, memoryview(buffer)[offset + headers_length:end])
                 if body is None:
                     return
             content_type = frames.header_value(headers, b"content-type")
@@ -323,37 +319,9 @@ class FrameConnection(frames.FramedProtocol):
         elif op == frames.EXECUTION_PARAMETERS:
             self.queue(frames.encode_reply(request_id, 200, _JSON_TYPE, self.app.execution_parameters))
         elif op == frames.SHARE:
-            self._map_shared(request_id, bytes(buffer[offset + headers_length:end]))
+            self.map_shared(request_id, bytes(buffer[offset + headers_length:end]))
         else:
             self.queue(frames.encode_reply(request_id, 404, _TEXT_TYPE, f"no operation {op}".encode()))
-
-    def _map_shared(self, request_id: int, request: bytes) -> None:
-        try:
-            shared = SharedBodies(request)
-        except (OSError, ValueError) as exc:  # the router then sends every body through the socket
-            log.info("framed link: cannot map the router's shared bodies (%s); they come through the socket", exc)
-            self.queue(frames.encode_reply(request_id, 500, _TEXT_TYPE, f"cannot map shared bodies: {exc}".encode()))
-            return
-        if self._shared is not None:
-            self._shared.close()
-        self._shared = shared
-        self.queue(frames.encode_reply(request_id, 200, _TEXT_TYPE, b""))
-
-    def _shared_body(self, request_id: int, reference: memoryview) -> bytes | None:
-        """A shared body copied out, or None after answering the request that cannot have it."""
-        if self._shared is None:
-            self.queue(frames.encode_reply(request_id, 400, _TEXT_TYPE, b"a shared body before any SHARE"))
-            return None
-        if len(reference) == REFERENCE.size and (length := REFERENCE.unpack(reference)[1]) > self.reader.max_frame:
-            self._on_oversize(frames.REQUEST_HEAD.pack(length, request_id, frames.INVOKE_SHARED, 0), length)
-            return None
-        try:
-            return self._shared.read(reference)
-        except ValueError as exc:
-            self.queue(frames.encode_reply(request_id, 400, _TEXT_TYPE, str(exc).encode()))
-        except WithdrawnBody as exc:  # its request ended in the router, which reads no reply to it
-            self.queue(frames.encode_reply(request_id, 500, _TEXT_TYPE, str(exc).encode()))
-        return None
 
     def _answer(self, request_id: int, future: asyncio.Future[tuple[int, bytes, str]]) -> None:
         FrameConnection.in_flight -= 1
