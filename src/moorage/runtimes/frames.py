@@ -25,6 +25,10 @@ Wire format (network byte order)::
 a request is answered 413 and its bytes skipped (the connection goes on); a reply over the limit
 is a protocol error that closes the connection.
 
+A body from ``shared_bodies.SHARE_MIN`` up may instead lie in the sender's shared-memory arena, which
+the connection's first frame (``SHARE``) asks the receiver to map; its frame (``INVOKE_SHARED``)
+carries where, and ``FramedProtocol.shared_body`` copies it out (``shared_bodies.py``).
+
 Reading is written against ``asyncio.BufferedProtocol``: small frames are cut out of one reused
 receive buffer, and a large body is received straight into a buffer of its own size, so a 5 MB
 image is copied once in Python (into the ``bytes`` the handler gets), however many reads it took.
