@@ -127,6 +127,7 @@ class RoutingExperiments:
         self.queue_records = int(settings.queue_records)
         self.assignments = AssignmentStore(ctx.store.engine)
         self.pending: deque[Assignment] = deque()
+        self._flushing = asyncio.Lock()
         self.dropped = 0
         self.policies: dict[str, RoutingPolicy] = {}  # endpoint -> the policy of the fleet serving it
         self._looked: dict[str, dict[str, int]] = {}  # endpoint -> variant -> rewards at the last look
@@ -170,15 +171,18 @@ class RoutingExperiments:
 
     # Rewards ----------------------------------------------------------------------------------------
     async def flush(self) -> None:
-        """Store the queued assignments (so a reward sent right after its answer finds it)."""
-        if not self.pending:
-            return
-        rows = [self.pending.popleft() for _ in range(len(self.pending))]
-        try:
-            await asyncio.to_thread(self.assignments.record, rows)
-        except Exception:
-            log.exception("storing %d experiment assignment(s) failed; they are dropped", len(rows))
-            self.dropped += len(rows)
+        """Store the queued assignments (so a reward sent right after its answer finds it). One flush at
+        a time: a reward that comes while the periodic flush is storing the rows it took waits for them,
+        where it would otherwise find the queue empty and look them up before they are stored."""
+        async with self._flushing:
+            if not self.pending:
+                return
+            rows = [self.pending.popleft() for _ in range(len(self.pending))]
+            try:
+                await asyncio.to_thread(self.assignments.record, rows)
+            except Exception:
+                log.exception("storing %d experiment assignment(s) failed; they are dropped", len(rows))
+                self.dropped += len(rows)
 
     def _policy(self, row: Resource) -> RoutingPolicy:
         """The policy of the endpoint's serving fleet; while a restart brings it back, its config's."""
