@@ -25,6 +25,10 @@ slot's new number before the body, and the instance checks the number before and
 body out; a changed number means the body was withdrawn, and the request is answered 500 to a router
 that no longer waits for it.
 
+The pages an instance has read count in its resident memory as the kernel reports it (``ps``, and
+the memory limit of its instance type, ``serving/instance.py``) though they are the router's: at most
+the slots its connection had in flight at once, and ``KEEP`` slots once the arena has been idle.
+
 Hand-written rather than ``multiprocessing.shared_memory``: that names a file in ``/dev/shm`` which
 someone must unlink (and a crashed router leaves behind) and registers it with a resource tracker
 process; a ``memfd`` needs neither.
