@@ -111,8 +111,7 @@ class _LinkConnection(frames.FramedProtocol):
         self.invoking: set[asyncio.Task[None]] = set()  # the invocations among them (not the keys' wait)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.unmap_shared()
+        super().connection_lost(exc)
         for task in self.tasks:
             task.cancel()  # nobody to answer; the worker's callers have their errors already
         self.server.connections.discard(self)
@@ -134,13 +133,9 @@ class _LinkConnection(frames.FramedProtocol):
             variant = buffer[at:at + variant_length].decode("latin-1") if variant_length else None
             at += variant_length
             forwarded = bytes(buffer[at:offset + headers_length])
-            if op == frames.INVOKE:
-                body = bytes(memoryview(buffer)[offset + headers_length:end])
-            else:  # a large body, in the worker's arena (runtimes/shared_bodies.py)
-                shared = self.shared_body(request_id, memoryview(buffer)[offset + headers_length:end])
-                if shared is None:
-                    return
-                body = shared
+            body = self.invocation_body(request_id, op, buffer, offset + headers_length, end)
+            if body is None:
+                return
             task = self._spawn(self._invoke(request_id, name, body, forwarded, variant, arrived, started))
             self.invoking.add(task)
             task.add_done_callback(self.invoking.discard)

@@ -27,7 +27,7 @@ is a protocol error that closes the connection.
 
 A body from ``shared_bodies.SHARE_MIN`` up may instead lie in the sender's shared-memory arena, which
 the connection's first frame (``SHARE``) asks the receiver to map; its frame (``INVOKE_SHARED``)
-carries where, and ``FramedProtocol.shared_body`` copies it out (``shared_bodies.py``).
+carries where, and ``FramedProtocol.invocation_body`` copies it out (``shared_bodies.py``).
 
 Reading is written against ``asyncio.BufferedProtocol``: small frames are cut out of one reused
 receive buffer, and a large body is received straight into a buffer of its own size, so a 5 MB
@@ -286,14 +286,19 @@ class FramedProtocol(asyncio.BufferedProtocol):
             log.info("framed link: cannot map the peer's shared bodies (%s); they come through the socket", exc)
             self.queue(encode_reply(request_id, 500, _TEXT, f"cannot map shared bodies: {exc}".encode()))
             return
-        self.unmap_shared()
+        if self._shared is not None:
+            self._shared.close()
         self._shared = shared
         self.queue(encode_reply(request_id, 200, _TEXT, b""))
 
-    def shared_body(self, request_id: int, reference: memoryview) -> bytes | None:
-        """The body an INVOKE_SHARED frame's reference points at, copied out; or None, its request
-        answered: 400 (no arena mapped, a reference outside it), 413 (over the reader's frame limit),
-        500 (withdrawn: its request ended at the peer, which reads no reply to it)."""
+    def invocation_body(self, request_id: int, op: int, buffer: bytearray, start: int, end: int) -> bytes | None:
+        """An invocation frame's body, copied out of ``buffer[start:end]`` (INVOKE) or out of the arena
+        the reference there points into (INVOKE_SHARED); or None, its request answered: 400 (no arena
+        mapped, a reference outside it), 413 (over the reader's frame limit), 500 (withdrawn: its request
+        ended at the peer, which reads no reply to it)."""
+        if op == INVOKE:
+            return bytes(memoryview(buffer)[start:end])  # one copy, not two
+        reference = memoryview(buffer)[start:end]
         if self._shared is None:
             self.queue(encode_reply(request_id, 400, _TEXT, b"a shared body before any SHARE"))
             return None
@@ -309,7 +314,9 @@ class FramedProtocol(asyncio.BufferedProtocol):
             self.queue(encode_reply(request_id, 500, _TEXT, str(exc).encode()))
         return None
 
-    def unmap_shared(self) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Nothing more is written; the peer's arena, if one was mapped, is unmapped."""
+        self.transport = None
         if self._shared is not None:
             self._shared.close()
             self._shared = None

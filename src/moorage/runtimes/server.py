@@ -266,8 +266,7 @@ class FrameConnection(frames.FramedProtocol):
         self._arrived: list[tuple[int, bytes, str | None, str | None]] = []
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None  # replies still being computed are dropped: their requester is gone
-        self.unmap_shared()
+        super().connection_lost(exc)  # replies still being computed are dropped: their requester is gone
 
     def malformed(self, exc: frames.FrameError) -> None:
         log.error("framed link: %s; closing the connection", exc)
@@ -304,12 +303,9 @@ class FrameConnection(frames.FramedProtocol):
         offset = start + frames.REQUEST_FIELDS.size
         if op == frames.INVOKE or op == frames.INVOKE_SHARED:
             headers = bytes(buffer[offset:offset + headers_length])
-            if op == frames.INVOKE:
-                body = bytes(memoryview(buffer)[offset + headers_length:end])  # one copy, not two
-            else:
-                body = self.shared_body(request_id, memoryview(buffer)[offset + headers_length:end])
-                if body is None:
-                    return
+            body = self.invocation_body(request_id, op, buffer, offset + headers_length, end)
+            if body is None:
+                return
             content_type = frames.header_value(headers, b"content-type")
             accept = frames.header_value(headers, b"accept")
             self._arrived.append((request_id, body, None if content_type is None else content_type.decode("latin-1"),

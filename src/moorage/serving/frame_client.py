@@ -59,7 +59,7 @@ class _FrameConnection(frames.FramedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.transport = None
+        super().connection_lost(exc)
         self._fail_all(InstanceConnectionError("the instance closed the connection before answering"))
         if self._trim is not None:
             self._trim.cancel()
@@ -92,8 +92,7 @@ class _FrameConnection(frames.FramedProtocol):
         if pending is None:
             return  # the reply to a request that timed out
         future, _, _, slot = pending
-        if slot >= 0:
-            self._release(slot)
+        self._release(slot)
         if future.done():
             return
         offset = start + frames.REPLY_FIELDS.size
@@ -139,8 +138,7 @@ class _FrameConnection(frames.FramedProtocol):
         for request_id, (future, deadline, timeout, slot) in list(self.pending.items()):
             if deadline <= now:
                 del self.pending[request_id]
-                if slot >= 0:
-                    self._release(slot)
+                self._release(slot)
                 if not future.done():
                     future.set_exception(InstanceTimeout(f"no response from the instance within {timeout:g} s"))
             elif deadline < earliest:
@@ -153,12 +151,12 @@ class _FrameConnection(frames.FramedProtocol):
         for request_id, pending in self.pending.items():
             if pending[0] is future:
                 del self.pending[request_id]
-                if pending[3] >= 0:
-                    self._release(pending[3])
+                self._release(pending[3])
                 return
 
     def _release(self, slot: int) -> None:
-        if self.arena is not None and self.arena.release(slot) and self._trim is None:
+        """Give the slot of a request that ended back to the arena (-1: its body was in its frame)."""
+        if slot >= 0 and self.arena is not None and self.arena.release(slot) and self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._trim_arena)
 
     def _trim_arena(self) -> None:
@@ -172,8 +170,7 @@ class _FrameConnection(frames.FramedProtocol):
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
         for future, _, _, slot in pending.values():
-            if slot >= 0:
-                self._release(slot)
+            self._release(slot)
             if not future.done():
                 future.set_exception(exc)
 
